@@ -1,0 +1,19 @@
+"""babilong_fast: Triton and CUDA kernels for recurrent-memory models (RMT, ARMT, Mamba) on very long inputs.
+
+Importing this package never needs the compiled extension, Triton or a GPU.
+"""
+from __future__ import annotations
+
+import os as _os
+
+from babilong_fast.backends import BackendStatus, BackendUnavailableError, backends
+from babilong_fast import ops
+
+__version__ = "0.1.0"
+
+# Run from a source checkout (not installed), ``babilong_fast.kernels`` lives in ../kernels.
+_src_kernels = _os.path.join(_os.path.dirname(__file__), _os.pardir, "kernels", "__init__.py")
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and _os.path.isfile(_src_kernels):
+    __path__.append(_os.path.dirname(_os.path.dirname(_src_kernels)))  # type: ignore[name-defined]  # noqa: F821
+
+__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "ops", "__version__"]

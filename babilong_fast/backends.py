@@ -1,0 +1,151 @@
+"""Backend discovery and the single dispatch rule shared by every op.
+
+Backends: ``cuda`` (the compiled extension ``babilong_fast._C``), ``triton`` (kernels in
+``babilong_fast.kernels``) and ``torch`` (the pure-PyTorch reference, any device).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "cuda", "triton", "torch"]
+BACKENDS: tuple[str, ...] = ("cuda", "triton", "torch")
+ENV_BACKEND = "BABILONG_FAST_BACKEND"
+ENV_DISABLE = "BABILONG_FAST_DISABLE"
+
+_log = logging.getLogger("babilong_fast")
+_logged: set[tuple[str, str, str]] = set()
+
+CUDA_INSTALL_HINT = (
+    "install with a CUDA build of torch and nvcc present: "
+    "`BABILONG_FAST_FORCE_CUDA_BUILD=1 pip install --no-build-isolation -e .`"
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend is asked for explicitly but cannot run here."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Availability of one backend. ``reason`` says why not (or what it runs on)."""
+
+    name: str
+    available: bool
+    reason: str
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run in the interpreter (``TRITON_INTERPRET=1``) on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def load_extension():
+    """Import ``babilong_fast._C``; return ``(module or None, error text)``."""
+    try:
+        return importlib.import_module("babilong_fast._C"), ""
+    except ImportError as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def _cuda_status() -> BackendStatus:
+    ext, err = load_extension()
+    if ext is None:
+        return BackendStatus("cuda", False, f"extension babilong_fast._C not built ({err}); {CUDA_INSTALL_HINT}")
+    if not torch.cuda.is_available():
+        return BackendStatus("cuda", False, "extension built, but torch sees no CUDA device")
+    return BackendStatus("cuda", True, f"extension built; device {torch.cuda.get_device_name()}")
+
+
+def _triton_status() -> BackendStatus:
+    err = _triton_import_error()
+    if err:
+        return BackendStatus("triton", False, f"triton not importable ({err}); `pip install triton`")
+    if torch.cuda.is_available():
+        return BackendStatus("triton", True, f"GPU {torch.cuda.get_device_name()}")
+    if triton_interpret():
+        return BackendStatus("triton", True, "interpreter (TRITON_INTERPRET=1), CPU tensors only when asked for")
+    return BackendStatus("triton", False, "no CUDA device; set TRITON_INTERPRET=1 to run kernels on CPU tensors")
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Report every backend's availability here, and why one is unavailable.
+
+    Examples::
+        >>> {k: v.available for k, v in babilong_fast.backends().items()}
+        {'cuda': False, 'triton': False, 'torch': True}
+    """
+    return {
+        "cuda": _cuda_status(),
+        "triton": _triton_status(),
+        "torch": BackendStatus("torch", True, "pure-PyTorch reference, any device"),
+    }
+
+
+def _usable(name: str, device: torch.device) -> tuple[bool, str]:
+    if name == "torch":
+        return True, ""
+    if name == "cuda":
+        ext, err = load_extension()
+        if ext is None:
+            return False, f"babilong_fast._C is not built ({err}); {CUDA_INSTALL_HINT}"
+        if device.type != "cuda":
+            return False, f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+        return True, ""
+    if name == "triton":
+        err = _triton_import_error()
+        if err:
+            return False, f"triton is not importable ({err}); `pip install triton`"
+        if device.type == "cuda":
+            return True, ""
+        if device.type == "cpu" and triton_interpret():
+            return True, ""
+        return False, (
+            f"the triton backend needs CUDA tensors, got {device.type} tensors "
+            "(CPU tensors run only under TRITON_INTERPRET=1, set before babilong_fast.kernels is imported)"
+        )
+    raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+
+
+def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
+    """Pick the backend for one call of ``op`` on tensors on ``device``.
+
+    An explicit ``backend`` wins; ``"auto"`` (or None) defers to ``BABILONG_FAST_BACKEND``, then
+    tries cuda, triton, torch in that order. On CPU tensors ``auto`` always picks torch.
+    ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
+    """
+    requested = "auto" if backend is None else backend
+    if requested == "auto":
+        requested = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
+    if requested != "auto" and requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    if requested == "auto":
+        chosen = "torch"
+        if os.environ.get(ENV_DISABLE, "0") not in ("1", "true", "yes") and device.type == "cuda":
+            chosen = next(b for b in BACKENDS if _usable(b, device)[0])
+    else:
+        ok, why = _usable(requested, device)
+        if not ok:
+            raise BackendUnavailableError(f"{op}: backend {requested!r} is unavailable: {why}")
+        chosen = requested
+    key = (op, device.type, chosen)
+    if key not in _logged:
+        _logged.add(key)
+        _log.info("babilong_fast: %s on %s tensors uses the %s backend", op, device.type, chosen)
+    return chosen

@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``babilong_fast.kernels``. Import only where Triton is installed."""

@@ -1,0 +1,112 @@
+"""Triton kernels for the ARMT associative read (see ``babilong_fast.ops.assoc_read``).
+
+Two launches: ``q = h w_q^T`` (float32, ``[B*T, n]``), then one pass that builds the DPFP
+features from ``q`` on the fly, multiplies them with ``A`` and ``z`` together (numerator and
+denominator) and writes ``h + num / (den + eps)``. The features never reach global memory.
+DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s[i] * s[(i-j-1) % 2n]``,
+``s = [relu(q), relu(-q)]``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["R"])
+def _assoc_query_fwd_kernel(
+    h, w, q, R, D, N,
+    BR: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    i_r = tl.program_id(0).to(tl.int64)
+    o_r = i_r * BR + tl.arange(0, BR)
+    o_n = tl.arange(0, BN)
+    m_r, m_n = o_r < R, o_n < N
+    b_q = tl.zeros([BR, BN], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < D
+        b_h = tl.load(h + o_r[:, None] * D + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_w = tl.load(w + o_n[None, :] * D + o_k[:, None], mask=m_n[None, :] & m_k[:, None], other=0.0).to(tl.float32)
+        b_q += tl.dot(b_h, b_w, input_precision="ieee")  # [BR, BN]
+    tl.store(q + o_r[:, None] * N + o_n[None, :], b_q, mask=m_r[:, None] & m_n[None, :])
+
+
+@triton.jit(do_not_specialize=["T"])
+def _assoc_read_fwd_kernel(
+    h, q, A, z, o, T, D, N, stride_ab, stride_zb, eps,
+    NU: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_t, i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < T, o_d < D
+    N2 = 2 * N
+    p_q = q + (i_b * T + o_t) * N  # row starts, [BT]
+    p_a = A + i_b * stride_ab
+    p_z = z + i_b * stride_zb
+    b_num = tl.zeros([BT, BD], dtype=tl.float32)
+    b_den = tl.zeros([BT], dtype=tl.float32)
+    for i0 in range(0, N2, BI):
+        o_i = i0 + tl.arange(0, BI)
+        m_i = o_i < N2
+        m_ti = m_t[:, None] & m_i[None, :]
+        # s[i] = relu(+q[i]) for i < n, relu(-q[i-n]) otherwise; [BT, BI]
+        b_s = tl.load(p_q[:, None] + (o_i % N)[None, :], mask=m_ti, other=0.0)
+        b_s = tl.maximum(tl.where((o_i < N)[None, :], b_s, -b_s), 0.0)
+        for j in tl.static_range(NU):
+            o_p = (o_i + N2 - (j + 1) % N2) % N2  # partner index (i - j - 1) mod 2n
+            b_r = tl.load(p_q[:, None] + (o_p % N)[None, :], mask=m_ti, other=0.0)
+            b_r = tl.maximum(tl.where((o_p < N)[None, :], b_r, -b_r), 0.0)
+            b_phi = b_s * b_r  # [BT, BI]
+            o_f = j * N2 + o_i
+            b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
+            b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
+            b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BT, BD]
+            b_den += tl.sum(b_phi * b_z[None, :], axis=1)
+    o_hd = (i_b * T + o_t)[:, None] * D + o_d[None, :]
+    m_hd = m_t[:, None] & m_d[None, :]
+    b_h = tl.load(h + o_hd, mask=m_hd, other=0.0).to(tl.float32)
+    b_o = b_h + b_num / (b_den + eps)[:, None]
+    tl.store(o + o_hd, b_o.to(o.dtype.element_ty), mask=m_hd)
+
+
+def _pow2_at_least(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(x))
+
+
+def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+    """``q = h w_q^T`` in float32. h: ``[B, T, d]``, w_q: ``[n, d]``; returns ``[B, T, n]``."""
+    B, T, D = h.shape
+    N = w_q.shape[0]
+    R = B * T
+    q = torch.empty(B, T, N, device=h.device, dtype=torch.float32)
+    BN = _pow2_at_least(N)
+    BR = 64 if BN <= 64 else 32
+    _assoc_query_fwd_kernel[(triton.cdiv(R, BR),)](h, w_q, q, R, D, N, BR=BR, BN=BN, BK=32, num_warps=4)
+    return q
+
+
+def assoc_read_fwd(
+    h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float
+) -> torch.Tensor:
+    """Fused read. h ``[B, T, d]``, w_q ``[n, d]``, A ``[B|1, 2*nu*n, d]`` fp32, z ``[B|1, 2*nu*n]`` fp32.
+
+    Returns ``h + (phi A) / (phi z + eps)`` as ``[B, T, d]`` in h's dtype. Inputs must be contiguous
+    (checked by the caller). float32 inputs use exact float32 products; half inputs use TF32.
+    """
+    B, T, D = h.shape
+    N = w_q.shape[0]
+    q = assoc_query_fwd(h, w_q)
+    out = torch.empty_like(h)
+    BT = 64 if T > 32 else (32 if T > 16 else 16)
+    BD = 128 if D > 64 else (64 if D > 32 else (32 if D > 16 else 16))
+    BI = min(64, _pow2_at_least(2 * N))
+    precision = "ieee" if h.dtype == torch.float32 else "tf32"
+    grid = (triton.cdiv(T, BT), triton.cdiv(D, BD), B)
+    _assoc_read_fwd_kernel[grid](
+        h, q, A, z, out, T, D, N,
+        0 if A.shape[0] == 1 else A.stride(0), 0 if z.shape[0] == 1 else z.stride(0), eps,
+        NU=nu, BT=BT, BD=BD, BI=BI, PRECISION=precision, num_warps=8 if BD * BT >= 8192 else 4, num_stages=2,
+    )
+    return out

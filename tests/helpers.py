@@ -1,0 +1,46 @@
+"""Shared test helpers: tolerance check, backend/device selection."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babilong_fast.backends import load_extension, triton_interpret
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_EXT = load_extension()[0] is not None
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+requires_ext = pytest.mark.skipif(not (HAS_CUDA and HAS_EXT), reason="needs a GPU and the built extension _C")
+requires_triton = pytest.mark.skipif(
+    not (HAS_TRITON and (HAS_CUDA or triton_interpret())), reason="needs Triton and a GPU, or TRITON_INTERPRET=1"
+)
+
+
+def backend_params() -> list:
+    """(backend, device) pairs: every backend on the device it runs on here, skipped where it cannot."""
+    gpu = "cuda" if HAS_CUDA else "cpu"
+    return [
+        pytest.param("torch", gpu, id="torch"),
+        pytest.param("triton", gpu, id="triton", marks=[pytest.mark.triton, requires_triton]),
+        pytest.param("cuda", "cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.ext, requires_ext]),
+    ]
+
+
+def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -> None:
+    """Relative error ||out - ref|| / ||ref|| <= rtol, with no NaN; prints the worst element on failure."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert not torch.isnan(out64).any(), f"{name}: {int(torch.isnan(out64).sum())} NaN elements (unwritten output?)"
+    err = ((out64 - ref64).norm() / ref64.norm().clamp_min(1e-300)).item()
+    if err > rtol:
+        diff = (out64 - ref64).abs()
+        idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+        raise AssertionError(
+            f"{name}: relative error {err:.3e} > {rtol:.1e}; worst at {idx}: got {out64[idx]:.6g}, want {ref64[idx]:.6g}"
+        )

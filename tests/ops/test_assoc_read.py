@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babilong_fast.ops import AssocRead, assoc_read, assoc_read_ref
+from tests.helpers import assert_close, backend_params
+
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in RTOL]
+
+# (B, T, d, d_mem, nu): odd T and d, B = 1 and B > 1, a single token, ARMT's GPT-2 shape.
+SHAPES = [
+    pytest.param(s, id="B{}-T{}-d{}-n{}-nu{}".format(*s))
+    for s in [(1, 1, 64, 64, 3), (2, 37, 100, 5, 3), (1, 70, 130, 24, 2), (3, 65, 40, 16, 1), (1, 3, 33, 3, 9)]
+]
+
+
+def make_inputs(B, T, d, n, nu, device, batch_a=None, scale_state=1.0):
+    F = 2 * nu * n
+    Ba = B if batch_a is None else batch_a
+    h = torch.randn(B, T, d, device=device)
+    w_q = torch.randn(n, d, device=device) / d**0.5
+    A = torch.randn(Ba, F, d, device=device) * scale_state
+    z = (torch.rand(Ba, F, device=device) + 0.05) * scale_state
+    return h, w_q, A, z
+
+
+def ref64(h, w_q, A, z, nu):
+    return assoc_read_ref(h.double(), w_q.double(), A.double(), z.double(), nu)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_assoc_read(backend, device, dtype, shape):
+    B, T, d, n, nu = shape
+    h, w_q, A, z = make_inputs(B, T, d, n, nu, device)
+    h = h.to(dtype)
+    out = assoc_read(h, w_q, A, z, nu=nu, backend=backend)
+    assert out.dtype == dtype and out.device == h.device
+    assert_close("out", ref64(h, w_q, A, z, nu), out, RTOL[dtype])
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_assoc_read_gpt2_shape(backend, device):
+    h, w_q, A, z = make_inputs(2, 522, 768, 64, 3, device)
+    assert_close("out", ref64(h, w_q, A, z, 3), assoc_read(h, w_q, A, z, backend=backend), 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_assoc_read_broadcast_state(backend, device):
+    h, w_q, A, z = make_inputs(3, 19, 72, 8, 3, device, batch_a=1)
+    assert_close("out", ref64(h, w_q, A, z, 3), assoc_read(h, w_q, A, z, backend=backend), 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_assoc_read_first_segment_state(backend, device):
+    """Empty memory (A = 0, z = 0, ARMT's first segment): the read adds nothing."""
+    h, w_q, A, z = make_inputs(2, 21, 48, 8, 3, device)
+    out = assoc_read(h, w_q, torch.zeros_like(A), torch.zeros_like(z), backend=backend)
+    assert_close("out", h, out, 1e-7)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_assoc_read_small_denominator(backend, device):
+    """A nearly empty normaliser (one write of a tiny key) stresses the eps in the denominator."""
+    h, w_q, A, z = make_inputs(2, 17, 40, 4, 3, device, scale_state=1e-4)
+    assert_close("out", ref64(h, w_q, A, z, 3), assoc_read(h, w_q, A, z, backend=backend), 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"), pytest.param(torch.bfloat16, id="bfloat16")])
+def test_assoc_read_grad(backend, device, dtype):
+    B, T, d, n, nu = 2, 23, 40, 8, 3
+    h, w_q, A, z = make_inputs(B, T, d, n, nu, device)
+    h = h.to(dtype)
+    grad_out = torch.randn(B, T, d, device=device)
+    leaves = [t.clone().requires_grad_() for t in (h, w_q, A, z)]
+    assoc_read(*leaves, nu=nu, backend=backend).float().backward(grad_out)
+    leaves64 = [t.detach().double().requires_grad_() for t in (h, w_q, A, z)]
+    assoc_read_ref(*leaves64, nu).backward(grad_out.double())
+    for name, got, want in zip(("h", "w_q", "A", "z"), leaves, leaves64):
+        assert_close(f"grad {name}", want.grad, got.grad, 1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_assoc_read_module():
+    mod = AssocRead(48, d_mem=8, nu=3)
+    h, _, A, z = make_inputs(2, 9, 48, 8, 3, "cpu")
+    assert_close("out", ref64(h, mod.W_q.weight, A, z, 3), mod(h, A, z), 1e-5)
+    assert "d_mem=8" in repr(mod)
+
+
+def test_assoc_read_empty_sequence():
+    h, w_q, A, z = make_inputs(2, 0, 16, 4, 3, "cpu")
+    assert assoc_read(h, w_q, A, z).shape == (2, 0, 16)
+
+
+def _bad(**overrides):
+    h, w_q, A, z = make_inputs(2, 5, 16, 4, 3, "cpu")
+    args = {"h": h, "w_q": w_q, "A": A, "z": z, "nu": 3}
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize(
+    "overrides,exc,match",
+    [
+        pytest.param({"h": torch.randn(5, 16)}, ValueError, "h must be 3-D", id="h-rank"),
+        pytest.param({"h": torch.randn(2, 5, 16).double()}, TypeError, "h must have dtype", id="h-dtype"),
+        pytest.param({"h": torch.randn(2, 16, 5).transpose(1, 2)}, ValueError, "h must be contiguous", id="h-view"),
+        pytest.param({"w_q": torch.randn(4, 17)}, ValueError, "w_q must have shape", id="w_q-shape"),
+        pytest.param({"w_q": torch.randn(4)}, ValueError, "w_q must be 2-D", id="w_q-rank"),
+        pytest.param({"A": torch.randn(3, 24, 16)}, ValueError, "A's batch size", id="A-batch"),
+        pytest.param({"A": torch.randn(2, 23, 16)}, ValueError, "A must have shape", id="A-shape"),
+        pytest.param({"A": torch.randn(2, 24, 16).double()}, TypeError, "A must have dtype float32", id="A-dtype"),
+        pytest.param({"A": torch.randn(2, 16, 24).transpose(1, 2)}, ValueError, "A must be contiguous", id="A-view"),
+        pytest.param({"z": torch.randn(2, 24).half()}, TypeError, "z must have dtype float32", id="z-dtype"),
+        pytest.param({"z": torch.randn(1, 24)}, ValueError, "z must have shape", id="z-batch"),
+        pytest.param({"z": torch.randn(2, 24, device="meta")}, ValueError, "one device", id="z-device"),
+        pytest.param({"nu": 0}, ValueError, "nu must be an integer >= 1", id="nu-zero"),
+        pytest.param({"nu": 2.5}, ValueError, "nu must be an integer >= 1", id="nu-float"),
+        pytest.param({"eps": 0.0}, ValueError, "eps must be a number > 0", id="eps-zero"),
+        pytest.param({"h": [[1.0]]}, TypeError, "h must be a torch.Tensor", id="h-list"),
+    ],
+)
+def test_assoc_read_bad_input(overrides, exc, match):
+    args = _bad(**overrides)
+    eps = args.pop("eps", 1e-5)
+    with pytest.raises(exc, match=match):
+        assoc_read(args["h"], args["w_q"], args["A"], args["z"], nu=args["nu"], eps=eps)
