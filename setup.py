@@ -69,14 +69,14 @@ def cuda_extension() -> tuple[list, dict, dict]:
         for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*.c*"), recursive=True)
         if p.endswith((".cpp", ".cu"))
     )
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     if os.environ.get("NVCC_THREADS"):
         nvcc += ["--threads", os.environ["NVCC_THREADS"]]
     ext = CUDAExtension(
         name="babilong_fast._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc},
+        extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": nvcc},
     )
     print(f"babilong_fast: building the CUDA extension with {cuda_home} for TORCH_CUDA_ARCH_LIST={archs}", flush=True)
     info = {"requested": True, "reason": f"CUDA {torch.version.cuda}, torch {torch.__version__}, archs {archs}"}

@@ -8,6 +8,8 @@ DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -87,26 +89,44 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     return q
 
 
+class AssocReadConfig(NamedTuple):
+    """Launch configuration of :func:`_assoc_read_fwd_kernel` (tile sizes, warps, pipeline depth, dot precision)."""
+
+    BT: int
+    BD: int
+    BI: int
+    num_warps: int
+    num_stages: int
+    precision: str
+
+
+def default_config(T: int, D: int, N: int, dtype: torch.dtype) -> AssocReadConfig:
+    """Tiles that fit the sizes; exact float32 products for float32 inputs, TF32 for half inputs."""
+    BT = 64 if T > 32 else (32 if T > 16 else 16)
+    BD = 128 if D > 64 else (64 if D > 32 else (32 if D > 16 else 16))
+    BI = min(64, _pow2_at_least(2 * N))
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    return AssocReadConfig(BT, BD, BI, 8 if BD * BT >= 8192 else 4, 2, precision)
+
+
 def assoc_read_fwd(
-    h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float
+    h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float,
+    config: AssocReadConfig | None = None,
 ) -> torch.Tensor:
     """Fused read. h ``[B, T, d]``, w_q ``[n, d]``, A ``[B|1, 2*nu*n, d]`` fp32, z ``[B|1, 2*nu*n]`` fp32.
 
     Returns ``h + (phi A) / (phi z + eps)`` as ``[B, T, d]`` in h's dtype. Inputs must be contiguous
-    (checked by the caller). float32 inputs use exact float32 products; half inputs use TF32.
+    (checked by the caller). ``config`` overrides :func:`default_config` (benchmark sweeps).
     """
     B, T, D = h.shape
     N = w_q.shape[0]
+    c = config or default_config(T, D, N, h.dtype)
     q = assoc_query_fwd(h, w_q)
     out = torch.empty_like(h)
-    BT = 64 if T > 32 else (32 if T > 16 else 16)
-    BD = 128 if D > 64 else (64 if D > 32 else (32 if D > 16 else 16))
-    BI = min(64, _pow2_at_least(2 * N))
-    precision = "ieee" if h.dtype == torch.float32 else "tf32"
-    grid = (triton.cdiv(T, BT), triton.cdiv(D, BD), B)
+    grid = (triton.cdiv(T, c.BT), triton.cdiv(D, c.BD), B)
     _assoc_read_fwd_kernel[grid](
         h, q, A, z, out, T, D, N,
         0 if A.shape[0] == 1 else A.stride(0), 0 if z.shape[0] == 1 else z.stride(0), eps,
-        NU=nu, BT=BT, BD=BD, BI=BI, PRECISION=precision, num_warps=8 if BD * BT >= 8192 else 4, num_stages=2,
+        NU=nu, BT=c.BT, BD=c.BD, BI=c.BI, PRECISION=c.precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )
     return out

@@ -1,0 +1,128 @@
+"""Shared benchmark helpers: environment record, timers, measured device ceilings."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def git_commit() -> str:
+    """Commit of the working tree (``BABILONG_FAST_GIT_COMMIT`` wins: the device copy has no .git)."""
+    if os.environ.get("BABILONG_FAST_GIT_COMMIT"):
+        return os.environ["BABILONG_FAST_GIT_COMMIT"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return sha + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    """Device, versions and commit, for the header of every results file."""
+    import babilong_fast
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "backends": {k: {"available": v.available, "reason": v.reason} for k, v in babilong_fast.backends().items()},
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    return info
+
+
+def time_cpu(fn: Callable[[int], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn(i)`` over ``repeats`` calls after ``warmup``; ``i`` picks an input set."""
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_cuda_eager(fn: Callable[[int], object], repeats: int, warmup: int = 3) -> float:
+    """Median seconds per call, launched from Python as a user would (host overhead included)."""
+    for i in range(warmup):
+        fn(i)
+    torch.cuda.synchronize()
+    times = []
+    for i in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(i)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def time_cuda_graph(fn: Callable[[int], object], n_sets: int, repeats: int, calls_per_replay: int = 8) -> float:
+    """Median seconds per call of device work alone: calls captured in a CUDA graph, replays timed with events."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(n_sets):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls_per_replay):
+            fn(i % n_sets)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls_per_replay)
+    return statistics.median(times)
+
+
+def measure_ceilings() -> dict:
+    """Measured device ceilings: copy bandwidth (bytes read + written) and matmul rates (fp32 FMA, TF32, bf16)."""
+    if not torch.cuda.is_available():
+        return {}
+    out = {}
+    src = torch.randn(256 * 1024 * 1024, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    t = time_cuda_eager(lambda i: dst.copy_(src), repeats=10)
+    out["copy_GBps"] = 2 * src.numel() * 4 / t / 1e9
+    del src, dst
+    n = 8192
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    for name, dtype, tf32 in (("fp32_TFLOPs", torch.float32, False), ("tf32_TFLOPs", torch.float32, True),
+                              ("bf16_TFLOPs", torch.bfloat16, False)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+        t = time_cuda_eager(lambda i: a @ b, repeats=5, warmup=2)
+        out[name] = 2 * n**3 / t / 1e12
+    torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    return out

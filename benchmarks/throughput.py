@@ -1,0 +1,204 @@
+"""Throughput of babilong_fast's ops per backend (the model benchmarks build on this).
+
+    python benchmarks/throughput.py                     # small default: a few seconds on a laptop CPU
+    python benchmarks/throughput.py --shape 8,522,768,64 --dtype float32,bfloat16 --json out.json
+
+For each backend that can run here: median time per call, tokens/s and, on a GPU, the fraction of
+the roofline (the larger of bytes / measured copy bandwidth and FLOPs / measured matmul rate of the
+unit the kernel uses). Each backend's output is first checked against a float64 reference; a row
+whose check fails is reported as failed and never timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_utils import environment, measure_ceilings, time_cpu, time_cuda_eager, time_cuda_graph  # noqa: E402
+
+import babilong_fast  # noqa: E402
+from babilong_fast.ops import assoc_read, assoc_read_ref  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+CPU_DEFAULT, GPU_DEFAULT = "2,128,256,64", "8,522,768,64"
+
+
+def assoc_read_cost(B: int, T: int, d: int, n: int, nu: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(FLOPs, fewest bytes) of one fused read: h read + out written in h's dtype, A, z, w_q read once, q round trip."""
+    F = 2 * nu * n
+    e = torch.finfo(dtype).bits // 8
+    flops = 2.0 * B * T * d * n + 2.0 * B * T * F * (d + 1) + 3.0 * B * T * d
+    bytes_ = 2.0 * B * T * d * e + 4.0 * B * F * (d + 1) + 4.0 * n * d + 2 * 4.0 * B * T * n
+    return flops, bytes_
+
+
+def unit_for(backend: str, dtype: torch.dtype) -> str:
+    """Which matmul unit a backend's inner product runs on (sets the arithmetic ceiling)."""
+    if backend == "triton" and dtype != torch.float32:
+        return "tf32_TFLOPs"
+    return "fp32_TFLOPs"
+
+
+def bench_assoc_read(shape, nu, dtype, backends, device, repeats, ceilings) -> list[dict]:
+    B, T, d, n = shape
+    F = 2 * nu * n
+    n_sets = 4 if device.type == "cuda" else 1  # rotate inputs so the GPU's L2 cannot hold them all
+    sets = []
+    for _ in range(n_sets):
+        h = torch.randn(B, T, d, device=device).to(dtype)
+        w_q = torch.randn(n, d, device=device) / d**0.5
+        A, z = torch.randn(B, F, d, device=device), torch.rand(B, F, device=device) + 0.05
+        sets.append((h, w_q, A, z))
+    h, w_q, A, z = sets[0]
+    ref = assoc_read_ref(h.double(), w_q.double(), A.double(), z.double(), nu)
+    flops, bytes_ = assoc_read_cost(B, T, d, n, nu, dtype)
+    rows = []
+    for backend in backends:
+        row = {"op": "assoc_read", "backend": backend, "B": B, "T": T, "d": d, "d_mem": n, "nu": nu,
+               "dtype": str(dtype).replace("torch.", ""), "flops": flops, "bytes": bytes_}
+        status = babilong_fast.backends()[backend]
+        if not status.available or (device.type == "cpu" and backend != "torch"):
+            row["skipped"] = status.reason if not status.available else "CPU timings are only meaningful for torch"
+            rows.append(row)
+            continue
+        with torch.no_grad():
+            out = assoc_read(h, w_q, A, z, nu=nu, backend=backend)
+            err = ((out.double() - ref).norm() / ref.norm()).item()
+            row["rel_err"] = err
+            if not err <= RTOL[dtype]:
+                row["failed"] = f"relative error {err:.2e} > {RTOL[dtype]:.0e}"
+                rows.append(row)
+                continue
+
+            def call(i, backend=backend):
+                return assoc_read(*sets[i % n_sets], nu=nu, backend=backend)
+
+            if device.type == "cuda":
+                t = time_cuda_graph(call, n_sets, repeats)
+                row["eager_s"] = time_cuda_eager(call, repeats)
+            else:
+                t = time_cpu(call, repeats)
+        row.update(seconds=t, tokens_per_s=B * T / t, TFLOPs=flops / t / 1e12, GBps=bytes_ / t / 1e9)
+        if ceilings:
+            unit = unit_for(backend, dtype)
+            t_mem, t_math = bytes_ / (ceilings["copy_GBps"] * 1e9), flops / (ceilings[unit] * 1e12)
+            row.update(roofline_s=max(t_mem, t_math), bound="memory" if t_mem >= t_math else f"arithmetic ({unit})",
+                       pct_roofline=100 * max(t_mem, t_math) / t)
+        rows.append(row)
+    return rows
+
+
+def sweep_triton_assoc_read(shape, nu, dtype, device, repeats) -> list[dict]:
+    """Time the Triton read kernel over launch configurations (tuning data; each checked first)."""
+    from babilong_fast.kernels.assoc_read import AssocReadConfig, assoc_read_fwd, default_config
+
+    B, T, d, n = shape
+    F = 2 * nu * n
+    sets = [(torch.randn(B, T, d, device=device).to(dtype), torch.randn(n, d, device=device) / d**0.5,
+             torch.randn(B, F, d, device=device), torch.rand(B, F, device=device) + 0.05) for _ in range(4)]
+    ref = assoc_read_ref(*(t.double() for t in sets[0]), nu)
+    base = default_config(T, d, n, dtype)
+    precisions = ["ieee", "tf32x3"] if dtype == torch.float32 else ["tf32", "ieee"]
+    configs = {base}
+    configs |= {AssocReadConfig(bt, bd, base.BI, w, st, base.precision)
+                for bt in (32, 64, 128) for bd in (64, 128) for w in (4, 8) for st in (2,)}
+    configs |= {base._replace(precision=p) for p in precisions}
+    rows = []
+    for c in sorted(configs):
+        row = {"op": "assoc_read_triton_sweep", "backend": "triton", "B": B, "T": T, "d": d, "d_mem": n, "nu": nu,
+               "dtype": str(dtype).replace("torch.", ""), "config": c._asdict(), "default": c == base}
+        try:
+            with torch.no_grad():
+                out = assoc_read_fwd(*sets[0], nu, 1e-5, config=c)
+                row["rel_err"] = err = ((out.double() - ref).norm() / ref.norm()).item()
+                t = time_cuda_graph(lambda i, c=c: assoc_read_fwd(*sets[i % 4], nu, 1e-5, config=c), 4, repeats)
+            row.update(seconds=t, accurate=err <= RTOL[dtype])
+        except Exception as e:  # a config the compiler rejects (e.g. out of shared memory) is data too
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        rows.append(row)
+    ok = sorted((r for r in rows if r.get("accurate")), key=lambda r: r["seconds"])
+    print(f"triton sweep {row['dtype']} B,T,d,n={B},{T},{d},{n}: default "
+          + ", ".join(f"{r['seconds'] * 1e6:.1f}us" for r in rows if r["default"] and "seconds" in r))
+    for r in ok[:5]:
+        print(f"  {r['seconds'] * 1e6:8.1f}us  err {r['rel_err']:.1e}  {r['config']}")
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'op':<11}{'backend':<8}{'dtype':<10}{'B,T,d,n':<16}{'time':>11}{'eager':>11}{'tokens/s':>12}{'TFLOP/s':>9}{'GB/s':>8}{'%roof':>7}  bound / note"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        shape = f"{r['B']},{r['T']},{r['d']},{r['d_mem']}"
+        lead = f"{r['op']:<11}{r['backend']:<8}{r['dtype']:<10}{shape:<16}"
+        if "seconds" not in r:
+            print(lead + f"{'-':>11}{'-':>11}{'-':>12}{'-':>9}{'-':>8}{'-':>7}  " + r.get("skipped", r.get("failed", "")))
+            continue
+        eager = f"{r['eager_s'] * 1e6:9.1f}us" if "eager_s" in r else f"{'-':>11}"
+        pct = f"{r['pct_roofline']:6.1f}%" if "pct_roofline" in r else f"{'-':>7}"
+        print(lead + f"{r['seconds'] * 1e6:9.1f}us{eager}{r['tokens_per_s']:12.3g}{r['TFLOPs']:9.2f}{r['GBps']:8.0f}{pct}  "
+              + r.get("bound", ""))
+    by_key = {(r["dtype"], r["B"], r["T"], r["d"]): {} for r in rows}
+    for r in rows:
+        if "seconds" in r:
+            by_key[(r["dtype"], r["B"], r["T"], r["d"])][r["backend"]] = r["seconds"]
+    for key, t in by_key.items():
+        if "torch" in t:
+            ratios = ", ".join(f"{b} {t['torch'] / s:.2f}x" for b, s in t.items() if b != "torch")
+            if ratios:
+                print(f"speed-up over torch ({key[0]}, B={key[1]}, T={key[2]}, d={key[3]}): {ratios}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", action="append", help="B,T,d,d_mem (repeatable); default %s on CPU, %s on GPU" % (CPU_DEFAULT, GPU_DEFAULT))
+    p.add_argument("--nu", type=int, default=3)
+    p.add_argument("--dtype", default=None, help="comma list of float32,bfloat16,float16 (default float32 on CPU, float32,bfloat16 on GPU)")
+    p.add_argument("--backends", default="cuda,triton,torch")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls (median reported)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sweep", action="store_true", help="GPU only: also time the Triton kernel over launch configs")
+    p.add_argument("--json", default=None, help="write the environment, ceilings and every row here")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    shapes = [tuple(int(v) for v in s.split(",")) for s in (args.shape or [GPU_DEFAULT if gpu else CPU_DEFAULT])]
+    for s in shapes:
+        if len(s) != 4 or min(s) < 1:
+            p.error(f"--shape takes four positive integers B,T,d,d_mem; got {s}")
+    dtypes = [DTYPES[name] for name in (args.dtype or ("float32,bfloat16" if gpu else "float32")).split(",")]
+    backends = [b for b in args.backends.split(",") if b]
+    for b in backends:
+        if b not in ("cuda", "triton", "torch"):
+            p.error(f"unknown backend {b!r}")
+    repeats = args.repeats or (50 if gpu else 5)
+
+    env = environment()
+    print(f"babilong_fast throughput | {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit'][:12]}")
+    ceilings = measure_ceilings() if gpu else {}
+    if ceilings:
+        print("measured ceilings: " + ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items()))
+    rows = []
+    for shape in shapes:
+        for dtype in dtypes:
+            rows += bench_assoc_read(shape, args.nu, dtype, backends, device, repeats, ceilings)
+    print_table(rows)
+    if args.sweep and gpu and babilong_fast.backends()["triton"].available:
+        for dtype in dtypes:
+            rows += sweep_triton_assoc_read(shapes[0], args.nu, dtype, device, repeats)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 1 if any("failed" in r for r in rows) else 0  # sweep rows carry "accurate" instead
+
+
+if __name__ == "__main__":
+    sys.exit(main())

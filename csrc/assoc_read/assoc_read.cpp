@@ -1,0 +1,107 @@
+#include <climits>
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/types.h>
+
+#include "assoc_read.h"
+
+#define CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), "assoc_read_fwd: " #x " must be a CUDA tensor")
+#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_read_fwd: " #x " must be contiguous")
+#define CHECK_SHAPE(x, ...)                                                                              \
+    TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), "assoc_read_fwd: " #x " must have shape (", \
+                torch::IntArrayRef({__VA_ARGS__}), "), got ", (x).sizes())
+
+torch::Tensor assoc_read_fwd(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z, int64_t nu,
+                             double eps) {
+    CHECK_CUDA(h);
+    CHECK_CUDA(w_q);
+    CHECK_CUDA(A);
+    CHECK_CUDA(z);
+    TORCH_CHECK(h.dim() == 3, "assoc_read_fwd: h must be 3-D (B, T, d), got ", h.dim(), " dims");
+    TORCH_CHECK(w_q.dim() == 2, "assoc_read_fwd: w_q must be 2-D (n, d), got ", w_q.dim(), " dims");
+    TORCH_CHECK(A.dim() == 3, "assoc_read_fwd: A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
+    TORCH_CHECK(z.dim() == 2, "assoc_read_fwd: z must be 2-D (B or 1, 2*nu*n), got ", z.dim(), " dims");
+    const auto h_type = h.scalar_type();
+    TORCH_CHECK(h_type == at::ScalarType::Float || h_type == at::ScalarType::BFloat16 ||
+                    h_type == at::ScalarType::Half,
+                "assoc_read_fwd: h must be float32, bfloat16 or float16, got ", h_type);
+    TORCH_CHECK(w_q.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: w_q must be float32, got ",
+                w_q.scalar_type());
+    TORCH_CHECK(A.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: A must be float32, got ",
+                A.scalar_type());
+    TORCH_CHECK(z.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: z must be float32, got ",
+                z.scalar_type());
+    TORCH_CHECK(w_q.device() == h.device(), "assoc_read_fwd: w_q must be on the same device as h (", h.device(),
+                "), got ", w_q.device());
+    TORCH_CHECK(A.device() == h.device(), "assoc_read_fwd: A must be on the same device as h (", h.device(),
+                "), got ", A.device());
+    TORCH_CHECK(z.device() == h.device(), "assoc_read_fwd: z must be on the same device as h (", h.device(),
+                "), got ", z.device());
+    CHECK_CONTIGUOUS(h);
+    CHECK_CONTIGUOUS(w_q);
+    CHECK_CONTIGUOUS(A);
+    CHECK_CONTIGUOUS(z);
+
+    const int64_t B = h.size(0);
+    const int64_t T = h.size(1);
+    const int64_t d = h.size(2);
+    const int64_t n = w_q.size(0);
+    TORCH_CHECK(n >= 1, "assoc_read_fwd: w_q must have at least one row (n >= 1)");
+    TORCH_CHECK(nu >= 1, "assoc_read_fwd: nu must be >= 1, got ", nu);
+    TORCH_CHECK(eps > 0, "assoc_read_fwd: eps must be > 0, got ", eps);
+    TORCH_CHECK(d <= INT_MAX && n <= INT_MAX / 2 && nu <= INT_MAX / (2 * n),
+                "assoc_read_fwd: d, n or 2*nu*n exceeds the int32 range");
+    const int64_t F = 2 * nu * n;
+    const int64_t Ba = A.size(0);
+    TORCH_CHECK(Ba == B || Ba == 1, "assoc_read_fwd: A.size(0) must be B (", B, ") or 1, got ", Ba);
+    CHECK_SHAPE(w_q, n, d);
+    CHECK_SHAPE(A, Ba, F, d);
+    CHECK_SHAPE(z, Ba, F);
+
+    auto out = torch::empty_like(h, at::MemoryFormat::Contiguous);
+    const int64_t num_tokens = B * T;
+    if (num_tokens == 0 || d == 0) return out;
+
+    c10::cuda::CUDAGuard device_guard(h.device());
+    auto q = torch::empty({num_tokens, n}, h.options().dtype(at::ScalarType::Float));
+
+    AssocReadParams params;
+    params.h_ptr = h.data_ptr();
+    params.wq_ptr = w_q.data_ptr<float>();
+    params.A_ptr = A.data_ptr<float>();
+    params.z_ptr = z.data_ptr<float>();
+    params.q_ptr = q.data_ptr<float>();
+    params.out_ptr = out.data_ptr();
+    params.num_tokens = num_tokens;
+    // A broadcast: one group spanning all tokens (tiles may then cross batch boundaries).
+    params.num_groups = Ba == 1 ? 1 : B;
+    params.group_len = Ba == 1 ? num_tokens : T;
+    params.A_group_stride = Ba == 1 ? 0 : F * d;
+    params.z_group_stride = Ba == 1 ? 0 : F;
+    params.d = static_cast<int>(d);
+    params.n = static_cast<int>(n);
+    params.nu = static_cast<int>(nu);
+    params.F = static_cast<int>(F);
+    params.eps = static_cast<float>(eps);
+
+    // Same stream as at::cuda::getCurrentCUDAStream(); c10 header avoids the cuBLAS/cuSPARSE include chain.
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    switch (h_type) {
+        case at::ScalarType::Float:
+            assoc_read_qproj_launch<float>(params, stream);
+            assoc_read_main_launch<float>(params, stream);
+            break;
+        case at::ScalarType::BFloat16:
+            assoc_read_qproj_launch<__nv_bfloat16>(params, stream);
+            assoc_read_main_launch<__nv_bfloat16>(params, stream);
+            break;
+        case at::ScalarType::Half:
+            assoc_read_qproj_launch<__half>(params, stream);
+            assoc_read_main_launch<__half>(params, stream);
+            break;
+        default:
+            TORCH_CHECK(false, "assoc_read_fwd: unsupported dtype ", h_type);
+    }
+    return out;
+}

@@ -1,0 +1,4 @@
+#include "assoc_read_kernel.cuh"
+
+template void assoc_read_qproj_launch<__half>(const AssocReadParams &params, cudaStream_t stream);
+template void assoc_read_main_launch<__half>(const AssocReadParams &params, cudaStream_t stream);
