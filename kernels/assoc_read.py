@@ -36,7 +36,7 @@ def _assoc_query_fwd_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def _assoc_read_fwd_kernel(
-    h, q, A, z, o, T, D, N, stride_ab, stride_zb, eps,
+    h, q, A, z, o, T, D, N, F, stride_ab, stride_zb, eps,
     NU: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_t, i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
@@ -49,23 +49,23 @@ def _assoc_read_fwd_kernel(
     p_z = z + i_b * stride_zb
     b_num = tl.zeros([BT, BD], dtype=tl.float32)
     b_den = tl.zeros([BT], dtype=tl.float32)
-    for i0 in range(0, N2, BI):
-        o_i = i0 + tl.arange(0, BI)
-        m_i = o_i < N2
-        m_ti = m_t[:, None] & m_i[None, :]
+    # One flat loop over feature chunks: f = j*2n + i pairs s[i] with s[(i - j - 1) % 2n].
+    for f0 in range(0, F, BI):
+        o_f = f0 + tl.arange(0, BI)
+        m_f = o_f < F
+        o_i = o_f % N2
+        o_p = (o_i + N2 - (o_f // N2 + 1) % N2) % N2
+        m_tf = m_t[:, None] & m_f[None, :]
         # s[i] = relu(+q[i]) for i < n, relu(-q[i-n]) otherwise; [BT, BI]
-        b_s = tl.load(p_q[:, None] + (o_i % N)[None, :], mask=m_ti, other=0.0)
+        b_s = tl.load(p_q[:, None] + (o_i % N)[None, :], mask=m_tf, other=0.0)
         b_s = tl.maximum(tl.where((o_i < N)[None, :], b_s, -b_s), 0.0)
-        for j in tl.static_range(NU):
-            o_p = (o_i + N2 - (j + 1) % N2) % N2  # partner index (i - j - 1) mod 2n
-            b_r = tl.load(p_q[:, None] + (o_p % N)[None, :], mask=m_ti, other=0.0)
-            b_r = tl.maximum(tl.where((o_p < N)[None, :], b_r, -b_r), 0.0)
-            b_phi = b_s * b_r  # [BT, BI]
-            o_f = j * N2 + o_i
-            b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
-            b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
-            b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BT, BD]
-            b_den += tl.sum(b_phi * b_z[None, :], axis=1)
+        b_r = tl.load(p_q[:, None] + (o_p % N)[None, :], mask=m_tf, other=0.0)
+        b_r = tl.maximum(tl.where((o_p < N)[None, :], b_r, -b_r), 0.0)
+        b_phi = b_s * b_r  # [BT, BI]
+        b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_f[:, None] & m_d[None, :], other=0.0)
+        b_z = tl.load(p_z + o_f, mask=m_f, other=0.0)
+        b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BT, BD]
+        b_den += tl.sum(b_phi * b_z[None, :], axis=1)
     o_hd = (i_b * T + o_t)[:, None] * D + o_d[None, :]
     m_hd = m_t[:, None] & m_d[None, :]
     b_h = tl.load(h + o_hd, mask=m_hd, other=0.0).to(tl.float32)
@@ -125,7 +125,7 @@ def assoc_read_fwd(
     out = torch.empty_like(h)
     grid = (triton.cdiv(T, c.BT), triton.cdiv(D, c.BD), B)
     _assoc_read_fwd_kernel[grid](
-        h, q, A, z, out, T, D, N,
+        h, q, A, z, out, T, D, N, 2 * nu * N,
         0 if A.shape[0] == 1 else A.stride(0), 0 if z.shape[0] == 1 else z.stride(0), eps,
         NU=nu, BT=c.BT, BD=c.BD, BI=c.BI, PRECISION=c.precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )
