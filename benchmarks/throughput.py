@@ -126,11 +126,44 @@ def sweep_triton_assoc_read(shape, nu, dtype, device, repeats) -> list[dict]:
         except Exception as e:  # a config the compiler rejects (e.g. out of shared memory) is data too
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
-    ok = sorted((r for r in rows if r.get("accurate")), key=lambda r: r["seconds"])
+    rows += component_rows(sets, ref, nu, dtype, repeats, dict(B=B, T=T, d=d, d_mem=n, nu=nu))
+    ok = sorted((r for r in rows if r.get("accurate") and "config" in r), key=lambda r: r["seconds"])
     print(f"triton sweep {row['dtype']} B,T,d,n={B},{T},{d},{n}: default "
-          + ", ".join(f"{r['seconds'] * 1e6:.1f}us" for r in rows if r["default"] and "seconds" in r))
+          + ", ".join(f"{r['seconds'] * 1e6:.1f}us" for r in rows if r.get("default") and "seconds" in r))
     for r in ok[:5]:
         print(f"  {r['seconds'] * 1e6:8.1f}us  err {r['rel_err']:.1e}  {r['config']}")
+    return rows
+
+
+def component_rows(sets, ref, nu, dtype, repeats, shape: dict) -> list[dict]:
+    """Time the pieces of the fused read separately (q projection, fused pass) and any extra CUDA variants."""
+    from babilong_fast.backends import load_extension
+    from babilong_fast.kernels.assoc_read import assoc_query_fwd, assoc_read_main_fwd
+
+    qs = [assoc_query_fwd(s[0], s[1]) for s in sets]
+    pieces = {
+        "triton:query": lambda i: assoc_query_fwd(sets[i % 4][0], sets[i % 4][1]),
+        "triton:main": lambda i: assoc_read_main_fwd(sets[i % 4][0], qs[i % 4], *sets[i % 4][2:], nu, 1e-5),
+    }
+    ext, _ = load_extension()
+    for name in sorted(n for n in dir(ext) if n.startswith("assoc_read_fwd")) if ext else []:
+        fn = getattr(ext, name)
+        pieces[f"cuda:{name}"] = lambda i, fn=fn: fn(sets[i % 4][0], sets[i % 4][1], *sets[i % 4][2:], nu, 1e-5)
+    rows = []
+    for name, call in pieces.items():
+        row = {"op": "assoc_read_component", "backend": name, "dtype": str(dtype).replace("torch.", ""), **shape}
+        try:
+            with torch.no_grad():
+                if name.startswith("cuda:"):
+                    out = call(0)
+                    row["rel_err"] = err = ((out.double() - ref).norm() / ref.norm()).item()
+                    row["accurate"] = err <= RTOL[dtype]
+                row["seconds"] = time_cuda_graph(call, 4, repeats)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        rows.append(row)
+        print(f"  component {name:<28} {row.get('seconds', float('nan')) * 1e6:8.1f}us  "
+              + (f"err {row['rel_err']:.1e}" if "rel_err" in row else row.get("error", "")))
     return rows
 
 

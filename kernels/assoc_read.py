@@ -20,24 +20,24 @@ def _assoc_query_fwd_kernel(
     h, w, q, R, D, N,
     BR: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    i_r = tl.program_id(0).to(tl.int64)
+    i_r, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
     o_r = i_r * BR + tl.arange(0, BR)
-    o_n = tl.arange(0, BN)
+    o_n = i_n * BN + tl.arange(0, BN)
     m_r, m_n = o_r < R, o_n < N
     b_q = tl.zeros([BR, BN], dtype=tl.float32)
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
         b_h = tl.load(h + o_r[:, None] * D + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_w = tl.load(w + o_n[None, :] * D + o_k[:, None], mask=m_n[None, :] & m_k[:, None], other=0.0).to(tl.float32)
-        b_q += tl.dot(b_h, b_w, input_precision="ieee")  # [BR, BN]
+        b_w = tl.load(w + o_n[:, None] * D + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_q += tl.dot(b_h, tl.trans(b_w), input_precision="ieee")  # [BR, BN]
     tl.store(q + o_r[:, None] * N + o_n[None, :], b_q, mask=m_r[:, None] & m_n[None, :])
 
 
 @triton.jit(do_not_specialize=["T"])
 def _assoc_read_fwd_kernel(
     h, q, A, z, o, T, D, N, F, stride_ab, stride_zb, eps,
-    NU: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr, PRECISION: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_t, i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
@@ -83,9 +83,11 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     N = w_q.shape[0]
     R = B * T
     q = torch.empty(B, T, N, device=h.device, dtype=torch.float32)
-    BN = _pow2_at_least(N)
-    BR = 64 if BN <= 64 else 32
-    _assoc_query_fwd_kernel[(triton.cdiv(R, BR),)](h, w_q, q, R, D, N, BR=BR, BN=BN, BK=32, num_warps=4)
+    # Few rows (decoding): narrow output tiles so more programs share the reduction over d.
+    BR = 16 if R <= 64 else 32
+    BN = min(16 if R <= 64 else 64, _pow2_at_least(N))
+    grid = (triton.cdiv(R, BR), triton.cdiv(N, BN))
+    _assoc_query_fwd_kernel[grid](h, w_q, q, R, D, N, BR=BR, BN=BN, BK=64, num_warps=4)
     return q
 
 
@@ -104,6 +106,8 @@ def default_config(T: int, D: int, N: int, dtype: torch.dtype) -> AssocReadConfi
     """Tiles that fit the sizes; exact float32 products for float32 inputs, TF32 for half inputs."""
     BT = 64 if T > 32 else (32 if T > 16 else 16)
     BD = 128 if D > 64 else (64 if D > 32 else (32 if D > 16 else 16))
+    if T <= 16:  # decoding: few token tiles, so spread d over more programs
+        BD = min(BD, 32)
     BI = min(64, _pow2_at_least(2 * N))
     precision = "ieee" if dtype == torch.float32 else "tf32"
     return AssocReadConfig(BT, BD, BI, 8 if BD * BT >= 8192 else 4, 2, precision)
@@ -118,15 +122,22 @@ def assoc_read_fwd(
     Returns ``h + (phi A) / (phi z + eps)`` as ``[B, T, d]`` in h's dtype. Inputs must be contiguous
     (checked by the caller). ``config`` overrides :func:`default_config` (benchmark sweeps).
     """
+    return assoc_read_main_fwd(h, assoc_query_fwd(h, w_q), A, z, nu, eps, config)
+
+
+def assoc_read_main_fwd(
+    h: torch.Tensor, q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float,
+    config: AssocReadConfig | None = None,
+) -> torch.Tensor:
+    """The fused pass alone, from a precomputed ``q`` ``[B, T, n]`` float32; returns ``[B, T, d]``."""
     B, T, D = h.shape
-    N = w_q.shape[0]
+    N = q.shape[-1]
     c = config or default_config(T, D, N, h.dtype)
-    q = assoc_query_fwd(h, w_q)
     out = torch.empty_like(h)
     grid = (triton.cdiv(T, c.BT), triton.cdiv(D, c.BD), B)
     _assoc_read_fwd_kernel[grid](
         h, q, A, z, out, T, D, N, 2 * nu * N,
         0 if A.shape[0] == 1 else A.stride(0), 0 if z.shape[0] == 1 else z.stride(0), eps,
-        NU=nu, BT=c.BT, BD=c.BD, BI=c.BI, PRECISION=c.precision, num_warps=c.num_warps, num_stages=c.num_stages,
+        BT=c.BT, BD=c.BD, BI=c.BI, PRECISION=c.precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )
     return out
