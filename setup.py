@@ -95,8 +95,11 @@ ext_modules, cmdclass, info = cuda_extension()
 write_build_info(info)
 
 setup(
-    packages=["babilong_fast", "babilong_fast.ops", "babilong_fast.kernels"],
+    packages=[
+        "babilong_fast", "babilong_fast.ops", "babilong_fast.kernels", "babilong_fast.data", "babilong_fast.data.babi"
+    ],
     package_dir={"babilong_fast": "babilong_fast", "babilong_fast.kernels": "kernels"},
+    package_data={"babilong_fast.data": ["assets/gpt2.tiktoken", "assets/background/*.txt.gz"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -64,6 +64,18 @@ def _check(h, w_q, A, z, nu, eps) -> tuple[int, float]:
     return nu, eps
 
 
+@torch.library.custom_op("babilong_fast::assoc_read_cuda", mutates_args=(), device_types="cuda")
+def _assoc_read_cuda(h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float) -> torch.Tensor:
+    """The CUDA kernels as a torch op, so torch.compile can trace around them. w_q must be float32."""
+    ext, _ = load_extension()
+    return ext.assoc_read_fwd(h, w_q, A, z, nu, eps)
+
+
+@_assoc_read_cuda.register_fake
+def _(h, w_q, A, z, nu, eps):
+    return torch.empty_like(h)
+
+
 def _fwd(backend: str, h, w_q, A, z, nu: int, eps: float) -> torch.Tensor:
     if backend == "torch":
         return assoc_read_ref(h, w_q, A, z, nu, eps)
@@ -71,8 +83,7 @@ def _fwd(backend: str, h, w_q, A, z, nu: int, eps: float) -> torch.Tensor:
         from babilong_fast.kernels.assoc_read import assoc_read_fwd
 
         return assoc_read_fwd(h, w_q, A, z, nu, eps)
-    ext, _ = load_extension()
-    return ext.assoc_read_fwd(h, w_q.float().contiguous(), A, z, nu, eps)
+    return _assoc_read_cuda(h, w_q.float().contiguous(), A, z, nu, eps)
 
 
 class AssocReadFunction(torch.autograd.Function):

@@ -1,0 +1,79 @@
+"""Seeded qa1-qa5 sample pools with disjoint train and test splits.
+
+Split rule: a story goes to the test split iff the SHA-256 of its first two facts falls in the lowest
+:data:`TEST_FRACTION` of the hash range. Every sample of a story starts with the story's first two facts,
+so two equal samples always share their split: train and test are disjoint for any seeds, and no test
+story shares a single sample with any train story. Generation itself is rejection sampling from one seeded
+stream of stories, so the same (task, split, seed) always gives the same samples.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from babilong_fast.data.babi.relations import two_arg_relations
+from babilong_fast.data.babi.sample import BabiSample
+from babilong_fast.data.babi.stories import where_is_actor, where_is_object, where_was_object, who_what_gave
+
+Split = Literal["train", "test"]
+
+STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = {
+    "qa1": where_is_actor,
+    "qa2": where_is_object,
+    "qa3": where_was_object,
+    "qa4": two_arg_relations,
+    "qa5": who_what_gave,
+}
+
+# Documented facts per sample (BABILong README / paper Table 1); samples outside are dropped.
+FACT_RANGE: dict[str, tuple[int, int]] = {
+    "qa1": (2, 10),
+    "qa2": (2, 68),
+    "qa3": (4, 320),
+    "qa4": (2, 2),
+    "qa5": (2, 126),
+}
+
+TEST_FRACTION = 0.1
+
+
+def split_of(facts: list[str]) -> Split:
+    """The split a story (or any of its samples) belongs to, from its first two facts."""
+    digest = hashlib.sha256("\n".join(facts[:2]).encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") < TEST_FRACTION * 2**64 else "train"
+
+
+def iter_samples(task: str, split: Split = "train", seed: int = 0) -> Iterator[BabiSample]:
+    """Endless deterministic stream of ``task`` samples from ``split``, story by story.
+
+    Args:
+        task: ``"qa1"`` .. ``"qa5"``.
+        split: ``"train"`` or ``"test"``; the pools never share a sample.
+        seed: stream seed; any seed gives samples from the same split pool.
+    """
+    if task not in STORY_GENERATORS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(STORY_GENERATORS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"babilong_fast/{task}/{split}/{seed}")
+    make_story, (lo, hi) = STORY_GENERATORS[task], FACT_RANGE[task]
+    while True:
+        story = make_story(rng)
+        if split_of(story[0]["facts"]) != split:
+            continue
+        yield from (s for s in story if lo <= len(s["facts"]) <= hi)
+
+
+def generate(task: str, n: int, split: Split = "train", seed: int = 0) -> list[BabiSample]:
+    """The first ``n`` samples of :func:`iter_samples` (``task``, ``split``, ``seed``).
+
+    Examples::
+
+        >>> s = generate("qa1", 1, "test", seed=0)[0]
+        >>> sorted(s)
+        ['answer', 'facts', 'question', 'supporting']
+    """
+    stream = iter_samples(task, split, seed)
+    return [next(stream) for _ in range(n)]

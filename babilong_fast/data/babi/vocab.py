@@ -1,0 +1,47 @@
+"""bAbI qa1-qa5 vocabulary and sentence templates (bAbI ``world_basic`` world, v1.2 English wording)."""
+from __future__ import annotations
+
+import random
+
+LOCATIONS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
+PEOPLE = ("John", "Mary", "Sandra", "Daniel")
+GIVE_PEOPLE = ("Bill", "Fred", "Jeff", "Mary")
+OBJECTS = ("apple", "football", "milk")
+DIRECTIONS = ("north", "south", "east", "west")
+OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+# Hidden start locations: never stated in a story, they only decide which first gets are possible.
+OBJECT_START = {"apple": "kitchen", "football": "garden", "milk": "kitchen"}
+PERSON_START = {
+    "John": "kitchen", "Mary": "bedroom", "Sandra": "garden", "Daniel": "hallway",
+    "Bill": "kitchen", "Fred": "garden", "Jeff": "hallway",
+}
+
+MOVE_VERBS = ("moved to", "went to", "journeyed to", "travelled to", "went back to")
+GET_VERBS = ("got", "grabbed", "picked up", "took")
+DROP_VERBS = ("dropped", "discarded", "put down", "left")
+GIVE_VERBS = ("gave", "passed", "handed")
+
+
+def move_sentence(rng: random.Random, person: str, location: str) -> str:
+    return f"{person} {rng.choice(MOVE_VERBS)} the {location}."
+
+
+def _with_there(rng: random.Random, text: str) -> str:
+    return f"{text} there." if rng.random() < 0.5 else f"{text}."
+
+
+def get_sentence(rng: random.Random, person: str, obj: str) -> str:
+    return _with_there(rng, f"{person} {rng.choice(GET_VERBS)} the {obj}")
+
+
+def drop_sentence(rng: random.Random, person: str, obj: str) -> str:
+    return _with_there(rng, f"{person} {rng.choice(DROP_VERBS)} the {obj}")
+
+
+def give_sentence(rng: random.Random, giver: str, obj: str, receiver: str) -> str:
+    return f"{giver} {rng.choice(GIVE_VERBS)} the {obj} to {receiver}."
+
+
+def relation_sentence(a: str, direction: str, b: str) -> str:
+    return f"The {a} is {direction} of the {b}."

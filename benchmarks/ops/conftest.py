@@ -1,0 +1,1 @@
+"""Micro-benchmarks run outside the test suite (tests/); no interpreter, no poisoning."""

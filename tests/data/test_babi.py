@@ -1,0 +1,215 @@
+"""bAbI qa1-qa5 generators: templates, fact counts, answers re-derived by an independent simulation,
+determinism and train/test disjointness."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from babilong_fast.data.babi import FACT_RANGE, TASKS, generate, iter_samples, split_of
+
+P = "(John|Mary|Sandra|Daniel)"
+P5 = "(Bill|Fred|Jeff|Mary)"
+L = "(bathroom|bedroom|garden|hallway|kitchen|office)"
+O = "(apple|football|milk)"
+D = "(north|south|east|west)"
+OPP = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+
+def _templates(p: str) -> dict[str, re.Pattern]:
+    return {
+        "move": re.compile(rf"^{p} (?:moved to|went to|journeyed to|travelled to|went back to) the {L}\.$"),
+        "get": re.compile(rf"^{p} (?:got|grabbed|picked up|took) the {O}(?: there)?\.$"),
+        "drop": re.compile(rf"^{p} (?:dropped|discarded|put down|left) the {O}(?: there)?\.$"),
+        "give": re.compile(rf"^{p} (?:gave|passed|handed) the {O} to {p}\.$"),
+    }
+
+
+ACTOR_TEMPLATES = {"qa1": _templates(P), "qa2": _templates(P), "qa3": _templates(P), "qa5": _templates(P5)}
+ALLOWED = {"qa1": {"move"}, "qa2": {"move", "get", "drop"}, "qa3": {"move", "get", "drop"},
+           "qa5": {"move", "get", "drop", "give"}}
+RELATION = re.compile(rf"^The {L} is {D} of the {L}\.$")
+QUESTIONS = {
+    "qa1": [re.compile(rf"^Where is {P}\?$")],
+    "qa2": [re.compile(rf"^Where is the {O}\?$")],
+    "qa3": [re.compile(rf"^Where was the {O} before the {L}\?$")],
+    "qa4": [re.compile(rf"^What is {D} of the {L}\?$"), re.compile(rf"^What is the {L} {D} of\?$")],
+    "qa5": [re.compile(rf"^Who gave the {O} to {P5}\?$"), re.compile(rf"^Who gave the {O}\?$"),
+            re.compile(rf"^Who did {P5} give the {O} to\?$"), re.compile(rf"^What did {P5} give to {P5}\?$"),
+            re.compile(rf"^Who received the {O}\?$")],
+}
+N = {"qa1": 400, "qa2": 400, "qa3": 300, "qa4": 400, "qa5": 300}
+
+
+@pytest.fixture(scope="module", params=TASKS)
+def task_samples(request) -> tuple[str, list[dict]]:
+    task = request.param
+    return task, generate(task, N[task], "train", seed=1) + generate(task, N[task], "test", seed=1)
+
+
+def _parse(task: str, fact: str) -> tuple[str, tuple[str, ...]]:
+    for kind, pattern in ACTOR_TEMPLATES[task].items():
+        m = pattern.match(fact)
+        if m:
+            assert kind in ALLOWED[task], fact
+            return kind, m.groups()
+    raise AssertionError(f"{task}: sentence matches no template: {fact!r}")
+
+
+def _replay(task: str, facts: list[str]) -> list[dict]:
+    """Independent world replay: one state snapshot per fact (known person places, holders, object places)."""
+    place: dict[str, tuple[str, int]] = {}
+    holder: dict[str, tuple[str, int]] = {}
+    floor: dict[str, tuple[str, int, int] | None] = {}
+    states = []
+    for i, fact in enumerate(facts):
+        kind, args = _parse(task, fact)
+        if kind == "move":
+            assert place.get(args[0], (None,))[0] != args[1], f"move to the current place: {fact}"
+            place[args[0]] = (args[1], i)
+        elif kind == "get":
+            assert args[1] not in holder, f"get of a held object: {fact}"
+            spot = floor.get(args[1])
+            if spot is not None and args[0] in place:
+                assert spot[0] == place[args[0]][0], f"get away from the object: {fact}"
+            holder[args[1]] = (args[0], i)
+        elif kind == "drop":
+            assert holder.get(args[1], (None,))[0] == args[0], f"drop of an object not held: {fact}"
+            del holder[args[1]]
+            floor[args[1]] = (place[args[0]][0], place[args[0]][1], i) if args[0] in place else None
+        else:
+            giver, obj, receiver = args
+            assert holder.get(obj, (None,))[0] == giver and giver != receiver, f"invalid give: {fact}"
+            if giver in place and receiver in place:
+                assert place[giver][0] == place[receiver][0], f"give across places: {fact}"
+            holder[obj] = (receiver, i)
+        states.append({"place": dict(place), "holder": dict(holder), "floor": dict(floor)})
+    return states
+
+
+def _object_place(state: dict, obj: str) -> tuple[str, set[int]] | None:
+    if obj in state["holder"]:
+        person, got = state["holder"][obj]
+        if person not in state["place"]:
+            return None
+        where, moved = state["place"][person]
+        return where, {got, moved}
+    spot = state["floor"].get(obj)
+    return None if spot is None else (spot[0], {spot[1], spot[2]})
+
+
+def _check_qa1(s: dict) -> None:
+    person = QUESTIONS["qa1"][0].match(s["question"]).group(1)
+    where, idx = _replay("qa1", s["facts"])[-1]["place"][person]
+    assert (s["answer"], s["supporting"]) == (where, [idx])
+
+
+def _check_qa2(s: dict) -> None:
+    obj = QUESTIONS["qa2"][0].match(s["question"]).group(1)
+    found = _object_place(_replay("qa2", s["facts"])[-1], obj)
+    assert found is not None and (s["answer"], set(s["supporting"])) == found
+
+
+def _check_qa3(s: dict) -> None:
+    obj, last = QUESTIONS["qa3"][0].match(s["question"]).groups()
+    history: list[tuple[str, set[int]]] = []
+    for state in _replay("qa3", s["facts"]):
+        found = _object_place(state, obj)
+        if found is not None and (not history or history[-1][0] != found[0]):
+            history.append(found)
+    assert history[-1][0] == last and history[-2][0] == s["answer"] != last
+    assert set(s["supporting"]) == history[-1][1] | history[-2][1]
+
+
+def _check_qa4(s: dict) -> None:
+    rel = set()
+    for fact in s["facts"]:
+        m = RELATION.match(fact)
+        assert m, f"not a relation sentence: {fact!r}"
+        x, d, y = m.groups()
+        rel |= {(x, d, y), (y, OPP[d], x)}
+    m0, m1 = (q.match(s["question"]) for q in QUESTIONS["qa4"])
+    if m0:
+        d, b = m0.groups()
+        answers = [x for x, dd, y in rel if dd == d and y == b]
+    else:
+        b, d = m1.groups()
+        answers = [y for x, dd, y in rel if x == b and dd == d]
+    assert answers == [s["answer"]]
+    assert len({x for x, _, _ in rel}) == 3
+    (idx,) = s["supporting"]
+    assert b in s["facts"][idx] and s["answer"] in s["facts"][idx]
+
+
+def _check_qa5(s: dict) -> None:
+    _replay("qa5", s["facts"])
+    gives = [(i, ACTOR_TEMPLATES["qa5"]["give"].match(f)) for i, f in enumerate(s["facts"])]
+    gives = [(i, m.groups()) for i, m in gives if m]
+    q = [p.match(s["question"]) for p in QUESTIONS["qa5"]]
+    form = next(k for k, m in enumerate(q) if m)
+    g = q[form].groups()
+    match = {0: lambda a: (a[1], a[2]) == g, 1: lambda a: a[1] == g[0], 2: lambda a: (a[0], a[1]) == g,
+             3: lambda a: (a[0], a[2]) == g, 4: lambda a: a[1] == g[0]}[form]
+    idx, (giver, obj, receiver) = [x for x in gives if match(x[1])][-1]
+    assert s["answer"] == {0: giver, 1: giver, 2: receiver, 3: obj, 4: receiver}[form]
+    assert s["supporting"] == [idx]
+    assert len(s["facts"]) - 1 - idx <= 5 and idx > 0
+
+
+CHECKS = {"qa1": _check_qa1, "qa2": _check_qa2, "qa3": _check_qa3, "qa4": _check_qa4, "qa5": _check_qa5}
+SUPPORT_COUNT = {"qa1": 1, "qa2": 2, "qa3": 3, "qa4": 1, "qa5": 1}
+
+
+def test_templates_and_counts(task_samples):
+    task, samples = task_samples
+    lo, hi = FACT_RANGE[task]
+    for s in samples:
+        assert sorted(s) == ["answer", "facts", "question", "supporting"]
+        assert lo <= len(s["facts"]) <= hi
+        assert any(q.match(s["question"]) for q in QUESTIONS[task]), s["question"]
+        if task != "qa4":
+            for fact in s["facts"]:
+                _parse(task, fact)
+        assert len(s["supporting"]) == SUPPORT_COUNT[task]
+        assert s["supporting"] == sorted(s["supporting"]) and all(0 <= i < len(s["facts"]) for i in s["supporting"])
+
+
+def test_answers_by_resimulation(task_samples):
+    task, samples = task_samples
+    for s in samples:
+        CHECKS[task](s)
+
+
+def test_answer_casing_and_spread(task_samples):
+    task, samples = task_samples
+    answers = {s["answer"] for s in samples}
+    expected = {"qa5": {"Bill", "Fred", "Jeff", "Mary", "apple", "football", "milk"}}.get(
+        task, {"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"})
+    assert answers == expected
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_deterministic_by_seed(task: str):
+    assert generate(task, 30, "train", seed=7) == generate(task, 30, "train", seed=7)
+    assert generate(task, 30, "train", seed=7) != generate(task, 30, "train", seed=8)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_test_disjoint(task: str):
+    def key(s: dict) -> tuple:
+        return (tuple(s["facts"]), s["question"])
+
+    train = generate(task, 1500, "train", seed=0) + generate(task, 500, "train", seed=3)
+    test = generate(task, 500, "test", seed=0)
+    assert {key(s) for s in train}.isdisjoint(key(s) for s in test)
+    assert {tuple(s["facts"][:2]) for s in train}.isdisjoint(tuple(s["facts"][:2]) for s in test)
+    assert all(split_of(s["facts"]) == "test" for s in test)
+
+
+def test_stream_and_errors():
+    stream = iter_samples("qa1", "test", seed=5)
+    assert [next(stream) for _ in range(12)] == generate("qa1", 12, "test", seed=5)
+    with pytest.raises(ValueError):
+        generate("qa6", 1)
+    with pytest.raises(ValueError):
+        generate("qa1", 1, "valid")  # type: ignore[arg-type]
