@@ -58,11 +58,13 @@ def main() -> int:
         code, text, secs = run(["nvcc", "--version"], log, 30)
         summary["nvcc"] = text.strip().splitlines()[-1] if code == 0 else f"nvcc failed ({code})"
         code, text, secs = run([PY, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", "--no-index",
-                                "-e", "."], log, 180, env)
+                                "-e", "."], log, 100, env)
         summary["build"] = {"ok": code == 0, "seconds": round(secs, 1)}
         print(f"build: {'ok' if code == 0 else 'FAILED'} in {secs:.0f}s", flush=True)
 
-        code, text, secs = run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], log, 150, env)
+        # tests/data is CPU-only (tokenizer, generators) and runs in CI; here the kernels and dispatch are tested.
+        code, text, secs = run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "--ignore=tests/data"],
+                               log, 100, env)
         counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", text.splitlines()[-1] if text else "")}
         summary["tests"] = {"exit_code": code, "seconds": round(secs, 1), **counts}
         print(f"tests: exit {code}, {counts} in {secs:.0f}s", flush=True)
@@ -71,7 +73,7 @@ def main() -> int:
 
         bench_json = os.path.join(out_dir, stem + "_bench.json")
         code, text, secs = run([PY, "benchmarks/throughput.py", "--shape", "8,522,768,64", "--shape", "1,522,768,64",
-                                "--shape", "8,1,768,64", "--dtype", "float32,bfloat16", "--sweep", "--json", bench_json], log, 200, env)
+                                "--shape", "8,1,768,64", "--dtype", "float32,bfloat16", "--sweep", "--json", bench_json], log, 130, env)
         print(text[-6000:], flush=True)
         summary["benchmark_exit_code"] = code
     bench = {}

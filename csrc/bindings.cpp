@@ -2,6 +2,8 @@
 
 torch::Tensor assoc_read_fwd(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z, int64_t nu,
                              double eps);
+torch::Tensor assoc_read_fwd_v2(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z, int64_t nu,
+                                double eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("assoc_read_fwd", &assoc_read_fwd,
@@ -18,6 +20,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "    eps: denominator offset, > 0.\n\n"
           "Returns:\n"
           "    (B, T, d) tensor in h's dtype; all arithmetic in float32.",
+          pybind11::arg("h"), pybind11::arg("w_q"), pybind11::arg("A"), pybind11::arg("z"), pybind11::arg("nu"),
+          pybind11::arg("eps") = 1e-5);
+    m.def("assoc_read_fwd_v2", &assoc_read_fwd_v2,
+          "Same contract as assoc_read_fwd; second implementation (8x8 register micro-tiles, shared-memory s and\n"
+          "feature-index tables, split-K over d and F when there are few tokens).",
           pybind11::arg("h"), pybind11::arg("w_q"), pybind11::arg("A"), pybind11::arg("z"), pybind11::arg("nu"),
           pybind11::arg("eps") = 1e-5);
 }

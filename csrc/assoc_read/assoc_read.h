@@ -37,3 +37,37 @@ void assoc_read_qproj_launch(const AssocReadParams &params, cudaStream_t stream)
 // DPFP features built on the fly from q; numerator, denominator and residual add fused.
 template <typename input_t>
 void assoc_read_main_launch(const AssocReadParams &params, cudaStream_t stream);
+
+// v2 tiling, shared by the host planner (assoc_read.cpp) and the kernels (assoc_read_v2_kernel.cuh).
+namespace assoc_read_v2 {
+constexpr int kQThreads = 256;  // q projection: kQM tokens x kQN outputs per block, d in chunks of kQK
+constexpr int kQM = 32;
+constexpr int kQN = 64;
+constexpr int kQK = 32;
+constexpr int kMaxQSplits = 32;
+constexpr int kThreads = 64;    // main: kBT tokens x kBD columns per block, features in chunks of kFC
+constexpr int kBT = 32;
+constexpr int kBD = 128;
+constexpr int kFC = 8;
+constexpr int kSStride = kBT + 1;  // s table row stride (floats)
+}  // namespace assoc_read_v2
+
+// v2 adds split-K partial buffers: the q projection may split d over q_splits blocks (q_part holds
+// q_splits partial sums that the main kernel adds), and the main kernel may split F over f_splits blocks
+// (num_part / den_part then hold partial sums that a finalize kernel reduces).
+struct AssocReadV2Params {
+    AssocReadParams base;  // base.q_ptr is unused
+    float *q_part;         // (q_splits, num_tokens, n)
+    float *num_part;       // (f_splits, num_tokens, d), only when f_splits > 1
+    float *den_part;       // (f_splits, num_tokens), only when f_splits > 1
+    int q_splits;
+    int q_chunks_per_split;  // in kQK columns of d
+    int f_splits;
+    int f_chunks_per_split;  // in kFC features
+};
+
+template <typename input_t>
+void assoc_read_v2_qproj_launch(const AssocReadV2Params &params, cudaStream_t stream);
+
+template <typename input_t>
+void assoc_read_v2_main_launch(const AssocReadV2Params &params, cudaStream_t stream);

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from babilong_fast.ops import AssocRead, assoc_read, assoc_read_ref
-from tests.helpers import assert_close, backend_params
+from tests.helpers import assert_close, backend_params, requires_ext
 
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in RTOL]
@@ -132,3 +132,34 @@ def test_assoc_read_bad_input(overrides, exc, match):
     eps = args.pop("eps", 1e-5)
     with pytest.raises(exc, match=match):
         assoc_read(args["h"], args["w_q"], args["A"], args["z"], nu=args["nu"], eps=eps)
+
+
+CUDA_VARIANTS = ["assoc_read_fwd", "assoc_read_fwd_v2"]
+
+
+@requires_ext
+@pytest.mark.cuda
+@pytest.mark.parametrize("variant", CUDA_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape,batch_a",
+    [pytest.param(s.values[0], None, id=s.id) for s in SHAPES]
+    + [
+        pytest.param((3, 37, 130, 24, 1), 1, id="broadcast-B3-T37-d130"),
+        pytest.param((8, 1, 768, 64, 3), None, id="decode-B8-T1-d768"),
+        pytest.param((1, 522, 768, 64, 3), None, id="B1-T522-d768"),
+        pytest.param((8, 522, 768, 64, 3), None, id="B8-T522-d768"),
+        pytest.param((2, 40, 257, 3, 4), 1, id="broadcast-d257-n3-nu4"),
+    ],
+)
+def test_assoc_read_cuda_variants(variant, dtype, shape, batch_a):
+    """Every CUDA implementation in the extension, called directly, on odd and production shapes."""
+    from babilong_fast.backends import load_extension
+
+    fn = getattr(load_extension()[0], variant, None)
+    if fn is None:
+        pytest.skip(f"extension has no {variant}")
+    B, T, d, n, nu = shape
+    h, w_q, A, z = make_inputs(B, T, d, n, nu, "cuda", batch_a=batch_a)
+    h = h.to(dtype)
+    assert_close("out", ref64(h, w_q, A, z, nu), fn(h, w_q, A, z, nu, 1e-5), RTOL[dtype])
