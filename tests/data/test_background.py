@@ -1,0 +1,109 @@
+"""Background sources and the seeded sentence stream: determinism, rules of §1.2, errors, bounded memory."""
+from __future__ import annotations
+
+import gzip
+import itertools
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from babilong_fast.data.background import background_sentences
+from babilong_fast.data.corpora import NOVELS, BundledNovels, HFDataset, TextFolder, TextSource
+from babilong_fast.data.tokenizer import get_tokenizer
+
+TOK = get_tokenizer()
+
+
+def _take(stream, n: int) -> list[list[int]]:
+    return list(itertools.islice(stream, n))
+
+
+def test_bundled_splits_are_disjoint_books() -> None:
+    train, test = BundledNovels("train"), BundledNovels("test")
+    assert isinstance(train, TextSource)
+    names = {p.name for p in train.paths}, {p.name for p in test.paths}
+    assert not names[0] & names[1]
+    assert len(names[0] | names[1]) == len(NOVELS)
+    assert len(test.text(0)) > 100_000
+    with pytest.raises(ValueError):
+        BundledNovels("validation")
+
+
+def test_stream_is_seeded() -> None:
+    a = _take(background_sentences(seed=5), 50)
+    assert a == _take(background_sentences(seed=5), 50)
+    assert a != _take(background_sentences(seed=6), 50)
+
+
+def test_sentences_have_leading_space_and_min_tokens() -> None:
+    for ids in _take(background_sentences(BundledNovels("train"), seed=1, min_tokens=12), 300):
+        assert len(ids) >= 12
+        text = TOK.decode(ids)
+        assert text.startswith(" ") and not text.startswith("  ")
+        assert TOK.encode(text) == ids
+
+
+def test_sentences_come_from_the_split_books() -> None:
+    test_text = " ".join(" ".join(BundledNovels("test").text(i).split()) for i in range(2))
+    for ids in _take(background_sentences(BundledNovels("test"), seed=2), 100):
+        assert " ".join(TOK.decode(ids).split()) in test_text
+
+
+def _folder(tmp_path: Path, sentences: list[str], gz: bool = False) -> Path:
+    text = " ".join(sentences)
+    if gz:
+        with gzip.open(tmp_path / "book.txt.gz", "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored")
+    return tmp_path
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["txt", "txt.gz"])
+def test_text_folder_drops_chunk_edges(tmp_path: Path, gz: bool) -> None:
+    sentences = [f"Sentence number {k} is long enough to count as background text here." for k in range(8)]
+    source = TextFolder(_folder(tmp_path, sentences, gz))
+    assert len(source) == 1
+    seen = {TOK.decode(ids)[1:] for ids in _take(background_sentences(source, seed=0), 200)}
+    assert seen and seen <= set(sentences[1:-1])
+
+
+def test_text_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextFolder(tmp_path / "missing")
+    (tmp_path / "a.md").write_text("no text files")
+    with pytest.raises(ValueError, match="no .txt"):
+        TextFolder(tmp_path)
+
+
+def test_short_sentences_only_raise(tmp_path: Path) -> None:
+    source = TextFolder(_folder(tmp_path, ["Too short."] * 50))
+    with pytest.raises(RuntimeError, match="no sentence"):
+        next(background_sentences(source, seed=0))
+
+
+def test_hf_dataset_without_datasets_is_explicit() -> None:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="network"):
+            HFDataset("pg19", "test")
+    else:
+        pytest.skip("datasets is installed; loading would need the network")
+
+
+def test_stream_memory_is_bounded() -> None:
+    stream = background_sentences(seed=3)
+    tracemalloc.start()
+    try:
+        drawn = 0
+        for ids in stream:
+            drawn += len(ids)
+            if drawn >= 300_000:
+                break
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6
