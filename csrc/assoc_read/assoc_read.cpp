@@ -8,42 +8,42 @@
 
 #include "assoc_read.h"
 
-#define CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), name, ": " #x " must be a CUDA tensor")
-#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), name, ": " #x " must be contiguous")
-#define CHECK_SHAPE(x, ...)                                                                              \
-    TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), name, ": " #x " must have shape (",     \
+#define CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), "assoc_read_fwd: " #x " must be a CUDA tensor")
+#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_read_fwd: " #x " must be contiguous")
+#define CHECK_SHAPE(x, ...)                                                                                   \
+    TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), "assoc_read_fwd: " #x " must have shape (", \
                 torch::IntArrayRef({__VA_ARGS__}), "), got ", (x).sizes())
 
 namespace {
 
-// Validates the inputs of assoc_read_fwd / assoc_read_fwd_v2 and fills every field of params except the
-// pointers to scratch buffers. Returns false when there is nothing to compute (B*T == 0 or d == 0).
-bool check_and_fill(const char *name, const torch::Tensor &h, const torch::Tensor &w_q, const torch::Tensor &A,
+// Validates the inputs of assoc_read_fwd and fills every field of params except the scratch buffers and
+// the split plan. Returns false when there is nothing to compute (B*T == 0 or d == 0).
+bool check_and_fill(const torch::Tensor &h, const torch::Tensor &w_q, const torch::Tensor &A,
                     const torch::Tensor &z, int64_t nu, double eps, const torch::Tensor &out,
                     AssocReadParams &params) {
     CHECK_CUDA(h);
     CHECK_CUDA(w_q);
     CHECK_CUDA(A);
     CHECK_CUDA(z);
-    TORCH_CHECK(h.dim() == 3, name, ": h must be 3-D (B, T, d), got ", h.dim(), " dims");
-    TORCH_CHECK(w_q.dim() == 2, name, ": w_q must be 2-D (n, d), got ", w_q.dim(), " dims");
-    TORCH_CHECK(A.dim() == 3, name, ": A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
-    TORCH_CHECK(z.dim() == 2, name, ": z must be 2-D (B or 1, 2*nu*n), got ", z.dim(), " dims");
+    TORCH_CHECK(h.dim() == 3, "assoc_read_fwd: h must be 3-D (B, T, d), got ", h.dim(), " dims");
+    TORCH_CHECK(w_q.dim() == 2, "assoc_read_fwd: w_q must be 2-D (n, d), got ", w_q.dim(), " dims");
+    TORCH_CHECK(A.dim() == 3, "assoc_read_fwd: A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
+    TORCH_CHECK(z.dim() == 2, "assoc_read_fwd: z must be 2-D (B or 1, 2*nu*n), got ", z.dim(), " dims");
     const auto h_type = h.scalar_type();
     TORCH_CHECK(h_type == at::ScalarType::Float || h_type == at::ScalarType::BFloat16 ||
                     h_type == at::ScalarType::Half,
-                name, ": h must be float32, bfloat16 or float16, got ", h_type);
-    TORCH_CHECK(w_q.scalar_type() == at::ScalarType::Float, name, ": w_q must be float32, got ",
+                "assoc_read_fwd: h must be float32, bfloat16 or float16, got ", h_type);
+    TORCH_CHECK(w_q.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: w_q must be float32, got ",
                 w_q.scalar_type());
-    TORCH_CHECK(A.scalar_type() == at::ScalarType::Float, name, ": A must be float32, got ",
+    TORCH_CHECK(A.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: A must be float32, got ",
                 A.scalar_type());
-    TORCH_CHECK(z.scalar_type() == at::ScalarType::Float, name, ": z must be float32, got ",
+    TORCH_CHECK(z.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: z must be float32, got ",
                 z.scalar_type());
-    TORCH_CHECK(w_q.device() == h.device(), name, ": w_q must be on the same device as h (", h.device(),
+    TORCH_CHECK(w_q.device() == h.device(), "assoc_read_fwd: w_q must be on the same device as h (", h.device(),
                 "), got ", w_q.device());
-    TORCH_CHECK(A.device() == h.device(), name, ": A must be on the same device as h (", h.device(),
+    TORCH_CHECK(A.device() == h.device(), "assoc_read_fwd: A must be on the same device as h (", h.device(),
                 "), got ", A.device());
-    TORCH_CHECK(z.device() == h.device(), name, ": z must be on the same device as h (", h.device(),
+    TORCH_CHECK(z.device() == h.device(), "assoc_read_fwd: z must be on the same device as h (", h.device(),
                 "), got ", z.device());
     CHECK_CONTIGUOUS(h);
     CHECK_CONTIGUOUS(w_q);
@@ -54,14 +54,14 @@ bool check_and_fill(const char *name, const torch::Tensor &h, const torch::Tenso
     const int64_t T = h.size(1);
     const int64_t d = h.size(2);
     const int64_t n = w_q.size(0);
-    TORCH_CHECK(n >= 1, name, ": w_q must have at least one row (n >= 1)");
-    TORCH_CHECK(nu >= 1, name, ": nu must be >= 1, got ", nu);
-    TORCH_CHECK(eps > 0, name, ": eps must be > 0, got ", eps);
+    TORCH_CHECK(n >= 1, "assoc_read_fwd: w_q must have at least one row (n >= 1)");
+    TORCH_CHECK(nu >= 1, "assoc_read_fwd: nu must be >= 1, got ", nu);
+    TORCH_CHECK(eps > 0, "assoc_read_fwd: eps must be > 0, got ", eps);
     TORCH_CHECK(d <= INT_MAX && n <= INT_MAX / 2 && nu <= INT_MAX / (2 * n),
-                name, ": d, n or 2*nu*n exceeds the int32 range");
+                "assoc_read_fwd: d, n or 2*nu*n exceeds the int32 range");
     const int64_t F = 2 * nu * n;
     const int64_t Ba = A.size(0);
-    TORCH_CHECK(Ba == B || Ba == 1, name, ": A.size(0) must be B (", B, ") or 1, got ", Ba);
+    TORCH_CHECK(Ba == B || Ba == 1, "assoc_read_fwd: A.size(0) must be B (", B, ") or 1, got ", Ba);
     CHECK_SHAPE(w_q, n, d);
     CHECK_SHAPE(A, Ba, F, d);
     CHECK_SHAPE(z, Ba, F);
@@ -72,7 +72,6 @@ bool check_and_fill(const char *name, const torch::Tensor &h, const torch::Tenso
     params.wq_ptr = w_q.data_ptr<float>();
     params.A_ptr = A.data_ptr<float>();
     params.z_ptr = z.data_ptr<float>();
-    params.q_ptr = nullptr;
     params.out_ptr = out.data_ptr();
     params.num_tokens = num_tokens;
     // A broadcast: one group spanning all tokens (tiles may then cross batch boundaries).
@@ -105,19 +104,43 @@ void plan_split(int64_t base, int64_t target, int64_t chunks, int64_t max_splits
 
 torch::Tensor assoc_read_fwd(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z, int64_t nu,
                              double eps) {
+    using namespace assoc_read;
     auto out = torch::empty_like(h, at::MemoryFormat::Contiguous);
     AssocReadParams params;
-    if (!check_and_fill("assoc_read_fwd", h, w_q, A, z, nu, eps, out, params)) return out;
+    if (!check_and_fill(h, w_q, A, z, nu, eps, out, params)) return out;
 
     c10::cuda::CUDAGuard device_guard(h.device());
-    auto q = torch::empty({params.num_tokens, static_cast<int64_t>(params.n)},
-                          h.options().dtype(at::ScalarType::Float));
-    params.q_ptr = q.data_ptr<float>();
+    int device = 0;
+    int num_sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+
+    // q projection: split d until there are about 2 blocks (256 threads) per SM.
+    const int64_t q_base = ceil_div(params.num_tokens, kQM) * ceil_div(params.n, kQN);
+    plan_split(q_base, 2 * static_cast<int64_t>(num_sms), ceil_div(params.d, kQK), kMaxQSplits, params.q_splits,
+               params.q_chunks_per_split);
+    // Main product: split F until there are about 4 blocks (64 threads) per SM.
+    const int64_t m_base = ceil_div(params.group_len, kBT) * params.num_groups * ceil_div(params.d, kBD);
+    plan_split(m_base, 4 * static_cast<int64_t>(num_sms), ceil_div(params.F, kFC), 65535, params.f_splits,
+               params.f_chunks_per_split);
+
+    const auto f32 = h.options().dtype(at::ScalarType::Float);
+    auto q_part = torch::empty({params.q_splits, params.num_tokens, static_cast<int64_t>(params.n)}, f32);
+    params.q_part = q_part.data_ptr<float>();
+    torch::Tensor num_part;
+    torch::Tensor den_part;
+    params.num_part = nullptr;
+    params.den_part = nullptr;
+    if (params.f_splits > 1) {
+        num_part = torch::empty({params.f_splits, params.num_tokens, static_cast<int64_t>(params.d)}, f32);
+        den_part = torch::empty({params.f_splits, params.num_tokens}, f32);
+        params.num_part = num_part.data_ptr<float>();
+        params.den_part = den_part.data_ptr<float>();
+    }
 
     // Same stream as at::cuda::getCurrentCUDAStream(); c10 header avoids the cuBLAS/cuSPARSE include chain.
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    const auto h_type = h.scalar_type();
-    switch (h_type) {
+    switch (h.scalar_type()) {
         case at::ScalarType::Float:
             assoc_read_qproj_launch<float>(params, stream);
             assoc_read_main_launch<float>(params, stream);
@@ -131,64 +154,7 @@ torch::Tensor assoc_read_fwd(torch::Tensor h, torch::Tensor w_q, torch::Tensor A
             assoc_read_main_launch<__half>(params, stream);
             break;
         default:
-            TORCH_CHECK(false, "assoc_read_fwd: unsupported dtype ", h_type);
-    }
-    return out;
-}
-
-torch::Tensor assoc_read_fwd_v2(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z, int64_t nu,
-                                double eps) {
-    using namespace assoc_read_v2;
-    auto out = torch::empty_like(h, at::MemoryFormat::Contiguous);
-    AssocReadV2Params params;
-    if (!check_and_fill("assoc_read_fwd_v2", h, w_q, A, z, nu, eps, out, params.base)) return out;
-    const AssocReadParams &b = params.base;
-
-    c10::cuda::CUDAGuard device_guard(h.device());
-    int device = 0;
-    int num_sms = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-
-    // q projection: split d until there are about 2 blocks (256 threads) per SM.
-    const int64_t q_base = ceil_div(b.num_tokens, kQM) * ceil_div(b.n, kQN);
-    plan_split(q_base, 2 * static_cast<int64_t>(num_sms), ceil_div(b.d, kQK), kMaxQSplits, params.q_splits,
-               params.q_chunks_per_split);
-    // Main product: split F until there are about 4 blocks (64 threads) per SM.
-    const int64_t m_base = ceil_div(b.group_len, kBT) * b.num_groups * ceil_div(b.d, kBD);
-    plan_split(m_base, 4 * static_cast<int64_t>(num_sms), ceil_div(b.F, kFC), 65535, params.f_splits,
-               params.f_chunks_per_split);
-
-    const auto f32 = h.options().dtype(at::ScalarType::Float);
-    auto q_part = torch::empty({params.q_splits, b.num_tokens, static_cast<int64_t>(b.n)}, f32);
-    params.q_part = q_part.data_ptr<float>();
-    torch::Tensor num_part;
-    torch::Tensor den_part;
-    params.num_part = nullptr;
-    params.den_part = nullptr;
-    if (params.f_splits > 1) {
-        num_part = torch::empty({params.f_splits, b.num_tokens, static_cast<int64_t>(b.d)}, f32);
-        den_part = torch::empty({params.f_splits, b.num_tokens}, f32);
-        params.num_part = num_part.data_ptr<float>();
-        params.den_part = den_part.data_ptr<float>();
-    }
-
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    switch (h.scalar_type()) {
-        case at::ScalarType::Float:
-            assoc_read_v2_qproj_launch<float>(params, stream);
-            assoc_read_v2_main_launch<float>(params, stream);
-            break;
-        case at::ScalarType::BFloat16:
-            assoc_read_v2_qproj_launch<__nv_bfloat16>(params, stream);
-            assoc_read_v2_main_launch<__nv_bfloat16>(params, stream);
-            break;
-        case at::ScalarType::Half:
-            assoc_read_v2_qproj_launch<__half>(params, stream);
-            assoc_read_v2_main_launch<__half>(params, stream);
-            break;
-        default:
-            TORCH_CHECK(false, "assoc_read_fwd_v2: unsupported dtype ", h.scalar_type());
+            TORCH_CHECK(false, "assoc_read_fwd: unsupported dtype ", h.scalar_type());
     }
     return out;
 }

@@ -1,7 +1,4 @@
 #include "assoc_read_kernel.cuh"
-#include "assoc_read_v2_kernel.cuh"
 
 template void assoc_read_qproj_launch<__half>(const AssocReadParams &params, cudaStream_t stream);
 template void assoc_read_main_launch<__half>(const AssocReadParams &params, cudaStream_t stream);
-template void assoc_read_v2_qproj_launch<__half>(const AssocReadV2Params &params, cudaStream_t stream);
-template void assoc_read_v2_main_launch<__half>(const AssocReadV2Params &params, cudaStream_t stream);
