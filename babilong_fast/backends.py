@@ -123,12 +123,14 @@ def _usable(name: str, device: torch.device) -> tuple[bool, str]:
     raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
 
 
-def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
+def resolve_backend(
+    op: str, backend: str | None, device: torch.device, implemented: tuple[str, ...] = BACKENDS
+) -> str:
     """Pick the backend for one call of ``op`` on tensors on ``device``.
 
     An explicit ``backend`` wins; ``"auto"`` (or None) defers to ``BABILONG_FAST_BACKEND``, then
-    tries cuda, triton, torch in that order. On CPU tensors ``auto`` always picks torch.
-    ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
+    tries cuda, triton, torch in that order, among the backends ``op`` has (``implemented``).
+    On CPU tensors ``auto`` always picks torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
     """
     requested = "auto" if backend is None else backend
     if requested == "auto":
@@ -138,7 +140,9 @@ def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
     if requested == "auto":
         chosen = "torch"
         if os.environ.get(ENV_DISABLE, "0") not in ("1", "true", "yes") and device.type == "cuda":
-            chosen = next(b for b in BACKENDS if _usable(b, device)[0])
+            chosen = next(b for b in BACKENDS if (b in implemented or b == "torch") and _usable(b, device)[0])
+    elif requested not in implemented:
+        raise BackendUnavailableError(f"{op} has no {requested!r} backend yet; it has {', '.join(implemented)}")
     else:
         ok, why = _usable(requested, device)
         if not ok:

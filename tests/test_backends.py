@@ -60,3 +60,10 @@ def test_import_needs_neither_triton_nor_extension():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "ok (1, 2, 8)" in res.stdout
+
+
+def test_op_without_a_backend(monkeypatch):
+    monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
+    with pytest.raises(BackendUnavailableError, match="has no 'cuda' backend yet"):
+        resolve_backend("op", "cuda", torch.device("cpu"), implemented=("triton", "torch"))
+    assert resolve_backend("op", "auto", torch.device("cpu"), implemented=("torch",)) == "torch"
