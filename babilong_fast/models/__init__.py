@@ -1,0 +1,7 @@
+"""Recurrent-memory wrappers around a GPT-2 backbone with explicit state: :class:`ARMT` and :class:`RMT`."""
+
+from babilong_fast.models.armt import ARMT, ARMTLayerMemory
+from babilong_fast.models.rmt import RMT
+from babilong_fast.models.state import ARMTState, RMTState
+
+__all__ = ["ARMT", "ARMTLayerMemory", "ARMTState", "RMT", "RMTState"]

@@ -1,0 +1,90 @@
+"""Shared pieces of the RMT and ARMT wrappers: input checks, left-aligned segmentation, the BABILong loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_backbone(backbone: object) -> nn.Module:
+    """A GPT-2 LM (``GPT2LMHeadModel``): ``.transformer`` (``.h``, ``.wte``, ``.wpe``, ``.ln_f``) and ``.lm_head``."""
+    tr = getattr(backbone, "transformer", None)
+    if (
+        not isinstance(backbone, nn.Module)
+        or tr is None
+        or not all(hasattr(tr, a) for a in ("h", "wte", "wpe", "ln_f"))
+        or not hasattr(backbone, "lm_head")
+    ):
+        raise TypeError(f"backbone must be a transformers GPT2LMHeadModel, got {type(backbone).__name__}")
+    return backbone
+
+
+def check_positive(name: str, v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return v
+
+
+def check_input_ids(input_ids: object, name: str = "input_ids") -> torch.Tensor:
+    """A ``[B, N]`` integer tensor, ``N >= 1``: one row per sample, all of the same length."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a [B, N] torch.Tensor of token ids (samples of equal length), "
+            f"got {type(input_ids).__name__}"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+        raise ValueError(f"{name} must be [B, N] with B >= 1 and N >= 1, got shape {tuple(input_ids.shape)}")
+    return input_ids
+
+
+def check_mask(mask: object, input_ids: torch.Tensor, name: str) -> torch.Tensor | None:
+    """``None`` or a ``[B, N]`` tensor matching ``input_ids``, on its device."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
+    if mask.device != input_ids.device:
+        raise ValueError(f"{name} is on {mask.device} but input_ids is on {input_ids.device}")
+    return mask
+
+
+def segment_bounds(n: int, segment_size: int) -> list[tuple[int, int]]:
+    """Left-aligned segments ``[0, s), [s, 2s), ...``; the last one holds the remainder."""
+    return [(i, min(i + segment_size, n)) for i in range(0, n, segment_size)]
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: torch.Tensor | None) -> torch.Tensor:
+    """Token-mean cross-entropy of ``logits[:, :-1]`` against ``input_ids[:, 1:]`` where ``labels_mask[:, :-1]``.
+
+    This is RMT/ARMT's ``process_outputs`` (armt_rmt.md 1.6): the shift is applied to the logits of all
+    segments concatenated, and the mask selects prediction positions. ``labels_mask=None`` scores all positions.
+    """
+    shifted = logits[:, :-1]
+    labels = input_ids[:, 1:]
+    if labels_mask is not None:
+        keep = labels_mask[:, :-1].bool()
+        shifted, labels = shifted[keep], labels[keep]
+    return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), labels.reshape(-1))
+
+
+def greedy_loop(step, batch_size: int, device: torch.device, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
+    """Greedy decoding: ``step(generated [B, t]) -> next-token logits [B, V]``.
+
+    A row that has produced ``eos_token_id`` keeps producing it (HF's padding with ``pad = eos``);
+    the loop stops when every row has. Returns the new tokens ``[B, <= max_new_tokens]``.
+    """
+    out = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        nxt = step(out).argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+        out = torch.cat([out, nxt[:, None]], 1)
+        done |= nxt == eos_token_id
+        if bool(done.all()):
+            break
+    return out

@@ -1,0 +1,185 @@
+"""RMT (recurrent memory transformer) on a GPT-2 backbone as used for BABILong (RMT-BL, armt_rmt.md 1.10).
+
+Every segment is ``[mem; wte(x); mem] + wpe(0..T-1)`` under causal attention with memory rows always
+visible; the next memory is the ``ln_f`` output at the trailing (write) rows and the logits come from the
+token rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from babilong_fast.models._common import (
+    check_backbone,
+    check_input_ids,
+    check_mask,
+    check_positive,
+    greedy_loop,
+    lm_loss,
+    segment_bounds,
+)
+from babilong_fast.models.state import RMTState
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
+
+
+class RMT(nn.Module):
+    """Recurrent memory transformer around a ``GPT2LMHeadModel``; the state is a ``[B, M, d]`` float32 memory.
+
+    Args:
+        backbone: a ``transformers.GPT2LMHeadModel``, used unchanged.
+        num_mem_tokens: ``M`` (default 16); the learned initial memory is ``N(0, 1) * std(wte)``.
+        segment_size: tokens per segment (default 512); ``2 M + segment_size <= n_positions``.
+
+    Examples::
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=100))
+        >>> model = RMT(gpt2, num_mem_tokens=4, segment_size=16)
+        >>> ids = torch.randint(0, 100, (2, 40))
+        >>> model(ids)["logits"].shape
+        torch.Size([2, 40, 100])
+    """
+
+    def __init__(self, backbone: GPT2LMHeadModel, num_mem_tokens: int = 16, segment_size: int = 512):
+        super().__init__()
+        self.backbone = check_backbone(backbone)
+        self.num_mem_tokens = check_positive("num_mem_tokens", num_mem_tokens)
+        self.segment_size = check_positive("segment_size", segment_size)
+        wte = backbone.transformer.wte.weight
+        self.d_model = wte.shape[1]
+        self.n_positions = backbone.transformer.wpe.weight.shape[0]
+        if segment_size + 2 * num_mem_tokens > self.n_positions:
+            raise ValueError(
+                f"segment_size + 2 * num_mem_tokens = {segment_size + 2 * num_mem_tokens} exceeds the backbone's "
+                f"{self.n_positions} positions"
+            )
+        self.memory = nn.Parameter(
+            torch.randn(num_mem_tokens, self.d_model, device=wte.device, dtype=wte.dtype) * wte.detach().float().std()
+        )
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> RMTState:
+        """The learned memory broadcast over the batch, float32 (differentiable w.r.t. ``self.memory``)."""
+        check_positive("batch_size", batch_size)
+        mem = self.memory.float().unsqueeze(0).expand(batch_size, -1, -1)
+        return RMTState(mem if device is None else mem.to(device), 0)
+
+    def segment_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        state: RMTState,
+        *,
+        write: bool = True,
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, RMTState]:
+        """Run one segment ``[mem; tokens; mem]`` (``[mem; tokens]`` with ``write=False``).
+
+        Args:
+            input_ids: ``[B, L]`` token ids.
+            attention_mask: ``[B, L]`` padding mask or None; memory rows are always visible.
+            state: the memory (:meth:`init_state` for the first segment).
+            write: append the write rows and return the next memory; otherwise ``state`` is returned as is.
+            return_logits: compute ``lm_head`` on the token rows.
+
+        Returns:
+            ``(logits [B, L, V] or None, hidden [B, L, d] (after ln_f), new_state)``.
+        """
+        input_ids = check_input_ids(input_ids)
+        attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
+        B, L = input_ids.shape
+        if not isinstance(state, RMTState):
+            raise TypeError(f"state must be an RMTState (see init_state), got {type(state).__name__}")
+        M = self.num_mem_tokens
+        if state.memory.shape[1:] != (M, self.d_model) or state.batch_size not in (1, B):
+            raise ValueError(f"state memory must be [{B} or 1, {M}, {self.d_model}], got {tuple(state.memory.shape)}")
+        tr = self.backbone.transformer
+        tok = tr.wte(input_ids)
+        mem = state.memory.to(tok.dtype).expand(B, -1, -1)
+        parts = [mem, tok, mem] if write else [mem, tok]
+        emb = torch.cat(parts, 1)
+        T = emb.shape[1]
+        if T > self.n_positions:
+            raise ValueError(
+                f"segment of {L} tokens with memory ({T} rows) exceeds the backbone's {self.n_positions} positions"
+            )
+        if attention_mask is not None:
+            ones = attention_mask.new_ones(B, M)
+            attention_mask = torch.cat([ones, attention_mask, ones] if write else [ones, attention_mask], 1)
+        positions = torch.arange(T, device=emb.device).unsqueeze(0)
+        H = tr(inputs_embeds=emb, attention_mask=attention_mask, position_ids=positions, use_cache=False)[0]
+        hidden = H[:, M : M + L]
+        logits = self.backbone.lm_head(hidden) if return_logits else None
+        new_state = RMTState(H[:, M + L :].float(), state.segments_seen + 1) if write else state
+        return logits, hidden, new_state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | RMTState]:
+        """Teacher-forced pass over left-aligned segments, full BPTT (RMT-BL's ``K2=-1``).
+
+        Args:
+            input_ids: ``[B, N]`` token ids (samples of equal length; pad them and pass ``attention_mask``).
+            attention_mask: ``[B, N]`` or None.
+            labels_mask: ``[B, N]`` bool or None: ``logits[:, t]`` is scored against ``input_ids[:, t+1]``
+                where ``labels_mask[:, t]`` (all positions when None).
+
+        Returns:
+            ``{"loss": scalar, "logits": [B, N, V], "state": RMTState}``.
+        """
+        input_ids = check_input_ids(input_ids)
+        attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
+        labels_mask = check_mask(labels_mask, input_ids, "labels_mask")
+        state = self.init_state(input_ids.shape[0], input_ids.device)
+        logits = []
+        for a, b in segment_bounds(input_ids.shape[1], self.segment_size):
+            seg_mask = None if attention_mask is None else attention_mask[:, a:b]
+            seg_logits, _, state = self.segment_forward(input_ids[:, a:b], seg_mask, state)
+            logits.append(seg_logits)
+        logits = torch.cat(logits, 1)
+        return {"loss": lm_loss(logits, input_ids, labels_mask), "logits": logits, "state": state}
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 10, eos_token_id: int = 50256) -> torch.Tensor:
+        """Greedy decoding as RMT-BL's ``generate`` (armt_rmt.md 1.8).
+
+        All segments but the last update the memory; the last runs as ``[mem; tokens; generated]`` without
+        write rows, positions continuing after the tokens. Each step re-runs that suffix (no KV cache).
+
+        Args:
+            input_ids: ``[B, N]`` prompt ids (equal lengths, no padding).
+            max_new_tokens: at most this many tokens are generated.
+            eos_token_id: a row stops at this token and is padded with it; decoding stops when all rows have it.
+
+        Returns:
+            ``[B, <= max_new_tokens]`` the new tokens only.
+        """
+        input_ids = check_input_ids(input_ids)
+        check_positive("max_new_tokens", max_new_tokens)
+        bounds = segment_bounds(input_ids.shape[1], self.segment_size)
+        a, b = bounds[-1]
+        if self.num_mem_tokens + b - a + max_new_tokens - 1 > self.n_positions:
+            raise ValueError(
+                f"memory + the last segment ({b - a} tokens) + {max_new_tokens - 1} generated tokens exceeds the "
+                f"backbone's {self.n_positions} positions"
+            )
+        state = self.init_state(input_ids.shape[0], input_ids.device)
+        for s, e in bounds[:-1]:
+            _, _, state = self.segment_forward(input_ids[:, s:e], None, state, return_logits=False)
+        last = input_ids[:, a:b]
+
+        def step(generated: torch.Tensor) -> torch.Tensor:
+            ids = torch.cat([last, generated], 1)
+            _, hidden, _ = self.segment_forward(ids, None, state, write=False, return_logits=False)
+            return self.backbone.lm_head(hidden[:, -1])
+
+        return greedy_loop(step, input_ids.shape[0], input_ids.device, max_new_tokens, eos_token_id)
+
+    def extra_repr(self) -> str:
+        return f"num_mem_tokens={self.num_mem_tokens}, segment_size={self.segment_size}"
