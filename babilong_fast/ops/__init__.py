@@ -1,6 +1,12 @@
-"""Fused ops, each with a reference ``<op>_ref`` beside it. ``assoc_read`` has cuda, triton and torch backends; ``assoc_write`` only torch so far."""
+"""Fused ops, each with a reference ``<op>_ref`` beside it.
+
+``assoc_read`` has cuda, triton and torch backends; ``assoc_write`` has triton and torch (not yet run on a GPU).
+"""
 from babilong_fast.ops.assoc_read import AssocRead, AssocReadFunction, assoc_read, assoc_read_ref
-from babilong_fast.ops.assoc_write import assoc_write, assoc_write_ref
+from babilong_fast.ops.assoc_write import AssocWriteFunction, assoc_write, assoc_write_ref
 from babilong_fast.ops.dpfp import dpfp
 
-__all__ = ["AssocRead", "AssocReadFunction", "assoc_read", "assoc_read_ref", "assoc_write", "assoc_write_ref", "dpfp"]
+__all__ = [
+    "AssocRead", "AssocReadFunction", "AssocWriteFunction", "assoc_read", "assoc_read_ref", "assoc_write", "assoc_write_ref",
+    "dpfp",
+]

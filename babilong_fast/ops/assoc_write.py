@@ -9,8 +9,9 @@ With ``K = dpfp(mem w_k^T)``, ``V = mem w_v^T`` and ``beta = sigmoid(mem w_b^T +
     z_new = z + K^T gamma
 
 Every row uses the pre-update ``(A, z)`` (one parallel rank-M update), and ``beta`` scales the
-value update only, not ``z``. Only the float reference :func:`assoc_write_ref` exists so far; the
-public :func:`assoc_write` dispatches to it (fused kernels come later).
+value update only, not ``z``. Three layers: the Triton kernels (``babilong_fast.kernels.assoc_write``),
+:class:`AssocWriteFunction` and the public :func:`assoc_write`, and the float reference
+:func:`assoc_write_ref` beside them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from babilong_fast.ops._checks import (
 )
 from babilong_fast.ops.dpfp import dpfp
 
-IMPLEMENTED = ("torch",)
+IMPLEMENTED = ("triton", "torch")
 
 
 def assoc_write_ref(
@@ -110,6 +111,39 @@ def _check(mem, w_k, w_v, w_b, b_b, A, z, nu, eps) -> tuple[int, float]:
     return nu, eps
 
 
+def _fwd(backend: str, mem, w_k, w_v, w_b, b_b, A, z, nu: int, eps: float, correction: bool, first_segment: bool):
+    if backend == "triton":
+        from babilong_fast.kernels.assoc_write import assoc_write_fwd
+
+        return assoc_write_fwd(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
+    return assoc_write_ref(
+        mem, w_k, w_v, w_b, b_b, A, z, nu=nu, eps=eps, correction=correction, first_segment=first_segment
+    )
+
+
+class AssocWriteFunction(torch.autograd.Function):
+    """Fused forward; the backward recomputes with the reference and differentiates it (``gamma`` detached)."""
+
+    @staticmethod
+    def forward(ctx, mem, w_k, w_v, w_b, b_b, A, z, nu: int, eps: float, correction: bool, first_segment: bool,
+                backend: str):
+        ctx.save_for_backward(mem, w_k, w_v, w_b, b_b, A, z)
+        ctx.nu, ctx.eps, ctx.correction, ctx.first_segment = nu, eps, correction, first_segment
+        return _fwd(backend, mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
+
+    @staticmethod
+    def backward(ctx, grad_A, grad_z):
+        saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, ctx.needs_input_grad[:7], strict=True)]
+        with torch.enable_grad():
+            outs = assoc_write_ref(
+                *inputs, nu=ctx.nu, eps=ctx.eps, correction=ctx.correction, first_segment=ctx.first_segment
+            )
+            wrt = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(outs, wrt, (grad_A, grad_z), allow_unused=True) if wrt else ())
+        return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None, None)
+
+
 def assoc_write(
     mem: torch.Tensor,
     w_k: torch.Tensor,
@@ -140,7 +174,8 @@ def assoc_write(
         eps: added to ``K z`` and to ``|K|^2`` (default 1e-5).
         correction: use the ``gamma`` correction for ``z`` (default True; False means ``gamma = 1``).
         first_segment: the memory is empty: no recall (``Vbar = 0``) and ``gamma = 1``.
-        backend: only ``"torch"`` exists yet; ``"auto"`` picks it.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (no CUDA kernel yet; see :func:`babilong_fast.backends`).
+            ``"auto"`` picks Triton for CUDA tensors and the reference for CPU tensors.
 
     Returns:
         ``(A_new [B, F, d], z_new [B, F])``, float32.
@@ -155,7 +190,11 @@ def assoc_write(
         (torch.Size([2, 384, 768]), torch.Size([2, 384]))
     """
     nu, eps = _check(mem, w_k, w_v, w_b, b_b, A, z, nu, eps)
-    resolve_backend("assoc_write", backend, mem.device, implemented=IMPLEMENTED)
-    return assoc_write_ref(
-        mem, w_k, w_v, w_b, b_b, A, z, nu=nu, eps=eps, correction=bool(correction), first_segment=bool(first_segment)
-    )
+    chosen = resolve_backend("assoc_write", backend, mem.device, implemented=IMPLEMENTED)
+    correction, first_segment = bool(correction), bool(first_segment)
+    if mem.numel() == 0 or A.numel() == 0:  # nothing to launch: the reference handles the empty shapes
+        chosen = "torch"
+    args = (mem, w_k, w_v, w_b, b_b, A, z)
+    if chosen != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        return AssocWriteFunction.apply(*args, nu, eps, correction, first_segment, chosen)
+    return _fwd(chosen, *args, nu, eps, correction, first_segment)

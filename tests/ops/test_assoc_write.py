@@ -5,12 +5,21 @@ import torch
 
 from babilong_fast.backends import BackendUnavailableError
 from babilong_fast.ops import assoc_write, assoc_write_ref
-from tests.helpers import assert_close
+from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_triton
+
+# The backends assoc_write has, each on the device it runs on here (Triton: the interpreter on CPU).
+BACKENDS = [p for p in backend_params() if p.id in ("torch", "triton")]
+DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 # (B, M, d, d_mem, nu): one memory row, ARMT's M = 10, odd sizes, nu != 3.
 SHAPES = [
     pytest.param(s, id="B{}-M{}-d{}-n{}-nu{}".format(*s))
     for s in [(1, 1, 16, 4, 3), (2, 10, 48, 8, 3), (3, 5, 33, 7, 2), (1, 3, 20, 3, 1)]
+]
+# Backend comparisons: d not a multiple of 64, odd d_mem, M = 1, 3, 10, B = 1 and 3.
+OP_SHAPES = [
+    pytest.param(s, id="B{}-M{}-d{}-n{}-nu{}".format(*s))
+    for s in [(1, 1, 40, 5, 3), (3, 3, 100, 5, 2), (1, 10, 130, 5, 3), (3, 10, 40, 8, 1)]
 ]
 
 
@@ -24,7 +33,7 @@ def phi_spec(u: torch.Tensor, nu: int) -> torch.Tensor:
 
 def write_spec(mem, w_k, w_v, w_b, b_b, A, z, nu, eps=1e-5, correction=True, first=False, detach_gamma=True):
     """Float64 spec of the ARMT write: every row j against the pre-update state, rank-1 updates summed."""
-    mem, w_k, w_v, w_b, b_b, A, z = (t.double() for t in (mem, w_k, w_v, w_b, b_b, A, z))
+    mem, w_k, w_v, w_b, b_b, A, z = (t.double().cpu() for t in (mem, w_k, w_v, w_b, b_b, A, z))
     B, M, _ = mem.shape
     A = A.expand(B, -1, -1)
     z = z.expand(B, -1)
@@ -52,7 +61,7 @@ def write_spec(mem, w_k, w_v, w_b, b_b, A, z, nu, eps=1e-5, correction=True, fir
     return torch.stack(A_out), torch.stack(z_out)
 
 
-def make_inputs(B, M, d, n, nu, batch_state=None, z_scale=1.0):
+def make_inputs(B, M, d, n, nu, batch_state=None, z_scale=1.0, device="cpu"):
     F = 2 * nu * n
     Bs = B if batch_state is None else batch_state
     mem = torch.randn(B, M, d)
@@ -62,7 +71,11 @@ def make_inputs(B, M, d, n, nu, batch_state=None, z_scale=1.0):
     b_b = torch.randn(1)
     A = torch.randn(Bs, F, d)
     z = torch.rand(Bs, F) * z_scale
-    return mem, w_k, w_v, w_b, b_b, A, z
+    return tuple(t.to(device) for t in (mem, w_k, w_v, w_b, b_b, A, z))
+
+
+def ref64(args, nu, **kw):
+    return assoc_write_ref(*(t.double() for t in args), nu=nu, **kw)
 
 
 @pytest.mark.parametrize("correction", [True, False], ids=["corr", "nocorr"])
@@ -83,30 +96,63 @@ def test_assoc_write_ref_matches_spec(shape, first, correction):
     assert_close("z f32", z_want, z32, 1e-5)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("correction", [True, False], ids=["corr", "nocorr"])
+@pytest.mark.parametrize("first", [False, True], ids=["later", "first"])
+@pytest.mark.parametrize("shape", OP_SHAPES)
+def test_assoc_write_backend_matches_spec(backend, device, shape, first, correction):
+    B, M, d, n, nu = shape
+    args = make_inputs(B, M, d, n, nu, z_scale=0.05, device=device)
+    before = [t.clone() for t in args]
+    A_new, z_new = assoc_write(*args, nu=nu, correction=correction, first_segment=first, backend=backend)
+    assert A_new.dtype == z_new.dtype == torch.float32 and A_new.device == args[0].device
+    assert A_new.shape == (B, 2 * nu * n, d) and z_new.shape == (B, 2 * nu * n)
+    A_want, z_want = write_spec(*args, nu, correction=correction, first=first)
+    assert_close("A", A_want, A_new, 1e-5)
+    assert_close("z", z_want, z_new, 1e-5)
+    assert all(torch.equal(t, b) for t, b in zip(args, before, strict=True)), "inputs were modified"
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("first", [False, True], ids=["later", "first"])
+def test_assoc_write_gpt2_shape(backend, device, first):
+    """ARMT on GPT-2: M = 10 memory rows, d = 768, d_mem = 64, nu = 3 (the launch configs used in practice)."""
+    args = make_inputs(2, 10, 768, 64, 3, z_scale=0.05, device=device)
+    A_want, z_want = ref64(args, 3, first_segment=first)
+    A_new, z_new = assoc_write(*args, first_segment=first, backend=backend)
+    assert_close("A", A_want, A_new, 1e-5)
+    assert_close("z", z_want, z_new, 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_assoc_write_half_inputs_give_float32_state(dtype):
-    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 10, 40, 8, 3, z_scale=0.05)
+def test_assoc_write_half_inputs_give_float32_state(backend, device, dtype):
+    """Half-precision mem and weights are exact in float32, so the float32 state matches the float64 spec closely."""
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 10, 40, 8, 3, z_scale=0.05, device=device)
     mem, w_k, w_v, w_b, b_b = (t.to(dtype) for t in (mem, w_k, w_v, w_b, b_b))
-    A_new, z_new = assoc_write(mem, w_k, w_v, w_b, b_b, A, z)
+    A_new, z_new = assoc_write(mem, w_k, w_v, w_b, b_b, A, z, backend=backend)
     assert A_new.dtype == z_new.dtype == torch.float32
     A_want, z_want = write_spec(mem, w_k, w_v, w_b, b_b, A, z, 3)
     assert_close("A", A_want, A_new, 1e-5)
     assert_close("z", z_want, z_new, 1e-5)
 
 
-def test_assoc_write_first_segment_rules():
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_assoc_write_first_segment_rules(backend, device):
     """Empty memory: A_new = K^T diag(beta) V and z_new = sum_j k_j, whatever the correction flag."""
-    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 6, 24, 4, 3)
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 6, 24, 4, 3, device=device)
     A0, z0 = torch.zeros_like(A), torch.zeros_like(z)
-    K = phi_spec(mem.double() @ w_k.double().t(), 3)
-    V = mem.double() @ w_v.double().t()
-    beta = torch.sigmoid(mem.double() @ w_b.double().t() + b_b.double())
+    K = phi_spec(mem.double().cpu() @ w_k.double().cpu().t(), 3)
+    V = mem.double().cpu() @ w_v.double().cpu().t()
+    beta = torch.sigmoid(mem.double().cpu() @ w_b.double().cpu().t() + b_b.double().cpu())
     for correction in (True, False):
-        A_new, z_new = assoc_write(mem, w_k, w_v, w_b, b_b, A0, z0, correction=correction, first_segment=True)
+        A_new, z_new = assoc_write(
+            mem, w_k, w_v, w_b, b_b, A0, z0, correction=correction, first_segment=True, backend=backend
+        )
         assert_close("A", K.transpose(1, 2) @ (beta * V), A_new, 1e-6)
         assert_close("z", K.sum(1), z_new, 1e-6)
     # An empty state without the first-segment flag is not the same: gamma = 1 - eps/(|k|^2+eps) < 1.
-    _, z_later = assoc_write(mem, w_k, w_v, w_b, b_b, A0, z0)
+    _, z_later = assoc_write(mem, w_k, w_v, w_b, b_b, A0, z0, backend=backend)
     assert not torch.equal(z_later, z_new)
 
 
@@ -128,15 +174,41 @@ def test_assoc_write_repeated_keys_give_zero_gamma():
     assert_close("A", A1 + k.transpose(1, 2) @ (beta * (1 - beta) * v), A2, 1e-6)
 
 
-def test_assoc_write_broadcast_state():
-    args = make_inputs(3, 7, 36, 6, 3, batch_state=1, z_scale=0.05)
-    A_want, z_want = write_spec(*args, 3)
-    A_new, z_new = assoc_write(*args)
-    assert A_new.shape == (3, 36, 36) and z_new.shape == (3, 36)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_assoc_write_repeated_keys_give_zero_gamma_backend(backend, device):
+    """The same ten rows written twice in float32: every gamma clips to 0, so z is unchanged exactly."""
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 10, 40, 5, 3, device=device)
+    A0, z0 = torch.zeros_like(A), torch.zeros_like(z)
+    A1, z1 = assoc_write(mem, w_k, w_v, w_b, b_b, A0, z0, first_segment=True, backend=backend)
+    A2, z2 = assoc_write(mem, w_k, w_v, w_b, b_b, A1, z1, backend=backend)
+    assert torch.equal(z2, z1)
+    A_want, _ = ref64((mem, w_k, w_v, w_b, b_b, A1, z1), 3)
+    assert_close("A", A_want, A2, 1e-5)
+    # One row: gamma = 1 - (|k|^2 + eps)/(|k|^2 + eps) is zero up to float32 rounding.
+    m1 = mem[:, :1].contiguous()
+    A1, z1 = assoc_write(m1, w_k, w_v, w_b, b_b, A0, z0, first_segment=True, backend=backend)
+    _, z2 = assoc_write(m1, w_k, w_v, w_b, b_b, A1, z1, backend=backend)
+    assert_close("z", z1, z2, 1e-6)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("first", [False, True], ids=["later", "first"])
+def test_assoc_write_broadcast_state(backend, device, first):
+    """A batch-1 state (ARMT's initial zeros, or any shared state) broadcasts over the batch of memory rows."""
+    args = make_inputs(3, 3, 130, 5, 3, batch_state=1, z_scale=0.05, device=device)
+    A_want, z_want = write_spec(*args, 3, first=first)
+    A_new, z_new = assoc_write(*args, first_segment=first, backend=backend)
+    assert A_new.shape == (3, 30, 130) and z_new.shape == (3, 30)
     assert_close("A", A_want, A_new, 1e-5)
     assert_close("z", z_want, z_new, 1e-5)
-    A_new, z_new = assoc_write(*args, first_segment=True)
-    assert A_new.shape == (3, 36, 36) and z_new.shape == (3, 36)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_assoc_write_empty_rows(backend, device):
+    """No memory rows: the state is returned unchanged (broadcast to the batch)."""
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 0, 16, 4, 3, batch_state=1, device=device)
+    A_new, z_new = assoc_write(mem, w_k, w_v, w_b, b_b, A, z, backend=backend)
+    assert torch.equal(A_new, A.expand(2, -1, -1)) and torch.equal(z_new, z.expand(2, -1))
 
 
 def test_assoc_write_gamma_is_detached():
@@ -166,16 +238,58 @@ def test_assoc_write_gamma_is_detached():
     assert any((g - u).abs().max() > 1e-6 for g, u in zip(got, undetached, strict=True) if u is not None)
 
 
-def test_assoc_write_grads_match_spec_float32():
-    args = make_inputs(2, 4, 20, 4, 2, z_scale=0.05)
+NAMES = ("mem", "w_k", "w_v", "w_b", "b_b", "A", "z")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize(
+    "first,correction,batch_state",
+    [(False, True, None), (False, False, None), (True, True, None), (False, True, 1)],
+    ids=["later-corr", "later-nocorr", "first", "broadcast"],
+)
+def test_assoc_write_grads_match_spec_float32(backend, device, first, correction, batch_state):
+    args = make_inputs(2, 4, 20, 5, 2, batch_state=batch_state, z_scale=0.05, device=device)
     inputs = [t.clone().requires_grad_(True) for t in args]
-    A_new, z_new = assoc_write(*inputs, nu=2)
-    (A_new.square().sum() + z_new.sum()).backward()
-    ref_inputs = [t.double().requires_grad_(True) for t in args]
-    A_ref, z_ref = write_spec(*ref_inputs, 2)
-    (A_ref.square().sum() + z_ref.sum()).backward()
-    for name, t, r in zip(("mem", "w_k", "w_v", "w_b", "b_b", "A", "z"), inputs, ref_inputs, strict=True):
+    A_new, z_new = assoc_write(*inputs, nu=2, first_segment=first, correction=correction, backend=backend)
+    (A_new.square().sum() + z_new.square().sum()).backward()
+    ref_inputs = [t.detach().double().cpu().requires_grad_(True) for t in args]
+    A_ref, z_ref = write_spec(*ref_inputs, 2, first=first, correction=correction)
+    (A_ref.square().sum() + z_ref.square().sum()).backward()
+    for name, t, r in zip(NAMES, inputs, ref_inputs, strict=True):
+        assert t.grad.shape == t.shape, name
         assert_close(f"d{name}", r.grad, t.grad, 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_assoc_write_grads_some_inputs(backend, device):
+    """Only some inputs need gradients (frozen weights): those get them, the rest stay None; half mem works."""
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 3, 24, 3, 3, z_scale=0.05, device=device)
+    mem = mem.to(torch.bfloat16).requires_grad_(True)
+    A = A.clone().requires_grad_(True)
+    A_new, z_new = assoc_write(mem, w_k, w_v, w_b, b_b, A, z, backend=backend)
+    g = torch.randn_like(A_new)
+    (A_new * g).sum().backward()
+    assert mem.grad.dtype == torch.bfloat16 and w_k.grad is None and z.grad is None
+    ref = [t.detach().double().cpu().requires_grad_(True) for t in (mem, A)]
+    A_ref, _ = write_spec(ref[0], w_k, w_v, w_b, b_b, ref[1], z, 3)
+    (A_ref * g.double().cpu()).sum().backward()
+    assert_close("dmem", ref[0].grad, mem.grad, 1e-2)
+    assert_close("dA", ref[1].grad, A.grad, 1e-5)
+
+
+@requires_triton
+@pytest.mark.triton
+def test_assoc_write_triton_small_tiles():
+    """Explicit 16-wide tiles: several row blocks, key-column blocks, feature chunks and the loop over M."""
+    from babilong_fast.kernels.assoc_write import AssocWriteConfig, assoc_write_fwd
+
+    cfg = AssocWriteConfig(BR=16, BN=16, BK=16, BM=16, BD_RECALL=16, BI=16, BF=16, BD_UPDATE=16, num_warps=4)
+    args = make_inputs(2, 21, 40, 19, 1, batch_state=1, z_scale=0.05, device=DEVICE)
+    for first in (False, True):
+        A_new, z_new = assoc_write_fwd(*args, 1, 1e-5, True, first, config=cfg)
+        A_want, z_want = ref64(args, 1, first_segment=first)
+        assert_close("A", A_want, A_new, 1e-5)
+        assert_close("z", z_want, z_new, 1e-5)
 
 
 def test_assoc_write_bad_input():
@@ -209,5 +323,5 @@ def test_assoc_write_bad_input():
             call(**over)
     with pytest.raises(ValueError, match="eps"):
         assoc_write(mem, w_k, w_v, w_b, b_b, A, z, eps=0.0)
-    with pytest.raises(BackendUnavailableError, match="assoc_write"):
-        call(backend="triton")
+    with pytest.raises(BackendUnavailableError, match="assoc_write has no 'cuda' backend"):
+        call(backend="cuda")
