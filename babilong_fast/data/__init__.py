@@ -8,10 +8,12 @@ from babilong_fast.data.corpora import BundledNovels, HFDataset, TextFolder, Tex
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import FINETUNE_MARGIN, PROMPT_MARGIN, input_budget, parse_length
 from babilong_fast.data.metric import TASK_LABELS, compare_answers, exact_match_finetuned
+from babilong_fast.data.official import OfficialSample, from_hub, load_official, write_official
 from babilong_fast.data.tokenizer import EOS_ID, GPT2Tokenizer, get_tokenizer
 
 __all__ = [
     "EOS_ID", "FINETUNE_MARGIN", "PROMPT_MARGIN", "TASK_LABELS", "BabilongGenerator", "BabilongSample", "BundledNovels",
     "FactsTooLongError", "GPT2Tokenizer", "HFDataset", "TextFolder", "TextSource", "background_sentences",
     "build_sample", "compare_answers", "exact_match_finetuned", "get_tokenizer", "input_budget", "parse_length",
+    "OfficialSample", "from_hub", "load_official", "write_official",
 ]

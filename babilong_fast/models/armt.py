@@ -269,25 +269,50 @@ class ARMT(nn.Module):
             ``[B, <= max_new_tokens]`` the new tokens only.
         """
         input_ids = check_input_ids(input_ids)
-        check_positive("max_new_tokens", max_new_tokens)
         bounds = segment_bounds(input_ids.shape[1], self.segment_size)
         a, b = bounds[-1]
-        if b - a + max_new_tokens - 1 > self.n_positions:
-            raise ValueError(
-                f"the last segment ({b - a} tokens) plus {max_new_tokens - 1} generated tokens exceeds the "
-                f"backbone's {self.n_positions} positions"
-            )
+        self._check_decode_fits(b - a, max_new_tokens)
         state = self.init_state(input_ids.shape[0], input_ids.device)
         for s, e in bounds[:-1]:
             _, _, state = self.segment_forward(input_ids[:, s:e], None, state, return_logits=False)
-        last = input_ids[:, a:b]
+        return self.generate_from_state(input_ids[:, a:b], state, max_new_tokens, eos_token_id)
+
+    def _check_decode_fits(self, last_len: int, max_new_tokens: int) -> None:
+        check_positive("max_new_tokens", max_new_tokens)
+        if last_len + max_new_tokens - 1 > self.n_positions:
+            raise ValueError(
+                f"the last segment ({last_len} tokens) plus {max_new_tokens - 1} generated tokens exceeds the "
+                f"backbone's {self.n_positions} positions"
+            )
+
+    @torch.no_grad()
+    def generate_from_state(
+        self, last_ids: torch.Tensor, state: ARMTState, max_new_tokens: int = 10, eos_token_id: int = 50256
+    ) -> torch.Tensor:
+        """The decoding half of :meth:`generate`: greedy tokens after the final segment ``last_ids``.
+
+        ``state`` is the memory after every earlier segment (written with :meth:`segment_forward`); the
+        last segment and the tokens generated so far run with ``write=False``. Used by streaming inference
+        (:class:`babilong_fast.engine.StreamRunner`), which builds ``state`` without the whole input.
+
+        Args:
+            last_ids: ``[B, L]`` the final segment, ``1 <= L <= segment_size``.
+            state: the memory before it.
+            max_new_tokens, eos_token_id: as in :meth:`generate`.
+
+        Returns:
+            ``[B, <= max_new_tokens]`` the new tokens only.
+        """
+        last = check_input_ids(last_ids, "last_ids")
+        self._check_decode_fits(last.shape[1], max_new_tokens)
+        state = self._check_state(state, last.shape[0])
 
         def step(generated: torch.Tensor) -> torch.Tensor:
             ids = torch.cat([last, generated], 1)
             _, hidden, _ = self.segment_forward(ids, None, state, write=False, return_logits=False)
             return self.backbone.lm_head(hidden[:, -1])
 
-        return greedy_loop(step, input_ids.shape[0], input_ids.device, max_new_tokens, eos_token_id)
+        return greedy_loop(step, last.shape[0], last.device, max_new_tokens, eos_token_id)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,358 @@
+"""Streaming inference for recurrent-memory models: a token stream of any length in constant memory.
+
+:class:`StreamRunner` reads token chunks of any sizes, re-blocks them into segments of exactly
+``segment_size`` tokens in one preallocated ``[B, segment_size]`` buffer and runs each full segment with
+memory writes on and no LM head (armt_rmt.md 3.2 items 2-6). The newest 1..``segment_size`` tokens are
+always held back: whether they are the final segment is only known once the question arrives.
+:meth:`StreamRunner.answer` appends ``question ‖ GEN``, runs the segments that spill over, and decodes
+greedily from the final segment with the model's own generation rule, so the tokens equal
+``model.generate(context ‖ question ‖ GEN)`` exactly while the context is never held whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from babilong_fast.data.builder import BabilongSample
+from babilong_fast.data.tokenizer import EOS_ID
+from babilong_fast.engine.adapters import SegmentAdapter, make_adapter
+from babilong_fast.engine.progress import Progress
+
+GEN_ID = 35353
+"""GPT-2 id of ``"GEN"``, the separator between question and answer in BABILong fine-tuning."""
+
+DEFAULT_CHUNK_TOKENS = 4096
+
+Chunk = Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Where a stream stands: the model's memory plus the tokens not yet run.
+
+    Args:
+        model_state: the model's state after ``num_segments`` segments (``ARMTState``, ``RMTState``).
+        pending: ``[B, p]`` int64, ``0 <= p <= segment_size``: the newest tokens, held back because they may
+            belong to the final segment. ``p`` is 0 only for a stream that has seen no token.
+        num_tokens: tokens consumed so far (run and pending).
+        num_segments: segments run with memory writes.
+    """
+
+    model_state: Any
+    pending: torch.Tensor
+    num_tokens: int = 0
+    num_segments: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.pending.shape[0]
+
+
+def as_chunk(chunk: object, vocab_size: int | None = None) -> torch.Tensor | None:
+    """One chunk as a ``[B, n]`` integer tensor (``None`` for an empty 1-D chunk).
+
+    A 1-D tensor or a sequence of ints is one row (``B = 1``); a 2-D tensor or a sequence of equal-length
+    rows is a batch. Ids are range-checked against ``vocab_size`` when the chunk is on the CPU.
+    """
+    if isinstance(chunk, (int, str, bytes)):
+        raise TypeError(
+            f"each chunk must be a sequence of token ids or a [B, n] tensor, got {type(chunk).__name__}; "
+            "to stream one list of ids pass [ids]"
+        )
+    if isinstance(chunk, torch.Tensor):
+        t = chunk
+    else:
+        try:
+            t = torch.as_tensor(chunk)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"chunk is not a sequence of integer token ids: {e}") from None
+    if t.dim() == 1 and t.numel() == 0:
+        return None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"token ids must be integers, got a chunk of dtype {t.dtype}")
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    elif t.dim() != 2:
+        raise ValueError(f"a chunk must be [n] or [B, n], got shape {tuple(t.shape)}")
+    if vocab_size is not None and t.device.type == "cpu" and t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"token ids must lie in [0, {vocab_size}), got a chunk with ids in [{lo}, {hi}]")
+    return t
+
+
+class StreamRunner:
+    """Prefill a stream of token chunks into a recurrent memory, then answer a question greedily.
+
+    One interface for every supported model (ARMT and RMT now, Mamba later through its own adapter in
+    :mod:`babilong_fast.engine.adapters`). Everything runs under ``torch.inference_mode()``; states are
+    plain values, so one prefilled :class:`StreamState` can answer several questions.
+
+    Args:
+        model: an :class:`~babilong_fast.models.ARMT` or :class:`~babilong_fast.models.RMT`; put in eval mode.
+        segment_size: must equal the model's (the default); kept for models whose segment length is free.
+        device: moves the model there (in place); default: where its parameters are.
+        dtype: casts the model's floating parameters (in place); the ARMT/RMT state stays float32.
+        progress: show a tqdm bar (tokens/s in the postfix) or, without tqdm, a line every 10 s on stderr.
+
+    Examples::
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from babilong_fast.models import ARMT
+        >>> gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=100))
+        >>> runner = StreamRunner(ARMT(gpt2, num_mem_tokens=4, d_mem=8, segment_size=16), progress=False)
+        >>> state = runner.prefill([[1, 2, 3], list(range(40))])
+        >>> state.num_tokens, state.num_segments, tuple(state.pending.shape)
+        (43, 2, (1, 11))
+        >>> runner.answer([5, 6], max_new_tokens=3, eos_token_id=99, gen_token_id=7).shape
+        torch.Size([1, 3])
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        segment_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.adapter: SegmentAdapter = make_adapter(model)
+        if segment_size is not None:
+            if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1:
+                raise ValueError(f"segment_size must be an integer >= 1, got {segment_size!r}")
+            if segment_size != self.adapter.segment_size:
+                raise ValueError(
+                    f"segment_size={segment_size} does not match the model's segment_size="
+                    f"{self.adapter.segment_size}; streaming must segment as the model was trained and generates"
+                )
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.progress = progress
+        self.state: StreamState | None = None
+        self._buf: torch.Tensor | None = None
+
+    @property
+    def segment_size(self) -> int:
+        return self.adapter.segment_size
+
+    def _workspace(self, batch_size: int) -> torch.Tensor:
+        """The static ``[B, segment_size]`` input buffer (reused across calls of the same batch size)."""
+        if self._buf is None or self._buf.shape[0] != batch_size:
+            self._buf = torch.zeros(batch_size, self.segment_size, dtype=torch.long, device=self.device)
+        return self._buf
+
+    def init_state(self, batch_size: int = 1) -> StreamState:
+        """An empty stream of ``batch_size`` rows (the model's initial memory, nothing pending)."""
+        with torch.inference_mode():
+            model_state = self.adapter.init_state(batch_size, self.device)
+        return StreamState(model_state, torch.zeros(batch_size, 0, dtype=torch.long, device=self.device))
+
+    def prefill(
+        self,
+        chunks: Iterable[Chunk] | torch.Tensor,
+        state: StreamState | None = None,
+        *,
+        total_tokens: int | None = None,
+    ) -> StreamState:
+        """Consume ``chunks`` segment by segment; memory does not grow with the stream's length.
+
+        Every full segment is run (writes on, no logits) as soon as a later token shows that it is not the
+        last; the newest ``1..segment_size`` tokens stay pending for :meth:`answer`.
+
+        Args:
+            chunks: an iterable of chunks of any sizes: ``list[int]`` or 1-D tensors (one row), or ``[B, n]``
+                tensors (a batch; ``B`` fixed for the whole stream). A tensor alone is one chunk.
+            state: continue this stream instead of starting a new one.
+            total_tokens: expected length, for the progress bar only.
+
+        Returns:
+            the new :class:`StreamState`; also kept as ``self.state``.
+
+        Raises:
+            ValueError: empty stream, batch size changing mid-stream, ids out of the vocabulary.
+            TypeError: a chunk that is not integer token ids.
+        """
+        st = self._prefill(chunks, state, Progress(self.progress, total_tokens))
+        self.state = st
+        return st
+
+    def _prefill(self, chunks: Iterable[Chunk] | torch.Tensor, state: StreamState | None, bar: Progress) -> StreamState:
+        if isinstance(chunks, torch.Tensor):
+            chunks = (chunks,)
+        S, adapter = self.segment_size, self.adapter
+        B = buf = model_state = None
+        fill = tokens = segments = 0
+        if state is not None:
+            if not isinstance(state, StreamState):
+                raise TypeError(f"state must be a StreamState (from prefill or init_state), got {type(state).__name__}")
+            B, model_state = state.batch_size, adapter.check_state(state.model_state)
+            fill, tokens, segments = state.pending.shape[1], state.num_tokens, state.num_segments
+        try:
+            with torch.inference_mode():
+                if state is not None:
+                    buf = self._workspace(B)
+                    buf[:, :fill].copy_(state.pending)
+                for k, chunk in enumerate(chunks):
+                    c = as_chunk(chunk, adapter.vocab_size)
+                    if c is None:
+                        continue
+                    if B is None:
+                        if c.shape[1] == 0:
+                            continue
+                        B = c.shape[0]
+                        buf = self._workspace(B)
+                        model_state = adapter.init_state(B, self.device)
+                    elif c.shape[0] != B:
+                        raise ValueError(
+                            f"chunk {k} has batch size {c.shape[0]}, but the stream has {B} rows; "
+                            "every chunk of a stream must have the same batch size"
+                        )
+                    n, pos = c.shape[1], 0
+                    while pos < n:
+                        if fill == S:
+                            model_state = adapter.step(buf, model_state)
+                            segments += 1
+                            fill = 0
+                            bar.update(0, 1)
+                        take = min(S - fill, n - pos)
+                        buf[:, fill : fill + take].copy_(c[:, pos : pos + take])
+                        fill += take
+                        pos += take
+                    tokens += n
+                    bar.update(n)
+                if B is None:
+                    raise ValueError("empty stream: the chunks held no tokens")
+                pending = buf[:, :fill].clone()
+        finally:
+            bar.close()
+        return StreamState(model_state, pending, tokens, segments)
+
+    def _suffix(self, question_ids: object, batch_size: int, gen_token_id: int | None) -> torch.Tensor:
+        q = as_chunk(question_ids, self.adapter.vocab_size)
+        q = torch.zeros(1, 0, dtype=torch.long) if q is None else q.to("cpu", torch.long)
+        if q.shape[0] == 1 and batch_size > 1:
+            q = q.expand(batch_size, -1)
+        elif q.shape[0] != batch_size:
+            raise ValueError(f"question_ids has {q.shape[0]} rows, the stream {batch_size}")
+        if gen_token_id is not None:
+            gen = as_chunk([gen_token_id], self.adapter.vocab_size)
+            q = torch.cat([q, gen.expand(batch_size, 1)], 1)
+        return q
+
+    def finish(
+        self, question_ids: object, state: StreamState | None = None, *, gen_token_id: int | None = GEN_ID
+    ) -> StreamState:
+        """Append ``question ‖ GEN`` and run the segments that spill over; the final segment stays pending.
+
+        Args:
+            question_ids: ``list[int]`` / 1-D tensor (the same question for every row) or ``[B, q]``.
+            state: default ``self.state`` (the last :meth:`prefill`); it is not modified.
+            gen_token_id: appended after the question (default the id of ``"GEN"``); None appends nothing.
+
+        Returns:
+            the :class:`StreamState` whose ``pending`` is the final segment of ``context ‖ question ‖ GEN``.
+        """
+        state = self._current(state)
+        suffix = self._suffix(question_ids, state.batch_size, gen_token_id)
+        return self._prefill((suffix,), state, Progress(False))
+
+    def decode(self, state: StreamState, *, max_new_tokens: int = 10, eos_token_id: int = EOS_ID) -> torch.Tensor:
+        """Greedy decoding from ``state.pending`` as the final segment, with the model's ``generate`` rule."""
+        if state.pending.shape[1] == 0:
+            raise ValueError("nothing to answer: the stream is empty and no question was given")
+        with torch.inference_mode():
+            return self.adapter.decode(state.pending, state.model_state, max_new_tokens, eos_token_id)
+
+    def answer(
+        self,
+        question_ids: object,
+        *,
+        state: StreamState | None = None,
+        max_new_tokens: int = 10,
+        eos_token_id: int = EOS_ID,
+        gen_token_id: int | None = GEN_ID,
+    ) -> torch.Tensor:
+        """Greedy answer to ``question_ids`` after the prefilled context.
+
+        The result equals ``model.generate(context ‖ question ‖ GEN, max_new_tokens, eos_token_id)``.
+
+        Args:
+            question_ids: ``list[int]`` / 1-D tensor (shared by all rows) or ``[B, q]``.
+            state: default ``self.state``; not modified, so the same context can answer several questions.
+            max_new_tokens: at most this many tokens.
+            eos_token_id: a row stops at it and is padded with it (GPT-2's end-of-text by default).
+            gen_token_id: the separator appended after the question (``"GEN"``); None for none.
+
+        Returns:
+            ``[B, <= max_new_tokens]`` int64, the new tokens only.
+        """
+        return self.decode(
+            self.finish(question_ids, state, gen_token_id=gen_token_id),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+        )
+
+    def run(
+        self,
+        sample_or_chunks: BabilongSample | Iterable[Chunk] | torch.Tensor,
+        question_ids: object = None,
+        *,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        max_new_tokens: int = 10,
+        eos_token_id: int = EOS_ID,
+        gen_token_id: int | None = GEN_ID,
+    ) -> torch.Tensor:
+        """:meth:`prefill` then :meth:`answer`.
+
+        Args:
+            sample_or_chunks: a :class:`~babilong_fast.data.BabilongSample` (streamed with
+                ``iter_chunks(chunk_tokens)``; its question is the default ``question_ids``), or chunks.
+            question_ids: required for chunks.
+            chunk_tokens, max_new_tokens, eos_token_id, gen_token_id: as in :meth:`answer`.
+
+        Returns:
+            ``[B, <= max_new_tokens]`` the generated tokens.
+        """
+        total = None
+        if isinstance(sample_or_chunks, BabilongSample):
+            sample = sample_or_chunks
+            total = sample.num_tokens
+            chunks = sample.iter_chunks(chunk_tokens)
+            if question_ids is None:
+                question_ids = sample.question_ids()
+        else:
+            chunks = sample_or_chunks
+        if question_ids is None:
+            raise ValueError("question_ids is required unless a BabilongSample is given")
+        state = self.prefill(chunks, total_tokens=total)
+        if total is not None and state.num_tokens != total:
+            raise RuntimeError(f"the sample streamed {state.num_tokens} tokens, but num_tokens is {total}")
+        return self.answer(
+            question_ids,
+            state=state,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            gen_token_id=gen_token_id,
+        )
+
+    def _current(self, state: StreamState | None) -> StreamState:
+        if state is None:
+            state = self.state
+        if state is None:
+            raise ValueError("no stream to answer: call prefill() first or pass state=")
+        if not isinstance(state, StreamState):
+            raise TypeError(f"state must be a StreamState, got {type(state).__name__}")
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamRunner({type(self.model).__name__}, segment_size={self.segment_size}, device={self.device}, "
+            f"progress={self.progress})"
+        )
+
