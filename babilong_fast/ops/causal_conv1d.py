@@ -1,0 +1,171 @@
+"""Depthwise causal conv1d (Mamba's short convolution) with the conv state carried between calls.
+
+``causal-conv1d``'s ``causal_conv1d_fn`` semantics on channel-first x, with ``initial_state`` /
+``return_final_state`` available for that layout too: the state is the last ``width - 1`` inputs,
+so convolving a sequence chunk by chunk, passing each chunk's final state on, equals one call on the
+whole sequence. Layers: the Triton kernel (``babilong_fast.kernels.causal_conv1d``),
+:class:`CausalConv1dFunction` and the public :func:`causal_conv1d`, and the reference :func:`causal_conv1d_ref`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from babilong_fast.backends import Backend, resolve_backend
+from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
+
+IMPLEMENTED = ("triton", "torch")
+ACTIVATIONS = (None, "silu", "swish")
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    activation: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch reference. Computes in float32, or float64 when ``x`` is float64.
+
+    With ``xp = cat([initial_state or zeros, x], -1)`` (``W - 1`` columns prepended)::
+
+        out[..., t] = act(bias + sum_k weight[:, k] * xp[..., t + k]),   final_state = xp[..., -(W-1):]
+
+    Args: as :func:`causal_conv1d`.
+
+    Returns:
+        ``out [batch, dim, L]`` in x's dtype, and ``final_state [batch, dim, W-1]`` in x's dtype when
+        ``return_final_state``.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch, dim, L = x.shape
+    W = weight.shape[1]
+    prev = x.new_zeros(batch, dim, W - 1) if initial_state is None else initial_state
+    xp = torch.cat([prev.to(acc), x.to(acc)], dim=-1)  # [batch, dim, W-1+L]
+    w = weight.to(acc)
+    out = xp.new_zeros(batch, dim, L) if bias is None else bias.to(acc)[:, None].expand(batch, dim, L)
+    for k in range(W):
+        out = out + w[:, k, None] * xp[..., k : k + L]
+    if activation in ("silu", "swish"):
+        out = F.silu(out)
+    out = out.to(x.dtype)
+    if not return_final_state:
+        return out
+    return out, xp[..., xp.shape[-1] - (W - 1) :].to(x.dtype).contiguous()
+
+
+def _check(x, weight, bias, initial_state, activation) -> None:
+    check_tensor("x", x, 3, HALF_AND_FLOAT, contiguous=False)
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        raise ValueError(
+            f"x must be contiguous along its last (sequence) dimension, got strides {x.stride()}; pass x.contiguous()"
+        )
+    batch, dim, _ = x.shape
+    check_tensor("weight", weight, 2, HALF_AND_FLOAT)
+    if weight.shape[0] != dim or weight.shape[1] < 1:
+        raise ValueError(
+            f"weight must have shape (dim, width) with dim = x.shape[1] = {dim}; got {tuple(weight.shape)}"
+        )
+    W = weight.shape[1]
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, 1, HALF_AND_FLOAT)
+        if bias.shape != (dim,):
+            raise ValueError(f"bias must have shape (dim,) = ({dim},); got {tuple(bias.shape)}")
+        tensors["bias"] = bias
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, 3, (x.dtype,))
+        if initial_state.shape != (batch, dim, W - 1):
+            raise ValueError(
+                f"initial_state must have shape (batch, dim, width - 1) = ({batch}, {dim}, {W - 1}); "
+                f"got {tuple(initial_state.shape)}"
+            )
+        tensors["initial_state"] = initial_state
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'silu' or 'swish'; got {activation!r}")
+    check_same_device(**tensors)
+
+
+def _fwd(backend: str, x, weight, bias, initial_state, return_final_state: bool, activation):
+    if backend == "triton":
+        from babilong_fast.kernels.causal_conv1d import causal_conv1d_fwd
+
+        return causal_conv1d_fwd(x, weight, bias, initial_state, return_final_state, activation is not None)
+    res = causal_conv1d_ref(x, weight, bias, initial_state, return_final_state, activation)
+    return res if return_final_state else (res, None)
+
+
+class CausalConv1dFunction(torch.autograd.Function):
+    """Fused forward returning ``(out, final_state)``; the backward recomputes with the reference and
+    differentiates it (through ``final_state`` and into ``initial_state`` too)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, activation, backend: str):
+        ctx.save_for_backward(x, weight, bias, initial_state)
+        ctx.activation = activation
+        ctx.set_materialize_grads(False)
+        return _fwd(backend, x, weight, bias, initial_state, True, activation)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_final):
+        saved = ctx.saved_tensors
+        inputs = [
+            None if t is None else t.detach().requires_grad_(need)
+            for t, need in zip(saved, ctx.needs_input_grad[:4], strict=True)
+        ]
+        wrt = [t for t in inputs if t is not None and t.requires_grad]
+        pairs = []
+        if wrt and (grad_out is not None or grad_final is not None):
+            with torch.enable_grad():
+                out, final = causal_conv1d_ref(*inputs, return_final_state=True, activation=ctx.activation)
+                pairs = [(o, g) for o, g in ((out, grad_out), (final, grad_final)) if g is not None]
+                grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+        grads = iter(grads if pairs else [None] * len(wrt))
+        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    activation: str | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv1d over channel-first x, optionally continuing from a carried state.
+
+    Accumulates in float32. Differentiable in x, weight, bias and initial_state.
+
+    Args:
+        x: ``[batch, dim, L]`` float32, bfloat16 or float16; stride 1 along L (other strides free).
+        weight: ``[dim, width]`` contiguous (``nn.Conv1d(dim, dim, width, groups=dim).weight[:, 0]``), any width >= 1.
+        bias: ``[dim]``, optional.
+        initial_state: ``[batch, dim, width - 1]`` in x's dtype, contiguous: the inputs before x[..., 0]
+            (default zeros).
+        return_final_state: also return the last ``width - 1`` inputs (taken from ``initial_state`` where L is shorter).
+        activation: ``None``, ``"silu"`` or ``"swish"`` (the same).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (no CUDA kernel yet; see :func:`babilong_fast.backends`).
+
+    Returns:
+        ``out [batch, dim, L]`` in x's dtype, or ``(out, final_state [batch, dim, width - 1])``.
+
+    Examples::
+        >>> x, w = torch.randn(2, 64, 100), torch.randn(64, 4)
+        >>> y1, s = causal_conv1d(x[..., :30], w, return_final_state=True, activation="silu")
+        >>> y2 = causal_conv1d(x[..., 30:], w, initial_state=s, activation="silu")
+        >>> torch.allclose(torch.cat([y1, y2], -1), causal_conv1d(x, w, activation="silu"), atol=1e-6)
+        True
+    """
+    _check(x, weight, bias, initial_state, activation)
+    chosen = resolve_backend("causal_conv1d", backend, x.device, implemented=IMPLEMENTED)
+    return_final_state = bool(return_final_state)
+    if x.numel() == 0:  # nothing to launch: the reference handles the empty shapes
+        chosen = "torch"
+    args = (x, weight, bias, initial_state)
+    if chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        out, final = CausalConv1dFunction.apply(*args, activation, chosen)
+    else:
+        out, final = _fwd(chosen, *args, return_final_state, activation)
+    return (out, final) if return_final_state else out

@@ -1,0 +1,260 @@
+"""Mamba-1 selective scan with an initial state in and the last state out.
+
+Same arguments, layouts and results as ``mamba_ssm.selective_scan_fn``, plus ``initial_state``, so a
+long sequence can be scanned chunk by chunk: feed each chunk's ``last_state`` to the next chunk as
+``initial_state`` and the outputs equal one scan over the whole sequence. Layers: the Triton kernel
+(``babilong_fast.kernels.selective_scan``), :class:`SelectiveScanFunction` and the public
+:func:`selective_scan`, and the float reference :func:`selective_scan_ref` beside them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from babilong_fast.backends import Backend, resolve_backend
+from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
+
+IMPLEMENTED = ("triton", "torch")
+MAX_DSTATE = 256
+
+
+def _channel_rows(X: torch.Tensor, dim: int, t: int | None) -> torch.Tensor:
+    """B or C for one step as ``[dim, N]`` (time-invariant) or ``[batch, dim, N]`` (time-varying, groups expanded)."""
+    if X.dim() == 2:
+        return X
+    if X.dim() == 3:  # (batch, N, L): shared by every channel
+        return X[:, None, :, t]
+    return X[..., t].repeat_interleave(dim // X.shape[1], dim=1)  # (batch, G, N) -> (batch, dim, N)
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch reference, one step at a time. Computes in float32, or float64 when ``u`` is float64.
+
+    Per step t::
+
+        dt  = softplus(delta[..., t] + delta_bias)     (bias and softplus optional)
+        x   = exp(dt A) * x + dt B_t u[..., t]          (x starts at initial_state, else 0)
+        y_t = C_t . x + D u[..., t]
+        out = y * silu(z)                                (when z is given)
+
+    Args: as :func:`selective_scan`.
+
+    Returns:
+        ``out [batch, dim, L]`` in ``u``'s dtype, and ``last_state [batch, dim, N]`` in the compute dtype
+        when ``return_last_state``.
+    """
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    u_, dt = u.to(acc), delta.to(acc)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A_, B_, C_ = A.to(acc), B.to(acc), C.to(acc)
+    x = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(acc, copy=True)
+    ys = []
+    for t in range(L):
+        dA = torch.exp(dt[:, :, t, None] * A_)  # [batch, dim, N]
+        dBu = (dt[:, :, t] * u_[:, :, t])[..., None] * _channel_rows(B_, dim, t)
+        x = dA * x + dBu
+        ys.append((x * _channel_rows(C_, dim, t)).sum(-1))  # [batch, dim]
+    y = torch.stack(ys, dim=-1) if ys else u_.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + D.to(acc)[:, None] * u_
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    out = y.to(u.dtype)
+    return (out, x) if return_last_state else out
+
+
+def _check_last_stride(name: str, x: torch.Tensor) -> None:
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        raise ValueError(
+            f"{name} must be contiguous along its last (sequence) dimension, got strides {x.stride()}; "
+            f"pass {name}.contiguous()"
+        )
+
+
+def _check_bc(name: str, X: object, batch: int, dim: int, N: int, L: int) -> None:
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
+    if X.dim() == 2:
+        check_tensor(name, X, 2, HALF_AND_FLOAT)
+        if X.shape != (dim, N):
+            raise ValueError(f"time-invariant {name} must have shape (dim, N) = ({dim}, {N}); got {tuple(X.shape)}")
+        return
+    if X.dim() == 3:
+        check_tensor(name, X, 3, HALF_AND_FLOAT, contiguous=False)
+        if X.shape != (batch, N, L):
+            raise ValueError(
+                f"time-varying {name} must have shape (batch, N, L) = ({batch}, {N}, {L}); got {tuple(X.shape)}"
+            )
+    elif X.dim() == 4:
+        check_tensor(name, X, 4, HALF_AND_FLOAT, contiguous=False)
+        G = X.shape[1]
+        if X.shape[0] != batch or X.shape[2:] != (N, L):
+            raise ValueError(
+                f"grouped {name} must have shape (batch, G, N, L) = ({batch}, G, {N}, {L}); got {tuple(X.shape)}"
+            )
+        if G < 1 or dim % G:
+            raise ValueError(f"grouped {name}: dim = {dim} must be divisible by the number of groups G = {G}")
+    else:
+        raise ValueError(
+            f"{name} must be 2-D (dim, N), 3-D (batch, N, L) or 4-D (batch, G, N, L); got shape {tuple(X.shape)}"
+        )
+    _check_last_stride(name, X)
+
+
+def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    check_tensor("u", u, 3, HALF_AND_FLOAT, contiguous=False)
+    _check_last_stride("u", u)
+    batch, dim, L = u.shape
+    check_tensor("delta", delta, 3, HALF_AND_FLOAT, contiguous=False)
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape (batch, dim, L) = {tuple(u.shape)}; got {tuple(delta.shape)}")
+    _check_last_stride("delta", delta)
+    if isinstance(A, torch.Tensor) and A.is_complex():
+        raise TypeError("A must be real float32; complex A is not supported")
+    check_tensor("A", A, 2, (torch.float32,))
+    if A.shape[0] != dim:
+        raise ValueError(f"A must have shape (dim, N) with dim = u.shape[1] = {dim}; got {tuple(A.shape)}")
+    N = A.shape[1]
+    if not 1 <= N <= MAX_DSTATE:
+        raise ValueError(f"A's state size N = A.shape[1] must be between 1 and {MAX_DSTATE}; got {N}")
+    _check_bc("B", B, batch, dim, N, L)
+    _check_bc("C", C, batch, dim, N, L)
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None:
+            check_tensor(name, v, 1, (torch.float32,))
+            if v.shape != (dim,):
+                raise ValueError(f"{name} must have shape (dim,) = ({dim},); got {tuple(v.shape)}")
+            tensors[name] = v
+    if z is not None:
+        check_tensor("z", z, 3, HALF_AND_FLOAT, contiguous=False)
+        if z.shape != u.shape:
+            raise ValueError(f"z must have u's shape (batch, dim, L) = {tuple(u.shape)}; got {tuple(z.shape)}")
+        _check_last_stride("z", z)
+        tensors["z"] = z
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, 3, (torch.float32,))
+        if initial_state.shape != (batch, dim, N):
+            raise ValueError(
+                f"initial_state must have shape (batch, dim, N) = ({batch}, {dim}, {N}); "
+                f"got {tuple(initial_state.shape)}"
+            )
+        tensors["initial_state"] = initial_state
+    check_same_device(**tensors)
+
+
+def _fwd(backend: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
+    if backend == "triton":
+        from babilong_fast.kernels.selective_scan import selective_scan_fwd
+
+        return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+    res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+    return res if return_last_state else (res, None)
+
+
+class SelectiveScanFunction(torch.autograd.Function):
+    """Fused forward returning ``(out, last_state)``; the backward recomputes with the reference and
+    differentiates it, through ``last_state`` and into ``initial_state`` too."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus: bool, backend: str):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
+        ctx.delta_softplus = delta_softplus
+        ctx.set_materialize_grads(False)
+        return _fwd(backend, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        saved = ctx.saved_tensors
+        inputs = [
+            None if t is None else t.detach().requires_grad_(need)
+            for t, need in zip(saved, ctx.needs_input_grad[:9], strict=True)
+        ]
+        wrt = [t for t in inputs if t is not None and t.requires_grad]
+        pairs = []
+        if wrt and (grad_out is not None or grad_last is not None):
+            with torch.enable_grad():
+                u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
+                out, last = selective_scan_ref(
+                    u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, return_last_state=True
+                )
+                pairs = [(o, g) for o, g in ((out, grad_out), (last, grad_last)) if g is not None]
+                grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+        grads = iter(grads if pairs else [None] * len(wrt))
+        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 selective scan (``mamba_ssm.selective_scan_fn`` semantics) with an optional initial state.
+
+    State and accumulation are float32 whatever the input dtype. Differentiable in every tensor input,
+    including ``initial_state``, and gradients flow through ``last_state`` (mamba_ssm's do not), so a
+    chunked scan can be trained end to end.
+
+    Args:
+        u: ``[batch, dim, L]`` float32, bfloat16 or float16; stride 1 along L (other strides free).
+        delta: ``[batch, dim, L]``, like ``u``.
+        A: ``[dim, N]`` real float32, N <= 256.
+        B: ``[dim, N]`` (time-invariant), ``[batch, N, L]`` (time-varying) or ``[batch, G, N, L]`` (grouped:
+            channel d uses group ``d // (dim // G)``); dim must be divisible by G.
+        C: as ``B`` (its layout may differ from B's).
+        D: ``[dim]`` float32 skip connection, optional.
+        z: ``[batch, dim, L]`` gate, optional: ``out *= silu(z)``.
+        delta_bias: ``[dim]`` float32, added to ``delta`` before the softplus, optional.
+        delta_softplus: apply softplus to ``delta`` (default False).
+        initial_state: ``[batch, dim, N]`` float32 contiguous, the state before the first step (default zeros).
+        return_last_state: also return the state after the last step.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (no CUDA kernel yet; see :func:`babilong_fast.backends`).
+
+    Returns:
+        ``out [batch, dim, L]`` in ``u``'s dtype, or ``(out, last_state [batch, dim, N] float32)``.
+
+    Examples::
+        >>> u, delta = torch.randn(2, 64, 100), torch.rand(2, 64, 100)
+        >>> A, B, C = -torch.rand(64, 16), torch.randn(2, 16, 100), torch.randn(2, 16, 100)
+        >>> y1, h = selective_scan(u[..., :60], delta[..., :60], A, B[..., :60], C[..., :60], return_last_state=True)
+        >>> y2 = selective_scan(u[..., 60:], delta[..., 60:], A, B[..., 60:], C[..., 60:], initial_state=h)
+        >>> torch.allclose(torch.cat([y1, y2], -1), selective_scan(u, delta, A, B, C), atol=1e-5)
+        True
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    chosen = resolve_backend("selective_scan", backend, u.device, implemented=IMPLEMENTED)
+    delta_softplus, return_last_state = bool(delta_softplus), bool(return_last_state)
+    if u.numel() == 0:  # nothing to launch: the reference handles the empty shapes
+        chosen = "torch"
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        out, last = SelectiveScanFunction.apply(*args, delta_softplus, chosen)
+    else:
+        out, last = _fwd(chosen, *args, delta_softplus, return_last_state)
+    return (out, last) if return_last_state else out

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babilong_fast.ops import selective_scan, selective_scan_ref
+from babilong_fast.backends import BackendUnavailableError
+from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_triton
+
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+HALF = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
+LAYOUTS = ("invariant", "varying", "grouped")
+# Optional arguments switched on per case; "all" also starts from a nonzero initial state.
+OPTIONS = {
+    "plain": (),
+    "D": ("D",),
+    "z": ("z",),
+    "bias-softplus": ("delta_bias", "delta_softplus"),
+    "all": ("D", "z", "delta_bias", "delta_softplus", "initial_state"),
+}
+CHUNKS = (1, 7, 64, None)  # None: the whole sequence in one call
+TIME_ARGS = ("u", "delta", "z")
+BACKENDS = [p for p in backend_params() if p.id in ("torch", "triton")]
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def make_inputs(batch, dim, L, N, layout, options=("D", "z", "delta_bias", "delta_softplus", "initial_state"),
+                device="cpu", dtype=torch.float32, groups=2, layout_c=None):
+    """Mamba-like scales: A < 0, positive delta; inputs in ``dtype``, A, D, delta_bias and the state float32."""
+
+    def bc(lay):
+        if lay == "invariant":
+            return torch.randn(dim, N, device=device)
+        if lay == "varying":
+            return torch.randn(batch, N, L, device=device).to(dtype)
+        return torch.randn(batch, groups, N, L, device=device).to(dtype)
+
+    args = {
+        "u": torch.randn(batch, dim, L, device=device).to(dtype),
+        "delta": (0.5 * torch.rand(batch, dim, L, device=device)).to(dtype),
+        "A": -0.5 - torch.rand(dim, N, device=device),
+        "B": bc(layout),
+        "C": bc(layout_c or layout),
+    }
+    if "D" in options:
+        args["D"] = torch.randn(dim, device=device)
+    if "z" in options:
+        args["z"] = torch.randn(batch, dim, L, device=device).to(dtype)
+    if "delta_bias" in options:
+        args["delta_bias"] = 0.5 * torch.rand(dim, device=device) - 0.5
+    if "delta_softplus" in options:
+        args["delta_softplus"] = True
+    if "initial_state" in options:
+        args["initial_state"] = torch.randn(batch, dim, N, device=device)
+    return args
+
+
+def ref64(args):
+    """The float64 ground truth: the reference on the whole sequence, all inputs in float64."""
+    a = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    return selective_scan_ref(**a, return_last_state=True)
+
+
+def time_slice(args, start, stop):
+    out = {}
+    for k, v in args.items():
+        timed = k in TIME_ARGS or (k in ("B", "C") and v.dim() > 2)
+        out[k] = v[..., start:stop] if timed else v
+    return out
+
+
+def run_chunked(args, chunk, backend, **kw):
+    """Scan in chunks of ``chunk`` steps, carrying last_state into the next chunk's initial_state."""
+    L = args["u"].shape[-1]
+    chunk = chunk or L
+    state = args.get("initial_state")
+    outs = []
+    for s in range(0, L, chunk):
+        piece = time_slice(args, s, s + chunk)
+        piece["initial_state"] = state
+        out, state = selective_scan(**piece, return_last_state=True, backend=backend, **kw)
+        outs.append(out)
+    return torch.cat(outs, dim=-1), state
+
+
+def _chunk_cases():
+    cases = []
+    for layout in LAYOUTS:
+        for opt in OPTIONS:
+            cases.append(pytest.param("torch", layout, opt, CHUNKS, id=f"torch-{layout}-{opt}"))
+    # Triton in the interpreter is slow: every layout plain and with everything on at every chunk size,
+    # each option alone at one chunk size.
+    marks = [pytest.mark.triton, requires_triton]
+    for layout in LAYOUTS:
+        for opt in ("plain", "all"):
+            cases.append(pytest.param("triton", layout, opt, CHUNKS, id=f"triton-{layout}-{opt}", marks=marks))
+    for opt in ("D", "z", "bias-softplus"):
+        cases.append(pytest.param("triton", "varying", opt, (7,), id=f"triton-varying-{opt}-chunk7", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize("backend,layout,opt,chunks", _chunk_cases())
+def test_selective_scan_chunked(backend, layout, opt, chunks):
+    """Chunks of 1, 7, 64 and all steps, carrying the state, equal one float64 scan of the whole sequence."""
+    batch = 2 if backend == "torch" or HAS_CUDA else 1  # the interpreter runs programs serially
+    args = make_inputs(batch, 20, 71, 16, layout, OPTIONS[opt], device=DEVICE)
+    want, want_last = ref64(args)
+    for chunk in chunks:
+        out, last = run_chunked(args, chunk, backend)
+        assert out.dtype == torch.float32 and last.dtype == torch.float32
+        assert_close(f"out (chunk {chunk})", want, out, 1e-5)
+        assert_close(f"last_state (chunk {chunk})", want_last, last, 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_selective_scan_half(backend, device, dtype, layout):
+    args = make_inputs(2, 12, 29, 16, layout, device=device, dtype=dtype)
+    want, want_last = ref64(args)
+    for chunk in (7, None):
+        out, last = run_chunked(args, chunk, backend)
+        assert out.dtype == dtype and last.dtype == torch.float32
+        assert_close(f"out (chunk {chunk})", want, out, RTOL[dtype])
+        assert_close(f"last_state (chunk {chunk})", want_last, last, RTOL[dtype])
+
+
+# (batch, dim, L, N, groups): dim not a multiple of the block, N = 16 and odd N, odd L, groups straddling blocks.
+ODD = [
+    pytest.param(s, id="b{}-d{}-L{}-N{}-G{}".format(*s))
+    for s in [(1, 37, 33, 5, 1), (3, 39, 17, 16, 3), (2, 5, 1, 1, 5), (1, 70, 13, 7, 2)]
+]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("shape", ODD)
+def test_selective_scan_odd_sizes(backend, device, shape):
+    batch, dim, L, N, G = shape
+    for layout, layout_c in (("grouped", "varying"), ("invariant", "grouped")):
+        args = make_inputs(batch, dim, L, N, layout, device=device, groups=G, layout_c=layout_c)
+        want, want_last = ref64(args)
+        out, last = selective_scan(**args, return_last_state=True, backend=backend)
+        assert_close("out", want, out, 1e-5)
+        assert_close("last_state", want_last, last, 1e-5)
+
+
+@requires_triton
+@pytest.mark.triton
+@pytest.mark.parametrize("BD", [8, 16])
+def test_selective_scan_triton_blocks(BD):
+    """Several channel blocks per batch row, the last one partial (the GPU's small blocks, forced here)."""
+    from babilong_fast.kernels.selective_scan import SelectiveScanConfig, selective_scan_fwd
+
+    args = make_inputs(2, 39, 11, 5, "grouped", device=DEVICE, groups=3, layout_c="varying")
+    want, want_last = ref64(args)
+    out, last = selective_scan_fwd(**args, config=SelectiveScanConfig(BD, 1))
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+
+
+GRAD_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", ["invariant", "grouped"])
+@pytest.mark.parametrize("chunk", [pytest.param(None, id="whole"), pytest.param(4, id="chunk4")])
+def test_selective_scan_grad(backend, device, layout, chunk):
+    """Gradients of out and last_state, through the carried state when chunked, against float64."""
+    args = make_inputs(2, 6, 11, 5, layout, device=device)
+    leaves = {k: v.clone().requires_grad_() if k in GRAD_ARGS else v for k, v in args.items()}
+    g_out, g_last = torch.randn(2, 6, 11, device=device), torch.randn(2, 6, 5, device=device)
+    out, last = run_chunked(leaves, chunk, backend)
+    ((out * g_out).sum() + (last * g_last).sum()).backward()
+    leaves64 = {k: v.detach().double().requires_grad_() if k in GRAD_ARGS else v for k, v in args.items()}
+    out64, last64 = selective_scan_ref(**leaves64, return_last_state=True)
+    ((out64 * g_out.double()).sum() + (last64 * g_last.double()).sum()).backward()
+    for k in GRAD_ARGS:
+        assert_close(f"grad {k}", leaves64[k].grad, leaves[k].grad, 1e-5)
+
+
+def test_selective_scan_returns():
+    args = make_inputs(2, 4, 6, 3, "varying", options=())
+    out = selective_scan(**args)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 6)
+    assert_close("auto = reference", selective_scan_ref(**args), out, 1e-7)
+
+
+def test_selective_scan_empty_sequence():
+    """L = 0: no output steps, and the last state is the initial state."""
+    args = make_inputs(2, 4, 0, 3, "varying")
+    out, last = selective_scan(**args, return_last_state=True)
+    assert out.shape == (2, 4, 0)
+    assert torch.equal(last, args["initial_state"])
+
+
+def test_selective_scan_strided_views():
+    """x and z as halves of one xz tensor (Mamba's in_proj output), as mamba_ssm allows."""
+    xz = torch.randn(2, 16, 9)
+    x, z = xz.chunk(2, dim=1)
+    args = make_inputs(2, 8, 9, 4, "varying")
+    args.update(u=x, z=z)
+    assert_close("out", ref64(args)[0], selective_scan(**args, backend="torch"), 1e-5)
+
+
+@requires_triton
+@pytest.mark.triton
+def test_selective_scan_triton_strided_views():
+    device = DEVICE
+    xz = torch.randn(2, 16, 9, device=device)
+    x, z = xz.chunk(2, dim=1)
+    args = make_inputs(2, 8, 9, 4, "varying", device=device)
+    args.update(u=x, z=z)
+    assert_close("out", ref64(args)[0], selective_scan(**args, backend="triton"), 1e-5)
+
+
+def _bad(**overrides):
+    args = make_inputs(2, 4, 6, 3, "varying")
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize(
+    "overrides,exc,match",
+    [
+        pytest.param({"u": torch.randn(4, 6)}, ValueError, "u must be 3-D", id="u-rank"),
+        pytest.param({"u": torch.randn(2, 4, 6).double()}, TypeError, "u must have dtype", id="u-dtype"),
+        pytest.param({"u": torch.randn(2, 6, 4).transpose(1, 2)},
+            ValueError, "u must be contiguous along", id="u-view"),
+        pytest.param({"u": [[1.0]]}, TypeError, "u must be a torch.Tensor", id="u-list"),
+        pytest.param({"delta": torch.rand(2, 4, 7)}, ValueError, "delta must have u's shape", id="delta-L"),
+        pytest.param({"delta": torch.rand(3, 4, 6)}, ValueError, "delta must have u's shape", id="delta-batch"),
+        pytest.param({"delta": torch.rand(2, 6, 4).transpose(1, 2)},
+            ValueError, "delta must be contiguous", id="delta-view"),
+        pytest.param({"A": -torch.rand(5, 3)}, ValueError, "A must have shape", id="A-dim"),
+        pytest.param({"A": -torch.rand(4, 3).half()}, TypeError, "A must have dtype float32", id="A-dtype"),
+        pytest.param({"A": torch.randn(4, 3, dtype=torch.complex64)}, TypeError, "complex A", id="A-complex"),
+        pytest.param({"A": -torch.rand(4, 300)}, ValueError, "between 1 and 256", id="A-N"),
+        pytest.param({"B": torch.randn(3, 3, 6)}, ValueError, r"B must have shape \(batch, N, L\)", id="B-batch"),
+        pytest.param({"B": torch.randn(2, 4, 6)}, ValueError, r"B must have shape \(batch, N, L\)", id="B-N"),
+        pytest.param({"B": torch.randn(2, 3, 5)}, ValueError, r"B must have shape \(batch, N, L\)", id="B-L"),
+        pytest.param({"B": torch.randn(4, 5)}, ValueError, r"B must have shape \(dim, N\)", id="B-invariant"),
+        pytest.param({"B": torch.randn(2, 3, 3, 6)}, ValueError, "divisible by the number of groups", id="B-groups"),
+        pytest.param({"B": torch.randn(6)}, ValueError, "B must be 2-D", id="B-rank"),
+        pytest.param({"B": torch.randn(2, 6, 3).transpose(1, 2)}, ValueError, "B must be contiguous", id="B-view"),
+        pytest.param({"C": torch.randn(2, 2, 3, 7)}, ValueError, "grouped C must have shape", id="C-grouped-L"),
+        pytest.param({"C": torch.randn(2, 3, 6).double()}, TypeError, "C must have dtype", id="C-dtype"),
+        pytest.param({"D": torch.randn(5)}, ValueError, "D must have shape", id="D-shape"),
+        pytest.param({"D": torch.randn(4).half()}, TypeError, "D must have dtype float32", id="D-dtype"),
+        pytest.param({"delta_bias": torch.randn(4, 1)}, ValueError, "delta_bias must be 1-D", id="delta_bias-rank"),
+        pytest.param({"z": torch.randn(1, 4, 6)}, ValueError, "z must have u's shape", id="z-batch"),
+        pytest.param({"z": torch.randn(2, 6, 4).transpose(1, 2)}, ValueError, "z must be contiguous", id="z-view"),
+        pytest.param({"initial_state": torch.randn(2, 4, 4)},
+            ValueError, "initial_state must have shape", id="state-N"),
+        pytest.param({"initial_state": torch.randn(1, 4, 3)},
+            ValueError, "initial_state must have shape", id="state-batch"),
+        pytest.param({"initial_state": torch.randn(2, 4, 3).bfloat16()},
+            TypeError, "initial_state must have dtype float32", id="state-dtype"),
+        pytest.param({"initial_state": torch.randn(2, 3, 4).transpose(1, 2)},
+            ValueError, "initial_state must be contiguous", id="state-view"),
+        pytest.param({"D": torch.randn(4, device="meta")}, ValueError, "one device", id="D-device"),
+    ],
+)
+def test_selective_scan_bad_input(overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        selective_scan(**_bad(**overrides))
+
+
+def test_selective_scan_bad_backend():
+    with pytest.raises(ValueError, match="unknown backend"):
+        selective_scan(**_bad(), backend="jax")
+
+
+def test_selective_scan_no_cuda_backend():
+    with pytest.raises(BackendUnavailableError, match="selective_scan has no 'cuda' backend"):
+        selective_scan(**_bad(), backend="cuda")
