@@ -1,6 +1,7 @@
 """Fused ops, each with a reference ``<op>_ref`` beside it.
 
-``assoc_read`` has cuda, triton and torch backends; ``assoc_write`` has triton and torch (not yet run on a GPU).
+``assoc_read`` has cuda, triton and torch backends (checked on an H100). ``assoc_write``, ``selective_scan`` and
+``causal_conv1d`` have triton and torch backends (Triton tested under the interpreter, not yet on a GPU).
 """
 from babilong_fast.ops.assoc_read import AssocRead, AssocReadFunction, assoc_read, assoc_read_ref
 from babilong_fast.ops.assoc_write import AssocWriteFunction, assoc_write, assoc_write_ref
