@@ -19,6 +19,10 @@ BACKENDS: tuple[str, ...] = ("cuda", "triton", "torch")
 ENV_BACKEND = "BABILONG_FAST_BACKEND"
 ENV_DISABLE = "BABILONG_FAST_DISABLE"
 
+# Ops whose fused kernels have passed their tests on a GPU (benchmarks/results/). Under ``auto`` the others
+# stay on the torch reference until a device check has run them; ``backend="triton"`` still selects them.
+GPU_VERIFIED_OPS: frozenset[str] = frozenset({"assoc_read"})
+
 _log = logging.getLogger("babilong_fast")
 _logged: set[tuple[str, str, str]] = set()
 
@@ -129,8 +133,9 @@ def resolve_backend(
     """Pick the backend for one call of ``op`` on tensors on ``device``.
 
     An explicit ``backend`` wins; ``"auto"`` (or None) defers to ``BABILONG_FAST_BACKEND``, then
-    tries cuda, triton, torch in that order, among the backends ``op`` has (``implemented``).
-    On CPU tensors ``auto`` always picks torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
+    tries cuda, triton, torch in that order, among the backends ``op`` has (``implemented``), for ops in
+    :data:`GPU_VERIFIED_OPS`; other ops stay on torch under ``auto``. On CPU tensors ``auto`` always picks
+    torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
     """
     requested = "auto" if backend is None else backend
     if requested == "auto":
@@ -139,7 +144,11 @@ def resolve_backend(
         raise ValueError(f"unknown backend {requested!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
     if requested == "auto":
         chosen = "torch"
-        if os.environ.get(ENV_DISABLE, "0") not in ("1", "true", "yes") and device.type == "cuda":
+        if (
+            os.environ.get(ENV_DISABLE, "0") not in ("1", "true", "yes")
+            and device.type == "cuda"
+            and op in GPU_VERIFIED_OPS
+        ):
             chosen = next(b for b in BACKENDS if (b in implemented or b == "torch") and _usable(b, device)[0])
     elif requested not in implemented:
         raise BackendUnavailableError(f"{op} has no {requested!r} backend yet; it has {', '.join(implemented)}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import babilong_fast
-from babilong_fast.backends import BackendUnavailableError, resolve_backend
+from babilong_fast.backends import GPU_VERIFIED_OPS, BackendUnavailableError, resolve_backend
 from babilong_fast.ops import assoc_read
 
 
@@ -67,3 +67,10 @@ def test_op_without_a_backend(monkeypatch):
     with pytest.raises(BackendUnavailableError, match="has no 'cuda' backend yet"):
         resolve_backend("op", "cuda", torch.device("cpu"), implemented=("triton", "torch"))
     assert resolve_backend("op", "auto", torch.device("cpu"), implemented=("torch",)) == "torch"
+
+
+def test_auto_keeps_unverified_ops_on_torch(monkeypatch):
+    """Ops whose kernels have not passed on a GPU yet stay on the reference under auto, even for CUDA tensors."""
+    monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
+    assert "assoc_write" not in GPU_VERIFIED_OPS
+    assert resolve_backend("assoc_write", "auto", torch.device("cuda"), implemented=("triton", "torch")) == "torch"
