@@ -72,7 +72,7 @@ def main() -> int:
         summary["tests"]["failures"] = failures[:50]
 
         bench_json = os.path.join(out_dir, stem + "_bench.json")
-        code, text, secs = run([PY, "benchmarks/throughput.py", "--shape", "8,522,768,64", "--shape", "1,522,768,64",
+        code, text, secs = run([PY, "benchmarks/throughput.py", "--suite", "ops", "--shape", "8,522,768,64", "--shape", "1,522,768,64",
                                 "--shape", "8,1,768,64", "--dtype", "float32,bfloat16", "--sweep", "--json", bench_json], log, 130, env)
         print(text[-6000:], flush=True)
         summary["benchmark_exit_code"] = code

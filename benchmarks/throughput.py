@@ -1,12 +1,32 @@
-"""Throughput of babilong_fast's ops per backend (the model benchmarks build on this).
+"""babilong_fast throughput: the models (RMT, ARMT; stock vs fast) over input lengths, and the ops per backend.
 
-    python benchmarks/throughput.py                     # small default: a few seconds on a laptop CPU
-    python benchmarks/throughput.py --shape 8,522,768,64 --dtype float32,bfloat16 --json out.json
+    python benchmarks/throughput.py                      # models, default sizes for this machine
+    python benchmarks/throughput.py --lengths 16k,1M --batch 1,8 --dtype bfloat16 --out results/
+    python benchmarks/throughput.py --suite ops          # assoc_read per backend (was the default)
+    python benchmarks/throughput.py --shape 8,522,768,64 --dtype float32,bfloat16 --json out.json   # ops
 
-For each backend that can run here: median time per call, tokens/s and, on a GPU, the fraction of
-the roofline (the larger of bytes / measured copy bandwidth and FLOPs / measured matmul rate of the
-unit the kernel uses). Each backend's output is first checked against a float64 reference; a row
-whose check fails is reported as failed and never timed.
+Models suite (default). RMT and ARMT with random weights, each in two modes on the same input
+(``context ‖ question ‖ GEN`` then 10 greedy tokens): **stock**, the public wrappers' way (a Python loop of
+full forwards with full-vocabulary logits and all hidden states kept for every segment, then the answer;
+``models_bench.STOCK_EMULATION`` says exactly what is emulated), and **fast**, babilong_fast's
+``StreamRunner``. Mamba is listed as not implemented yet. Defaults: on a CPU a tiny GPT-2 (2 layers, d 128,
+real vocabulary, segment 128) at 1k, 4k, 16k tokens, batch 1 (a few minutes on 2 cores); on a GPU GPT-2
+small (12 layers, d 768, segment 512) at 16k, 128k, 1M, 10M tokens, batch 1 and 8 (``--lengths ...,50M``
+for more). Each row: a short warm-up run per model/mode/batch, then up to ``--repeats`` timed runs (a
+repeat only while a run stays under ``--long-s``), median seconds, synchronised on a GPU; tokens/s =
+batch x input tokens / seconds; peak memory = device memory on a GPU (``max_memory_allocated``), peak RSS
+on a CPU. A run past its wall-clock budget (``--budget-s`` for stock, ``--fast-budget-s`` for fast) is
+aborted and reported as skipped, never extrapolated, and longer lengths of that model/mode/batch are then
+skipped too; a GPU run that runs out of memory is reported as failed the same way. Writes a table with
+fast/stock ratios, a JSON file (environment, configs, every row) and a PNG plot (with matplotlib) into
+``--out`` (default ``benchmarks/results`` on a GPU, a fresh temporary folder on a CPU so that a local run
+leaves the repository clean).
+
+Ops suite (``--suite ops``; chosen automatically when ``--shape``, ``--nu`` or ``--sweep`` is given). For each
+backend that can run here: median time per call, tokens/s and, on a GPU, the fraction of the roofline (the
+larger of bytes / measured copy bandwidth and FLOPs / measured matmul rate of the unit the kernel uses).
+Each backend's output is first checked against a float64 reference; a row whose check fails is reported
+as failed and never timed.
 """
 from __future__ import annotations
 
@@ -192,50 +212,210 @@ def print_table(rows: list[dict]) -> None:
                 print(f"speed-up over torch ({key[0]}, B={key[1]}, T={key[2]}, d={key[3]}): {ratios}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", action="append", help="B,T,d,d_mem (repeatable); default %s on CPU, %s on GPU" % (CPU_DEFAULT, GPU_DEFAULT))
-    p.add_argument("--nu", type=int, default=3)
-    p.add_argument("--dtype", default=None, help="comma list of float32,bfloat16,float16 (default float32 on CPU, float32,bfloat16 on GPU)")
-    p.add_argument("--backends", default="cuda,triton,torch")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls (median reported)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sweep", action="store_true", help="GPU only: also time the Triton kernel over launch configs")
-    p.add_argument("--json", default=None, help="write the environment, ceilings and every row here")
-    args = p.parse_args(argv)
+OPS_ONLY_FLAGS = ("--shape", "--nu", "--sweep")
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=("models", "ops", "all"), default=None,
+                   help="models (default), ops, or both; ops when --shape/--nu/--sweep is given")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None,
+                   help="ops: comma list of float32,bfloat16,float16 (default float32 on CPU, "
+                        "float32,bfloat16 on GPU); "
+                        "models: one of them (default float32)")
+    p.add_argument("--backends", default=None,
+                   help="ops: comma list of cuda,triton,torch (default all); models: ARMT's backends in fast mode, "
+                        "one fast row each (default auto; stock always uses torch)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs, median reported (ops: default 50 GPU / 5 CPU; models: default 3)")
+    p.add_argument("--json", default=None, help="ops: write the environment, ceilings and every row here; "
+                                                "models: the JSON path (default <out>/<date>_<device>_models.json)")
+    g = p.add_argument_group("ops suite")
+    g.add_argument("--shape", action="append",
+                   help=f"B,T,d,d_mem (repeatable); default {CPU_DEFAULT} on CPU, {GPU_DEFAULT} on GPU")
+    g.add_argument("--nu", type=int, default=None, help="DPFP order (default 3)")
+    g.add_argument("--sweep", action="store_true", help="GPU only: also time the Triton kernel over launch configs")
+    g = p.add_argument_group("models suite")
+    g.add_argument("--models", default="rmt,armt,mamba", help="comma list of rmt, armt, mamba (default all three)")
+    g.add_argument("--modes", default="stock,fast", help="comma list of stock, fast (default both)")
+    g.add_argument("--lengths", default=None,
+                   help="comma list of input lengths such as 16k,128k,1M,10M,50M (k = 1000); "
+                        "default 1k,4k,16k on CPU, 16k,128k,1M,10M on GPU")
+    g.add_argument("--batch", default=None, help="comma list of batch sizes (default 1 on CPU, 1,8 on GPU)")
+    g.add_argument("--budget-s", type=float, default=None,
+                   help="wall-clock budget of one stock run; past it the run is aborted and reported as skipped "
+                        "(default 120 on CPU, 300 on GPU)")
+    g.add_argument("--fast-budget-s", type=float, default=None,
+                   help="the same for fast runs (default 120 on CPU, 540 on GPU)")
+    g.add_argument("--long-s", type=float, default=None,
+                   help="no further repeat after a run this long (default 10 s on CPU, 30 s on GPU)")
+    g.add_argument("--max-new-tokens", type=int, default=10, help="greedy answer tokens (EOS disabled; default 10)")
+    g.add_argument("--data", choices=("random", "babilong"), default="random",
+                   help="random ids (default: model cost only) or qa1 BABILong samples streamed by babilong_fast.data")
+    g.add_argument("--stock-answer", choices=("state", "generate"), default="state",
+                   help="stock answer: decode from the memory the forward built (default, one pass) or run "
+                        "model.generate over the whole input again (RMT-BL's forward + generate validation)")
+    g.add_argument("--config", choices=("auto", "tiny", "small"), default="auto",
+                   help="backbone: tiny GPT-2 (CPU default) or GPT-2 small (GPU default)")
+    g.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (tests only)")
+    g.add_argument("--out", default=None,
+                   help="output folder (default benchmarks/results on GPU, a temp folder on CPU)")
+    g.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    given = set(a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv))
+    if args.suite is None:
+        args.suite = "ops" if given & set(OPS_ONLY_FLAGS) else "models"
+    args.parser = p
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = environment()
+    print(f"babilong_fast throughput ({args.suite}) | {env['device']} | torch {env['torch']} | "
+          f"triton {env['triton']} | transformers {env['transformers']} | commit {env['commit'][:12]}")
+    if args.suite == "ops":
+        rows, ceilings = run_ops(args)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, f, indent=2)
+            print(f"wrote {args.json}")
+        return 1 if any("failed" in r for r in rows) else 0  # sweep rows carry "accurate" instead
+    ops = None
+    if args.suite == "all":
+        json_path, args.json = args.json, None
+        ops_rows, ceilings = run_ops(args)
+        ops = {"ceilings": ceilings, "rows": ops_rows}
+        args.json = json_path
+    code = run_models(args, env, ops)
+    return code or (1 if ops and any("failed" in r for r in ops["rows"]) else 0)
+
+
+def run_ops(args) -> tuple[list[dict], dict]:
+    p = args.parser
     device = torch.device(args.device)
     gpu = device.type == "cuda"
+    nu = 3 if args.nu is None else args.nu
     shapes = [tuple(int(v) for v in s.split(",")) for s in (args.shape or [GPU_DEFAULT if gpu else CPU_DEFAULT])]
     for s in shapes:
         if len(s) != 4 or min(s) < 1:
             p.error(f"--shape takes four positive integers B,T,d,d_mem; got {s}")
     dtypes = [DTYPES[name] for name in (args.dtype or ("float32,bfloat16" if gpu else "float32")).split(",")]
-    backends = [b for b in args.backends.split(",") if b]
+    backends = [b for b in (args.backends or "cuda,triton,torch").split(",") if b]
     for b in backends:
         if b not in ("cuda", "triton", "torch"):
             p.error(f"unknown backend {b!r}")
     repeats = args.repeats or (50 if gpu else 5)
-
-    env = environment()
-    print(f"babilong_fast throughput | {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit'][:12]}")
     ceilings = measure_ceilings() if gpu else {}
     if ceilings:
         print("measured ceilings: " + ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items()))
     rows = []
     for shape in shapes:
         for dtype in dtypes:
-            rows += bench_assoc_read(shape, args.nu, dtype, backends, device, repeats, ceilings)
+            rows += bench_assoc_read(shape, nu, dtype, backends, device, repeats, ceilings)
     print_table(rows)
     if args.sweep and gpu and babilong_fast.backends()["triton"].available:
         for dtype in dtypes:
-            rows += sweep_triton_assoc_read(shapes[0], args.nu, dtype, device, repeats)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, f, indent=2)
-        print(f"wrote {args.json}")
-    return 1 if any("failed" in r for r in rows) else 0  # sweep rows carry "accurate" instead
+            rows += sweep_triton_assoc_read(shapes[0], nu, dtype, device, repeats)
+    return rows, ceilings
+
+
+def run_models(args, env: dict, ops: dict | None) -> int:
+    import datetime
+    import re
+    import tempfile
+    import time
+
+    import models_bench as mb
+
+    p = args.parser
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    big = args.config == "small" or (args.config == "auto" and gpu)
+    try:
+        lengths = mb.parse_lengths(args.lengths or ("16k,128k,1M,10M" if gpu else "1k,4k,16k"))
+        batches = sorted({int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")})
+    except ValueError as e:
+        p.error(str(e))
+    if min(batches) < 1:
+        p.error("--batch takes positive integers")
+    models = [m for m in args.models.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
+    for m in models:
+        if m not in ("rmt", "armt", "mamba"):
+            p.error(f"unknown model {m!r} (rmt, armt, mamba)")
+    for m in modes:
+        if m not in ("stock", "fast"):
+            p.error(f"unknown mode {m!r} (stock, fast)")
+    dtype_name = args.dtype or "float32"
+    if dtype_name not in DTYPES:
+        p.error(f"--dtype for the models suite is one of {', '.join(DTYPES)}, got {dtype_name!r}")
+    backends = [b for b in (args.backends or "auto").split(",") if b]
+    for b in backends:
+        if b not in ("auto", "cuda", "triton", "torch"):
+            p.error(f"unknown backend {b!r}")
+    cfg = mb.Settings(
+        models=models, modes=modes, lengths=lengths, batches=batches, dtype=DTYPES[dtype_name], backends=backends,
+        device=device, budget_s=args.budget_s or (300.0 if gpu else 120.0),
+        fast_budget_s=args.fast_budget_s or (540.0 if gpu else 120.0), repeats=args.repeats or 3,
+        long_s=args.long_s or (30.0 if gpu else 10.0), max_new_tokens=args.max_new_tokens, data=args.data,
+        stock_answer=args.stock_answer, warmup=not args.no_warmup)
+    backbone = mb.backbone_config(big)
+    wrappers = {name: mb.wrapper_config(name, big) for name in ("rmt", "armt")}
+    out_dir = args.out or (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results") if gpu
+                           else tempfile.mkdtemp(prefix="babilong_fast_bench_"))
+    os.makedirs(out_dir, exist_ok=True)
+    stem = f"{datetime.date.today().isoformat()}_{re.sub(r'[^A-Za-z0-9]+', '_', env['device']).strip('_')}_models"
+    json_path = args.json or os.path.join(out_dir, stem + ".json")
+    png_path = os.path.splitext(json_path)[0] + ".png"
+    print(f"backbone {'GPT-2 small' if big else 'tiny GPT-2'} {backbone}; "
+          f"rmt {wrappers['rmt']}; armt {wrappers['armt']}")
+    print(f"lengths {[mb.length_name(n) for n in lengths]}, batch {batches}, {dtype_name}, data {args.data}, "
+          f"budget stock {cfg.budget_s:g} s / fast {cfg.fast_budget_s:g} s, repeats <= {cfg.repeats}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(mb.table_header())
+    print("-" * len(mb.table_header()))
+    t0 = time.perf_counter()
+    rows, info = mb.run_suite(cfg, backbone, wrappers)
+    wall = time.perf_counter() - t0
+    ratios = mb.ratio_lines(rows)
+    if ratios:
+        print("\nfast / stock:")
+        for line in ratios:
+            print("  " + line)
+    mem_method = next((r["mem_method"] for r in rows if "mem_method" in r), "cuda" if gpu else "vmhwm")
+    result = {
+        "suite": "models",
+        "environment": env,
+        "settings": {"models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
+                     "backends": backends, "device": str(device), "budget_s": cfg.budget_s,
+                     "fast_budget_s": cfg.fast_budget_s, "repeats": cfg.repeats, "long_s": cfg.long_s,
+                     "max_new_tokens": cfg.max_new_tokens, "eos_disabled": True, "data": args.data,
+                     "stock_answer": args.stock_answer, "warmup": cfg.warmup, "chunk_tokens": mb.CHUNK_TOKENS,
+                     "context_margin": mb.FINETUNE_MARGIN, "torch_threads": torch.get_num_threads(),
+                     "wall_s": round(wall, 1)},
+        "configs": {"backbone": backbone, "rmt": wrappers["rmt"], "armt": wrappers["armt"], "models": info},
+        "modes": {"stock": mb.STOCK_EMULATION, "fast": mb.FAST_DESCRIPTION},
+        "memory": mb.MEM_NOTE[mem_method],
+        "not_implemented": {"mamba": "not implemented yet"} if "mamba" in models else {},
+        "rows": rows,
+    }
+    if ops is not None:
+        result["ops"] = ops
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {json_path}")
+    if not args.no_plot:
+        title = (f"babilong_fast: RMT / ARMT, {'GPT-2 small' if big else 'tiny GPT-2'}, {dtype_name}, "
+                 f"{env['device']}")
+        why = mb.plot(rows, png_path, title, {"cuda": "device memory", "vmhwm": "process RSS",
+                                              "sampled": "process RSS"}[mem_method])
+        print(f"wrote {png_path}" if why is None else f"no plot: {why}")
+    print(f"models suite wall time {wall:.0f} s")
+    bad = [r for r in rows if r.get("answer_matches_stock") is False]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

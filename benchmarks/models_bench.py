@@ -1,0 +1,574 @@
+"""Model benchmark: RMT and ARMT over input lengths, "stock" (reference-style) against "fast" (babilong_fast).
+
+Used by ``benchmarks/throughput.py`` (``--suite models``, its default); see :data:`STOCK_EMULATION` for
+exactly what the stock mode does and :func:`run_suite` for the measurement rules.
+
+Both modes answer the same input: ``context (length - 20 tokens) ‖ question ‖ GEN``, then greedy decoding of
+``max_new_tokens`` tokens (EOS disabled, so every run decodes the same number of steps). The two modes must
+produce the same answer tokens (``fast`` is exact); each fast row records whether they did.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name, parse_length
+from babilong_fast.engine import GEN_ID, StreamRunner
+from babilong_fast.models import ARMT, RMT
+from babilong_fast.models._common import segment_bounds
+
+STOCK_EMULATION = (
+    "stock = the public wrappers' validation step (armt_rmt.md 3.1), emulated with babilong_fast's own per-segment "
+    "math so that both modes compute the same function: (1) the whole sample is materialised as one [B, N] int64 "
+    "tensor and moved to the device (the reference collate); (2) a Python loop over left-aligned segments runs "
+    "model.segment_forward(..., write=True, return_logits=True) on every segment, i.e. a full backbone forward "
+    "plus the LM head giving full-vocabulary logits for every token row; (3) output_hidden_states is emulated by "
+    "hooks that keep a reference to the same n_layer+1 tensors HF returns (block-0 input, block 0..n-2 outputs, "
+    "ln_f output; memory rows included), which is what output_hidden_states costs in HF (references, no extra "
+    "math); (4) every segment's logits and hidden states are kept until the end and then concatenated over "
+    "segments as process_outputs does (full_logits, full_hidden_states), so memory grows as O(N * vocab); "
+    "(5) the answer is decoded greedily from the final segment with the model's generate rule "
+    "(generate_from_state on the memory before the final segment; with --stock-answer generate, model.generate "
+    "re-runs every segment as RMT-BL's validation does, a second pass). ARMT's associative read/write use the "
+    "'torch' backend (the reference einsum math). Not emulated: HF's per-segment KV cache (use_cache defaults to "
+    "True in the reference; our backbone call passes use_cache=False), per-segment loss on empty label masks, "
+    "the reference's eager attention (both modes use the backbone's attention implementation, recorded in "
+    "configs). So stock here is a lower bound on the reference's cost."
+)
+
+FAST_DESCRIPTION = (
+    "fast = babilong_fast.engine.StreamRunner.run: the input streamed in chunks of 4096 tokens per row (generated "
+    "lazily; with --data babilong, BabilongSample.iter_chunks), re-blocked into a static [B, segment] buffer, "
+    "each segment run with memory writes and no LM head; the question ‖ GEN appended and the answer decoded with "
+    "the model's generate rule. ARMT uses the backend named by --backends (default auto)."
+)
+
+MEM_NOTE = {
+    "cuda": "torch.cuda.max_memory_allocated after reset_peak_memory_stats (includes weights and inputs)",
+    "vmhwm": "peak RSS of the process (VmHWM, reset through /proc/self/clear_refs before each run)",
+    "sampled": "peak RSS sampled every 5 ms by a thread (/proc/self/statm)",
+}
+
+CHUNK_TOKENS = 4096
+QUESTION_TOKENS = 8
+
+
+class BudgetExceeded(Exception):
+    """A run went past its wall-clock budget; it is aborted and reported as skipped."""
+
+
+@dataclass
+class Watch:
+    """Cooperative watchdog: the run checks it after every segment (stock) or chunk (fast)."""
+
+    deadline: float
+    budget_s: float
+    segments: int = 0
+    total_segments: int = 0
+
+    def check(self) -> None:
+        if time.perf_counter() > self.deadline:
+            raise BudgetExceeded(f"exceeded {self.budget_s:g} s")
+
+
+def backbone_config(gpu: bool) -> dict:
+    """GPT-2 small on a GPU (the paper's backbone), a tiny GPT-2 with the real vocabulary on a CPU."""
+    if gpu:
+        return dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    return dict(n_layer=2, n_embd=128, n_head=4, n_positions=256, vocab_size=50257)
+
+
+def wrapper_config(name: str, gpu: bool) -> dict:
+    seg = 512 if gpu else 128
+    if name == "armt":
+        return dict(num_mem_tokens=10 if gpu else 4, d_mem=64 if gpu else 16, nu=3, segment_size=seg)
+    return dict(num_mem_tokens=16 if gpu else 4, segment_size=seg)
+
+
+def build_model(name: str, backbone: dict, wrapper: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(**backbone)
+    gpt2 = GPT2LMHeadModel(cfg)
+    model = ARMT(gpt2, **wrapper) if name == "armt" else RMT(gpt2, **wrapper)
+    return model.to(device=device, dtype=dtype).eval(), getattr(gpt2.config, "_attn_implementation", None)
+
+
+# ---------------------------------------------------------------- inputs
+def random_chunks(B: int, n: int, vocab: int, seed: int):
+    """Chunk ``k`` of a seeded random stream, generated on demand: the same ids for both modes."""
+    for k, a in enumerate(range(0, n, CHUNK_TOKENS)):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+        yield torch.randint(0, vocab, (B, min(CHUNK_TOKENS, n - a)), generator=g)
+
+
+def babilong_chunks(samples):
+    """The samples' inputs, zipped into ``[B, n]`` chunks (all samples of one length have the same size)."""
+    for parts in zip(*(s.iter_chunks(CHUNK_TOKENS) for s in samples)):
+        yield torch.tensor(parts, dtype=torch.long)
+
+
+@dataclass
+class Inputs:
+    B: int
+    context: int
+    vocab: int
+    data: str
+    seed: int = 0
+    samples: list | None = None
+
+    def chunks(self):
+        if self.data == "babilong":
+            return babilong_chunks(self.samples)
+        return random_chunks(self.B, self.context, self.vocab, self.seed)
+
+    def question(self) -> torch.Tensor:
+        if self.data == "babilong":
+            q = torch.tensor(self.samples[0].question_ids(), dtype=torch.long)
+        else:
+            q = torch.randint(0, self.vocab, (QUESTION_TOKENS,), generator=torch.Generator().manual_seed(self.seed))
+        return q.unsqueeze(0).expand(self.B, -1)
+
+    @property
+    def total_tokens(self) -> int:
+        """Input tokens per row: context, question and GEN."""
+        return self.context + self.question().shape[1] + 1
+
+
+def make_inputs(B: int, length: int, vocab: int, data: str, seed: int = 0) -> Inputs:
+    context = length - FINETUNE_MARGIN
+    if context < 1:
+        raise ValueError(f"length {length} leaves no context after the margin of {FINETUNE_MARGIN}")
+    samples = None
+    if data == "babilong":
+        from babilong_fast.data import BabilongGenerator
+
+        samples = BabilongGenerator("qa1", length, margin=FINETUNE_MARGIN, seed=seed).take(B)
+        context = samples[0].num_tokens
+    return Inputs(B, context, vocab, data, seed, samples)
+
+
+# ---------------------------------------------------------------- the two modes
+def keep_hidden_states(model, sink: list):
+    """Hooks keeping what ``output_hidden_states=True`` returns: block-0 input, blocks 0..n-2 outputs, ln_f out."""
+    tr = model.backbone.transformer
+    handles = [tr.h[0].register_forward_pre_hook(
+        lambda m, args, kwargs: sink.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)]
+    for block in list(tr.h)[:-1]:
+        handles.append(block.register_forward_hook(
+            lambda m, args, out: sink.append(out[0] if isinstance(out, tuple) else out)))
+    handles.append(tr.ln_f.register_forward_hook(lambda m, args, out: sink.append(out)))
+    return handles
+
+
+def run_stock(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, answer: str = "state") -> torch.Tensor:
+    S = model.segment_size
+    with torch.no_grad():
+        ids = torch.cat([*inputs.chunks(), inputs.question(), torch.full((inputs.B, 1), GEN_ID)], 1).to(device)
+        bounds = segment_bounds(ids.shape[1], S)
+        watch.total_segments = len(bounds)
+        kept_logits, kept_hidden = [], []
+        state = model.init_state(inputs.B, device)
+        before_last = state
+        for k, (a, b) in enumerate(bounds):
+            before_last = state
+            hidden_states: list = []
+            handles = keep_hidden_states(model, hidden_states)
+            try:
+                logits, _, state = model.segment_forward(ids[:, a:b], None, state, write=True, return_logits=True)
+            finally:
+                for h in handles:
+                    h.remove()
+            kept_logits.append(logits)
+            kept_hidden.append(hidden_states)
+            watch.segments = k + 1
+            watch.check()
+        full_logits = torch.cat(kept_logits, 1)  # process_outputs: full_logits
+        full_hidden = [torch.cat(layer, 1) for layer in zip(*kept_hidden)]  # and full_hidden_states
+        a, b = bounds[-1]
+        if answer == "generate":
+            out = model.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=-1)
+        else:
+            out = model.generate_from_state(ids[:, a:b], before_last, max_new_tokens=max_new_tokens, eos_token_id=-1)
+        del full_logits, full_hidden, kept_logits, kept_hidden
+    return out
+
+
+def run_fast(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int) -> torch.Tensor:
+    runner = StreamRunner(model, progress=False)
+    S = model.segment_size
+
+    def watched():
+        n = 0
+        for c in inputs.chunks():
+            watch.check()
+            n += c.shape[1]
+            watch.segments = n // S
+            yield c
+        watch.check()
+
+    watch.total_segments = -(-inputs.total_tokens // S)
+    return runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
+
+
+# ---------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _vmhwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM")
+
+
+def _can_reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _vmhwm_bytes()
+        return True
+    except OSError:
+        return False
+
+
+def malloc_trim() -> None:
+    """Return freed heap pages to the OS (glibc); without it a CPU run starts at the previous runs' RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of one run: device memory on a GPU, process RSS on a CPU (method in ``self.method``)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.method = "cuda" if device.type == "cuda" else ("vmhwm" if _can_reset_hwm() else "sampled")
+        self.base = self.peak = 0
+        self._stop = None
+
+    def __enter__(self):
+        gc.collect()
+        if self.method != "cuda":
+            malloc_trim()  # hand the previous runs' freed heap back, so the start RSS is not theirs
+        if self.method == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = _rss_bytes()
+            if self.method == "vmhwm":
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            else:
+                self.peak = self.base
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        if self.method == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        elif self.method == "vmhwm":
+            self.peak = _vmhwm_bytes()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+        return False
+
+
+# ---------------------------------------------------------------- one row
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def stock_bytes_estimate(model, inputs: Inputs, dtype: torch.dtype) -> int:
+    """Bytes the stock run must hold at its peak: kept logits and hidden states, twice (kept + concatenated)."""
+    tr = model.backbone.transformer
+    V, d, L = tr.wte.weight.shape[0], tr.wte.weight.shape[1], len(tr.h)
+    e = torch.finfo(dtype).bits // 8
+    N = inputs.total_tokens
+    rows = N + len(segment_bounds(N, model.segment_size)) * 2 * model.num_mem_tokens
+    return 2 * inputs.B * (N * V + (L + 1) * rows * d) * e
+
+
+def time_row(fn, device, budget_s: float, repeats: int, long_s: float):
+    """Timed runs of ``fn(watch)`` (after the caller's warm-up): median seconds, peak memory, answer.
+
+    A run past ``budget_s`` is aborted (BudgetExceeded). Further repeats are made only while the previous run
+    took under ``long_s`` seconds, so long lengths are measured once.
+    """
+    times, peaks, out, base, method = [], [], None, 0, None  # base, method: of the last run
+    for _ in range(repeats):
+        watch = Watch(time.perf_counter() + budget_s, budget_s)
+        with PeakMemory(device) as mem:
+            sync(device)
+            t0 = time.perf_counter()
+            out = fn(watch)
+            sync(device)
+            t = time.perf_counter() - t0
+        if t > budget_s:
+            raise BudgetExceeded(f"exceeded {budget_s:g} s")
+        times.append(t)
+        peaks.append(mem.peak)
+        base, method = mem.base, mem.method
+        del mem
+        if t >= long_s:
+            break
+    return {"seconds": statistics.median(times), "runs_s": times, "peak_mem_bytes": max(peaks),
+            "start_mem_bytes": base, "peak_above_start_bytes": max(peaks) - base, "mem_method": method}, out
+
+
+@dataclass
+class Settings:
+    models: list
+    modes: list
+    lengths: list
+    batches: list
+    dtype: torch.dtype
+    backends: list
+    device: torch.device
+    budget_s: float
+    fast_budget_s: float
+    repeats: int
+    long_s: float
+    max_new_tokens: int = 10
+    data: str = "random"
+    stock_answer: str = "state"
+    warmup: bool = True
+
+
+def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple[list[dict], dict]:
+    """Every (model, batch, mode, backend) over increasing lengths; a budget miss skips the longer lengths.
+
+    Returns (rows, per-model info: attention implementation and parameter counts).
+    """
+    rows, info = [], {}
+    for name in cfg.models:
+        if name == "mamba":
+            rows.append({"model": "mamba", "status": "not implemented yet"})
+            log("mamba: not implemented yet (no Mamba model in babilong_fast; no row is measured)")
+            continue
+        model, attn = build_model(name, backbone, wrappers[name], cfg.device, cfg.dtype)
+        info[name] = {"attn_implementation": attn, "parameters": sum(p.numel() for p in model.parameters())}
+        vocab = backbone["vocab_size"]
+        for B in cfg.batches:
+            answers: dict[int, torch.Tensor] = {}
+            fast_backends = cfg.backends if name == "armt" else ["-"]  # RMT has no backend-dependent op
+            variants = [("stock", "torch" if name == "armt" else "-")] if "stock" in cfg.modes else []
+            variants += [("fast", b) for b in fast_backends] if "fast" in cfg.modes else []
+            for mode, backend in variants:
+                if name == "armt":
+                    model.backend = backend
+                budget = cfg.budget_s if mode == "stock" else cfg.fast_budget_s
+
+                def fn(watch, inputs=None, mode=mode):
+                    if mode == "stock":
+                        return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
+                    return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens)
+
+                if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
+                    warm = make_inputs(B, 2 * model.segment_size + FINETUNE_MARGIN + 1, vocab, "random", seed=1)
+                    fn(Watch(float("inf"), float("inf")), warm)
+                    sync(cfg.device)
+                stop_reason = None
+                for length in cfg.lengths:
+                    row = {"model": name, "mode": mode, "backend": backend,
+                           "batch": B, "length": length, "length_name": length_name(length),
+                           "dtype": str(cfg.dtype).replace("torch.", ""), "data": cfg.data}
+                    if stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason):
+                        rows.append(row)
+                        log(format_row(row))
+                        continue
+                    inputs = make_inputs(B, length, vocab, cfg.data)
+                    row.update(input_tokens=inputs.total_tokens, segments=-(-inputs.total_tokens // model.segment_size))
+                    watch_holder = {}
+                    try:
+                        def call(watch, inputs=inputs):
+                            watch_holder["w"] = watch
+                            return fn(watch, inputs)
+
+                        res, out = time_row(call, cfg.device, budget, cfg.repeats, cfg.long_s)
+                        row.update(res)
+                        row["tokens_per_s"] = B * inputs.total_tokens / res["seconds"]
+                        row["seconds_per_sample"] = res["seconds"] / B
+                        ans = out.detach().cpu()
+                        if mode == "stock":
+                            answers[length] = ans
+                        elif length in answers:
+                            row["answer_matches_stock"] = bool(torch.equal(ans, answers[length]))
+                    except BudgetExceeded as e:
+                        w = watch_holder.get("w")
+                        where = f" at segment {w.segments}/{w.total_segments}" if w else ""
+                        row["skipped"] = f"{e}{where}; not extrapolated"
+                        stop_reason = f"a shorter length exceeded {budget:g} s"
+                    except torch.cuda.OutOfMemoryError:
+                        w = watch_holder.get("w")
+                        where = f" at segment {w.segments}/{w.total_segments}" if w else ""
+                        row["failed"] = f"out of device memory{where}"
+                        stop_reason = "a shorter length ran out of device memory"
+                    finally:
+                        watch_holder.clear()
+                    gc.collect()
+                    if cfg.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    rows.append(row)
+                    log(format_row(row))
+        del model
+        gc.collect()
+        if cfg.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows, info
+
+
+def stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason) -> bool:
+    """Skip a run (and say why) after a shorter one failed, or a CPU stock run whose kept outputs cannot fit."""
+    if stop_reason:
+        row["skipped"] = stop_reason
+        return True
+    if row["mode"] == "stock" and cfg.device.type == "cpu":
+        need = stock_bytes_estimate(model, Inputs(B, length - FINETUNE_MARGIN, vocab, "random"), cfg.dtype)
+        avail = mem_available_bytes()
+        if avail is not None and need > 0.8 * avail:
+            row["skipped"] = (f"would hold {need / 2**30:.1f} GiB of logits and hidden states; "
+                              f"only {avail / 2**30:.1f} GiB available (CPU run not attempted: OOM killer)")
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- reporting
+def _mem(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def format_row(r: dict) -> str:
+    if r.get("status"):
+        return f"{r['model']:<6} {r['status']}"
+    lead = f"{r['model']:<6}{r['mode']:<7}{r['backend']:<8}{r['batch']:>3}{r['length_name']:>7}"
+    if "seconds" not in r:
+        return lead + f"{'-':>12}{'-':>12}{'-':>12}{'-':>12}{'-':>6}  " + r.get("skipped", r.get("failed", ""))
+    note = ""
+    if "answer_matches_stock" in r:
+        note = "answer = stock" if r["answer_matches_stock"] else "ANSWER DIFFERS FROM STOCK"
+    return (lead + f"{r['tokens_per_s']:12.4g}{r['seconds_per_sample']:11.3g}s{_mem(r['peak_mem_bytes']):>12}"
+            f"{_mem(r['peak_above_start_bytes']):>12}{len(r['runs_s']):>6}  {note}")
+
+
+def table_header() -> str:
+    return (f"{'model':<6}{'mode':<7}{'backend':<8}{'B':>3}{'length':>7}{'tokens/s':>12}{'s/sample':>12}"
+            f"{'peak mem':>12}{'above start':>12}{'runs':>6}  note")
+
+
+def ratio_lines(rows: list[dict]) -> list[str]:
+    """fast/stock ratios of tokens/s and peak memory for every (model, batch, length) measured in both modes."""
+    out = []
+    stock = {(r["model"], r["batch"], r["length"]): r for r in rows if r.get("mode") == "stock"}
+    for r in rows:
+        if r.get("mode") != "fast":
+            continue
+        s = stock.get((r["model"], r["batch"], r["length"]))
+        tag = f"{r['model']} B={r['batch']} {r['length_name']}" + (f" ({r['backend']})" if r["model"] == "armt" else "")
+        if "seconds" not in r:
+            continue
+        if s is None or "seconds" not in s:
+            why = "not run" if s is None else s.get("skipped", s.get("failed", ""))
+            out.append(f"{tag}: fast {r['tokens_per_s']:.4g} tokens/s; stock {why}")
+            continue
+        out.append(f"{tag}: fast/stock speed {r['tokens_per_s'] / s['tokens_per_s']:.2f}x, "
+                   f"peak memory {r['peak_mem_bytes'] / s['peak_mem_bytes']:.3f}x "
+                   f"({_mem(r['peak_mem_bytes'])} vs {_mem(s['peak_mem_bytes'])})")
+    return out
+
+
+def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
+    """Two log-log panels (tokens/s, peak memory) against input length; one line per model x mode.
+
+    Returns None when written, else why not (matplotlib missing, nothing measured).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib); no plot"
+    done = [r for r in rows if "seconds" in r]
+    if not done:
+        return "no measured row to plot"
+    several_b = len({r["batch"] for r in done}) > 1
+    several_be = len({r["backend"] for r in done if r["mode"] == "fast" and r["model"] == "armt"}) > 1
+    lines: dict[str, list[dict]] = {}
+    for r in done:
+        label = f"{r['model'].upper()} {r['mode']}"
+        if several_be and r["model"] == "armt" and r["mode"] == "fast":
+            label += f" [{r['backend']}]"
+        if several_b:
+            label += f", B={r['batch']}"
+        lines.setdefault(label, []).append(r)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, rs) in enumerate(sorted(lines.items())):
+        rs = sorted(rs, key=lambda r: r["input_tokens"])
+        x = [r["input_tokens"] for r in rs]
+        armt = rs[0]["model"] == "armt"  # hollow squares for ARMT, dots for RMT: overlapping lines stay visible
+        kw = dict(linestyle="-" if rs[0]["mode"] == "fast" else "--", color=colors[k % len(colors)],
+                  marker="s" if armt else "o", markersize=8 if armt else 5,
+                  markerfacecolor="none" if armt else colors[k % len(colors)], label=label)
+        ax1.plot(x, [r["tokens_per_s"] for r in rs], **kw)
+        ax2.plot(x, [r["peak_mem_bytes"] / 2**20 for r in rs], **kw)
+    for ax, ylabel, t in ((ax1, "throughput (tokens/s, all rows of the batch)", "Throughput"),
+                          (ax2, f"peak memory (MiB; {mem_label})", "Peak memory")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("input length (tokens per sample)")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(t)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (skipped runs are not drawn)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"16k,128k,1M"`` -> sorted ints (k = 1000, M = 1,000,000)."""
+    out = sorted({parse_length(t) for t in text.split(",") if t.strip()})
+    if not out or min(out) <= FINETUNE_MARGIN:
+        raise ValueError(f"lengths must be > {FINETUNE_MARGIN} tokens, got {text!r}")
+    return out

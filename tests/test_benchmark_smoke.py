@@ -1,0 +1,79 @@
+"""Smoke test of ``benchmarks/throughput.py``: the models suite on its smallest setting, and the ops flags."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    sys.path.insert(0, BENCH)
+    try:
+        spec = importlib.util.spec_from_file_location("throughput_under_test", os.path.join(BENCH, "throughput.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(BENCH)
+
+
+def test_models_suite_smallest(throughput, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = throughput.main([
+        "--device", "cpu", "--config", "tiny", "--lengths", "300", "--batch", "1", "--repeats", "1",
+        "--no-warmup", "--max-new-tokens", "2", "--json", str(out),
+    ])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    res = json.loads(out.read_text())
+    assert res["suite"] == "models"
+    env = res["environment"]
+    for key in ("device", "commit", "torch", "torch_cuda", "triton", "transformers", "date"):
+        assert key in env
+    assert res["configs"]["backbone"]["vocab_size"] == 50257
+    assert set(res["modes"]) == {"stock", "fast"} and "full-vocabulary logits" in res["modes"]["stock"]
+    assert res["not_implemented"] == {"mamba": "not implemented yet"}
+    assert {"model": "mamba", "status": "not implemented yet"} in res["rows"]
+    measured = [r for r in res["rows"] if "seconds" in r]
+    assert {(r["model"], r["mode"]) for r in measured} == {
+        ("rmt", "stock"), ("rmt", "fast"), ("armt", "stock"), ("armt", "fast")}
+    for r in measured:
+        assert r["length"] == 300 and r["batch"] == 1 and r["runs_s"] and r["peak_mem_bytes"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["input_tokens"] / r["seconds"])
+        assert r["seconds_per_sample"] == pytest.approx(r["seconds"])
+        if r["mode"] == "fast":
+            assert r["answer_matches_stock"] is True  # the fast engine is exact
+    assert "fast/stock speed" in text and "mamba: not implemented yet" in text
+    png = out.with_suffix(".png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "no plot: matplotlib is not installed" in text
+    else:
+        assert png.exists() and png.stat().st_size > 1000
+
+
+def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = throughput.main([
+        "--device", "cpu", "--config", "tiny", "--models", "rmt", "--modes", "stock", "--lengths", "2k,4k",
+        "--repeats", "1", "--no-warmup", "--budget-s", "0.001", "--json", str(out), "--no-plot",
+    ])
+    capsys.readouterr()
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["length"] for r in rows] == [2000, 4000]
+    assert "exceeded 0.001 s" in rows[0]["skipped"] and "seconds" not in rows[0]
+    assert "shorter length exceeded" in rows[1]["skipped"]
+
+
+def test_ops_flags_still_select_ops_suite(throughput):
+    args = throughput.parse_args(["--shape", "1,8,16,4", "--dtype", "float32", "--sweep", "--json", "x.json"])
+    assert args.suite == "ops"
+    assert throughput.parse_args([]).suite == "models"
+    assert throughput.parse_args(["--suite", "all"]).suite == "all"
