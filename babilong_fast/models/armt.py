@@ -20,10 +20,8 @@ from babilong_fast.models._common import (
     check_input_ids,
     check_mask,
     check_positive,
-    greedy_loop,
-    lm_loss,
-    segment_bounds,
 )
+from babilong_fast.models.recurrent import RecurrentLM
 from babilong_fast.models.state import ARMTState
 from babilong_fast.ops.assoc_read import assoc_read
 from babilong_fast.ops.assoc_write import assoc_write
@@ -50,7 +48,7 @@ class ARMTLayerMemory(nn.Module):
         nn.init.zeros_(self.W_v.weight)
 
 
-class ARMT(nn.Module):
+class ARMT(RecurrentLM):
     """Associative recurrent memory transformer around a ``GPT2LMHeadModel``.
 
     Args:
@@ -222,97 +220,6 @@ class ARMT(nn.Module):
         logits = self.backbone.lm_head(hidden) if return_logits else None
         new_state = ARMTState(new_A, new_z, state.segments_seen + 1) if write else state
         return logits, hidden, new_state
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | ARMTState]:
-        """Teacher-forced pass over left-aligned segments with full BPTT (nothing detached but ``gamma``).
-
-        Args:
-            input_ids: ``[B, N]`` token ids (samples of equal length; pad them and pass ``attention_mask``).
-            attention_mask: ``[B, N]`` or None.
-            labels_mask: ``[B, N]`` bool or None: the loss scores ``logits[:, t]`` against ``input_ids[:, t+1]``
-                where ``labels_mask[:, t]`` (all positions when None), as in BABILong fine-tuning.
-
-        Returns:
-            ``{"loss": scalar, "logits": [B, N, V], "state": ARMTState}`` (the memory after the last segment).
-        """
-        input_ids = check_input_ids(input_ids)
-        attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
-        labels_mask = check_mask(labels_mask, input_ids, "labels_mask")
-        state = self.init_state(input_ids.shape[0], input_ids.device)
-        logits = []
-        for a, b in segment_bounds(input_ids.shape[1], self.segment_size):
-            seg_mask = None if attention_mask is None else attention_mask[:, a:b]
-            seg_logits, _, state = self.segment_forward(input_ids[:, a:b], seg_mask, state)
-            logits.append(seg_logits)
-        logits = torch.cat(logits, 1)
-        return {"loss": lm_loss(logits, input_ids, labels_mask), "logits": logits, "state": state}
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 10, eos_token_id: int = 50256) -> torch.Tensor:
-        """Greedy decoding as ARMT's ``generate`` (armt_rmt.md 2.8).
-
-        All segments but the last are written to memory; the last one, followed by the tokens generated so
-        far, runs without memory tokens and without writes, reading the memory at every row (no reads if the
-        whole input is one segment). Each step re-runs that suffix (no KV cache).
-
-        Args:
-            input_ids: ``[B, N]`` prompt ids (equal lengths, no padding).
-            max_new_tokens: at most this many tokens are generated.
-            eos_token_id: a row stops at this token and is padded with it; decoding stops when all rows have it.
-
-        Returns:
-            ``[B, <= max_new_tokens]`` the new tokens only.
-        """
-        input_ids = check_input_ids(input_ids)
-        bounds = segment_bounds(input_ids.shape[1], self.segment_size)
-        a, b = bounds[-1]
-        self._check_decode_fits(b - a, max_new_tokens)
-        state = self.init_state(input_ids.shape[0], input_ids.device)
-        for s, e in bounds[:-1]:
-            _, _, state = self.segment_forward(input_ids[:, s:e], None, state, return_logits=False)
-        return self.generate_from_state(input_ids[:, a:b], state, max_new_tokens, eos_token_id)
-
-    def _check_decode_fits(self, last_len: int, max_new_tokens: int) -> None:
-        check_positive("max_new_tokens", max_new_tokens)
-        if last_len + max_new_tokens - 1 > self.n_positions:
-            raise ValueError(
-                f"the last segment ({last_len} tokens) plus {max_new_tokens - 1} generated tokens exceeds the "
-                f"backbone's {self.n_positions} positions"
-            )
-
-    @torch.no_grad()
-    def generate_from_state(
-        self, last_ids: torch.Tensor, state: ARMTState, max_new_tokens: int = 10, eos_token_id: int = 50256
-    ) -> torch.Tensor:
-        """The decoding half of :meth:`generate`: greedy tokens after the final segment ``last_ids``.
-
-        ``state`` is the memory after every earlier segment (written with :meth:`segment_forward`); the
-        last segment and the tokens generated so far run with ``write=False``. Used by streaming inference
-        (:class:`babilong_fast.engine.StreamRunner`), which builds ``state`` without the whole input.
-
-        Args:
-            last_ids: ``[B, L]`` the final segment, ``1 <= L <= segment_size``.
-            state: the memory before it.
-            max_new_tokens, eos_token_id: as in :meth:`generate`.
-
-        Returns:
-            ``[B, <= max_new_tokens]`` the new tokens only.
-        """
-        last = check_input_ids(last_ids, "last_ids")
-        self._check_decode_fits(last.shape[1], max_new_tokens)
-        state = self._check_state(state, last.shape[0])
-
-        def step(generated: torch.Tensor) -> torch.Tensor:
-            ids = torch.cat([last, generated], 1)
-            _, hidden, _ = self.segment_forward(ids, None, state, write=False, return_logits=False)
-            return self.backbone.lm_head(hidden[:, -1])
-
-        return greedy_loop(step, last.shape[0], last.device, max_new_tokens, eos_token_id)
 
     def extra_repr(self) -> str:
         return (

@@ -17,17 +17,15 @@ from babilong_fast.models._common import (
     check_input_ids,
     check_mask,
     check_positive,
-    greedy_loop,
-    lm_loss,
-    segment_bounds,
 )
+from babilong_fast.models.recurrent import RecurrentLM
 from babilong_fast.models.state import RMTState
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
 
 
-class RMT(nn.Module):
+class RMT(RecurrentLM):
     """Recurrent memory transformer around a ``GPT2LMHeadModel``; the state is a ``[B, M, d]`` float32 memory.
 
     Args:
@@ -48,6 +46,7 @@ class RMT(nn.Module):
         super().__init__()
         self.backbone = check_backbone(backbone)
         self.num_mem_tokens = check_positive("num_mem_tokens", num_mem_tokens)
+        self._decode_prefix = self.num_mem_tokens  # read memory rows precede the final segment when decoding
         self.segment_size = check_positive("segment_size", segment_size)
         wte = backbone.transformer.wte.weight
         self.d_model = wte.shape[1]
@@ -66,6 +65,14 @@ class RMT(nn.Module):
         check_positive("batch_size", batch_size)
         mem = self.memory.float().unsqueeze(0).expand(batch_size, -1, -1)
         return RMTState(mem if device is None else mem.to(device), 0)
+
+    def _check_state(self, state: object, batch_size: int) -> RMTState:
+        if not isinstance(state, RMTState):
+            raise TypeError(f"state must be an RMTState (see init_state), got {type(state).__name__}")
+        M, d = self.num_mem_tokens, self.d_model
+        if state.memory.shape[1:] != (M, d) or state.batch_size not in (1, batch_size):
+            raise ValueError(f"state memory must be [{batch_size} or 1, {M}, {d}], got {tuple(state.memory.shape)}")
+        return state
 
     def segment_forward(
         self,
@@ -91,11 +98,8 @@ class RMT(nn.Module):
         input_ids = check_input_ids(input_ids)
         attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
         B, L = input_ids.shape
-        if not isinstance(state, RMTState):
-            raise TypeError(f"state must be an RMTState (see init_state), got {type(state).__name__}")
+        state = self._check_state(state, B)
         M = self.num_mem_tokens
-        if state.memory.shape[1:] != (M, self.d_model) or state.batch_size not in (1, B):
-            raise ValueError(f"state memory must be [{B} or 1, {M}, {self.d_model}], got {tuple(state.memory.shape)}")
         tr = self.backbone.transformer
         tok = tr.wte(input_ids)
         mem = state.memory.to(tok.dtype).expand(B, -1, -1)
@@ -115,95 +119,6 @@ class RMT(nn.Module):
         logits = self.backbone.lm_head(hidden) if return_logits else None
         new_state = RMTState(H[:, M + L :].float(), state.segments_seen + 1) if write else state
         return logits, hidden, new_state
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | RMTState]:
-        """Teacher-forced pass over left-aligned segments, full BPTT (RMT-BL's ``K2=-1``).
-
-        Args:
-            input_ids: ``[B, N]`` token ids (samples of equal length; pad them and pass ``attention_mask``).
-            attention_mask: ``[B, N]`` or None.
-            labels_mask: ``[B, N]`` bool or None: ``logits[:, t]`` is scored against ``input_ids[:, t+1]``
-                where ``labels_mask[:, t]`` (all positions when None).
-
-        Returns:
-            ``{"loss": scalar, "logits": [B, N, V], "state": RMTState}``.
-        """
-        input_ids = check_input_ids(input_ids)
-        attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
-        labels_mask = check_mask(labels_mask, input_ids, "labels_mask")
-        state = self.init_state(input_ids.shape[0], input_ids.device)
-        logits = []
-        for a, b in segment_bounds(input_ids.shape[1], self.segment_size):
-            seg_mask = None if attention_mask is None else attention_mask[:, a:b]
-            seg_logits, _, state = self.segment_forward(input_ids[:, a:b], seg_mask, state)
-            logits.append(seg_logits)
-        logits = torch.cat(logits, 1)
-        return {"loss": lm_loss(logits, input_ids, labels_mask), "logits": logits, "state": state}
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 10, eos_token_id: int = 50256) -> torch.Tensor:
-        """Greedy decoding as RMT-BL's ``generate`` (armt_rmt.md 1.8).
-
-        All segments but the last update the memory; the last runs as ``[mem; tokens; generated]`` without
-        write rows, positions continuing after the tokens. Each step re-runs that suffix (no KV cache).
-
-        Args:
-            input_ids: ``[B, N]`` prompt ids (equal lengths, no padding).
-            max_new_tokens: at most this many tokens are generated.
-            eos_token_id: a row stops at this token and is padded with it; decoding stops when all rows have it.
-
-        Returns:
-            ``[B, <= max_new_tokens]`` the new tokens only.
-        """
-        input_ids = check_input_ids(input_ids)
-        bounds = segment_bounds(input_ids.shape[1], self.segment_size)
-        a, b = bounds[-1]
-        self._check_decode_fits(b - a, max_new_tokens)
-        state = self.init_state(input_ids.shape[0], input_ids.device)
-        for s, e in bounds[:-1]:
-            _, _, state = self.segment_forward(input_ids[:, s:e], None, state, return_logits=False)
-        return self.generate_from_state(input_ids[:, a:b], state, max_new_tokens, eos_token_id)
-
-    def _check_decode_fits(self, last_len: int, max_new_tokens: int) -> None:
-        check_positive("max_new_tokens", max_new_tokens)
-        if self.num_mem_tokens + last_len + max_new_tokens - 1 > self.n_positions:
-            raise ValueError(
-                f"memory + the last segment ({last_len} tokens) + {max_new_tokens - 1} generated tokens exceeds "
-                f"the backbone's {self.n_positions} positions"
-            )
-
-    @torch.no_grad()
-    def generate_from_state(
-        self, last_ids: torch.Tensor, state: RMTState, max_new_tokens: int = 10, eos_token_id: int = 50256
-    ) -> torch.Tensor:
-        """The decoding half of :meth:`generate`: greedy tokens after the final segment ``last_ids``.
-
-        ``state`` is the memory after every earlier segment; the last segment and the tokens generated so
-        far run as ``[mem; tokens]`` without write rows. Used by streaming inference
-        (:class:`babilong_fast.engine.StreamRunner`), which builds ``state`` without the whole input.
-
-        Args:
-            last_ids: ``[B, L]`` the final segment, ``1 <= L <= segment_size``.
-            state: the memory before it.
-            max_new_tokens, eos_token_id: as in :meth:`generate`.
-
-        Returns:
-            ``[B, <= max_new_tokens]`` the new tokens only.
-        """
-        last = check_input_ids(last_ids, "last_ids")
-        self._check_decode_fits(last.shape[1], max_new_tokens)
-
-        def step(generated: torch.Tensor) -> torch.Tensor:
-            ids = torch.cat([last, generated], 1)
-            _, hidden, _ = self.segment_forward(ids, None, state, write=False, return_logits=False)
-            return self.backbone.lm_head(hidden[:, -1])
-
-        return greedy_loop(step, last.shape[0], last.device, max_new_tokens, eos_token_id)
 
     def extra_repr(self) -> str:
         return f"num_mem_tokens={self.num_mem_tokens}, segment_size={self.segment_size}"
