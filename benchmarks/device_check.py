@@ -33,9 +33,17 @@ def run(cmd: list[str], log, timeout: int, env: dict | None = None) -> tuple[int
     except subprocess.TimeoutExpired as e:
         code, text = 124, f"{e.stdout or ''}{e.stderr or ''}\n[timed out after {timeout}s]"
         text = text if isinstance(text, str) else text.decode(errors="replace")
-    log.write(text)
+    log.write(_anonymise(text))
     log.flush()
     return code, text, time.time() - t0
+
+
+def _anonymise(text: str) -> str:
+    """The committed log names no machine's paths: checkout, results folder and temporary files become tags."""
+    results = os.environ.get("BABILONG_FAST_RESULTS_DIR")
+    if results:
+        text = text.replace(os.path.abspath(results), "<results>")
+    return re.sub(r"/tmp/[^\s'\"]+", "<tmp>", text.replace(ROOT, "<repo>"))
 
 
 def main() -> int:
