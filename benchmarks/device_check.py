@@ -72,7 +72,7 @@ def main() -> int:
 
         # tests/data is CPU-only (tokenizer, generators) and runs in CI; here the kernels and dispatch are tested.
         code, text, secs = run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "--ignore=tests/data"],
-                               log, 100, env)
+                               log, 240, env)
         counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", text.splitlines()[-1] if text else "")}
         summary["tests"] = {"exit_code": code, "seconds": round(secs, 1), **counts}
         print(f"tests: exit {code}, {counts} in {secs:.0f}s", flush=True)
