@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from babilong_fast import __version__
-from babilong_fast.data.babi import TASKS
+from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.corpora import BundledNovels, TextFolder
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import PROMPT_MARGIN, parse_length
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data",
         help="generate BABILong samples and write them in the official layout",
         description=(
-            "Generate seeded BABILong samples (bAbI qa1-qa5 facts hidden in background text) and write them as "
+            "Generate seeded BABILong samples (bAbI qa1-qa10 facts hidden in background text) and write them as "
             "OUT/data/qaN/<len>.json (layout 'babilong', as RMT-team/babilong) or OUT/<len>/qaN-00000-of-00001."
             "parquet (layout '1k-samples', needs pyarrow). Read them back with "
             "babilong_fast.data.official.load_official(OUT)."

@@ -1,9 +1,13 @@
-"""Seeded bAbI generators for BABILong tasks qa1-qa5 (samples: facts, question, answer, supporting)."""
+"""Seeded bAbI generators for BABILong tasks qa1-qa10 (samples: facts, question, answer, supporting)."""
 from __future__ import annotations
 
-from babilong_fast.data.babi.generate import FACT_RANGE, STORY_GENERATORS, generate, iter_samples, split_of
+from babilong_fast.data.babi.generate import (ALL_STORY_GENERATORS, FACT_RANGE, MORE_STORY_GENERATORS,
+                                              STORY_GENERATORS, generate, iter_samples, split_of)
 from babilong_fast.data.babi.sample import BabiSample
 
-TASKS = tuple(STORY_GENERATORS)
+TASKS = tuple(STORY_GENERATORS)  # qa1-qa5
+MORE_TASKS = tuple(MORE_STORY_GENERATORS)  # qa6-qa10
+ALL_TASKS = TASKS + MORE_TASKS
 
-__all__ = ["FACT_RANGE", "STORY_GENERATORS", "TASKS", "BabiSample", "generate", "iter_samples", "split_of"]
+__all__ = ["ALL_STORY_GENERATORS", "ALL_TASKS", "FACT_RANGE", "MORE_STORY_GENERATORS", "MORE_TASKS",
+           "STORY_GENERATORS", "TASKS", "BabiSample", "generate", "iter_samples", "split_of"]

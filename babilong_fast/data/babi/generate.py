@@ -1,4 +1,4 @@
-"""Seeded qa1-qa5 sample pools with disjoint train and test splits.
+"""Seeded qa1-qa10 sample pools with disjoint train and test splits.
 
 Split rule: a story goes to the test split iff the SHA-256 of its first two facts falls in the lowest
 :data:`TEST_FRACTION` of the hash range. Every sample of a story starts with the story's first two facts,
@@ -13,6 +13,8 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+from babilong_fast.data.babi.more_stories import (counting, indefinite_knowledge, lists_sets, simple_negation,
+                                                  yes_no_location)
 from babilong_fast.data.babi.relations import two_arg_relations
 from babilong_fast.data.babi.sample import BabiSample
 from babilong_fast.data.babi.stories import where_is_actor, where_is_object, where_was_object, who_what_gave
@@ -27,6 +29,17 @@ STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = {
     "qa5": who_what_gave,
 }
 
+# qa6-qa10 live in their own table so code iterating STORY_GENERATORS (qa1-qa5) keeps its meaning.
+MORE_STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = {
+    "qa6": yes_no_location,
+    "qa7": counting,
+    "qa8": lists_sets,
+    "qa9": simple_negation,
+    "qa10": indefinite_knowledge,
+}
+
+ALL_STORY_GENERATORS = {**STORY_GENERATORS, **MORE_STORY_GENERATORS}
+
 # Documented facts per sample (BABILong README / paper Table 1); samples outside are dropped.
 FACT_RANGE: dict[str, tuple[int, int]] = {
     "qa1": (2, 10),
@@ -34,6 +47,11 @@ FACT_RANGE: dict[str, tuple[int, int]] = {
     "qa3": (4, 320),
     "qa4": (2, 2),
     "qa5": (2, 126),
+    "qa6": (2, 26),
+    "qa7": (2, 52),
+    "qa8": (2, 50),
+    "qa9": (2, 10),
+    "qa10": (2, 10),
 }
 
 TEST_FRACTION = 0.1
@@ -49,16 +67,16 @@ def iter_samples(task: str, split: Split = "train", seed: int = 0) -> Iterator[B
     """Endless deterministic stream of ``task`` samples from ``split``, story by story.
 
     Args:
-        task: ``"qa1"`` .. ``"qa5"``.
+        task: ``"qa1"`` .. ``"qa10"``.
         split: ``"train"`` or ``"test"``; the pools never share a sample.
         seed: stream seed; any seed gives samples from the same split pool.
     """
-    if task not in STORY_GENERATORS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(STORY_GENERATORS)}")
+    if task not in ALL_STORY_GENERATORS:
+        raise ValueError(f"unknown task {task!r}; expected one of {list(ALL_STORY_GENERATORS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(f"babilong_fast/{task}/{split}/{seed}")
-    make_story, (lo, hi) = STORY_GENERATORS[task], FACT_RANGE[task]
+    make_story, (lo, hi) = ALL_STORY_GENERATORS[task], FACT_RANGE[task]
     while True:
         story = make_story(rng)
         if split_of(story[0]["facts"]) != split:

@@ -45,3 +45,24 @@ def give_sentence(rng: random.Random, giver: str, obj: str, receiver: str) -> st
 
 def relation_sentence(a: str, direction: str, b: str) -> str:
     return f"The {a} is {direction} of the {b}."
+
+# qa10 (indefinite knowledge) uses its own cast and places, as in bAbI.
+PEOPLE10 = ("Bill", "Fred", "Julie", "Mary")
+LOCATIONS10 = ("bedroom", "cinema", "kitchen", "office", "park", "school")
+COUNT_WORDS = ("none", "one", "two", "three")
+
+
+def be_in_sentence(person: str, location: str) -> str:
+    return f"{person} is in the {location}."
+
+
+def no_longer_sentence(person: str, location: str) -> str:
+    return f"{person} is no longer in the {location}."
+
+
+def not_in_sentence(person: str, location: str) -> str:
+    return f"{person} is not in the {location}."
+
+
+def either_sentence(person: str, a: str, b: str) -> str:
+    return f"{person} is either in the {a} or the {b}."
