@@ -6,11 +6,15 @@ Subcommands:
   tools written for ``RMT-team/babilong`` read them unchanged. The settings of every file written (task,
   length, split, seed, margin, background, stories skipped) are recorded in ``babilong_fast_manifest.json``
   in the output folder, so a set can be regenerated.
+- ``eval``: score a saved ARMT / RMT checkpoint (``babilong_fast.models.save_model``) on generated samples in the
+  fine-tuning format (margin 20) by exact match; writes ``results.csv``, ``results.json`` and ``heatmap.png``
+  (see :mod:`babilong_fast.cli.eval`).
 
 Examples::
 
     babilong-fast data --tasks qa1,qa2 --lengths 0k,1k,4k --n 100 --split test --seed 0 --out babilong_data
     python -m babilong_fast.cli.main data --tasks qa1 --lengths 128k --n 10 --out babilong_data
+    babilong-fast eval --checkpoint armt_qa1.pt --tasks qa1,qa2 --lengths 0k,1k,4k --n 20 --out results
 """
 from __future__ import annotations
 
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--layout", choices=LAYOUTS, default="babilong", help="output layout (default babilong)")
     data.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     data.set_defaults(func=_cmd_data, check=_check_data_args, subparser=data)
+    from babilong_fast.cli.eval import add_parser as _add_eval_parser
+
+    _add_eval_parser(sub, _comma_list, _positive_int)
     return parser
 
 

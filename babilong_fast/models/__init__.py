@@ -1,7 +1,10 @@
 """Recurrent-memory wrappers around a GPT-2 backbone with explicit state: :class:`ARMT` and :class:`RMT`."""
 
 from babilong_fast.models.armt import ARMT, ARMTLayerMemory
+from babilong_fast.models.checkpoint import CheckpointError, load_model, save_model
 from babilong_fast.models.rmt import RMT
 from babilong_fast.models.state import ARMTState, RMTState
 
-__all__ = ["ARMT", "ARMTLayerMemory", "ARMTState", "RMT", "RMTState"]
+__all__ = [
+    "ARMT", "ARMTLayerMemory", "ARMTState", "CheckpointError", "RMT", "RMTState", "load_model", "save_model",
+]

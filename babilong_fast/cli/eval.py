@@ -1,0 +1,242 @@
+"""``babilong-fast eval``: score a saved ARMT / RMT checkpoint on generated BABILong samples.
+
+For each task × length, ``n`` samples are generated with ``BabilongGenerator(task, length, split, seed,
+margin=20)`` (the fine-tuning format: context ‖ question ‖ GEN), streamed through
+:class:`~babilong_fast.engine.StreamRunner` (greedy, ``max_new_tokens=10``) and scored with
+:func:`~babilong_fast.data.metric.exact_match_finetuned` (answer then end-of-text, exact string). Written to
+``--out``: ``results.csv``, ``results.json`` and ``heatmap.png`` (accuracy %, tasks × lengths).
+
+Only ``--batch 1`` is supported; other values are rejected at argument parsing (exit code 2).
+
+Example::
+
+    babilong-fast eval --checkpoint armt_qa1.pt --tasks qa1,qa2 --lengths 0k,1k,4k --n 20 --out results/
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from babilong_fast import __version__
+from babilong_fast.data.babi import ALL_TASKS as TASKS
+from babilong_fast.data.dataset import BabilongGenerator
+from babilong_fast.data.lengths import parse_length
+from babilong_fast.data.metric import exact_match_finetuned
+from babilong_fast.data.official import OFFICIAL_LENGTHS, check_length
+from babilong_fast.engine.stream import StreamRunner
+
+FINETUNE_MARGIN = 20
+MAX_NEW_TOKENS = 10
+CSV_FIELDS = (
+    "task", "length", "n", "correct", "accuracy", "seconds", "tokens", "tokens_per_s",
+    "kind", "checkpoint", "split", "seed", "device", "torch_version",
+)
+
+
+def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
+    """Register the ``eval`` subcommand on ``sub`` (the subparsers of ``babilong-fast``)."""
+    p = sub.add_parser(
+        "eval",
+        help="score an ARMT/RMT checkpoint on generated BABILong samples (accuracy heatmap)",
+        description=(
+            "Generate n fine-tuning-format samples (margin 20) per task and length, answer them greedily with the "
+            "checkpoint's model, score by exact match (answer then end-of-text) and write OUT/results.csv, "
+            "OUT/results.json and OUT/heatmap.png."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="file written by babilong_fast.models.save_model")
+    p.add_argument("--tasks", type=comma_list, required=True, help=f"comma-separated, from {','.join(TASKS)}")
+    p.add_argument(
+        "--lengths", type=comma_list, required=True,
+        help=f"comma-separated length names, e.g. {','.join(OFFICIAL_LENGTHS)} (k = 1000)",
+    )
+    p.add_argument("--n", type=positive_int, required=True, help="samples per task and length")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="bAbI pool and books (default test)")
+    p.add_argument("--seed", type=int, default=0, help="stream seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--batch", type=positive_int, default=1, help="samples per forward pass; only 1 is supported")
+    p.add_argument(
+        "--device", default=None, choices=("cpu", "cuda"),
+        help="where to run (default: cuda when available, else cpu)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval, check=check_args, subparser=p)
+    return p
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for task in args.tasks:
+        if task not in TASKS:
+            parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
+    lengths = []
+    for length in args.lengths:
+        try:
+            name = check_length(length)
+        except ValueError:
+            parser.error(
+                f"unknown length {length!r} in --lengths; accepted: {', '.join(OFFICIAL_LENGTHS)} "
+                "or any <digits>k / <digits>M (k = 1000)"
+            )
+        tokens = parse_length(name)
+        if 0 < tokens <= FINETUNE_MARGIN:
+            parser.error(f"length {length!r} ({tokens} tokens) leaves nothing after the margin of {FINETUNE_MARGIN}")
+        lengths.append(name)
+    args.lengths = list(dict.fromkeys(lengths))
+    args.tasks = list(dict.fromkeys(args.tasks))
+    if args.batch != 1:
+        parser.error(f"--batch {args.batch} is not supported: only --batch 1 is implemented (samples are streamed one by one)")
+    if not args.checkpoint.is_file():
+        parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+
+
+class _Bar:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=total, unit="sample", desc="eval", file=sys.stderr)
+        self.enabled = enabled
+
+    def set(self, task: str, length: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{task} {length}", refresh=False)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def evaluate_cell(runner: StreamRunner, task: str, length: str, n: int, split: str, seed: int, on_sample=None) -> dict:
+    """Accuracy (%) of ``runner`` on the first ``n`` samples of ``(task, length)``; also seconds and tokens/s."""
+    gen = BabilongGenerator(task, length, split=split, seed=seed, margin=FINETUNE_MARGIN)
+    correct = tokens = done = 0
+    seconds = 0.0
+    for sample in gen:
+        if done == n:
+            break
+        q = len(sample.question_ids()) + 1  # question + GEN
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize(runner.device)
+        t0 = time.perf_counter()
+        out = runner.run(sample, max_new_tokens=MAX_NEW_TOKENS)
+        ids = out[0].tolist() if isinstance(out, torch.Tensor) else list(out[0])
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize(runner.device)
+        seconds += time.perf_counter() - t0
+        tokens += sample.num_tokens + q
+        correct += bool(exact_match_finetuned(ids, sample.target))
+        done += 1
+        if on_sample is not None:
+            on_sample()
+    return {
+        "task": task, "length": length, "n": done, "correct": correct,
+        "accuracy": 100.0 * correct / done if done else float("nan"),
+        "seconds": round(seconds, 4), "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def write_heatmap(rows: list[dict], tasks: list[str], lengths: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    acc = np.full((len(tasks), len(lengths)), np.nan)
+    for r in rows:
+        acc[tasks.index(r["task"]), lengths.index(r["length"])] = r["accuracy"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.9 * len(lengths)), 1.4 + 0.55 * len(tasks)), constrained_layout=True)
+    im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(lengths)), labels=lengths)
+    ax.set_yticks(range(len(tasks)), labels=tasks)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("task")
+    for i in range(len(tasks)):
+        for j in range(len(lengths)):
+            if not np.isnan(acc[i, j]):
+                ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=9)
+    fig.colorbar(im, ax=ax, label="accuracy %")
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from babilong_fast.models.checkpoint import load_model, model_kind
+
+    model = load_model(args.checkpoint, map_location="cpu")
+    kind = model_kind(model)
+    runner = StreamRunner(model, device=args.device, progress=False)
+    env = {
+        "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
+        "device": str(runner.device), "torch_version": torch.__version__,
+    }
+    if runner.device.type == "cuda":
+        env_gpu = torch.cuda.get_device_name(runner.device)
+    else:
+        env_gpu = None
+    args.out.mkdir(parents=True, exist_ok=True)
+    bar = _Bar(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress)
+    rows: list[dict] = []
+    try:
+        for task in args.tasks:
+            for length in args.lengths:
+                bar.set(task, length)
+                row = evaluate_cell(runner, task, length, args.n, args.split, args.seed, on_sample=bar.step)
+                row.update(env)
+                rows.append(row)
+                bar.line(f"{task} {length}: {row['accuracy']:.1f}% ({row['correct']}/{row['n']})")
+    finally:
+        bar.close()
+    with open(args.out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in CSV_FIELDS})
+    doc = {
+        "tool": f"babilong_fast {__version__}",
+        "environment": {
+            **env, "checkpoint_path": str(args.checkpoint), "gpu": env_gpu, "python": platform.python_version(),
+            "babilong_fast_version": __version__, "margin": FINETUNE_MARGIN, "max_new_tokens": MAX_NEW_TOKENS,
+            "metric": "exact_match_finetuned (answer then <|endoftext|>)",
+        },
+        "tasks": args.tasks, "lengths": args.lengths, "n": args.n,
+        "results": rows,
+    }
+    tmp = args.out / "results.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, args.out / "results.json")
+    title = f"{kind.upper()} {args.checkpoint.name}\nexact-match accuracy % ({args.split}, n={args.n}, seed={args.seed})"
+    write_heatmap(rows, args.tasks, args.lengths, args.out / "heatmap.png", title)
+    if not args.no_progress:
+        print(f"wrote {args.out / 'results.csv'}, results.json, heatmap.png", file=sys.stderr)
+    return 0

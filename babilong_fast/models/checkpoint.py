@@ -1,0 +1,129 @@
+"""Save and load :class:`~babilong_fast.models.ARMT` / :class:`~babilong_fast.models.RMT` models as one file.
+
+The file is a ``torch.save`` of a dict::
+
+    {"format": "babilong_fast.checkpoint", "version": 1, "kind": "armt" | "rmt",
+     "kwargs": {...wrapper constructor arguments...}, "backbone_config": GPT2Config.to_dict(),
+     "state_dict": model.state_dict()}
+
+:func:`load_model` rebuilds ``GPT2LMHeadModel(GPT2Config.from_dict(cfg))`` (no network access) and the
+wrapper around it, then loads the weights strictly.
+
+Examples::
+
+    >>> save_model(model, "armt_qa1.pt")                       # doctest: +SKIP
+    >>> model = load_model("armt_qa1.pt", kind="armt")          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from babilong_fast.models.armt import ARMT
+from babilong_fast.models.rmt import RMT
+
+FORMAT = "babilong_fast.checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("armt", "rmt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as an ARMT/RMT model (or not as the kind requested)."""
+
+
+def model_kind(model: torch.nn.Module) -> str:
+    """``"armt"`` or ``"rmt"``; TypeError for any other model."""
+    if isinstance(model, ARMT):
+        return "armt"
+    if isinstance(model, RMT):
+        return "rmt"
+    raise TypeError(f"save_model supports ARMT and RMT models, got {type(model).__name__}")
+
+
+def _kwargs(model: torch.nn.Module, kind: str) -> dict[str, Any]:
+    if kind == "armt":
+        return {
+            "num_mem_tokens": model.num_mem_tokens, "d_mem": model.d_mem, "nu": model.nu,
+            "correction": model.correction, "segment_size": model.segment_size, "backend": model.backend,
+        }
+    return {"num_mem_tokens": model.num_mem_tokens, "segment_size": model.segment_size}
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` (ARMT or RMT) to ``path`` (parent folders created); returns the path."""
+    kind = model_kind(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "kwargs": _kwargs(model, kind),
+        "backbone_config": model.backbone.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checked payload dict of a checkpoint file (FileNotFoundError / CheckpointError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"{str(path)!r} is not a babilong_fast checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a babilong_fast checkpoint (no {FORMAT!r} marker)")
+    version = payload.get("version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format version {version!r}; this babilong_fast reads version {FORMAT_VERSION}"
+        )
+    kind = payload.get("kind")
+    if kind not in KINDS:
+        raise CheckpointError(f"{str(path)!r} holds an unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    for key in ("kwargs", "backbone_config", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{str(path)!r} lacks its {key!r} entry")
+    return payload
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | None = None) -> ARMT | RMT:
+    """Rebuild the ARMT / RMT saved by :func:`save_model` and load its weights strictly.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded (default ``"cpu"``); the model is built there too.
+        kind: ``"armt"`` or ``"rmt"`` to require that kind; None accepts either.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError (a ValueError): not a checkpoint, an unknown kind, another kind than ``kind``, or weights
+            that do not match the rebuilt model.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    payload = read_checkpoint(path, map_location)
+    if kind is not None and payload["kind"] != kind:
+        raise CheckpointError(f"{str(path)!r} holds an {payload['kind'].upper()} model, not the {kind.upper()} requested")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config.from_dict(dict(payload["backbone_config"]))
+    backbone = GPT2LMHeadModel(config)
+    cls = ARMT if payload["kind"] == "armt" else RMT
+    model = cls(backbone, **payload["kwargs"])
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{str(path)!r}: weights do not match the rebuilt model: {e}") from e
+    return model.eval()

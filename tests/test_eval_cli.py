@@ -1,0 +1,169 @@
+"""``babilong_fast.models.checkpoint`` round trips and the ``babilong-fast eval`` subcommand, on tiny random models."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from babilong_fast.cli import eval as eval_mod
+from babilong_fast.cli.main import main
+from babilong_fast.data.tokenizer import get_tokenizer
+from babilong_fast.models import ARMT, RMT, CheckpointError, load_model, save_model
+
+SEG = 128
+
+
+def tiny_backbone() -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_layer=1, n_embd=32, n_head=2, n_positions=256))
+
+
+def make(kind: str):
+    torch.manual_seed(0)
+    if kind == "armt":
+        return ARMT(tiny_backbone(), num_mem_tokens=4, d_mem=8, nu=2, correction=False, segment_size=SEG).eval()
+    return RMT(tiny_backbone(), num_mem_tokens=4, segment_size=SEG).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return {kind: save_model(make(kind), d / f"{kind}.pt") for kind in ("armt", "rmt")}
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_round_trip_identical_outputs(kind, tmp_path):
+    model = make(kind)
+    path = save_model(model, tmp_path / "sub" / "m.pt")
+    loaded = load_model(path, kind=kind)
+    assert type(loaded) is type(model)
+    assert loaded.segment_size == SEG and loaded.num_mem_tokens == 4
+    if kind == "armt":
+        assert (loaded.d_mem, loaded.nu, loaded.correction) == (8, 2, False)
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+    ids = torch.randint(0, 50257, (2, 300), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(ids)["logits"], loaded(ids)["logits"])
+    assert torch.equal(
+        model.generate(ids, max_new_tokens=4, eos_token_id=50256),
+        loaded.generate(ids, max_new_tokens=4, eos_token_id=50256),
+    )
+    payload = torch.load(path, weights_only=True)
+    assert payload["kind"] == kind and payload["version"] == 1
+    assert payload["backbone_config"]["n_embd"] == 32
+
+
+def test_load_errors(ckpts, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="ARMT model, not the RMT"):
+        load_model(ckpts["armt"], kind="rmt")
+    with pytest.raises(CheckpointError, match="RMT model, not the ARMT"):
+        load_model(ckpts["rmt"], kind="armt")
+    with pytest.raises(ValueError, match="unknown model kind 'mamba'"):
+        load_model(ckpts["armt"], kind="mamba")
+    payload = torch.load(ckpts["armt"], weights_only=True)
+    payload["kind"] = "mamba"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="unknown model kind 'mamba'"):
+        load_model(tmp_path / "bad.pt")
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a babilong_fast checkpoint"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(TypeError, match="ARMT and RMT"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
+
+
+def _eval(ckpt, out, *extra):
+    return main([
+        "eval", "--checkpoint", str(ckpt), "--tasks", "qa1", "--lengths", "0k,1k", "--n", "2",
+        "--seed", "0", "--out", str(out), "--no-progress", "--device", "cpu", *extra,
+    ])
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_eval_writes_results(kind, ckpts, tmp_path):
+    out = tmp_path / "out"
+    assert _eval(ckpts[kind], out) == 0
+    assert {p.name for p in out.iterdir()} == {"results.csv", "results.json", "heatmap.png"}
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "results.json").read_text())
+    env = doc["environment"]
+    assert env["kind"] == kind and env["checkpoint"] == f"{kind}.pt" and env["seed"] == 0
+    assert env["device"] == "cpu" and env["torch_version"] == torch.__version__
+    rows = doc["results"]
+    assert [(r["task"], r["length"]) for r in rows] == [("qa1", "0k"), ("qa1", "1k")]
+    for r in rows:
+        assert r["n"] == 2 and 0 <= r["accuracy"] <= 100
+        assert r["seconds"] > 0 and r["tokens_per_s"] > 0 and r["tokens"] > 0
+    assert rows[1]["tokens"] > 2 * 900  # 1k - 20 margin per sample, plus question
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [(r["task"], r["length"], r["n"]) for r in csv_rows] == [("qa1", "0k", "2"), ("qa1", "1k", "2")]
+    assert all(0 <= float(r["accuracy"]) <= 100 and r["checkpoint"] == f"{kind}.pt" for r in csv_rows)
+
+
+def test_eval_scoring_path_can_score_100_and_0(ckpts, tmp_path, monkeypatch):
+    """A runner that answers ``target + EOS`` scores 100; the same answer without EOS scores 0."""
+    tok = get_tokenizer()
+    seen = []
+    real_run = eval_mod.StreamRunner.run
+
+    def oracle(with_eos):
+        def run(self, sample, **kw):
+            real_run(self, sample, **kw)  # the real stream still runs
+            seen.append(sample)
+            ids = tok.encode(sample.target) + ([tok.eos_id] if with_eos else [])
+            return torch.tensor([ids])
+        return run
+
+    monkeypatch.setattr(eval_mod.StreamRunner, "run", oracle(True))
+    assert _eval(ckpts["armt"], tmp_path / "good") == 0
+    rows = json.loads((tmp_path / "good" / "results.json").read_text())["results"]
+    assert [r["accuracy"] for r in rows] == [100.0, 100.0] and [r["correct"] for r in rows] == [2, 2]
+    assert len(seen) == 4 and all(s.task == "qa1" and s.margin == 20 for s in seen)
+    assert [s.length for s in seen] == [0, 0, 1000, 1000]
+    assert seen[2].num_tokens == 980
+
+    monkeypatch.setattr(eval_mod.StreamRunner, "run", oracle(False))
+    assert _eval(ckpts["armt"], tmp_path / "noeos") == 0
+    rows = json.loads((tmp_path / "noeos" / "results.json").read_text())["results"]
+    assert [r["accuracy"] for r in rows] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "qa99"], "unknown task 'qa99'"),
+        (["--lengths", "0k,3q"], "unknown length '3q'"),
+        (["--batch", "4"], "--batch 4 is not supported"),
+        (["--n", "0"], "expected a positive integer"),
+    ],
+)
+def test_eval_bad_arguments_exit_2(args, message, ckpts, tmp_path, capsys):
+    base = {"--checkpoint": str(ckpts["armt"]), "--tasks": "qa1", "--lengths": "0k", "--n": "1", "--out": str(tmp_path)}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["eval", "--no-progress"] + [x for kv in base.items() for x in kv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_missing_checkpoint_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _eval(tmp_path / "missing.pt", tmp_path / "out")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "missing.pt" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_wrong_file_exits_1(tmp_path, capsys):
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    assert _eval(tmp_path / "other.pt", tmp_path / "out") == 1
+    assert "not a babilong_fast checkpoint" in capsys.readouterr().err
