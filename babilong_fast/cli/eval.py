@@ -28,12 +28,12 @@ import torch
 from babilong_fast import __version__
 from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.dataset import BabilongGenerator
-from babilong_fast.data.lengths import parse_length
+from babilong_fast.cli.args import check_lengths
+from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.data.metric import exact_match_finetuned
-from babilong_fast.data.official import OFFICIAL_LENGTHS, check_length
+from babilong_fast.data.official import OFFICIAL_LENGTHS
 from babilong_fast.engine.stream import StreamRunner
 
-FINETUNE_MARGIN = 20
 MAX_NEW_TOKENS = 10
 CSV_FIELDS = (
     "task", "length", "n", "correct", "accuracy", "seconds", "tokens", "tokens_per_s",
@@ -76,20 +76,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for task in args.tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
-    lengths = []
-    for length in args.lengths:
-        try:
-            name = check_length(length)
-        except ValueError:
-            parser.error(
-                f"unknown length {length!r} in --lengths; accepted: {', '.join(OFFICIAL_LENGTHS)} "
-                "or any <digits>k / <digits>M (k = 1000)"
-            )
-        tokens = parse_length(name)
-        if 0 < tokens <= FINETUNE_MARGIN:
-            parser.error(f"length {length!r} ({tokens} tokens) leaves nothing after the margin of {FINETUNE_MARGIN}")
-        lengths.append(name)
-    args.lengths = list(dict.fromkeys(lengths))
+    args.lengths = check_lengths(parser, args.lengths, FINETUNE_MARGIN, f"the margin of {FINETUNE_MARGIN}")
     args.tasks = list(dict.fromkeys(args.tasks))
     if args.batch != 1:
         parser.error(f"--batch {args.batch} is not supported: only --batch 1 is implemented (samples are streamed one by one)")

@@ -30,8 +30,9 @@ from babilong_fast import __version__
 from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.corpora import BundledNovels, TextFolder
 from babilong_fast.data.dataset import BabilongGenerator
-from babilong_fast.data.lengths import PROMPT_MARGIN, parse_length
-from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, OFFICIAL_TASKS, check_length, write_official
+from babilong_fast.cli.args import check_lengths
+from babilong_fast.data.lengths import PROMPT_MARGIN
+from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, OFFICIAL_TASKS, write_official
 
 MANIFEST = "babilong_fast_manifest.json"
 
@@ -116,20 +117,7 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             )
         if task not in TASKS:
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
-    lengths = []
-    for length in args.lengths:
-        try:
-            name = check_length(length)
-        except ValueError:
-            parser.error(
-                f"unknown length {length!r} in --lengths; accepted: {', '.join(OFFICIAL_LENGTHS)} "
-                "or any <digits>k / <digits>M (k = 1000)"
-            )
-        tokens = parse_length(name)
-        if 0 < tokens <= args.margin:
-            parser.error(f"length {length!r} ({tokens} tokens) leaves nothing after --margin {args.margin}")
-        lengths.append(name)
-    args.lengths = list(dict.fromkeys(lengths))
+    args.lengths = check_lengths(parser, args.lengths, args.margin, f"--margin {args.margin}")
     args.tasks = list(dict.fromkeys(args.tasks))
     if args.background is not None:
         try:

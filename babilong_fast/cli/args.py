@@ -1,0 +1,28 @@
+"""Argument checks shared by the subcommands."""
+from __future__ import annotations
+
+import argparse
+
+from babilong_fast.data.lengths import parse_length
+from babilong_fast.data.official import OFFICIAL_LENGTHS, check_length
+
+
+def check_lengths(parser: argparse.ArgumentParser, lengths: list[str], margin: int, margin_label: str) -> list[str]:
+    """Canonical length names, in order, without repeats; exits with a message naming a bad one.
+
+    ``margin_label`` says where the margin comes from in the error (e.g. ``"--margin 300"``).
+    """
+    names = []
+    for length in lengths:
+        try:
+            name = check_length(length)
+        except ValueError:
+            parser.error(
+                f"unknown length {length!r} in --lengths; accepted: {', '.join(OFFICIAL_LENGTHS)} "
+                "or any <digits>k / <digits>M (k = 1000)"
+            )
+        tokens = parse_length(name)
+        if 0 < tokens <= margin:
+            parser.error(f"length {length!r} ({tokens} tokens) leaves nothing after {margin_label}")
+        names.append(name)
+    return list(dict.fromkeys(names))
