@@ -144,7 +144,8 @@ def assoc_read(
     chosen = resolve_backend("assoc_read", backend, h.device)
     if h.numel() == 0:
         return h.clone()
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (h, w_q, A, z)):
+    # The torch path is differentiated by autograd directly; only the fused kernels need the recompute.
+    if chosen != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in (h, w_q, A, z)):
         return AssocReadFunction.apply(h, w_q, A, z, nu, eps, chosen)
     return _fwd(chosen, h, w_q, A, z, nu, eps)
 
