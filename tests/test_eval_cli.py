@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import pytest
@@ -110,28 +111,59 @@ def test_eval_scoring_path_can_score_100_and_0(ckpts, tmp_path, monkeypatch):
     """A runner that answers ``target + EOS`` scores 100; the same answer without EOS scores 0."""
     tok = get_tokenizer()
     seen = []
-    real_run = eval_mod.StreamRunner.run
+    real = eval_mod.answer_batch
 
     def oracle(with_eos):
-        def run(self, sample, **kw):
-            real_run(self, sample, **kw)  # the real stream still runs
-            seen.append(sample)
-            ids = tok.encode(sample.target) + ([tok.eos_id] if with_eos else [])
-            return torch.tensor([ids])
-        return run
+        def answer_batch(runner, samples, chunk_tokens=4096):
+            real(runner, samples, chunk_tokens)  # the real stream still runs
+            seen.extend(samples)
+            return [tok.encode(s.target) + ([tok.eos_id] if with_eos else []) for s in samples]
+        return answer_batch
 
-    monkeypatch.setattr(eval_mod.StreamRunner, "run", oracle(True))
+    monkeypatch.setattr(eval_mod, "answer_batch", oracle(True))
     assert _eval(ckpts["armt"], tmp_path / "good") == 0
     rows = json.loads((tmp_path / "good" / "results.json").read_text())["results"]
     assert [r["accuracy"] for r in rows] == [100.0, 100.0] and [r["correct"] for r in rows] == [2, 2]
     assert len(seen) == 4 and all(s.task == "qa1" and s.margin == 20 for s in seen)
     assert [s.length for s in seen] == [0, 0, 1000, 1000]
     assert seen[2].num_tokens == 980
+    assert rows[0]["outputs"] == [s.target + "<|endoftext|>" for s in seen[:2]]
 
-    monkeypatch.setattr(eval_mod.StreamRunner, "run", oracle(False))
+    monkeypatch.setattr(eval_mod, "answer_batch", oracle(False))
     assert _eval(ckpts["armt"], tmp_path / "noeos") == 0
     rows = json.loads((tmp_path / "noeos" / "results.json").read_text())["results"]
     assert [r["accuracy"] for r in rows] == [0.0, 0.0]
+
+
+def test_batches_by_shape_groups_by_question_length():
+    from babilong_fast.data.dataset import BabilongGenerator
+
+    samples = list(itertools.islice(BabilongGenerator("qa5", "0k", split="test", seed=0, margin=20), 12))
+    qlens = [len(s.question_ids()) for s in samples]
+    assert len(set(qlens)) > 1  # qa5 questions differ in length: the grouping matters
+    batches = list(eval_mod.batches_by_shape(iter(samples), 10, 3))
+    flat = sorted(pos for b in batches for pos, _ in b)
+    assert flat == list(range(10))
+    for b in batches:
+        assert 1 <= len(b) <= 3 and len({len(s.question_ids()) for _, s in b}) == 1
+        assert all(samples[pos] is s for pos, s in b)
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_eval_batched_equals_one_by_one(kind, ckpts, tmp_path):
+    argv = ["--tasks", "qa5", "--lengths", "0k,1k", "--n", "5"]
+
+    def run(batch):
+        out = tmp_path / f"b{batch}"
+        base = ["eval", "--checkpoint", str(ckpts[kind]), "--seed", "0", "--out", str(out), "--no-progress",
+                "--device", "cpu", "--batch", str(batch)]
+        assert main(base + argv) == 0
+        return json.loads((out / "results.json").read_text())["results"]
+
+    one, three = run(1), run(3)
+    assert [r["outputs"] for r in one] == [r["outputs"] for r in three]
+    assert [r["correct"] for r in one] == [r["correct"] for r in three]
+    assert all(len(r["outputs"]) == 5 for r in one)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +171,7 @@ def test_eval_scoring_path_can_score_100_and_0(ckpts, tmp_path, monkeypatch):
     [
         (["--tasks", "qa99"], "unknown task 'qa99'"),
         (["--lengths", "0k,3q"], "unknown length '3q'"),
-        (["--batch", "4"], "--batch 4 is not supported"),
+        (["--batch", "0"], "expected a positive integer"),
         (["--n", "0"], "expected a positive integer"),
     ],
 )

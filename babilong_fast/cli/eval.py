@@ -6,7 +6,10 @@ margin=20)`` (the fine-tuning format: context ‖ question ‖ GEN), streamed th
 :func:`~babilong_fast.data.metric.exact_match_finetuned` (answer then end-of-text, exact string). Written to
 ``--out``: ``results.csv``, ``results.json`` and ``heatmap.png`` (accuracy %, tasks × lengths).
 
-Only ``--batch 1`` is supported; other values are rejected at argument parsing (exit code 2).
+``--batch B`` streams up to ``B`` samples together as the rows of one batch. Rows must share the context and
+question lengths (samples of one cell have the same context length; questions may differ), so the first ``n``
+samples are grouped by question length and a group runs once it holds ``B`` samples (the rest at the end);
+the scores equal ``--batch 1``'s. ``results.json`` also keeps every sample's decoded prediction.
 
 Example::
 
@@ -16,22 +19,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
 from babilong_fast import __version__
 from babilong_fast.data.babi import ALL_TASKS as TASKS
+from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.data.metric import exact_match_finetuned
 from babilong_fast.data.official import OFFICIAL_LENGTHS
+from babilong_fast.data.tokenizer import get_tokenizer
 from babilong_fast.engine.stream import StreamRunner
 
 MAX_NEW_TOKENS = 10
@@ -62,7 +69,10 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "test"), default="test", help="bAbI pool and books (default test)")
     p.add_argument("--seed", type=int, default=0, help="stream seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    p.add_argument("--batch", type=positive_int, default=1, help="samples per forward pass; only 1 is supported")
+    p.add_argument(
+        "--batch", type=positive_int, default=1,
+        help="samples streamed together (rows of one batch; grouped by question length; default 1)",
+    )
     p.add_argument(
         "--device", default=None, choices=("cpu", "cuda"),
         help="where to run (default: cuda when available, else cpu)",
@@ -78,8 +88,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, FINETUNE_MARGIN, f"the margin of {FINETUNE_MARGIN}")
     args.tasks = list(dict.fromkeys(args.tasks))
-    if args.batch != 1:
-        parser.error(f"--batch {args.batch} is not supported: only --batch 1 is implemented (samples are streamed one by one)")
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
     if args.device is None:
@@ -121,33 +129,68 @@ class _Bar:
             self.bar.close()
 
 
-def evaluate_cell(runner: StreamRunner, task: str, length: str, n: int, split: str, seed: int, on_sample=None) -> dict:
-    """Accuracy (%) of ``runner`` on the first ``n`` samples of ``(task, length)``; also seconds and tokens/s."""
+def batches_by_shape(
+    samples: Iterable[BabilongSample], n: int, batch: int
+) -> Iterator[list[tuple[int, BabilongSample]]]:
+    """The first ``n`` of ``samples`` as ``(position, sample)`` batches of at most ``batch`` rows that share context
+    and question lengths."""
+    groups: dict[tuple[int, int], list[tuple[int, BabilongSample]]] = {}
+    for pos, sample in enumerate(itertools.islice(samples, n)):
+        key = (sample.num_tokens, len(sample.question_ids()))
+        group = groups.setdefault(key, [])
+        group.append((pos, sample))
+        if len(group) == batch:
+            yield groups.pop(key)
+    yield from groups.values()
+
+
+def answer_batch(runner: StreamRunner, samples: list[BabilongSample], chunk_tokens: int = 4096) -> list[list[int]]:
+    """Greedy answers (``<= MAX_NEW_TOKENS`` ids per row) of ``samples`` streamed together as one batch.
+
+    All samples must have the same ``num_tokens`` and question length (see :func:`batches_by_shape`).
+    """
+    if len({(s.num_tokens, len(s.question_ids())) for s in samples}) != 1:
+        raise ValueError("samples of one batch must share context and question lengths")
+    chunks = (torch.tensor(rows) for rows in zip(*(s.iter_chunks(chunk_tokens) for s in samples), strict=True))
+    state = runner.prefill(chunks, total_tokens=samples[0].num_tokens)
+    if state.num_tokens != samples[0].num_tokens:
+        raise RuntimeError(f"streamed {state.num_tokens} tokens, but the samples have {samples[0].num_tokens}")
+    question = torch.tensor([s.question_ids() for s in samples])
+    out = runner.answer(question, state=state, max_new_tokens=MAX_NEW_TOKENS)
+    return out.tolist()
+
+
+def evaluate_cell(
+    runner: StreamRunner, task: str, length: str, n: int, split: str, seed: int, on_sample=None, batch: int = 1
+) -> dict:
+    """Accuracy (%) of ``runner`` on the first ``n`` samples of ``(task, length)``; also seconds, tokens/s and the
+    decoded predictions (in the generator's order)."""
     gen = BabilongGenerator(task, length, split=split, seed=seed, margin=FINETUNE_MARGIN)
+    tok = get_tokenizer()
     correct = tokens = done = 0
     seconds = 0.0
-    for sample in gen:
-        if done == n:
-            break
-        q = len(sample.question_ids()) + 1  # question + GEN
+    outputs: dict[int, str] = {}
+    for group in batches_by_shape(gen, n, batch):
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)
         t0 = time.perf_counter()
-        out = runner.run(sample, max_new_tokens=MAX_NEW_TOKENS)
-        ids = out[0].tolist() if isinstance(out, torch.Tensor) else list(out[0])
+        answers = answer_batch(runner, [sample for _, sample in group])
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)
         seconds += time.perf_counter() - t0
-        tokens += sample.num_tokens + q
-        correct += bool(exact_match_finetuned(ids, sample.target))
-        done += 1
-        if on_sample is not None:
-            on_sample()
+        for (pos, sample), ids in zip(group, answers, strict=True):
+            tokens += sample.num_tokens + len(sample.question_ids()) + 1  # question + GEN
+            correct += bool(exact_match_finetuned(ids, sample.target))
+            outputs[pos] = tok.decode(ids)
+            done += 1
+            if on_sample is not None:
+                on_sample()
     return {
         "task": task, "length": length, "n": done, "correct": correct,
         "accuracy": 100.0 * correct / done if done else float("nan"),
         "seconds": round(seconds, 4), "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "outputs": [outputs[k] for k in sorted(outputs)],
     }
 
 
@@ -185,7 +228,7 @@ def run_eval(args: argparse.Namespace) -> int:
     runner = StreamRunner(model, device=args.device, progress=False)
     env = {
         "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
-        "device": str(runner.device), "torch_version": torch.__version__,
+        "device": str(runner.device), "torch_version": torch.__version__, "batch": args.batch,
     }
     if runner.device.type == "cuda":
         env_gpu = torch.cuda.get_device_name(runner.device)
@@ -198,7 +241,9 @@ def run_eval(args: argparse.Namespace) -> int:
         for task in args.tasks:
             for length in args.lengths:
                 bar.set(task, length)
-                row = evaluate_cell(runner, task, length, args.n, args.split, args.seed, on_sample=bar.step)
+                row = evaluate_cell(
+                    runner, task, length, args.n, args.split, args.seed, on_sample=bar.step, batch=args.batch
+                )
                 row.update(env)
                 rows.append(row)
                 bar.line(f"{task} {length}: {row['accuracy']:.1f}% ({row['correct']}/{row['n']})")
