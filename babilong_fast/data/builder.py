@@ -26,7 +26,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-from babilong_fast.data.background import MIN_SENTENCE_TOKENS, background_sentences
+import numpy as np
+
+from babilong_fast.data.background import MIN_SENTENCE_TOKENS, background_rounds
 from babilong_fast.data.corpora import BundledNovels, TextSource
 from babilong_fast.data.lengths import PROMPT_MARGIN, parse_length
 from babilong_fast.data.tokenizer import GPT2Tokenizer, get_tokenizer
@@ -91,25 +93,46 @@ class BabilongSample:
         return (f"BabilongSample(task={self.task!r}, length={self.length}, num_tokens={self.num_tokens}, "
                 f"facts={len(self.facts)}, seed={self.seed!r})")
 
-    def _pieces(self) -> Iterator[Sequence[int]]:
-        """The input as consecutive token pieces (facts and background sentences); records fact positions."""
+    def _pieces(self) -> Iterator[np.ndarray]:
+        """The input as consecutive int32 token pieces (facts and runs of background); records fact positions.
+
+        Works a background round at a time (:func:`~babilong_fast.data.background.background_rounds`): fact
+        ``j`` goes before the first sentence whose background offset is ``>= offsets[j]``, found by a binary
+        search over the round's sentence starts, so a round costs a few array slices whatever its length.
+        """
         positions: list[int] = []
         pos = done = j = 0
-        budget, facts, offsets = self.background_budget, self._fact_ids, self._offsets
+        budget, offsets = self.background_budget, self._offsets
+        facts = [np.asarray(f, dtype=np.int32) for f in self._fact_ids]
         if budget > 0:
-            stream = background_sentences(
+            rounds = background_rounds(
                 self.background, self.seed, chunk_chars=max(10 * budget, MIN_CHUNK_CHARS),
                 min_tokens=self._min_sentence_tokens, tokenizer=self._tok,
             )
-            for sentence in stream:
-                while j < len(facts) and offsets[j] <= done:
+            for ids, lengths in rounds:
+                if not len(lengths):
+                    continue
+                starts = np.zeros(len(lengths), dtype=np.int64)  # sentence starts, relative to the round
+                np.cumsum(lengths[:-1], out=starts[1:])
+                take = min(len(ids), budget - done)
+                n_sent = int(np.searchsorted(starts, take, side="left"))  # sentences that start inside ``take``
+                cut = 0
+                while j < len(facts):
+                    k = int(np.searchsorted(starts[:n_sent] + done, offsets[j], side="left"))
+                    if k == n_sent:
+                        break
+                    at = int(starts[k])
+                    if at > cut:
+                        yield ids[cut:at]
+                        pos += at - cut
+                        cut = at
                     positions.append(pos)
                     pos += len(facts[j])
                     yield facts[j]
                     j += 1
-                take = min(len(sentence), budget - done)
-                yield sentence if take == len(sentence) else sentence[:take]
-                pos += take
+                if take > cut:
+                    yield ids[cut:take]
+                    pos += take - cut
                 done += take
                 if done == budget:
                     break
@@ -131,16 +154,19 @@ class BabilongSample:
         """
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
-        buf: list[int] = []
+        parts: list[np.ndarray] = []
+        held = 0
         for piece in self._pieces():
-            buf.extend(piece)
-            if len(buf) >= chunk_tokens:
-                n_full = len(buf) - len(buf) % chunk_tokens
+            parts.append(piece)
+            held += len(piece)
+            if held >= chunk_tokens:
+                buf = np.concatenate(parts)
+                n_full = held - held % chunk_tokens
                 for k in range(0, n_full, chunk_tokens):
-                    yield buf[k:k + chunk_tokens]
-                buf = buf[n_full:]
-        if buf:
-            yield buf
+                    yield buf[k:k + chunk_tokens].tolist()
+                parts, held = [buf[n_full:]], held - n_full
+        if held:
+            yield np.concatenate(parts).tolist()
 
     def input_ids(self, limit: int = MATERIALISE_LIMIT) -> list[int]:
         """The whole input as one id list; refuses inputs over ``limit`` tokens (use :meth:`iter_chunks`)."""
@@ -148,7 +174,7 @@ class BabilongSample:
             raise ValueError(
                 f"sample has {self.num_tokens} tokens, over limit={limit}; stream it with iter_chunks() instead"
             )
-        return [i for piece in self._pieces() for i in piece]
+        return np.concatenate([np.zeros(0, np.int32), *self._pieces()]).tolist()
 
     def text(self, limit: int = MATERIALISE_LIMIT) -> str:
         """The input as text, decoded and stripped as in the released BABILong data (the ``input`` field)."""

@@ -44,6 +44,32 @@ def _is_boundary(text: str, m: re.Match[str]) -> bool:
     return True
 
 
+def sentence_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Lazily yield ``(start, end)`` of each sentence of ``text``: ``text[start:end]`` is the stripped, non-empty
+    sentence that :func:`split_sentences` yields."""
+    start = 0
+    for m in _CANDIDATE.finditer(text):
+        if not _is_boundary(text, m):
+            continue
+        end = m.start() if m.group()[0] == "\n" else m.end()
+        span = _strip_span(text, start, end)
+        if span is not None:
+            yield span
+        start = m.end()
+    span = _strip_span(text, start, len(text))
+    if span is not None:
+        yield span
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int] | None:
+    piece = text[start:end]
+    stripped = piece.lstrip()
+    if not stripped.strip():
+        return None
+    a = start + len(piece) - len(stripped)
+    return a, a + len(stripped.rstrip())
+
+
 def split_sentences(text: str) -> Iterator[str]:
     """Lazily split ``text`` into stripped, non-empty sentences (rules in the module docstring).
 
@@ -58,15 +84,5 @@ def split_sentences(text: str) -> Iterator[str]:
         >>> list(split_sentences('Mr. Knightley came. "Oh!" said she. Yes.\\n\\nCHAPTER II\\nIt was'))
         ['Mr. Knightley came.', '"Oh!" said she.', 'Yes.', 'CHAPTER II\\nIt was']
     """
-    start = 0
-    for m in _CANDIDATE.finditer(text):
-        if not _is_boundary(text, m):
-            continue
-        end = m.start() if m.group()[0] == "\n" else m.end()
-        sentence = text[start:end].strip()
-        if sentence:
-            yield sentence
-        start = m.end()
-    tail = text[start:].strip()
-    if tail:
-        yield tail
+    for a, b in sentence_spans(text):
+        yield text[a:b]

@@ -107,3 +107,28 @@ def test_stream_memory_is_bounded() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 20e6
+
+
+def test_book_index_windows_equal_splitting_the_chunk() -> None:
+    """The per-book index (used for long windows) gives the sentences that splitting the chunk alone gives."""
+    import random
+
+    from babilong_fast.data.background import BookIndex, _inner_sentences
+
+    text = BundledNovels("test").text(1)
+    index = BookIndex.build(text, TOK, 10)
+    rng = random.Random(0)
+    for _ in range(60):
+        offset, chars = rng.randrange(len(text)), rng.choice([3000, 30_000, 300_000])
+        ids, lengths = index.window(offset, chars)
+        want = [e for e in (TOK.encode(" " + s) for s in _inner_sentences(text[offset:offset + chars])) if len(e) >= 10]
+        assert lengths.tolist() == [len(e) for e in want]
+        assert ids.tolist() == [i for e in want for i in e]
+
+
+def test_long_and_short_windows_both_replay() -> None:
+    """Both ways of cutting a round (index for long windows, the chunk alone for short ones) are seeded."""
+    for chars in (2000, 1_000_000):
+        a = _take(background_sentences(seed=9, chunk_chars=chars), 40)
+        assert a == _take(background_sentences(seed=9, chunk_chars=chars), 40)
+        assert all(len(s) >= 10 for s in a)
