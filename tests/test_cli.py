@@ -101,7 +101,6 @@ def test_data_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     [
         (["--tasks", "qa0"], "unknown task 'qa0' in --tasks; accepted: qa1, qa2, qa3, qa4, qa5"),
         (["--tasks", "qa1,qa21"], "unknown task 'qa21' in --tasks; accepted: qa1, qa2, qa3, qa4, qa5"),
-        (["--tasks", "qa17"], "task 'qa17' is a BABILong task but the generator only has qa1, qa2, qa3, qa4, qa5, qa6"),
         (["--tasks", "qa1,,qa2"], "empty item in 'qa1,,qa2'"),
         (["--lengths", "0k,4kb"], "unknown length '4kb' in --lengths; accepted: 0k, 1k, 2k, 4k"),
         (["--lengths", "300"], "length '300' (300 tokens) leaves nothing after --margin 300"),

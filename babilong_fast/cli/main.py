@@ -32,7 +32,7 @@ from babilong_fast.data.corpora import BundledNovels, TextFolder
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.lengths import PROMPT_MARGIN
-from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, OFFICIAL_TASKS, write_official
+from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, write_official
 
 MANIFEST = "babilong_fast_manifest.json"
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data",
         help="generate BABILong samples and write them in the official layout",
         description=(
-            "Generate seeded BABILong samples (bAbI qa1-qa10 facts hidden in background text) and write them as "
+            "Generate seeded BABILong samples (bAbI qa1-qa20 facts hidden in background text) and write them as "
             "OUT/data/qaN/<len>.json (layout 'babilong', as RMT-team/babilong) or OUT/<len>/qaN-00000-of-00001."
             "parquet (layout '1k-samples', needs pyarrow). Read them back with "
             "babilong_fast.data.official.load_official(OUT)."
@@ -110,11 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for task in args.tasks:
-        if task in OFFICIAL_TASKS and task not in TASKS:
-            parser.error(
-                f"task {task!r} is a BABILong task but the generator only has {', '.join(TASKS)}; "
-                "read released data for it with babilong_fast.data.official.load_official"
-            )
         if task not in TASKS:
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, args.margin, f"--margin {args.margin}")

@@ -1,4 +1,4 @@
-"""BABILong sample streams: seeded bAbI qa1-qa10 samples hidden in background text of a given length."""
+"""BABILong sample streams: seeded bAbI qa1-qa20 samples hidden in background text of a given length."""
 from __future__ import annotations
 
 import itertools
@@ -23,7 +23,7 @@ class BabilongGenerator:
     generator; :attr:`skipped` counts them.
 
     Args:
-        task: ``"qa1"`` .. ``"qa10"``.
+        task: ``"qa1"`` .. ``"qa20"``.
         length: nominal length (``"0k"``, ``"4k"``, ``"1M"``, an int, ...).
         split: ``"train"`` or ``"test"``: selects the bAbI pool and the default background books.
         seed: stream seed.

@@ -210,6 +210,6 @@ def test_stream_and_errors():
     stream = iter_samples("qa1", "test", seed=5)
     assert [next(stream) for _ in range(12)] == generate("qa1", 12, "test", seed=5)
     with pytest.raises(ValueError):
-        generate("qa17", 1)
+        generate("qa21", 1)
     with pytest.raises(ValueError):
         generate("qa1", 1, "valid")  # type: ignore[arg-type]

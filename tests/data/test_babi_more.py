@@ -202,4 +202,4 @@ def test_train_test_disjoint(task: str):
 
 def test_unknown_task_still_rejected():
     with pytest.raises(ValueError):
-        generate("qa17", 1)
+        generate("qa21", 1)

@@ -47,7 +47,7 @@ def test_generator_skips_long_stories() -> None:
 
 def test_generator_errors() -> None:
     with pytest.raises(ValueError, match="unknown task"):
-        BabilongGenerator("qa17", "1k")
+        BabilongGenerator("qa21", "1k")
     with pytest.raises(ValueError, match="split"):
         BabilongGenerator("qa1", "1k", split="dev")
     with pytest.raises(ValueError, match="margin"):

@@ -1,4 +1,4 @@
-"""Seeded qa1-qa16 and qa20 sample pools with disjoint train and test splits.
+"""Seeded qa1-qa20 sample pools with disjoint train and test splits.
 
 Split rule: a story goes to the test split iff the SHA-256 of its first two facts falls in the lowest
 :data:`TEST_FRACTION` of the hash range. Every sample of a story starts with the story's first two facts,
@@ -15,6 +15,7 @@ from typing import Literal
 
 from babilong_fast.data.babi.more_stories import (counting, indefinite_knowledge, lists_sets, simple_negation,
                                                   yes_no_location)
+from babilong_fast.data.babi.reasoning_stories import path_finding, positional_reasoning, size_reasoning
 from babilong_fast.data.babi.relations import two_arg_relations
 from babilong_fast.data.babi.rest_stories import (agent_motivations, basic_coreference, basic_deduction,
                                                   basic_induction, compound_coreference, conjunction, time_reasoning)
@@ -40,7 +41,7 @@ MORE_STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = 
     "qa10": indefinite_knowledge,
 }
 
-# qa11-qa20 (those implemented so far; qa17-qa19 are not yet) in a third table, for the same reason.
+# qa11-qa16 and qa20 in a third table, for the same reason.
 REST_STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = {
     "qa11": basic_coreference,
     "qa12": conjunction,
@@ -51,7 +52,18 @@ REST_STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = 
     "qa20": agent_motivations,
 }
 
-ALL_STORY_GENERATORS = {**STORY_GENERATORS, **MORE_STORY_GENERATORS, **REST_STORY_GENERATORS}
+# qa17-qa19 (positional reasoning, size reasoning, path finding) in a fourth.
+REASONING_STORY_GENERATORS: dict[str, Callable[[random.Random], list[BabiSample]]] = {
+    "qa17": positional_reasoning,
+    "qa18": size_reasoning,
+    "qa19": path_finding,
+}
+
+# Every task, in task-number order (qa1 .. qa20).
+ALL_STORY_GENERATORS = dict(sorted(
+    {**STORY_GENERATORS, **MORE_STORY_GENERATORS, **REST_STORY_GENERATORS, **REASONING_STORY_GENERATORS}.items(),
+    key=lambda kv: int(kv[0][2:]),
+))
 
 # Documented facts per sample (BABILong README / paper Table 1); samples outside are dropped.
 FACT_RANGE: dict[str, tuple[int, int]] = {
@@ -72,6 +84,9 @@ FACT_RANGE: dict[str, tuple[int, int]] = {
     "qa14": (2, 16),  # 2-4 people x 2-4 timed moves, questions from the 2nd fact on
     "qa15": (8, 8),  # 4 fear rules + 4 memberships, then 3 questions
     "qa16": (9, 9),  # 4 species+colour pairs + 1 species fact, then 1 question
+    "qa17": (2, 2),  # 2 steps between 3 shapes, then 8 questions (as bAbI)
+    "qa18": (4, 9),  # a chain of 2 comparisons + 2-7 more (as bAbI), then up to 5 questions
+    "qa19": (5, 5),  # 2 path facts + 3 decoys (all six rooms), then 1 question
     "qa20": (2, 12),  # 2-4 people x (need, go, get), a question after every fact from the 2nd on
 }
 
@@ -88,7 +103,7 @@ def iter_samples(task: str, split: Split = "train", seed: int = 0) -> Iterator[B
     """Endless deterministic stream of ``task`` samples from ``split``, story by story.
 
     Args:
-        task: any key of :data:`ALL_STORY_GENERATORS` (qa1-qa16, qa20).
+        task: any key of :data:`ALL_STORY_GENERATORS` (qa1-qa20).
         split: ``"train"`` or ``"test"``; the pools never share a sample.
         seed: stream seed; any seed gives samples from the same split pool.
     """
