@@ -16,4 +16,16 @@ _src_kernels = _os.path.join(_os.path.dirname(__file__), _os.pardir, "kernels", 
 if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and _os.path.isfile(_src_kernels):
     __path__.append(_os.path.dirname(_os.path.dirname(_src_kernels)))  # type: ignore[name-defined]  # noqa: F821
 
-__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "ops", "__version__"]
+
+def __getattr__(name: str):
+    # patch/unpatch load lazily: importing babilong_fast must not import the models (or transformers).
+    # ``babilong_fast.patch`` is the submodule, which is callable (it forwards to its patch()).
+    if name in ("patch", "unpatch"):
+        import importlib
+
+        module = importlib.import_module("babilong_fast.patch")
+        return module if name == "patch" else module.unpatch
+    raise AttributeError(f"module 'babilong_fast' has no attribute {name!r}")
+
+
+__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "ops", "patch", "unpatch", "__version__"]

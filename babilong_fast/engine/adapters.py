@@ -1,8 +1,9 @@
 """What :class:`~babilong_fast.engine.StreamRunner` needs from a model, one adapter per model type.
 
 An adapter exposes a fixed segment length, an empty state, one *write* step over exactly ``segment_size``
-tokens (no logits) and the decoding tail of the model's own ``generate``. A Mamba adapter will fill the
-same slots with a chunked scan (its ``segment_size`` a chunk length) and its own decoding.
+tokens (no logits) and the decoding tail of the model's own ``generate``. :class:`MambaAdapter` fills the
+same slots with one chunk of the state-carrying Mamba forward (its ``segment_size`` a free chunk length)
+and greedy decoding from the state.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from babilong_fast.backends import Backend
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
+from babilong_fast.models.mamba import DEFAULT_CHUNK_SIZE, MambaLM, MambaState
+from babilong_fast.models.mamba.parts import HF_LM, SSM_LM
 
 
 class SegmentAdapter(Protocol):
@@ -39,7 +43,8 @@ class _RecurrentAdapter:
 
     state_type: type
 
-    def __init__(self, model: ARMT | RMT) -> None:
+    def __init__(self, model: ARMT | RMT, segment_size: int | None = None) -> None:
+        # segment_size is fixed by the model: StreamRunner rejects any other value.
         self.model = model
         self.segment_size = model.segment_size
         self.vocab_size = model.backbone.transformer.wte.weight.shape[0]
@@ -70,13 +75,55 @@ class RMTAdapter(_RecurrentAdapter):
     state_type = RMTState
 
 
-ADAPTERS: dict[type, type] = {ARMT: ARMTAdapter, RMT: RMTAdapter}
+class MambaAdapter:
+    """Mamba-1 (transformers ``MambaForCausalLM``, mamba_ssm ``MambaLMHeadModel`` or a :class:`MambaLM`).
+
+    A segment is a chunk of the stream: ``step`` runs it through every layer with the state carried and no
+    LM head. Mamba has no final segment of its own, so ``decode`` runs the held-back tokens from the state
+    and decodes greedily one token per step, which equals the model's ``generate`` on the whole input.
+
+    Args:
+        model: the model; a ``MambaLM`` keeps its own ``backend``.
+        segment_size: chunk length (default the ``MambaLM``'s ``chunk_size``, else ``DEFAULT_CHUNK_SIZE``).
+        backend: backend of the fused ops when ``model`` is not a ``MambaLM``.
+    """
+
+    def __init__(self, model: nn.Module, segment_size: int | None = None, backend: Backend = "auto") -> None:
+        self.model = model
+        if not isinstance(model, MambaLM):
+            model = MambaLM(model, chunk_size=segment_size or DEFAULT_CHUNK_SIZE, backend=backend)
+        self.lm = model
+        self.segment_size = self.lm.chunk_size if segment_size is None else segment_size
+        self.vocab_size = self.lm.vocab_size
+
+    def init_state(self, batch_size: int, device: torch.device) -> MambaState:
+        return self.lm.init_state(batch_size, device)
+
+    def check_state(self, state: object) -> MambaState:
+        return self.lm.check_state(state)
+
+    def step(self, ids: torch.Tensor, state: MambaState) -> MambaState:
+        return self.lm.step(ids, state, logits="none")[1]
+
+    def decode(self, last_ids: torch.Tensor, state: MambaState, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
+        return self.lm.generate(last_ids, max_new_tokens, eos_token_id, state=state)
 
 
-def make_adapter(model: object) -> SegmentAdapter:
-    """The adapter registered for ``type(model)`` (or a base class of it)."""
+ADAPTERS: dict[type, type] = {ARMT: ARMTAdapter, RMT: RMTAdapter, MambaLM: MambaAdapter}
+LAZY_ADAPTERS: dict[str, type] = {HF_LM: MambaAdapter, SSM_LM: MambaAdapter}
+"""Adapters for other libraries' classes, keyed by ``module.qualname`` so that nothing is imported to match them."""
+
+
+def make_adapter(model: object, segment_size: int | None = None) -> SegmentAdapter:
+    """The adapter registered for ``type(model)`` (or a base class of it).
+
+    Args:
+        model: the model to stream.
+        segment_size: passed to the adapter; models with a fixed segment length ignore it (the caller checks it).
+    """
     for cls in type(model).__mro__:
-        if cls in ADAPTERS:
-            return ADAPTERS[cls](model)
-    supported = ", ".join(c.__name__ for c in ADAPTERS)
+        adapter = ADAPTERS.get(cls) or LAZY_ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if adapter is not None:
+            return adapter(model, segment_size)
+    supported = ", ".join([c.__name__ for c in ADAPTERS] + sorted({p.rsplit(".", 1)[1] for p in LAZY_ADAPTERS}))
     raise TypeError(f"StreamRunner supports {supported} models, got {type(model).__name__}")

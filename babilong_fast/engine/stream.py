@@ -88,13 +88,16 @@ def as_chunk(chunk: object, vocab_size: int | None = None) -> torch.Tensor | Non
 class StreamRunner:
     """Prefill a stream of token chunks into a recurrent memory, then answer a question greedily.
 
-    One interface for every supported model (ARMT and RMT now, Mamba later through its own adapter in
-    :mod:`babilong_fast.engine.adapters`). Everything runs under ``torch.inference_mode()``; states are
+    One interface for every supported model: ARMT, RMT and Mamba-1 (transformers ``MambaForCausalLM``,
+    mamba_ssm ``MambaLMHeadModel``, :class:`~babilong_fast.models.mamba.MambaLM`), each through its adapter in
+    :mod:`babilong_fast.engine.adapters`. Everything runs under ``torch.inference_mode()``; states are
     plain values, so one prefilled :class:`StreamState` can answer several questions.
 
     Args:
-        model: an :class:`~babilong_fast.models.ARMT` or :class:`~babilong_fast.models.RMT`; put in eval mode.
-        segment_size: must equal the model's (the default); kept for models whose segment length is free.
+        model: an :class:`~babilong_fast.models.ARMT`, :class:`~babilong_fast.models.RMT` or a Mamba-1 LM; put in
+            eval mode.
+        segment_size: ARMT/RMT: must equal the model's (the default). Mamba: the chunk length (default 2048, or
+            the ``MambaLM``'s ``chunk_size``); any value gives the same answers.
         device: moves the model there (in place); default: where its parameters are.
         dtype: casts the model's floating parameters (in place); the ARMT/RMT state stays float32.
         progress: show a tqdm bar (tokens/s in the postfix) or, without tqdm, a line every 10 s on stderr.
@@ -120,10 +123,12 @@ class StreamRunner:
         dtype: torch.dtype | None = None,
         progress: bool = True,
     ) -> None:
-        self.adapter: SegmentAdapter = make_adapter(model)
+        if segment_size is not None and (
+            not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1
+        ):
+            raise ValueError(f"segment_size must be an integer >= 1, got {segment_size!r}")
+        self.adapter: SegmentAdapter = make_adapter(model, segment_size)
         if segment_size is not None:
-            if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1:
-                raise ValueError(f"segment_size must be an integer >= 1, got {segment_size!r}")
             if segment_size != self.adapter.segment_size:
                 raise ValueError(
                     f"segment_size={segment_size} does not match the model's segment_size="

@@ -102,6 +102,32 @@ class ARMT(RecurrentLM):
             ARMTLayerMemory(self.d_model, d_mem, **kw) for _ in range(len(backbone.transformer.h))
         )
 
+    @classmethod
+    def from_reference(
+        cls, reference: nn.Module, *, segment_size: int | None = None, copy: bool = False, backend: Backend = "auto"
+    ) -> ARMT:
+        """Our ARMT on the weights of a public ARMT (``AssociativeRecurrentWrapper`` or ``AssociativeMemoryCell``).
+
+        The GPT-2 embeddings, blocks (the ``.layer`` inside each ``AssociativeLayerWrapper``), ``ln_f``,
+        ``lm_head``, the memory tokens and ``W_mq, W_mk, W_mv, W_mb`` (as ``layers[l].W_q, W_k, W_v, W_b``) are
+        the reference's own ``nn.Parameter`` objects; the reference model is not modified.
+        ``num_mem_tokens``, ``d_mem``, ``nu``, ``correction`` and ``segment_size`` are read from it.
+
+        Args:
+            reference: the wrapper (``rmt_config['segment_size']`` gives the segment size) or the cell.
+            segment_size: required for a cell; for a wrapper it must be None or equal the wrapper's.
+            copy: deep-copy the weights instead of sharing them.
+            backend: backend of the associative read (see :func:`babilong_fast.ops.assoc_read`).
+
+        Raises:
+            ReferenceModelError (a ValueError): wrap_pos on, segmentation not left-aligned, a feature map other
+                than DPFP (d_key != 2 nu d_mem), the experimental multi-head ARMT, a backbone other than GPT-2.
+            TypeError: not an ARMT reference object.
+        """
+        from babilong_fast.models.reference import armt_from_reference
+
+        return armt_from_reference(cls, reference, segment_size=segment_size, copy=copy, backend=backend)
+
     @property
     def num_features(self) -> int:
         return 2 * self.nu * self.d_mem

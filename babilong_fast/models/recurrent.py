@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from babilong_fast.models._common import check_input_ids, check_mask, check_positive, greedy_loop, lm_loss, segment_bounds
+
+PRETRAINED_FILE = "babilong_fast_model.pt"
+"""File name used by :meth:`RecurrentLM.save_pretrained` inside its folder."""
 
 
 class RecurrentLM(nn.Module):
@@ -26,6 +32,9 @@ class RecurrentLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels_mask: torch.Tensor | None = None,
+        *,
+        detach_every: int | None = None,
+        sparse_logits: bool = False,
     ) -> dict[str, Any]:
         """Teacher-forced pass over left-aligned segments with full BPTT (the references' ``K2=-1``).
 
@@ -34,20 +43,38 @@ class RecurrentLM(nn.Module):
             attention_mask: ``[B, N]`` or None.
             labels_mask: ``[B, N]`` bool or None: the loss scores ``logits[:, t]`` against ``input_ids[:, t+1]``
                 where ``labels_mask[:, t]`` (all positions when None), as in BABILong fine-tuning.
+            detach_every: truncated BPTT: the state is detached after every ``detach_every`` segments
+                (None: full BPTT).
+            sparse_logits: apply ``lm_head`` only at the scored positions (``labels_mask[:, t]``, ``t < N-1``);
+                the loss is the same, ``"logits"`` is then ``[K, V]`` for those positions in row-major order.
+                Needs ``labels_mask``.
 
         Returns:
-            ``{"loss": scalar, "logits": [B, N, V], "state": the memory after the last segment}``.
+            ``{"loss": scalar, "logits": [B, N, V] (or [K, V]), "state": the memory after the last segment}``.
         """
         input_ids = check_input_ids(input_ids)
         attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
         labels_mask = check_mask(labels_mask, input_ids, "labels_mask")
+        if detach_every is not None:
+            check_positive("detach_every", detach_every)
+        if sparse_logits and labels_mask is None:
+            raise ValueError("sparse_logits=True needs labels_mask (the positions to score)")
         state = self.init_state(input_ids.shape[0], input_ids.device)
-        logits = []
-        for a, b in segment_bounds(input_ids.shape[1], self.segment_size):
+        outs = []
+        for i, (a, b) in enumerate(segment_bounds(input_ids.shape[1], self.segment_size)):
             seg_mask = None if attention_mask is None else attention_mask[:, a:b]
-            seg_logits, _, state = self.segment_forward(input_ids[:, a:b], seg_mask, state)
-            logits.append(seg_logits)
-        logits = torch.cat(logits, 1)
+            seg_logits, hidden, state = self.segment_forward(
+                input_ids[:, a:b], seg_mask, state, return_logits=not sparse_logits
+            )
+            outs.append(hidden if sparse_logits else seg_logits)
+            if detach_every is not None and (i + 1) % detach_every == 0:
+                state = state.detach()
+        if sparse_logits:
+            keep = labels_mask[:, :-1].bool()
+            logits = self.backbone.lm_head(torch.cat(outs, 1)[:, :-1][keep])
+            loss = F.cross_entropy(logits.float(), input_ids[:, 1:][keep])
+            return {"loss": loss, "logits": logits, "state": state}
+        logits = torch.cat(outs, 1)
         return {"loss": lm_loss(logits, input_ids, labels_mask), "logits": logits, "state": state}
 
     @torch.no_grad()
@@ -110,3 +137,29 @@ class RecurrentLM(nn.Module):
             return self.backbone.lm_head(hidden[:, -1])
 
         return greedy_loop(step, last.shape[0], last.device, max_new_tokens, eos_token_id)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write the model to ``save_directory/babilong_fast_model.pt`` (see :func:`~babilong_fast.models.save_model`).
+
+        Returns:
+            the path of the file written (the folder is created if needed).
+        """
+        from babilong_fast.models.checkpoint import save_model
+
+        return save_model(self, Path(save_directory) / PRETRAINED_FILE)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, map_location: Any = "cpu") -> RecurrentLM:
+        """Load a model written by :meth:`save_pretrained` (a folder) or by ``save_model`` (a file), in eval mode.
+
+        ``ARMT.from_pretrained`` / ``RMT.from_pretrained`` insist on that kind (CheckpointError otherwise);
+        ``RecurrentLM.from_pretrained`` accepts either.
+        """
+        from babilong_fast.models.checkpoint import load_model
+
+        path = Path(path)
+        kind = next((c.__name__.lower() for c in cls.__mro__ if c.__name__ in ("ARMT", "RMT")), None)
+        model = load_model(path / PRETRAINED_FILE if path.is_dir() else path, map_location, kind=kind)
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, which is not a {cls.__name__}")
+        return model

@@ -60,6 +60,27 @@ class RMT(RecurrentLM):
             torch.randn(num_mem_tokens, self.d_model, device=wte.device, dtype=wte.dtype) * wte.detach().float().std()
         )
 
+    @classmethod
+    def from_reference(cls, reference: nn.Module, *, segment_size: int | None = None, copy: bool = False) -> RMT:
+        """Our RMT on the weights of a public RMT (``RecurrentWrapper``, ``RecurrentWrapperLight``, ``MemoryCell``).
+
+        The backbone is the reference cell's GPT-2 LM itself and ``memory`` its memory parameter (shared, not
+        copied); ``num_mem_tokens`` and ``segment_size`` (``rmt_config['segment_size']``) are read from it.
+
+        Args:
+            reference: the wrapper or the cell.
+            segment_size: required for a cell; for a wrapper it must be None or equal the wrapper's.
+            copy: deep-copy the weights instead of sharing them.
+
+        Raises:
+            ReferenceModelError (a ValueError): wrap_pos on, segmentation not left-aligned, a backbone other than
+                GPT-2, no memory tokens.
+            TypeError: not an RMT reference object.
+        """
+        from babilong_fast.models.reference import rmt_from_reference
+
+        return rmt_from_reference(cls, reference, segment_size=segment_size, copy=copy)
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> RMTState:
         """The learned memory broadcast over the batch, float32 (differentiable w.r.t. ``self.memory``)."""
         check_positive("batch_size", batch_size)

@@ -4,7 +4,8 @@ Same arguments, layouts and results as ``mamba_ssm.selective_scan_fn``, plus ``i
 long sequence can be scanned chunk by chunk: feed each chunk's ``last_state`` to the next chunk as
 ``initial_state`` and the outputs equal one scan over the whole sequence. Layers: the Triton kernel
 (``babilong_fast.kernels.selective_scan``), :class:`SelectiveScanFunction` and the public
-:func:`selective_scan`, and the float reference :func:`selective_scan_ref` beside them.
+:func:`selective_scan`, the vectorised PyTorch implementation :func:`selective_scan_chunked` (the ``torch``
+backend) and the one-step-at-a-time float reference :func:`selective_scan_ref` beside them.
 """
 from __future__ import annotations
 
@@ -78,6 +79,123 @@ def selective_scan_ref(
         y = y * F.silu(z.to(acc))
     out = y.to(u.dtype)
     return (out, x) if return_last_state else out
+
+
+SCAN_BLOCK_ELEMS = 1 << 19
+"""Elements (``batch * dim * steps * N``) per block of :func:`selective_scan_chunked`: bounds its working memory."""
+
+
+def _grouped(X: torch.Tensor) -> torch.Tensor:
+    """Time-varying B or C as ``[batch, G, N, L]`` (the ``(batch, N, L)`` layout is one group)."""
+    return X[:, None] if X.dim() == 3 else X
+
+
+def _scan_block(
+    dt: torch.Tensor, dtu: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, x: torch.Tensor, K: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of T steps in chunks of K. ``dt``, ``dtu = dt * u``: ``[b, d, T]``; B, C: as given, time-sliced;
+    ``x [b, d, N]``: the state before the block.
+
+    Returns ``y [b, d, T]`` (the ``C . state`` term only) and the state after the block.
+    """
+    b, d, T = dt.shape
+    N = A.shape[1]
+    nC = -(-T // K)
+    pad = nC * K - T
+    if pad:  # padded steps: dt = 0, so decay 1 and no input
+        dt, dtu = F.pad(dt, (0, pad)), F.pad(dtu, (0, pad))
+    decay = torch.exp(dt.view(b, d, nC, K, 1) * A[:, None, None, :])  # [b, d, nC, K, N], <= 1 for Mamba
+    if B.dim() == 2:
+        dBu = dtu.view(b, d, nC, K, 1) * B[:, None, None, :]
+    else:
+        Bg = F.pad(_grouped(B).to(dt.dtype), (0, pad))
+        G = Bg.shape[1]
+        Bg = Bg.reshape(b, G, N, nC, K).permute(0, 1, 3, 4, 2)  # [b, G, nC, K, N]
+        dBu = (dtu.view(b, G, d // G, nC, K, 1) * Bg[:, :, None]).view(b, d, nC, K, N)
+    # Every chunk scanned from a zero state, all chunks at once: K steps over [b, d, nC, N].
+    hs = [dBu[:, :, :, 0]]
+    for k in range(1, K):
+        hs.append(torch.addcmul(dBu[:, :, :, k], decay[:, :, :, k], hs[-1]))
+    h = torch.stack(hs, dim=3)  # [b, d, nC, K, N]
+    within = torch.cumprod(decay, dim=3)  # decay from each chunk's start to each of its steps
+    # The state carried across chunks: nC steps over [b, d, N].
+    starts = []
+    for c in range(nC):
+        starts.append(x)
+        x = torch.addcmul(h[:, :, c, -1], within[:, :, c, -1], x)
+    H = torch.addcmul(h, within, torch.stack(starts, dim=2)[:, :, :, None])  # every step's state
+    if C.dim() == 2:
+        y = (H * C[:, None, None, :]).sum(-1)
+    else:
+        Cg = F.pad(_grouped(C).to(dt.dtype), (0, pad))
+        G = Cg.shape[1]
+        Cg = Cg.reshape(b, G, 1, N, nC, K).permute(0, 1, 2, 4, 5, 3)  # [b, G, 1, nC, K, N]
+        y = (H.view(b, G, d // G, nC, K, N) * Cg).sum(-1)
+    return y.reshape(b, d, nC * K)[..., :T], x
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The ``torch`` backend: :func:`selective_scan_ref`'s results with vectorised PyTorch ops.
+
+    The sequence is cut into chunks of ``K`` steps. Every chunk is scanned from a zero state, all chunks at
+    once (``K`` vectorised steps); then the chunk-start states are carried across chunks (one step per
+    chunk), and each step's state is ``h_t + prod_{s<=t} exp(dt_s A) * x_start``. Only decays within one
+    chunk are formed, never their inverses, so it is as stable as the plain recurrence (every decay is
+    <= 1 when ``A < 0`` and ``dt >= 0``). Work is done in blocks of about :data:`SCAN_BLOCK_ELEMS`
+    state elements (``batch * dim * N`` per step), so memory stays bounded for any ``L``. Differentiable with autograd.
+
+    Args: as :func:`selective_scan`, plus
+
+        chunk_size: ``K``; default about ``sqrt(block length)``, between 4 and 64.
+
+    Returns:
+        as :func:`selective_scan_ref`.
+    """
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    u_, dt = u.to(acc), delta.to(acc)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A_ = A.to(acc)
+    B_ = B.to(acc) if B.dim() == 2 else B
+    C_ = C.to(acc) if C.dim() == 2 else C
+    dtu = dt * u_
+    x = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(acc)
+    block = max(1, SCAN_BLOCK_ELEMS // max(1, batch * dim * N))
+    K = chunk_size or min(64, max(4, int(min(block, max(L, 1)) ** 0.5)))
+    block = max(K, block // K * K)
+    ys = []
+    for s in range(0, L, block):
+        e = min(L, s + block)
+        Bs = B_ if B_.dim() == 2 else B_[..., s:e]
+        Cs = C_ if C_.dim() == 2 else C_[..., s:e]
+        y, x = _scan_block(dt[..., s:e], dtu[..., s:e], A_, Bs, Cs, x, K)
+        ys.append(y)
+    y = torch.cat(ys, dim=-1) if ys else u_.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + D.to(acc)[:, None] * u_
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    out = y.to(u.dtype)
+    if not return_last_state:
+        return out
+    return out, (x.clone() if initial_state is not None and x is initial_state else x)
 
 
 def _check_last_stride(name: str, x: torch.Tensor) -> None:
@@ -165,7 +283,7 @@ def _fwd(backend: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta
         from babilong_fast.kernels.selective_scan import selective_scan_fwd
 
         return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
-    res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+    res = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     return res if return_last_state else (res, None)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -22,6 +24,8 @@ CHUNKS = (1, 7, 64, None)  # None: the whole sequence in one call
 TIME_ARGS = ("u", "delta", "z")
 BACKENDS = [p for p in backend_params() if p.id in ("torch", "triton")]
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+# The module itself: babilong_fast.ops exports a function of the same name.
+scan_module = importlib.import_module("babilong_fast.ops.selective_scan")
 
 
 def make_inputs(batch, dim, L, N, layout, options=("D", "z", "delta_bias", "delta_softplus", "initial_state"),
@@ -273,3 +277,64 @@ def test_selective_scan_bad_backend():
 def test_selective_scan_no_cuda_backend():
     with pytest.raises(BackendUnavailableError, match="selective_scan has no 'cuda' backend"):
         selective_scan(**_bad(), backend="cuda")
+
+
+# The torch backend's vectorised implementation (selective_scan_chunked) against the per-step float64 reference:
+# chunk lengths K that do and do not divide L, blocks forced small so the state crosses block boundaries too.
+CHUNKED_CASES = [
+    pytest.param(layout, layout_c, opt, id=f"{layout}-{layout_c}-{opt}")
+    for layout, layout_c in (("invariant", None), ("varying", None), ("grouped", None), ("varying", "grouped"),
+                             ("invariant", "varying"))
+    for opt in OPTIONS
+]
+
+
+@pytest.mark.parametrize("layout,layout_c,opt", CHUNKED_CASES)
+def test_selective_scan_chunked_torch(monkeypatch, layout, layout_c, opt):
+    args = make_inputs(2, 12, 53, 7, layout, OPTIONS[opt], groups=3, layout_c=layout_c)
+    want, want_last = ref64(args)
+    for K, block_elems in ((1, None), (5, None), (16, None), (None, None), (4, 2 * 12 * 7 * 8), (3, 1)):
+        if block_elems is not None:  # blocks of 8 steps (K=4), or of K steps (K=3, block_elems=1)
+            monkeypatch.setattr(scan_module, "SCAN_BLOCK_ELEMS", block_elems)
+        out, last = scan_module.selective_scan_chunked(**args, return_last_state=True, chunk_size=K)
+        assert out.dtype == torch.float32 and last.dtype == torch.float32
+        assert_close(f"out (K={K}, block={block_elems})", want, out, 1e-5)
+        assert_close(f"last_state (K={K}, block={block_elems})", want_last, last, 1e-5)
+
+
+@pytest.mark.parametrize("L", [1, 2, 17, 64, 65])
+def test_selective_scan_chunked_float64(L):
+    """In float64 the chunked form and the per-step reference agree to rounding (same maths, other order)."""
+    from babilong_fast.ops.selective_scan import selective_scan_chunked
+
+    args = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(2, 6, L, 5, "varying").items()}
+    want, want_last = selective_scan_ref(**args, return_last_state=True)
+    out, last = selective_scan_chunked(**args, return_last_state=True, chunk_size=8)
+    assert out.dtype == torch.float64
+    assert_close("out", want, out, 1e-12)
+    assert_close("last_state", want_last, last, 1e-12)
+
+
+def test_selective_scan_torch_backend_is_chunked(monkeypatch):
+    """backend="torch" runs the vectorised implementation, not the per-step reference."""
+    calls = []
+    real = scan_module.selective_scan_chunked
+    monkeypatch.setattr(scan_module, "selective_scan_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(scan_module, "selective_scan_ref", lambda *a, **k: pytest.fail("per-step reference used"))
+    args = make_inputs(1, 4, 9, 3, "varying")
+    selective_scan(**args, backend="torch")
+    assert calls
+
+
+def test_selective_scan_chunked_large_decay():
+    """Steps whose decay underflows to 0 (dt * A << -100) stay finite: no inverse decays are ever formed."""
+    from babilong_fast.ops.selective_scan import selective_scan_chunked
+
+    args = make_inputs(1, 8, 40, 4, "varying", options=("initial_state",))
+    args["delta"] = 50 * torch.rand(1, 8, 40)
+    args["A"] = -1 - 10 * torch.rand(8, 4)
+    want, want_last = ref64(args)
+    out, last = selective_scan_chunked(**args, return_last_state=True, chunk_size=16)
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)

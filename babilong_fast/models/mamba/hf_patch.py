@@ -1,0 +1,182 @@
+"""Replacement ``forward``s for transformers ``MambaForCausalLM`` / ``MambaModel``, bound by :mod:`babilong_fast.patch`.
+
+They run :func:`~babilong_fast.models.mamba.forward_chunk` over the input in chunks with the state carried,
+read the starting state from and write the final state to transformers' cache (so ``generate`` prefills
+once, in chunks, then decodes one token per step from the state), and compute logits only at the kept
+positions. A call they do not cover (a padding mask with zeros, ``output_hidden_states``, a cache recording
+past states) runs the model's own forward instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from babilong_fast.models.mamba.layers import forward_chunked
+from babilong_fast.models.mamba.parts import HF_BACKBONE, HF_LM, MambaParts, class_path, mamba_parts
+from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.patch import OPTIONS_ATTR
+
+
+def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    """``(module, attribute, function)`` to bind: the LM's and its backbone's ``forward``."""
+    import transformers
+    from transformers.cache_utils import Cache
+
+    mamba_parts(model)  # fails early on a model it cannot run
+    if not hasattr(Cache, "get_conv_state"):
+        raise RuntimeError(
+            f"patching Mamba needs transformers' linear-attention cache API (Cache.get_conv_state, transformers 5); "
+            f"found transformers {transformers.__version__}. MambaLM and StreamRunner work without it."
+        )
+    if class_path(model) == HF_LM:
+        return [(model, "forward", causal_lm_forward), (model.backbone, "forward", backbone_forward)]
+    assert class_path(model) == HF_BACKBONE
+    return [(model, "forward", backbone_forward)]
+
+
+def _unsupported(backbone: nn.Module, attention_mask, output_hidden_states, cache) -> bool:
+    if attention_mask is not None and not bool(attention_mask.all()):
+        return True
+    if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
+        return True
+    if cache is not None:
+        if not hasattr(cache, "get_conv_state"):
+            return True
+        return any(cache.is_recording_past(i) for i in range(len(backbone.layers)))
+    return False
+
+
+def _state_from_cache(cache, parts: MambaParts, batch: int, device: torch.device) -> MambaState:
+    conv_dtype = parts.mixers[0].in_proj.weight.dtype
+    d = parts.dims
+    zero = MambaState.zeros(parts.num_layers, batch, d.d_inner, d.d_state, d.d_conv, conv_dtype, device)
+    if cache is None:
+        return zero
+    conv, ssm = list(zero.conv), list(zero.ssm)
+    for i in range(parts.num_layers):
+        c, s = cache.get_conv_state(i), cache.get_recurrent_state(i)
+        if c is not None and s is not None:
+            conv[i] = c[..., c.shape[-1] - (d.d_conv - 1) :].to(conv_dtype).contiguous()
+            ssm[i] = s.float().contiguous()
+    return MambaState(conv, ssm)
+
+
+def _write_cache(cache, state: MambaState, d_conv: int) -> None:
+    # transformers keeps the last d_conv inputs; its conv never reads the oldest, so our d_conv - 1 suffice.
+    for i, (c, s) in enumerate(zip(state.conv, state.ssm, strict=True)):
+        cache.update_conv_state(c, i, conv_kernel_size=d_conv)
+        cache.update_recurrent_state(s, i)
+
+
+def run_backbone(
+    backbone: nn.Module,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    cache,
+    use_cache: bool,
+    logits_to_keep: int | torch.Tensor = 0,
+) -> tuple[torch.Tensor, Any]:
+    """The backbone over the input in chunks; final hidden states at the kept positions, and the cache.
+
+    Args:
+        backbone: a patched transformers ``MambaModel``.
+        input_ids, inputs_embeds: exactly one: ``[B, T]`` or ``[B, T, d_model]``.
+        cache: transformers cache to start from and update, or None.
+        use_cache: create a cache when ``cache`` is None.
+        logits_to_keep: as transformers' (int: the last k positions, 0 all; tensor: positions).
+
+    Returns:
+        ``(hidden [B, k, d_model] after norm_f, cache or None)``.
+    """
+    from transformers.modeling_utils import slice_logits_to_keep
+
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    opts = backbone.__dict__[OPTIONS_ATTR]
+    parts = mamba_parts(backbone)
+    x = input_ids if inputs_embeds is None else inputs_embeds
+    B = x.shape[0]
+    state = _state_from_cache(cache, parts, B, x.device)
+    keep_last = logits_to_keep if isinstance(logits_to_keep, int) else 0
+    hidden, state = forward_chunked(
+        parts, state, input_ids, inputs_embeds, chunk_size=opts.chunk_size, keep_last=keep_last, backend=opts.backend
+    )
+    if isinstance(logits_to_keep, torch.Tensor):
+        hidden = slice_logits_to_keep(hidden, logits_to_keep)
+    if cache is None and use_cache:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=backbone.config)
+    if cache is not None:
+        _write_cache(cache, state, parts.dims.d_conv)
+    return hidden, cache
+
+
+def _use_cache(model: nn.Module, use_cache: bool | None) -> bool:
+    if use_cache is not None:
+        return bool(use_cache)
+    return bool(model.config.use_cache) and not model.training
+
+
+def backbone_forward(
+    self,
+    input_ids: torch.LongTensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    cache=None,
+    use_cache: bool | None = None,
+    output_hidden_states: bool | None = None,
+    return_dict: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+):
+    """``MambaModel.forward`` on babilong_fast's chunked kernels (same arguments and outputs)."""
+    from transformers.models.mamba.modeling_mamba import MambaOutput
+
+    cache = kwargs.pop("cache_params", None) if cache is None else cache
+    if _unsupported(self, attention_mask, output_hidden_states, cache):
+        return type(self).forward(
+            self, input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+            output_hidden_states=output_hidden_states, return_dict=return_dict, attention_mask=attention_mask, **kwargs,
+        )
+    use_cache = _use_cache(self, use_cache)
+    hidden, cache = run_backbone(self, input_ids, inputs_embeds, cache, use_cache)
+    out = MambaOutput(last_hidden_state=hidden, cache=cache if use_cache else None, hidden_states=None)
+    return_dict = return_dict if return_dict is not None else self.config.return_dict
+    return out if return_dict else out.to_tuple()
+
+
+def causal_lm_forward(
+    self,
+    input_ids: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    cache=None,
+    labels: torch.LongTensor | None = None,
+    output_hidden_states: bool | None = None,
+    return_dict: bool | None = None,
+    use_cache: bool | None = None,
+    logits_to_keep: int | torch.Tensor = 0,
+    **kwargs,
+):
+    """``MambaForCausalLM.forward`` on babilong_fast's chunked kernels: the LM head runs only at the kept positions."""
+    from transformers.models.mamba.modeling_mamba import MambaCausalLMOutput
+
+    cache = kwargs.pop("cache_params", None) if cache is None else cache
+    if _unsupported(self.backbone, attention_mask, output_hidden_states, cache):
+        return type(self).forward(
+            self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, cache=cache,
+            labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict, use_cache=use_cache,
+            logits_to_keep=logits_to_keep, **kwargs,
+        )
+    use_cache = _use_cache(self.backbone, use_cache)
+    hidden, cache = run_backbone(self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep)
+    logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+    loss = None
+    if labels is not None:
+        loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+    out = MambaCausalLMOutput(loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=None)
+    return_dict = return_dict if return_dict is not None else self.config.return_dict
+    return out if return_dict else out.to_tuple()

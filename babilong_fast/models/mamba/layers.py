@@ -1,0 +1,143 @@
+"""One chunk of tokens through a Mamba-1 LM with the state carried in and out, on our fused ops."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from babilong_fast.backends import Backend
+from babilong_fast.models.mamba.parts import MambaParts
+from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.ops.causal_conv1d import causal_conv1d
+from babilong_fast.ops.selective_scan import selective_scan
+
+
+def mixer_forward(
+    mixer: nn.Module,
+    h: torch.Tensor,
+    conv_state: torch.Tensor | None,
+    ssm_state: torch.Tensor | None,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Mamba-1 mixer over ``h`` continuing from ``(conv_state, ssm_state)``, as HF's ``MambaMixer`` computes it.
+
+    ``xz = in_proj h``; ``x = silu(conv1d(x))``; ``dt, B, C = x_proj x``;
+    ``y = selective_scan(x, dt_proj dt, -exp(A_log), B, C, D, z, dt_proj.bias, softplus)``; ``out = out_proj y``.
+
+    Args:
+        mixer: HF ``MambaMixer`` or mamba_ssm ``Mamba`` (any module with their weights).
+        h: ``[B, T, d_model]`` the normed input.
+        conv_state: ``[B, d_inner, d_conv - 1]`` in the conv input's dtype (the model's), or None for zeros.
+        ssm_state: ``[B, d_inner, d_state]`` float32, or None for zeros.
+        backend: for :func:`~babilong_fast.ops.causal_conv1d` and :func:`~babilong_fast.ops.selective_scan`.
+
+    Returns:
+        ``(out [B, T, d_model], conv_state, ssm_state)``: the new states are new tensors (inputs are not modified).
+    """
+    d_inner, d_state = mixer.A_log.shape
+    dt_rank = mixer.dt_proj.weight.shape[1]
+    # Channel-first projections, so every [B, C, T] operand below has stride 1 along T.
+    xz = torch.matmul(mixer.in_proj.weight, h.transpose(1, 2))  # [B, 2 d_inner, T]
+    if mixer.in_proj.bias is not None:
+        xz = xz + mixer.in_proj.bias[:, None].to(xz.dtype)
+    x, z = xz[:, :d_inner], xz[:, d_inner:]
+    x, conv_state = causal_conv1d(
+        x,
+        mixer.conv1d.weight[:, 0],
+        mixer.conv1d.bias,
+        initial_state=conv_state,
+        return_final_state=True,
+        activation="silu",
+        backend=backend,
+    )
+    x_dbl = torch.matmul(mixer.x_proj.weight, x)  # [B, dt_rank + 2 d_state, T]
+    dt = torch.matmul(mixer.dt_proj.weight, x_dbl[:, :dt_rank])  # [B, d_inner, T]
+    y, ssm_state = selective_scan(
+        x,
+        dt,
+        -torch.exp(mixer.A_log.float()),
+        x_dbl[:, dt_rank : dt_rank + d_state],
+        x_dbl[:, dt_rank + d_state :],
+        D=mixer.D.float(),
+        z=z,
+        delta_bias=mixer.dt_proj.bias.float(),
+        delta_softplus=True,
+        initial_state=ssm_state,
+        return_last_state=True,
+        backend=backend,
+    )
+    out = F.linear(y.transpose(1, 2).to(h.dtype), mixer.out_proj.weight, mixer.out_proj.bias)
+    return out, conv_state, ssm_state
+
+
+def forward_chunk(
+    parts: MambaParts,
+    state: MambaState,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    keep: slice | torch.Tensor | None = slice(None),
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor | None, MambaState]:
+    """Every layer over one chunk; the final norm only at the positions in ``keep``.
+
+    Args:
+        parts: from :func:`~babilong_fast.models.mamba.mamba_parts`.
+        state: the state before the chunk (checked by the caller).
+        input_ids: ``[B, T]`` token ids, or
+        inputs_embeds: ``[B, T, d_model]`` instead.
+        keep: positions of the chunk whose final hidden states are wanted (a slice or an index tensor); None: none.
+        backend: for the fused ops.
+
+    Returns:
+        ``(hidden [B, k, d_model] after norm_f, or None, new state)``.
+    """
+    h = parts.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+    T = h.shape[1]
+    conv, ssm = [], []
+    for norm, mixer, c, s in zip(parts.norms, parts.mixers, state.conv, state.ssm, strict=True):
+        residual = h.float() if parts.residual_in_fp32 else h
+        out, c, s = mixer_forward(mixer, norm(h.to(norm.weight.dtype)), c, s, backend)
+        h = residual + out
+        conv.append(c)
+        ssm.append(s)
+    new_state = MambaState(conv, ssm, state.num_tokens + T)
+    if keep is None:
+        return None, new_state
+    h = h[:, keep]
+    if parts.library == "mamba_ssm":
+        h = h.to(parts.norm_f.weight.dtype)
+    return parts.norm_f(h), new_state
+
+
+def forward_chunked(
+    parts: MambaParts,
+    state: MambaState,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    *,
+    chunk_size: int,
+    keep_last: int | None = 0,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor | None, MambaState]:
+    """:func:`forward_chunk` over ``[B, T]`` ids (or ``[B, T, d]`` embeddings) in chunks of ``chunk_size``.
+
+    Args:
+        keep_last: final hidden states of the last ``keep_last`` positions (0: all, None: none); only the
+            chunks holding them run ``norm_f``.
+
+    Returns:
+        ``(hidden [B, k, d_model] or None, state after the last position)``.
+    """
+    x = input_ids if inputs_embeds is None else inputs_embeds
+    T = x.shape[1]
+    first = T if keep_last is None else (T - keep_last if 0 < keep_last < T else 0)
+    kept = []
+    for s in range(0, T, chunk_size):
+        e = min(T, s + chunk_size)
+        keep = slice(max(first - s, 0), None) if e > first else None
+        ids, emb = (x[:, s:e], None) if inputs_embeds is None else (None, x[:, s:e])
+        h, state = forward_chunk(parts, state, ids, emb, keep=keep, backend=backend)
+        if h is not None:
+            kept.append(h)
+    return (torch.cat(kept, 1) if kept else None), state

@@ -1,0 +1,236 @@
+"""babilong_fast.patch / unpatch on transformers Mamba: outputs as unpatched, chunked prefill, generate from state."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import babilong_fast
+from babilong_fast.models.mamba import compat
+from babilong_fast.models.mamba import layers as mamba_layers
+from babilong_fast.patch import is_patched, patch, patch_options, unpatch
+from tests.helpers import assert_close
+from tests.models.mamba_util import hf_greedy, prompt, small_mamba
+
+T = 131
+
+
+@pytest.fixture
+def hf():
+    return small_mamba(seed=11)
+
+
+def spy_chunks(monkeypatch) -> list[int]:
+    """From now on, record the width of every chunk our forward runs."""
+    widths = []
+    inner = mamba_layers.forward_chunk
+
+    def spy(parts, state, input_ids=None, inputs_embeds=None, **kw):
+        widths.append((input_ids if inputs_embeds is None else inputs_embeds).shape[1])
+        return inner(parts, state, input_ids, inputs_embeds, **kw)
+
+    monkeypatch.setattr(mamba_layers, "forward_chunk", spy)
+    return widths
+
+
+def forbid_hf_mixer(monkeypatch) -> None:
+    """From now on, fail if transformers' own mixer runs."""
+    from transformers.models.mamba import modeling_mamba
+
+    monkeypatch.setattr(modeling_mamba.MambaMixer, "forward", lambda *a, **k: pytest.fail("transformers' mixer ran"))
+
+
+def test_patch_forward_equals_unpatched(hf, monkeypatch):
+    ids = prompt(2, T)
+    with torch.no_grad():
+        want = hf(ids)
+        want_keep = hf(ids, logits_to_keep=3).logits
+    assert babilong_fast.patch(hf, chunk_size=16) is hf
+    assert is_patched(hf) and patch_options(hf).chunk_size == 16
+    forbid_hf_mixer(monkeypatch)
+    widths = spy_chunks(monkeypatch)
+    with torch.no_grad():
+        got = hf(ids)
+        got_keep = hf(ids, logits_to_keep=3).logits
+        got_idx = hf(ids, logits_to_keep=torch.tensor([0, 77, 130])).logits
+        got_tuple = hf(ids, return_dict=False)
+    assert_close("logits", want.logits, got.logits, 1e-4)
+    assert_close("logits_to_keep=3", want_keep, got_keep, 1e-4)
+    assert_close("logits_to_keep=tensor", want.logits[:, [0, 77, 130]], got_idx, 1e-4)
+    assert got_keep.shape == (2, 3, 100) and got.logits.dtype == torch.float32
+    assert isinstance(got_tuple, tuple) and torch.equal(got_tuple[0], got.logits)
+    assert max(widths) == 16 and sum(widths) == 4 * T
+    for i in range(2):  # the cache written by the patched forward holds the same state as transformers'
+        assert_close(f"ssm {i}", want.cache.get_recurrent_state(i), got.cache.get_recurrent_state(i), 1e-4)
+        assert_close(f"conv {i}", want.cache.get_conv_state(i)[..., 1:], got.cache.get_conv_state(i)[..., 1:], 1e-5)
+
+
+def test_generate_prefills_once_in_chunks(hf, monkeypatch):
+    """generate: one prefill of the prompt in chunks, then one single-token step per new token, from the cache."""
+    patch(hf, chunk_size=32)
+    forbid_hf_mixer(monkeypatch)
+    widths = spy_chunks(monkeypatch)
+    got = hf_greedy(hf, prompt(2, T), 12)
+    assert widths == [32, 32, 32, 32, 3] + [1] * 11  # ceil(131 / 32) = 5 chunks
+    assert got.shape == (2, 12) and len(set(got[0].tolist())) > 3
+
+
+def test_generate_tokens_equal(hf):
+    ids = prompt(2, T)
+    want = hf_greedy(hf, ids, 12)
+    patch(hf, chunk_size=32)
+    assert torch.equal(hf_greedy(hf, ids, 12), want)
+    eos = int(want[1, 4])
+    unpatch(hf)
+    want_eos = hf_greedy(hf, ids, 12, eos=eos)
+    patch(hf, chunk_size=7)
+    assert torch.equal(hf_greedy(hf, ids, 12, eos=eos), want_eos)
+
+
+def test_cache_interoperates_with_unpatched(hf):
+    """Prefill patched, continue unpatched from the cache (and the reverse): transformers reads our state."""
+    ids = prompt(1, 90)
+    with torch.no_grad():
+        want = hf(ids, use_cache=False).logits[:, 60:]
+        for first, second in ((True, False), (False, True), (True, True)):
+            (patch if first else unpatch)(hf, **({"chunk_size": 16} if first else {}))
+            cache = hf(ids[:, :60], use_cache=True).cache
+            (patch if second else unpatch)(hf, **({"chunk_size": 16} if second else {}))
+            steps = [hf(ids[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(60, 90)]
+            assert_close(f"continued ({first}, {second})", want, torch.cat(steps, 1), 1e-4)
+        patch(hf, chunk_size=8)
+        cache = hf(ids[:, :60], use_cache=True).cache
+        assert_close("continued chunk", want, hf(ids[:, 60:], cache=cache).logits, 1e-4)
+
+
+def test_backbone_patch_and_inputs_embeds(hf):
+    ids = prompt(2, 50)
+    emb = hf.backbone.embeddings(ids).detach()
+    with torch.no_grad():
+        want = hf.backbone(ids).last_hidden_state
+        patch(hf.backbone, chunk_size=8)
+        got = hf.backbone(ids)
+        got_emb = hf.backbone(inputs_embeds=emb).last_hidden_state
+    assert_close("last_hidden_state", want, got.last_hidden_state, 1e-4)
+    assert_close("inputs_embeds", want, got_emb, 1e-4)
+    assert got.cache is not None
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        hf.backbone(ids, inputs_embeds=emb)
+
+
+def test_fallbacks_to_the_models_forward(hf, monkeypatch):
+    """A padding mask with zeros or output_hidden_states run transformers' forward, with its results."""
+    ids = prompt(2, 40)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        want = hf(ids).logits
+        want_mask = hf(ids, attention_mask=mask).logits
+        want_hidden = hf(ids, output_hidden_states=True).hidden_states
+        patch(hf, chunk_size=8)
+        widths = spy_chunks(monkeypatch)
+        got_mask = hf(ids, attention_mask=mask).logits
+        got_hidden = hf(ids, output_hidden_states=True).hidden_states
+        assert widths == []
+        ones = hf(ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.equal(want_mask, got_mask) and len(got_hidden) == len(want_hidden)
+    assert widths == [8] * 5, "an all-ones mask runs the chunked forward"
+    assert_close("all-ones mask", want, ones, 1e-4)
+
+
+def test_training_loss_and_grads_equal(hf):
+    ids = prompt(2, 30)
+    hf.train()
+    loss = hf(ids, labels=ids).loss
+    loss.backward()
+    want = {n: p.grad.clone() for n, p in hf.named_parameters()}
+    hf.zero_grad()
+    patch(hf, chunk_size=7, backend="torch")
+    got = hf(ids, labels=ids).loss
+    got.backward()
+    assert_close("loss", loss, got, 1e-5)
+    for n, p in hf.named_parameters():
+        assert_close(f"grad {n}", want[n], p.grad, 1e-4)
+
+
+def test_unpatch_restores(hf):
+    keys = set(hf.state_dict())
+    other = small_mamba(seed=12)
+    patch(hf, chunk_size=16)
+    assert "forward" in hf.__dict__ and "forward" in hf.backbone.__dict__
+    assert "forward" not in other.__dict__, "other models of the class are untouched"
+    assert set(hf.state_dict()) == keys
+    patch(hf, chunk_size=4, backend="torch")  # again: new options, no double wrapping
+    assert patch_options(hf).chunk_size == 4 and patch_options(hf.backbone).backend == "torch"
+    assert babilong_fast.unpatch(hf) is hf and not is_patched(hf)
+    assert "forward" not in hf.__dict__ and "forward" not in hf.backbone.__dict__
+    assert patch_options(hf.backbone) is None
+    assert unpatch(hf) is hf  # not patched: a no-op
+
+
+def test_bad_input(hf):
+    with pytest.raises(TypeError, match="babilong_fast.patch supports MambaForCausalLM, MambaModel"):
+        patch(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="got Linear"):
+        unpatch(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        patch(hf, chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        patch(hf, chunk_size=2.5)
+    with pytest.raises(ValueError, match="backend must be"):
+        patch(hf, backend="jax")
+    assert not is_patched(hf)
+
+
+def test_import_is_lazy():
+    code = textwrap.dedent("""
+        import sys, babilong_fast
+        assert "transformers" not in sys.modules and "babilong_fast.patch" not in sys.modules
+        assert callable(babilong_fast.patch) and callable(babilong_fast.unpatch)
+        assert "transformers" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    import babilong_fast.patch as patch_module
+
+    monkeypatch.setattr(patch_module, "PATCHERS", {})
+    monkeypatch.setattr(patch_module, "_builtins_loaded", False)
+    compat.mamba_ssm_status.cache_clear()
+    yield
+    compat.mamba_ssm_status.cache_clear()
+
+
+def test_broken_mamba_ssm_warns_once(hf, tmp_path, monkeypatch, fresh_registry):
+    """mamba_ssm installed without its compiled extension: one warning, Hugging Face Mamba still patched."""
+    pkg = tmp_path / "mamba_ssm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import selective_scan_cuda\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mamba_ssm", raising=False)
+    with pytest.warns(RuntimeWarning, match="compiled CUDA extension cannot be loaded.*selective_scan_cuda"):
+        patch(hf, chunk_size=8)
+    assert compat.mamba_ssm_status()[0] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unpatch(hf)
+        patch(small_mamba(seed=2), chunk_size=8)
+    ids = prompt(1, 20)
+    with torch.no_grad():
+        assert_close("patched", small_mamba(seed=11)(ids).logits, hf(ids).logits, 1e-4)
+    with pytest.raises(TypeError, match="supports MambaForCausalLM, MambaModel models"):
+        patch(torch.nn.Linear(2, 2))
+
+
+def test_mamba_ssm_not_installed_is_silent(monkeypatch, fresh_registry):
+    monkeypatch.setattr(compat.importlib.util, "find_spec", lambda name: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        usable, reason = compat.mamba_ssm_status()
+    assert not usable and "not installed" in reason
