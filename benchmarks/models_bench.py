@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import mamba_bench
 import torch
 
 from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name, parse_length
@@ -379,16 +380,24 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
     """
     rows, info = [], {}
     for name in cfg.models:
-        if name == "mamba":
-            rows.append({"model": "mamba", "status": "not implemented yet"})
-            log("mamba: not implemented yet (no Mamba model in babilong_fast; no row is measured)")
-            continue
-        model, attn = build_model(name, backbone, wrappers[name], cfg.device, cfg.dtype)
-        info[name] = {"attn_implementation": attn, "parameters": sum(p.numel() for p in model.parameters())}
-        vocab = backbone["vocab_size"]
+        mamba = name == "mamba"
+        if mamba:
+            mcfg = wrappers["mamba"]
+            model = mamba_bench.build_mamba(mcfg["config"], cfg.device, cfg.dtype)
+            seg, vocab = mcfg["chunk_size"], mcfg["config"]["vocab_size"]
+            info[name] = {"parameters": sum(p.numel() for p in model.parameters())}
+        else:
+            model, attn = build_model(name, backbone, wrappers[name], cfg.device, cfg.dtype)
+            seg, vocab = model.segment_size, backbone["vocab_size"]
+            info[name] = {"attn_implementation": attn, "parameters": sum(p.numel() for p in model.parameters())}
         for B in cfg.batches:
             answers: dict[int, torch.Tensor] = {}
-            fast_backends = cfg.backends if name == "armt" else ["-"]  # RMT has no backend-dependent op
+            if name == "armt":
+                fast_backends = cfg.backends
+            elif mamba:  # no CUDA kernel for the scan/conv yet: 'cuda' rows would only fail
+                fast_backends = [b for b in cfg.backends if b != "cuda"] or ["auto"]
+            else:
+                fast_backends = ["-"]  # RMT has no backend-dependent op
             variants = [("stock", "torch" if name == "armt" else "-")] if "stock" in cfg.modes else []
             variants += [("fast", b) for b in fast_backends] if "fast" in cfg.modes else []
             for mode, backend in variants:
@@ -396,13 +405,19 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
                     model.backend = backend
                 budget = cfg.budget_s if mode == "stock" else cfg.fast_budget_s
 
-                def fn(watch, inputs=None, mode=mode):
+                def fn(watch, inputs=None, mode=mode, backend=backend, model=model):
+                    if mamba and mode == "stock":
+                        return mamba_bench.run_stock_mamba(
+                            model, inputs, cfg.device, watch, cfg.max_new_tokens, wrappers["mamba"]["prefix"])
+                    if mamba:
+                        return mamba_bench.run_fast_mamba(
+                            model, inputs, cfg.device, watch, cfg.max_new_tokens, seg, backend)
                     if mode == "stock":
                         return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
                     return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens)
 
                 if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
-                    warm = make_inputs(B, 2 * model.segment_size + FINETUNE_MARGIN + 1, vocab, "random", seed=1)
+                    warm = make_inputs(B, 2 * seg + FINETUNE_MARGIN + 1, vocab, "random", seed=1)
                     fn(Watch(float("inf"), float("inf")), warm)
                     sync(cfg.device)
                 stop_reason = None
@@ -410,12 +425,12 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
                     row = {"model": name, "mode": mode, "backend": backend,
                            "batch": B, "length": length, "length_name": length_name(length),
                            "dtype": str(cfg.dtype).replace("torch.", ""), "data": cfg.data}
-                    if stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason):
+                    if stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, wrappers.get("mamba")):
                         rows.append(row)
                         log(format_row(row))
                         continue
                     inputs = make_inputs(B, length, vocab, cfg.data)
-                    row.update(input_tokens=inputs.total_tokens, segments=-(-inputs.total_tokens // model.segment_size))
+                    row.update(input_tokens=inputs.total_tokens, segments=-(-inputs.total_tokens // seg))
                     watch_holder = {}
                     try:
                         def call(watch, inputs=inputs):
@@ -455,13 +470,17 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
     return rows, info
 
 
-def stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason) -> bool:
+def stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, mamba_cfg=None) -> bool:
     """Skip a run (and say why) after a shorter one failed, or a CPU stock run whose kept outputs cannot fit."""
     if stop_reason:
         row["skipped"] = stop_reason
         return True
     if row["mode"] == "stock" and cfg.device.type == "cpu":
-        need = stock_bytes_estimate(model, Inputs(B, length - FINETUNE_MARGIN, vocab, "random"), cfg.dtype)
+        inputs = Inputs(B, length - FINETUNE_MARGIN, vocab, "random")
+        if row["model"] == "mamba":
+            need = mamba_bench.stock_bytes_estimate_mamba(mamba_cfg["config"], inputs, mamba_cfg["prefix"], cfg.dtype)
+        else:
+            need = stock_bytes_estimate(model, inputs, cfg.dtype)
         avail = mem_available_bytes()
         if avail is not None and need > 0.8 * avail:
             row["skipped"] = (f"would hold {need / 2**30:.1f} GiB of logits and hidden states; "
@@ -501,7 +520,7 @@ def ratio_lines(rows: list[dict]) -> list[str]:
         if r.get("mode") != "fast":
             continue
         s = stock.get((r["model"], r["batch"], r["length"]))
-        tag = f"{r['model']} B={r['batch']} {r['length_name']}" + (f" ({r['backend']})" if r["model"] == "armt" else "")
+        tag = f"{r['model']} B={r['batch']} {r['length_name']}" + (f" ({r['backend']})" if r["model"] != "rmt" else "")
         if "seconds" not in r:
             continue
         if s is None or "seconds" not in s:
@@ -530,11 +549,11 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
     if not done:
         return "no measured row to plot"
     several_b = len({r["batch"] for r in done}) > 1
-    several_be = len({r["backend"] for r in done if r["mode"] == "fast" and r["model"] == "armt"}) > 1
+    several_be = len({r["backend"] for r in done if r["mode"] == "fast" and r["model"] != "rmt"}) > 1
     lines: dict[str, list[dict]] = {}
     for r in done:
         label = f"{r['model'].upper()} {r['mode']}"
-        if several_be and r["model"] == "armt" and r["mode"] == "fast":
+        if several_be and r["model"] != "rmt" and r["mode"] == "fast":
             label += f" [{r['backend']}]"
         if several_b:
             label += f", B={r['batch']}"
@@ -544,9 +563,10 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
     for k, (label, rs) in enumerate(sorted(lines.items())):
         rs = sorted(rs, key=lambda r: r["input_tokens"])
         x = [r["input_tokens"] for r in rs]
-        armt = rs[0]["model"] == "armt"  # hollow squares for ARMT, dots for RMT: overlapping lines stay visible
+        armt = rs[0]["model"] == "armt"  # hollow squares ARMT, dots RMT, triangles Mamba: overlaps stay visible
+        marker = {"armt": "s", "rmt": "o", "mamba": "^"}[rs[0]["model"]]
         kw = dict(linestyle="-" if rs[0]["mode"] == "fast" else "--", color=colors[k % len(colors)],
-                  marker="s" if armt else "o", markersize=8 if armt else 5,
+                  marker=marker, markersize=8 if armt else 6,
                   markerfacecolor="none" if armt else colors[k % len(colors)], label=label)
         ax1.plot(x, [r["tokens_per_s"] for r in rs], **kw)
         ax2.plot(x, [r["peak_mem_bytes"] / 2**20 for r in rs], **kw)

@@ -28,7 +28,7 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = throughput.main([
         "--device", "cpu", "--config", "tiny", "--lengths", "300", "--batch", "1", "--repeats", "1",
-        "--no-warmup", "--max-new-tokens", "2", "--json", str(out),
+        "--no-warmup", "--max-new-tokens", "2", "--mamba-prefix", "4096", "--mamba-chunk", "64", "--json", str(out),
     ])
     text = capsys.readouterr().out
     assert code == 0, text
@@ -38,19 +38,19 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
     for key in ("device", "commit", "torch", "torch_cuda", "triton", "transformers", "date"):
         assert key in env
     assert res["configs"]["backbone"]["vocab_size"] == 50257
-    assert set(res["modes"]) == {"stock", "fast"} and "full-vocabulary logits" in res["modes"]["stock"]
-    assert res["not_implemented"] == {"mamba": "not implemented yet"}
-    assert {"model": "mamba", "status": "not implemented yet"} in res["rows"]
+    assert res["configs"]["mamba"]["config"]["vocab_size"] == 50280 and res["configs"]["mamba"]["prefix"] == 4096
+    assert set(res["modes"]) == {"stock", "fast", "stock_mamba", "fast_mamba"}
+    assert "full-vocabulary logits" in res["modes"]["stock"] and "one call per remaining token" in res["modes"]["stock_mamba"]
     measured = [r for r in res["rows"] if "seconds" in r]
     assert {(r["model"], r["mode"]) for r in measured} == {
-        ("rmt", "stock"), ("rmt", "fast"), ("armt", "stock"), ("armt", "fast")}
+        ("rmt", "stock"), ("rmt", "fast"), ("armt", "stock"), ("armt", "fast"), ("mamba", "stock"), ("mamba", "fast")}
     for r in measured:
         assert r["length"] == 300 and r["batch"] == 1 and r["runs_s"] and r["peak_mem_bytes"] > 0
         assert r["tokens_per_s"] == pytest.approx(r["input_tokens"] / r["seconds"])
         assert r["seconds_per_sample"] == pytest.approx(r["seconds"])
         if r["mode"] == "fast":
-            assert r["answer_matches_stock"] is True  # the fast engine is exact
-    assert "fast/stock speed" in text and "mamba: not implemented yet" in text
+            assert r["answer_matches_stock"] is True  # float32: the fast engine gives the stock tokens
+    assert "fast/stock speed" in text and "mamba B=1 300 (auto)" in text
     png = out.with_suffix(".png")
     if importlib.util.find_spec("matplotlib") is None:
         assert "no plot: matplotlib is not installed" in text
@@ -70,6 +70,21 @@ def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsy
     assert [r["length"] for r in rows] == [2000, 4000]
     assert "exceeded 0.001 s" in rows[0]["skipped"] and "seconds" not in rows[0]
     assert "shorter length exceeded" in rows[1]["skipped"]
+
+
+def test_mamba_stock_runs_the_prefix_then_single_tokens(throughput, tmp_path, capsys):
+    """Mamba stock with a prefix shorter than the input takes the per-token path and still answers as fast does."""
+    out = tmp_path / "bench.json"
+    code = throughput.main([
+        "--device", "cpu", "--config", "tiny", "--models", "mamba", "--lengths", "300", "--repeats", "1",
+        "--no-warmup", "--max-new-tokens", "3", "--mamba-prefix", "200", "--mamba-chunk", "128", "--json", str(out),
+        "--no-plot",
+    ])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["fast"]["answer_matches_stock"] is True
+    assert rows["stock"]["input_tokens"] == rows["fast"]["input_tokens"] > 200
 
 
 def test_ops_flags_still_select_ops_suite(throughput):
