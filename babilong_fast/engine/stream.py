@@ -19,6 +19,7 @@ import torch
 
 from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.tokenizer import EOS_ID
+from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.adapters import SegmentAdapter, make_adapter
 from babilong_fast.engine.progress import Progress
 
@@ -101,6 +102,10 @@ class StreamRunner:
         device: moves the model there (in place); default: where its parameters are.
         dtype: casts the model's floating parameters (in place); the ARMT/RMT state stays float32.
         progress: show a tqdm bar (tokens/s in the postfix) or, without tqdm, a line every 10 s on stderr.
+        cuda_graphs: replay the segment step from a CUDA graph after the first ``graph_warmup`` segments
+            (:mod:`babilong_fast.engine.graphs`); None (default) = on for a CUDA device. A capture that fails
+            warns once and the stream goes on eagerly.
+        graph_warmup: eager segments before recording (default 2).
 
     Examples::
         >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -122,6 +127,8 @@ class StreamRunner:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         progress: bool = True,
+        cuda_graphs: bool | None = None,
+        graph_warmup: int = 2,
     ) -> None:
         if segment_size is not None and (
             not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1
@@ -138,6 +145,13 @@ class StreamRunner:
             model.to(device=device, dtype=dtype)
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        elif cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
+        if not isinstance(graph_warmup, int) or isinstance(graph_warmup, bool) or graph_warmup < 1:
+            raise ValueError(f"graph_warmup must be an integer >= 1, got {graph_warmup!r}")
+        self._steps = StepRunner(self.adapter.step, enabled=bool(cuda_graphs), warmup=graph_warmup)
         self.progress = progress
         self.state: StreamState | None = None
         self._buf: torch.Tensor | None = None
@@ -221,7 +235,7 @@ class StreamRunner:
                     n, pos = c.shape[1], 0
                     while pos < n:
                         if fill == S:
-                            model_state = adapter.step(buf, model_state)
+                            model_state = self._steps(buf, model_state, segments)
                             segments += 1
                             fill = 0
                             bar.update(0, 1)
@@ -234,6 +248,8 @@ class StreamRunner:
                 if B is None:
                     raise ValueError("empty stream: the chunks held no tokens")
                 pending = buf[:, :fill].clone()
+                if self._steps.graphs:  # the state may alias a graph's outputs, which the next replay overwrites
+                    model_state = clone_state(model_state)
         finally:
             bar.close()
         return StreamState(model_state, pending, tokens, segments)
