@@ -151,7 +151,7 @@ class StreamRunner:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
         if not isinstance(graph_warmup, int) or isinstance(graph_warmup, bool) or graph_warmup < 1:
             raise ValueError(f"graph_warmup must be an integer >= 1, got {graph_warmup!r}")
-        self._steps = StepRunner(self.adapter.step, enabled=bool(cuda_graphs), warmup=graph_warmup)
+        self._steps = StepRunner(lambda ids, st: self.adapter.step(ids, st), enabled=bool(cuda_graphs), warmup=graph_warmup)
         self.progress = progress
         self.state: StreamState | None = None
         self._buf: torch.Tensor | None = None
