@@ -232,6 +232,8 @@ class StreamRunner:
                             f"chunk {k} has batch size {c.shape[0]}, but the stream has {B} rows; "
                             "every chunk of a stream must have the same batch size"
                         )
+                    if buf.is_cuda and not c.is_cuda:  # pinned host memory: the copies below do not block
+                        c = c.pin_memory()
                     n, pos = c.shape[1], 0
                     while pos < n:
                         if fill == S:
@@ -240,7 +242,7 @@ class StreamRunner:
                             fill = 0
                             bar.update(0, 1)
                         take = min(S - fill, n - pos)
-                        buf[:, fill : fill + take].copy_(c[:, pos : pos + take])
+                        buf[:, fill : fill + take].copy_(c[:, pos : pos + take], non_blocking=True)
                         fill += take
                         pos += take
                     tokens += n
