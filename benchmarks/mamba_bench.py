@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from babilong_fast.engine import GEN_ID, StreamRunner
+from babilong_fast.engine import GEN_ID
 from babilong_fast.models import MambaLM
 
 STOCK_DESCRIPTION = (
@@ -86,19 +86,10 @@ def run_stock_mamba(model, inputs, device, watch, max_new_tokens: int, prefix: i
 
 
 def run_fast_mamba(model, inputs, device, watch, max_new_tokens: int, chunk_size: int, backend: str) -> torch.Tensor:
-    runner = StreamRunner(MambaLM(model, chunk_size=chunk_size, backend=backend), progress=False)
+    from models_bench import run_streamed  # models_bench imports this module
 
-    def watched():
-        n = 0
-        for c in inputs.chunks():
-            watch.check()
-            n += c.shape[1]
-            watch.segments = n // chunk_size
-            yield c
-        watch.check()
-
-    watch.total_segments = -(-inputs.total_tokens // chunk_size)
-    return runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
+    lm = MambaLM(model, chunk_size=chunk_size, backend=backend)
+    return run_streamed(lm, inputs, watch, max_new_tokens, chunk_size)
 
 
 def stock_bytes_estimate_mamba(config: dict, inputs, prefix: int, dtype: torch.dtype) -> int:

@@ -202,21 +202,25 @@ def run_stock(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, 
     return out
 
 
-def run_fast(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int) -> torch.Tensor:
+def run_streamed(model, inputs: Inputs, watch: Watch, max_new_tokens: int, segment_size: int) -> torch.Tensor:
+    """``StreamRunner(model).run`` over ``inputs``, checking ``watch`` before every chunk."""
     runner = StreamRunner(model, progress=False)
-    S = model.segment_size
 
     def watched():
         n = 0
         for c in inputs.chunks():
             watch.check()
             n += c.shape[1]
-            watch.segments = n // S
+            watch.segments = n // segment_size
             yield c
         watch.check()
 
-    watch.total_segments = -(-inputs.total_tokens // S)
+    watch.total_segments = -(-inputs.total_tokens // segment_size)
     return runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
+
+
+def run_fast(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int) -> torch.Tensor:
+    return run_streamed(model, inputs, watch, max_new_tokens, model.segment_size)
 
 
 # ---------------------------------------------------------------- memory
