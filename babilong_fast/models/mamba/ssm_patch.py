@@ -1,6 +1,8 @@
 """Replacement ``forward``s for mamba_ssm ``MambaLMHeadModel`` and ``Mamba`` (bound by :mod:`babilong_fast.patch`).
 
-Not tested here (mamba_ssm needs its CUDA build); kept small. The states live where mamba_ssm's
+Tested on the CPU against mamba_ssm's own Python code with its CUDA extension stubbed out
+(``tests/models/test_mamba_ssm_patch.py``, gated on ``BABILONG_FAST_MAMBA_SSM_SRC``); not yet run with mamba_ssm's
+CUDA build. The states live where mamba_ssm's
 ``generate`` keeps them, ``inference_params.key_value_memory_dict[layer_idx] = (conv [B, d_inner, d_conv],
 ssm [B, d_inner, d_state])``; mamba_ssm's conv step never reads the oldest conv column either.
 """
