@@ -23,6 +23,10 @@ def tiny_backbone() -> GPT2LMHeadModel:
 
 def make(kind: str):
     torch.manual_seed(0)
+    if kind == "mamba":
+        from transformers import MambaConfig, MambaForCausalLM
+
+        return MambaForCausalLM(MambaConfig(vocab_size=50280, hidden_size=32, num_hidden_layers=2, state_size=8)).eval()
     if kind == "armt":
         return ARMT(tiny_backbone(), num_mem_tokens=4, d_mem=8, nu=2, correction=False, segment_size=SEG).eval()
     return RMT(tiny_backbone(), num_mem_tokens=4, segment_size=SEG).eval()
@@ -31,12 +35,19 @@ def make(kind: str):
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
-    return {kind: save_model(make(kind), d / f"{kind}.pt") for kind in ("armt", "rmt")}
+    return {kind: save_model(make(kind), d / f"{kind}.pt") for kind in ("armt", "rmt", "mamba")}
 
 
-@pytest.mark.parametrize("kind", ["armt", "rmt"])
+@pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
 def test_round_trip_identical_outputs(kind, tmp_path):
     model = make(kind)
+    if kind == "mamba":
+        loaded = load_model(save_model(model, tmp_path / "m.pt"), kind="mamba")
+        assert type(loaded).__name__ == "MambaForCausalLM" and not loaded.training
+        ids = torch.randint(0, 50280, (2, 40), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, loaded(ids).logits)
+        return
     path = save_model(model, tmp_path / "sub" / "m.pt")
     loaded = load_model(path, kind=kind)
     assert type(loaded) is type(model)
@@ -64,17 +75,21 @@ def test_load_errors(ckpts, tmp_path):
         load_model(ckpts["armt"], kind="rmt")
     with pytest.raises(CheckpointError, match="RMT model, not the ARMT"):
         load_model(ckpts["rmt"], kind="armt")
-    with pytest.raises(ValueError, match="unknown model kind 'mamba'"):
+    with pytest.raises(ValueError, match="unknown model kind 'gru'"):
+        load_model(ckpts["armt"], kind="gru")
+    with pytest.raises(CheckpointError, match="ARMT model, not the MAMBA"):
         load_model(ckpts["armt"], kind="mamba")
+    with pytest.raises(CheckpointError, match="MAMBA model, not the RMT"):
+        load_model(ckpts["mamba"], kind="rmt")
     payload = torch.load(ckpts["armt"], weights_only=True)
-    payload["kind"] = "mamba"
+    payload["kind"] = "gru"
     torch.save(payload, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="unknown model kind 'mamba'"):
+    with pytest.raises(CheckpointError, match="unknown model kind 'gru'"):
         load_model(tmp_path / "bad.pt")
     torch.save({"a": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a babilong_fast checkpoint"):
         load_model(tmp_path / "other.pt")
-    with pytest.raises(TypeError, match="ARMT and RMT"):
+    with pytest.raises(TypeError, match="ARMT, RMT and MambaForCausalLM"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
 
 
@@ -85,7 +100,7 @@ def _eval(ckpt, out, *extra):
     ])
 
 
-@pytest.mark.parametrize("kind", ["armt", "rmt"])
+@pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
 def test_eval_writes_results(kind, ckpts, tmp_path):
     out = tmp_path / "out"
     assert _eval(ckpts[kind], out) == 0
@@ -149,7 +164,7 @@ def test_batches_by_shape_groups_by_question_length():
         assert all(samples[pos] is s for pos, s in b)
 
 
-@pytest.mark.parametrize("kind", ["armt", "rmt"])
+@pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
 def test_eval_batched_equals_one_by_one(kind, ckpts, tmp_path):
     argv = ["--tasks", "qa5", "--lengths", "0k,1k", "--n", "5"]
 

@@ -1,4 +1,4 @@
-"""``babilong-fast eval``: score a saved ARMT / RMT checkpoint on generated BABILong samples.
+"""``babilong-fast eval``: score a saved ARMT / RMT / Mamba checkpoint on generated BABILong samples.
 
 For each task × length, ``n`` samples are generated with ``BabilongGenerator(task, length, split, seed,
 margin=20)`` (the fine-tuning format: context ‖ question ‖ GEN), streamed through
@@ -52,14 +52,18 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on ``sub`` (the subparsers of ``babilong-fast``)."""
     p = sub.add_parser(
         "eval",
-        help="score an ARMT/RMT checkpoint on generated BABILong samples (accuracy heatmap)",
+        help="score an ARMT/RMT/Mamba checkpoint on generated BABILong samples (accuracy heatmap)",
         description=(
             "Generate n fine-tuning-format samples (margin 20) per task and length, answer them greedily with the "
             "checkpoint's model, score by exact match (answer then end-of-text) and write OUT/results.csv, "
             "OUT/results.json and OUT/heatmap.png."
         ),
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="file written by babilong_fast.models.save_model")
+    p.add_argument(
+        "--checkpoint", type=Path, required=True,
+        help="file written by babilong_fast.models.save_model (ARMT, RMT or Hugging Face MambaForCausalLM; "
+             "babilong-fast train writes them)",
+    )
     p.add_argument("--tasks", type=comma_list, required=True, help=f"comma-separated, from {','.join(TASKS)}")
     p.add_argument(
         "--lengths", type=comma_list, required=True,

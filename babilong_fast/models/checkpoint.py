@@ -1,13 +1,15 @@
-"""Save and load :class:`~babilong_fast.models.ARMT` / :class:`~babilong_fast.models.RMT` models as one file.
+"""Save and load :class:`~babilong_fast.models.ARMT` / :class:`~babilong_fast.models.RMT` models and Hugging Face
+``MambaForCausalLM`` models as one file.
 
 The file is a ``torch.save`` of a dict::
 
-    {"format": "babilong_fast.checkpoint", "version": 1, "kind": "armt" | "rmt",
-     "kwargs": {...wrapper constructor arguments...}, "backbone_config": GPT2Config.to_dict(),
+    {"format": "babilong_fast.checkpoint", "version": 1, "kind": "armt" | "rmt" | "mamba",
+     "kwargs": {...wrapper constructor arguments; {} for mamba...},
+     "backbone_config": GPT2Config.to_dict() (MambaConfig.to_dict() for mamba),
      "state_dict": model.state_dict()}
 
-:func:`load_model` rebuilds ``GPT2LMHeadModel(GPT2Config.from_dict(cfg))`` (no network access) and the
-wrapper around it, then loads the weights strictly.
+:func:`load_model` rebuilds ``GPT2LMHeadModel(GPT2Config.from_dict(cfg))`` and the wrapper around it, or
+``MambaForCausalLM(MambaConfig.from_dict(cfg))`` (no network access), then loads the weights strictly.
 
 Examples::
 
@@ -23,27 +25,36 @@ from typing import Any
 import torch
 
 from babilong_fast.models.armt import ARMT
+from babilong_fast.models.mamba.parts import HF_LM
 from babilong_fast.models.rmt import RMT
 
 FORMAT = "babilong_fast.checkpoint"
 FORMAT_VERSION = 1
-KINDS = ("armt", "rmt")
+KINDS = ("armt", "rmt", "mamba")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read as an ARMT/RMT model (or not as the kind requested)."""
+    """A checkpoint file that cannot be read as a model (or not as the kind requested)."""
+
+
+def _is_hf_mamba_lm(model: object) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" == HF_LM for c in type(model).__mro__)
 
 
 def model_kind(model: torch.nn.Module) -> str:
-    """``"armt"`` or ``"rmt"``; TypeError for any other model."""
+    """``"armt"``, ``"rmt"`` or ``"mamba"`` (Hugging Face ``MambaForCausalLM``); TypeError for any other model."""
     if isinstance(model, ARMT):
         return "armt"
     if isinstance(model, RMT):
         return "rmt"
-    raise TypeError(f"save_model supports ARMT and RMT models, got {type(model).__name__}")
+    if _is_hf_mamba_lm(model):
+        return "mamba"
+    raise TypeError(f"save_model supports ARMT, RMT and MambaForCausalLM models, got {type(model).__name__}")
 
 
 def _kwargs(model: torch.nn.Module, kind: str) -> dict[str, Any]:
+    if kind == "mamba":
+        return {}
     if kind == "armt":
         return {
             "num_mem_tokens": model.num_mem_tokens, "d_mem": model.d_mem, "nu": model.nu,
@@ -53,7 +64,8 @@ def _kwargs(model: torch.nn.Module, kind: str) -> dict[str, Any]:
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (ARMT or RMT) to ``path`` (parent folders created); returns the path."""
+    """Write ``model`` (ARMT, RMT or Hugging Face ``MambaForCausalLM``) to ``path`` (parent folders created);
+    returns the path."""
     kind = model_kind(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +74,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:
         "version": FORMAT_VERSION,
         "kind": kind,
         "kwargs": _kwargs(model, kind),
-        "backbone_config": model.backbone.config.to_dict(),
+        "backbone_config": (model.config if kind == "mamba" else model.backbone.config).to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -96,13 +108,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return payload
 
 
-def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | None = None) -> ARMT | RMT:
-    """Rebuild the ARMT / RMT saved by :func:`save_model` and load its weights strictly.
+def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | None = None) -> torch.nn.Module:
+    """Rebuild the ARMT / RMT / ``MambaForCausalLM`` saved by :func:`save_model` and load its weights strictly.
 
     Args:
         path: the checkpoint file.
         map_location: where tensors are loaded (default ``"cpu"``); the model is built there too.
-        kind: ``"armt"`` or ``"rmt"`` to require that kind; None accepts either.
+        kind: ``"armt"``, ``"rmt"`` or ``"mamba"`` to require that kind; None accepts any.
 
     Raises:
         FileNotFoundError: no such file.
@@ -114,12 +126,17 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | N
     payload = read_checkpoint(path, map_location)
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"{str(path)!r} holds an {payload['kind'].upper()} model, not the {kind.upper()} requested")
-    from transformers import GPT2Config, GPT2LMHeadModel
+    if payload["kind"] == "mamba":
+        from transformers import MambaConfig, MambaForCausalLM
 
-    config = GPT2Config.from_dict(dict(payload["backbone_config"]))
-    backbone = GPT2LMHeadModel(config)
-    cls = ARMT if payload["kind"] == "armt" else RMT
-    model = cls(backbone, **payload["kwargs"])
+        model = MambaForCausalLM(MambaConfig.from_dict(dict(payload["backbone_config"])))
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config.from_dict(dict(payload["backbone_config"]))
+        backbone = GPT2LMHeadModel(config)
+        cls = ARMT if payload["kind"] == "armt" else RMT
+        model = cls(backbone, **payload["kwargs"])
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     try:
