@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = warm[-1]["peak_rss_bytes"] / warm[0]["peak_rss_bytes"]
         print(f"peak RSS {warm[-1]['length_name']} / {warm[0]['length_name']} (warm): {ratio:.3f}")
     if args.json:
-        doc = {"tool": f"babilong_fast {__version__}", "python": platform.python_version(),
+        doc = {"tool": f"babilong_fast {__version__}", "argv": sys.argv[1:], "python": platform.python_version(),
                "machine": platform.machine(), "task": args.task, "split": args.split, "chunk": args.chunk,
                "cores": 1, "rows": rows}
         with open(args.json, "w") as f:

@@ -404,7 +404,7 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     result = {
         "suite": "models",
         "environment": env,
-        "settings": {"models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
+        "settings": {"argv": sys.argv[1:], "models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
                      "backends": backends, "device": str(device), "budget_s": cfg.budget_s,
                      "fast_budget_s": cfg.fast_budget_s, "repeats": cfg.repeats, "long_s": cfg.long_s,
                      "max_new_tokens": cfg.max_new_tokens, "eos_disabled": True, "data": args.data,
