@@ -9,6 +9,7 @@ Subcommands:
 - ``eval``: score a saved ARMT / RMT checkpoint (``babilong_fast.models.save_model``) on generated samples in the
   fine-tuning format (margin 20) by exact match; writes ``results.csv``, ``results.json`` and ``heatmap.png``
   (see :mod:`babilong_fast.cli.eval`).
+- ``train``: fine-tune ARMT / RMT / Mamba with the curriculum from a preset (see :mod:`babilong_fast.cli.train`).
 
 Examples::
 
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from babilong_fast.cli.eval import add_parser as _add_eval_parser
 
     _add_eval_parser(sub, _comma_list, _positive_int)
+    from babilong_fast.cli.train import add_parser as _add_train_parser
+
+    _add_train_parser(sub, _positive_int)
     return parser
 
 

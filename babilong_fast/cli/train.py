@@ -1,0 +1,132 @@
+"""``babilong-fast train``: fine-tune ARMT, RMT or Mamba on BABILong with the curriculum (:mod:`babilong_fast.train`).
+
+A preset gives the published recipe (``rmt``, ``armt``, ``mamba-130m``) or a laptop-sized run (``tiny``);
+any field can be overridden. Several processes: ``torchrun --nproc-per-node N -m babilong_fast.cli.main train ...``.
+
+Examples::
+
+    babilong-fast train --preset tiny --task qa1 --out runs/tiny
+    babilong-fast train --preset armt --task qa1 --backbone-path ./gpt2 --out runs/armt_qa1
+    babilong-fast train --preset armt --task qa1 --backbone-path ./gpt2 --out runs/armt_qa1 --resume
+    babilong-fast eval --checkpoint runs/tiny/best.pt --tasks qa1 --lengths 1k,4k --n 50 --out runs/tiny/eval
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from babilong_fast.data.babi import ALL_TASKS
+from babilong_fast.train.config import PRESETS, check_stages
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4, got {text!r}") from None
+
+
+def _steps(text: str) -> int | list[int]:
+    v = _int_list(text)
+    return v[0] if len(v) == 1 else v
+
+
+def add_parser(sub, positive_int) -> argparse.ArgumentParser:
+    """Register the ``train`` subcommand on ``sub`` (the subparsers of ``babilong-fast``)."""
+    p = sub.add_parser(
+        "train",
+        help="fine-tune ARMT / RMT / Mamba on BABILong with the curriculum",
+        description=(
+            "Train with curriculum stages (stage n: each sample has 1..n segments), validate by greedy generation "
+            "and exact match, and write OUT/log.csv, OUT/stage<n>.pt, OUT/best.pt (a model file for "
+            "`babilong-fast eval`) and the resumable OUT/last.pt."
+        ),
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), required=True, help="recipe to start from")
+    p.add_argument("--kind", choices=("armt", "rmt"), default=None,
+                   help="switch a GPT-2 preset (rmt, armt, tiny) between ARMT and RMT")
+    p.add_argument("--task", default="qa1", help=f"bAbI task, one of {','.join(ALL_TASKS)} (default qa1)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (created)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init-from", type=Path, default=None, help="start from this model file (same model kind)")
+    p.add_argument("--backbone-path", default=None, help="local Hugging Face folder with pretrained backbone weights")
+    p.add_argument("--stages", type=_int_list, default=None, help="curriculum, strictly increasing, e.g. 1,2,4 (a first 0: the facts alone)")
+    p.add_argument("--steps", type=_steps, default=None, help="optimizer steps per stage (one value or one per stage)")
+    p.add_argument("--segment-size", type=positive_int, default=None)
+    p.add_argument("--num-mem-tokens", type=positive_int, default=None)
+    p.add_argument("--d-mem", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="samples per step over all processes")
+    p.add_argument("--micro-batch-size", type=positive_int, default=None, help="samples per forward and process")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup", type=float, default=None, help="warm-up: a fraction of a stage's steps (< 1) or steps")
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--detach-every", type=positive_int, default=None, help="truncated BPTT every K segments")
+    p.add_argument("--eval-every", type=positive_int, default=None)
+    p.add_argument("--eval-n", type=positive_int, default=None)
+    p.add_argument("--patience", type=positive_int, default=None)
+    p.add_argument("--target", type=float, default=None, help="stop a stage at this validation accuracy (%%)")
+    p.add_argument("--save-every", type=positive_int, default=None)
+    p.add_argument("--pool-size", type=positive_int, default=None)
+    p.add_argument("--train-data", default=None, help="folder of official BABILong files to train on")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--no-bf16", action="store_true", help="fp32 on a GPU too")
+    p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train, check=check_args, subparser=p)
+    return p
+
+
+OVERRIDES = (
+    "stages", "steps", "segment_size", "num_mem_tokens", "d_mem", "batch_size", "micro_batch_size", "lr",
+    "weight_decay", "warmup", "clip", "detach_every", "eval_every", "eval_n", "patience", "target", "save_every",
+    "pool_size", "train_data", "seed", "device", "backbone_path",
+)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from babilong_fast.train.config import preset
+
+    if args.task not in ALL_TASKS:
+        parser.error(f"unknown task {args.task!r} in --task; accepted: {', '.join(ALL_TASKS)}")
+    if args.stages is not None:
+        try:
+            check_stages(args.stages)
+        except ValueError as e:
+            parser.error(f"--stages: {e}")
+    if args.kind is not None and PRESETS[args.preset]["kind"] == "mamba":
+        parser.error(f"--kind {args.kind}: preset {args.preset!r} is a Mamba backbone; use --preset rmt, armt or tiny")
+    over = {k: getattr(args, k) for k in OVERRIDES}
+    over["kind"] = args.kind
+    over["task"] = args.task
+    if args.no_bf16:
+        over["bf16"] = False
+    if args.stages is not None and args.steps is None and isinstance(PRESETS[args.preset]["steps"], list):
+        over["steps"] = max(PRESETS[args.preset]["steps"])
+    if args.stages is not None and isinstance(PRESETS[args.preset].get("target"), list) and args.target is None:
+        over["target"] = None
+    try:
+        args.config = preset(args.preset, **over)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.init_from is not None and not args.init_from.is_file():
+        parser.error(f"--init-from: checkpoint not found: {str(args.init_from)!r}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from babilong_fast.train.loop import train
+
+    summary = train(
+        args.config, args.out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress,
+        time_limit=args.time_limit,
+    )
+    pos = summary["position"]
+    last = summary["valid"][-1] if summary["valid"] else None
+    msg = {"out": str(args.out), "global_step": pos.global_step, "seconds": round(summary["seconds"], 1),
+           "last_validation": last}
+    if not args.no_progress:
+        print(json.dumps(msg), file=sys.stderr)
+    return 0

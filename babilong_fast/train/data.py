@@ -1,0 +1,144 @@
+"""Curriculum training data: the k-th sample of a stage is a pure function of ``(seed, stage, k)``.
+
+Stage ``n`` draws each sample's segment count uniformly from ``1..n`` (the reference's ``--vary_n_segments``,
+armt_rmt.md 5.2) and builds a BABILong sample of ``segments * segment_size`` nominal tokens with the
+fine-tuning margin (20), so ``context ‖ question ‖ GEN ‖ answer ‖ EOS`` fits the segments; stage 0 gives the
+facts alone (BABILong's ``0k``), a warm-up without background. Because every
+draw is addressed by its index, the data position of a run is one integer: resuming, or splitting a global
+batch over processes, needs no sampler state.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from babilong_fast.data.babi import iter_samples
+from babilong_fast.data.builder import FactsTooLongError, build_sample
+from babilong_fast.data.corpora import BundledNovels, TextSource
+from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name
+from babilong_fast.data.tokenizer import get_tokenizer
+from babilong_fast.train.format import Example, format_example
+
+MAX_TRIES = 1000
+
+
+class NoSamplesError(ValueError):
+    """The task has no sample that fits the requested length."""
+
+
+def draw_segments(seed: int, stage: int, index: int) -> int:
+    """Segment count of sample ``index`` of the stage with maximum ``stage``: uniform on ``1..stage``
+    (0 for stage 0: the facts alone)."""
+    if stage == 0:
+        return 0
+    return random.Random(f"babilong_fast/train/{seed}/{stage}/{index}").randint(1, stage)
+
+
+class GeneratedData:
+    """Training examples from the seeded bAbI generator (train split) and background books.
+
+    Args:
+        task: bAbI task.
+        segment_size: tokens per segment.
+        seed: data seed.
+        pool_size: if set, sample ``k`` reuses bAbI story ``k % pool_size`` and its built example is cached
+            (per segment count), so a long run cycles over a fixed pool; None draws a new story every time.
+        background: background books (default: the bundled novels of the train split).
+    """
+
+    def __init__(
+        self, task: str, segment_size: int, seed: int = 0, pool_size: int | None = None,
+        background: TextSource | None = None,
+    ) -> None:
+        self.task, self.segment_size, self.seed, self.pool_size = task, segment_size, seed, pool_size
+        self.background = background or BundledNovels("train")
+        self._stories = iter_samples(task, "train", seed)
+        self._story_list: list = []
+        self._cache: dict[tuple[int, int], Example] = {}
+        self._tok = get_tokenizer()
+
+    def _story(self, j: int):
+        while len(self._story_list) <= j:
+            self._story_list.append(next(self._stories))
+        return self._story_list[j]
+
+    def example(self, story: int, segments: int) -> Example:
+        """The example built from bAbI story ``story`` (or the next ones that fit) at ``segments`` segments
+        (0: the facts alone, no background)."""
+        key = (story, segments)
+        if key in self._cache:
+            return self._cache[key]
+        length = segments * self.segment_size
+        for j in range(story, story + MAX_TRIES):
+            b = self._story(j)
+            try:
+                s = build_sample(
+                    b["facts"], b["question"], b["answer"], length, seed=f"train/{self.seed}/{j}/{segments}",
+                    margin=FINETUNE_MARGIN, background=self.background, task=self.task, tokenizer=self._tok,
+                )
+            except FactsTooLongError:
+                continue
+            ex = format_example(s.input_ids(), s.question_ids(), s.target_ids(), segments)
+            if len(ex.input_ids) > max(length, self.segment_size):
+                continue
+            if self.pool_size is not None:
+                self._cache[key] = ex
+            return ex
+        raise NoSamplesError(
+            f"task {self.task} has no sample that fits {segments} segment(s) of {self.segment_size} tokens "
+            f"(length {length_name(length)} with the margin of {FINETUNE_MARGIN}) in {MAX_TRIES} stories; "
+            "use a larger segment_size or another task"
+        )
+
+    def get(self, stage: int, index: int) -> Example:
+        """Sample ``index`` of the stage whose maximum is ``stage`` segments."""
+        story = index % self.pool_size if self.pool_size is not None else index
+        return self.example(story, draw_segments(self.seed, stage, index))
+
+    def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:
+        return [self.get(stage, k) for k in indices]
+
+
+class OfficialData:
+    """Training examples from official BABILong files (``data/qaN/<len>.json`` or the parquet layout).
+
+    A draw of ``n`` segments takes the next record of the file whose nominal length is ``n * segment_size``
+    (named as BABILong names lengths, e.g. ``"1k"``); the context is tokenized and cut so that the example fits
+    ``n`` segments.
+    """
+
+    def __init__(self, path: str, task: str, segment_size: int, seed: int = 0) -> None:
+        from babilong_fast.data.official import load_official
+
+        self.path, self.task, self.segment_size, self.seed = path, task, segment_size, seed
+        self._load = lambda length: load_official(path, length=length, task=task)
+        self._records: dict[int, list] = {}
+        self._tok = get_tokenizer()
+        self._cache: dict[tuple[int, int], Example] = {}
+
+    def _records_for(self, segments: int) -> list:
+        if segments not in self._records:
+            name = length_name(segments * self.segment_size)
+            try:
+                recs = self._load(name)
+            except FileNotFoundError as e:
+                raise NoSamplesError(f"{e} (needed for {segments} segment(s) of {self.segment_size} tokens)") from None
+            if not recs:
+                raise NoSamplesError(f"{self.path!r} has no {self.task} samples at length {name}")
+            self._records[segments] = recs
+        return self._records[segments]
+
+    def get(self, stage: int, index: int) -> Example:
+        segments = draw_segments(self.seed, stage, index)
+        recs = self._records_for(segments)
+        key = (index % len(recs), segments)
+        if key not in self._cache:
+            r = recs[key[0]]
+            q, a = self._tok.encode(r.question), self._tok.encode(r.target)
+            room = segments * self.segment_size - len(q) - len(a) - 2
+            ctx = self._tok.encode(r.input)[: max(room, 0)]
+            self._cache[key] = format_example(ctx, q, a, segments)
+        return self._cache[key]
+
+    def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:
+        return [self.get(stage, k) for k in indices]

@@ -1,0 +1,80 @@
+"""Per-step training log: ``log.csv`` (always), TensorBoard (when installed) and a tqdm bar (when installed).
+
+Only the main process writes. On resume the CSV keeps the rows up to the resumed step, so it never holds
+steps twice.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("global_step", "stage", "step", "loss", "lr", "grad_norm", "samples", "seconds", "valid_accuracy")
+
+
+class Logbook:
+    """Args: out: run folder; enabled: this process writes; resume_step: keep CSV rows up to this step;
+    total: steps for the progress bar; progress: show it."""
+
+    def __init__(self, out: Path, enabled: bool, resume_step: int = 0, total: int = 0, progress: bool = True) -> None:
+        self.enabled = enabled
+        self.path = out / "log.csv"
+        self.bar = self.tb = None
+        self._f = None
+        if not enabled:
+            return
+        kept: list[dict[str, str]] = []
+        if resume_step and self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["global_step"]) <= resume_step]
+        self._f = open(self.path, "w", newline="", encoding="utf-8")
+        self._w = csv.DictWriter(self._f, fieldnames=FIELDS)
+        self._w.writeheader()
+        self._w.writerows(kept)
+        self._f.flush()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.tb = None
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=resume_step, unit="step", desc="train", file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def step(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._w.writerow({k: row.get(k, "") for k in FIELDS})
+        self._f.flush()
+        if self.tb is not None:
+            for k in ("loss", "lr", "grad_norm", "valid_accuracy"):
+                if row.get(k) not in (None, ""):
+                    self.tb.add_scalar(f"train/{k}", float(row[k]), row["global_step"])
+        if self.bar is not None:
+            self.bar.update(1)
+            post = f"stage {row['stage']} loss {row['loss']:.4f}"
+            if row.get("valid_accuracy") not in (None, ""):
+                post += f" valid {row['valid_accuracy']:.1f}%"
+            self.bar.set_postfix_str(post, refresh=False)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.bar is not None:
+            self.bar.close()

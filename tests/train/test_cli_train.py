@@ -1,0 +1,60 @@
+"""``babilong-fast train``: a tiny run end to end (its model loads into ``babilong-fast eval``) and bad input."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from babilong_fast.cli.main import main
+from babilong_fast.train import PRESETS, preset
+
+FAST = ["--steps", "2", "--eval-every", "1", "--eval-n", "2", "--batch-size", "4", "--micro-batch-size", "2",
+        "--pool-size", "16", "--no-progress"]
+
+
+def test_presets_match_the_recipes():
+    rmt, armt, mamba = preset("rmt"), preset("armt"), preset("mamba-130m")
+    assert (rmt.kind, rmt.segment_size, rmt.num_mem_tokens, rmt.stages[0], rmt.stages[-1]) == ("rmt", 512, 16, 1, 32)
+    assert rmt.backbone["n_layer"] == 12 and rmt.backbone["n_embd"] == 768
+    assert (armt.kind, armt.num_mem_tokens, armt.d_mem, armt.stages[0], armt.stages[-1]) == ("armt", 10, 64, 2, 32)
+    assert mamba.kind == "mamba" and mamba.backbone["num_hidden_layers"] == 24
+    assert set(PRESETS) == {"rmt", "armt", "mamba-130m", "tiny"}
+    assert preset("tiny", lr=0.5).lr == 0.5
+
+
+def test_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--preset", "tiny", "--kind", "rmt", "--task", "qa1", "--out", str(out), *FAST])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert len(rows) == 4 and rows[-1]["valid_accuracy"] != ""
+    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--tasks", "qa1", "--lengths", "256", "--n", "2",
+               "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert rc == 0 and (tmp_path / "eval" / "results.csv").is_file()
+    # a model file of another kind
+    capsys.readouterr()
+    rc = main(["train", "--preset", "tiny", "--kind", "armt", "--init-from", str(out / "best.pt"),
+               "--out", str(tmp_path / "other"), *FAST])
+    assert rc == 1 and "RMT model, not the ARMT requested" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--stages", "2,1"], "strictly increasing"),
+    (["--stages", "1,x"], "comma-separated integers"),
+    (["--segment-size", "500"], "n_positions=96"),
+    (["--task", "qa99"], "unknown task 'qa99'"),
+    (["--preset", "mamba-130m", "--kind", "rmt"], "is a Mamba backbone"),
+    (["--init-from", "missing.pt"], "checkpoint not found"),
+], ids=["decreasing", "not-int", "segment", "task", "mamba-kind", "init"])
+def test_bad_arguments(argv, message, tmp_path, capsys):
+    if argv[0] != "--preset":
+        argv = ["--preset", "tiny", *argv]
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv, "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_task_with_no_samples(tmp_path, capsys):
+    rc = main(["train", "--preset", "tiny", "--task", "qa3", "--segment-size", "24", "--out", str(tmp_path / "x"),
+               *FAST])
+    assert rc == 1 and "task qa3 has no sample that fits 1 segment(s) of 24 tokens" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""Two CPU processes (gloo, torchrun's environment variables) train as one process with the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from babilong_fast.train import train
+from tests.train.common import tiny_config
+
+CFG = {"steps": [2, 2], "batch_size": 4, "eval_every": 2, "eval_n": 6}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    res = train(tiny_config(micro_batch_size=2, **CFG), out, progress=False)
+    if rank == 0:
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump({"losses": res["losses"], "valid": res["valid"]}, f)
+
+
+def test_two_processes_match_one(tmp_path):
+    one = train(tiny_config(micro_batch_size=4, **CFG), tmp_path / "one", progress=False)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert len(two["losses"]) == len(one["losses"]) == 4
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=2e-5, atol=0)
+    # validation is sharded (3 samples per rank) and gathered: the same table
+    assert [(v["stage"], v["step"]) for v in two["valid"]] == [(v["stage"], v["step"]) for v in one["valid"]]
+    assert [v["accuracy"] for v in two["valid"]] == [v["accuracy"] for v in one["valid"]]
+    a = torch.load(tmp_path / "one" / "best.pt")["state_dict"]
+    b = torch.load(tmp_path / "two" / "best.pt")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,153 @@
+"""Fine-tuning examples, batches and the curriculum's draws; RecurrentLM.forward's sparse logits and truncated BPTT."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from babilong_fast.data.tokenizer import EOS_ID, get_tokenizer
+from babilong_fast.engine.stream import GEN_ID
+from babilong_fast.models import ARMT, RMT
+from babilong_fast.train import GeneratedData, NoSamplesError, check_stages, collate, format_example
+from babilong_fast.train.data import draw_segments
+from tests.helpers import assert_close
+
+
+def test_format_example_layout_and_mask():
+    ex = format_example([5, 6, 7], [8, 9], [10, 11], segments=2)
+    assert ex.input_ids == (5, 6, 7, 8, 9, GEN_ID, 10, 11, EOS_ID)
+    # scored predictions: GEN -> 10, 10 -> 11, 11 -> EOS
+    assert [ex.input_ids[t + 1] for t, m in enumerate(ex.labels_mask) if m] == [10, 11, EOS_ID]
+    assert ex.num_scored == 3 and ex.segments == 2
+    with pytest.raises(ValueError, match="answer"):
+        format_example([1], [2], [])
+
+
+def test_collate_pads_and_never_scores_padding():
+    a, b = format_example([1, 2, 3, 4], [5], [6]), format_example([1], [5], [6, 7])
+    batch = collate([a, b])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["attention_mask"].tolist() == [[1] * 8, [1] * 6 + [0, 0]]
+    assert batch["input_ids"][1, 6:].tolist() == [EOS_ID, EOS_ID]
+    lm = batch["labels_mask"]
+    assert lm[0].tolist() == list(a.labels_mask) and lm[1, 6:].sum() == 0
+    assert int(lm[:, :-1].sum()) == a.num_scored + b.num_scored
+
+
+def test_stages_must_increase():
+    assert check_stages([1, 2, 4]) == [1, 2, 4]
+    for bad in ([2, 1], [1, 1], [], [1, 0], [-1, 1], "1,2"):
+        with pytest.raises(ValueError):
+            check_stages(bad)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        check_stages([1, 4, 2])
+
+
+def test_curriculum_draws_uniform_and_fit():
+    counts = collections.Counter(draw_segments(0, 4, k) for k in range(4000))
+    assert set(counts) == {1, 2, 3, 4} and min(counts.values()) > 850
+    assert [draw_segments(3, 4, k) for k in range(50)] == [draw_segments(3, 4, k) for k in range(50)]
+    data = GeneratedData("qa1", 64, seed=0)
+    tok = get_tokenizer()
+    for k in range(12):
+        ex = data.get(3, k)
+        n = draw_segments(0, 3, k)
+        assert ex.segments == n
+        assert n * 64 - 20 < len(ex.input_ids) <= n * 64  # context = n*64 - 20 tokens, then question..EOS
+        answer = [ex.input_ids[t + 1] for t, m in enumerate(ex.labels_mask) if m][:-1]
+        assert tok.decode(answer) in {"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"}
+    assert data.get(3, 5) == GeneratedData("qa1", 64, seed=0).get(3, 5)  # a pure function of the index
+
+
+def test_task_with_no_samples():
+    with pytest.raises(NoSamplesError, match="no sample that fits 1 segment"):
+        GeneratedData("qa3", 24, seed=0).get(1, 0)
+
+
+def _models():
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=97, resid_pdrop=0, embd_pdrop=0,
+                     attn_pdrop=0)
+    armt = ARMT(GPT2LMHeadModel(cfg), num_mem_tokens=3, d_mem=4, segment_size=16)
+    for layer in armt.layers:  # W_v starts at zero (the reference), which would make every write zero
+        torch.nn.init.normal_(layer.W_v.weight, std=0.1)
+    yield "armt", armt
+    yield "rmt", RMT(GPT2LMHeadModel(cfg), num_mem_tokens=3, segment_size=16)
+
+
+@pytest.mark.parametrize("kind,model", list(_models()), ids=["armt", "rmt"])
+def test_sparse_logits_same_loss_and_grads(kind, model):
+    ids = torch.randint(0, 97, (3, 45))
+    attn = torch.ones_like(ids)
+    attn[1, 40:] = 0
+    lm = torch.zeros_like(ids, dtype=torch.bool)
+    lm[0, 40:44] = lm[1, 20:25] = lm[2, 10:13] = True
+    full = model(ids, attn, lm)
+    g_full = torch.autograd.grad(full["loss"], list(model.parameters()), allow_unused=True)
+    sparse = model(ids, attn, lm, sparse_logits=True)
+    g_sparse = torch.autograd.grad(sparse["loss"], list(model.parameters()), allow_unused=True)
+    assert sparse["logits"].shape == (int(lm[:, :-1].sum()), 97)
+    assert_close("loss", full["loss"], sparse["loss"], 1e-6)
+    assert_close("logits", full["logits"][:, :-1][lm[:, :-1]], sparse["logits"], 1e-6)
+    for a, b in zip(g_full, g_sparse):
+        if a is not None:
+            assert_close("grad", a, b, 1e-5)
+    with pytest.raises(ValueError, match="needs labels_mask"):
+        model(ids, sparse_logits=True)
+
+
+@pytest.mark.parametrize("kind,model", list(_models()), ids=["armt", "rmt"])
+def test_truncated_bptt_same_loss_cut_gradient(kind, model):
+    ids = torch.randint(0, 97, (2, 40))  # 3 segments of 16
+    lm = torch.zeros_like(ids, dtype=torch.bool)
+    lm[:, 35:39] = True  # scored only in the last segment
+    full = model(ids, labels_mask=lm)
+    trunc = model(ids, labels_mask=lm, detach_every=1)
+    assert_close("loss", full["loss"], trunc["loss"], 1e-6)
+    # the initial memory only reaches the last segment through the state: cut by detach_every=1
+    g_full = torch.autograd.grad(full["loss"], model.memory, allow_unused=True)[0]
+    assert g_full is not None and g_full.abs().sum() > 0
+    g = torch.autograd.grad(trunc["loss"], model.memory, allow_unused=True)[0]
+    assert g is None or g.abs().sum() == 0
+    # detaching every 2 segments keeps the path from segment 2 into segment 3
+    two = model(ids, labels_mask=lm, detach_every=2)
+    assert_close("loss", full["loss"], two["loss"], 1e-6)
+    with pytest.raises(ValueError, match="detach_every"):
+        model(ids, labels_mask=lm, detach_every=0)
+
+
+def test_official_files_as_training_data(tmp_path):
+    from babilong_fast.data.dataset import BabilongGenerator
+    from babilong_fast.data.official import write_official
+    from babilong_fast.train import OfficialData
+
+    for n in (1, 2):
+        write_official(BabilongGenerator("qa1", 64 * n, split="train", margin=20).take(4), tmp_path, 64 * n, "qa1")
+    data = OfficialData(str(tmp_path), "qa1", 64, seed=0)
+    tok = get_tokenizer()
+    for k in range(8):
+        ex = data.get(2, k)
+        assert len(ex.input_ids) <= ex.segments * 64
+        answer = [ex.input_ids[t + 1] for t, m in enumerate(ex.labels_mask) if m][:-1]
+        assert tok.decode(answer) in {"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"}
+    k = next(k for k in range(100) if draw_segments(0, 3, k) == 3)
+    with pytest.raises(NoSamplesError, match="192"):
+        data.get(3, k)  # 3 segments: no file at length 192
+
+
+def test_stage_zero_is_the_facts_alone():
+    assert check_stages([0, 1, 2]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="0 only first"):
+        check_stages([1, 0])
+    data = GeneratedData("qa1", 64, seed=0)
+    tok = get_tokenizer()
+    for k in range(3):  # stories short enough for one segment (longer ones are skipped)
+        ex = data.get(0, k)
+        assert ex.segments == 0
+        text = tok.decode(ex.input_ids)
+        story = data._story(k)
+        assert text.startswith(" " + story["facts"][0]) and story["question"] in text
+        n_facts = sum(len(tok.encode(" " + f)) for f in story["facts"])
+        assert len(ex.input_ids) == n_facts + len(tok.encode(story["question"])) + 1 + ex.num_scored

@@ -1,0 +1,123 @@
+"""The training loop on tiny models: files, resume reproducing the run, stage hand-over, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from babilong_fast.cli.main import main
+from babilong_fast.models import CheckpointError, load_model
+from babilong_fast.train import preset, train
+from babilong_fast.train.kinds import load_trained, save_trained
+from tests.train.common import tiny_config
+
+
+def _log(out):
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_mid_stage_continues_the_same_trajectory(tmp_path):
+    cfg = tiny_config(dropout=0.1)  # dropout: the RNG state must be restored too
+    full = train(cfg, tmp_path / "full", progress=False)
+    assert len(full["losses"]) == 8
+    # interrupted after global step 6 (stage 2, step 3); last.pt was written at stage 2 step 2 (global step 5)
+    part = train(cfg, tmp_path / "part", progress=False, stop_after=6)
+    assert part["losses"] == full["losses"][:6]
+    rest = train(cfg, tmp_path / "part", progress=False, resume=True)
+    assert len(rest["losses"]) == 3
+    torch.testing.assert_close(torch.tensor(rest["losses"]), torch.tensor(full["losses"][5:]), rtol=1e-6, atol=0)
+    assert rest["valid"] == full["valid"]
+    rows = _log(tmp_path / "part")
+    assert [int(r["global_step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(full["losses"], rel=1e-6)
+    a, b = torch.load(tmp_path / "full" / "best.pt"), torch.load(tmp_path / "part" / "best.pt")
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_files_stages_and_eval_cli(tmp_path):
+    cfg = tiny_config("rmt", steps=[2, 2], eval_every=1)
+    res = train(cfg, tmp_path / "run", progress=False)
+    out = tmp_path / "run"
+    assert {p.name for p in out.iterdir()} >= {"config.json", "log.csv", "stage1.pt", "stage2.pt", "best.pt", "last.pt"}
+    assert json.loads((out / "config.json").read_text())["kind"] == "rmt"
+    rows = _log(out)
+    assert len(rows) == 4 and all(r["valid_accuracy"] != "" for r in rows)
+    assert [r["stage"] for r in rows] == ["1", "1", "2", "2"]
+    assert all(float(r["loss"]) > 0 and float(r["grad_norm"]) > 0 for r in rows)
+    assert [v["stage"] for v in res["valid"]] == [1, 1, 2, 2]
+    model = load_model(out / "best.pt", kind="rmt")
+    assert model.segment_size == 64 and model.num_mem_tokens == 4
+    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--tasks", "qa1", "--lengths", "128", "--n", "2",
+               "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert rc == 0 and (tmp_path / "eval" / "results.json").is_file()
+
+
+def test_target_stops_the_stage_and_next_stage_starts_from_best(tmp_path):
+    cfg = tiny_config(steps=[50, 1], eval_every=1, target=[0.0, None])
+    res = train(cfg, tmp_path / "run", progress=False)
+    # stage 1 stops at its first validation (any accuracy >= 0), stage 2 runs its single step
+    assert [(v["stage"], v["step"]) for v in res["valid"]] == [(1, 1), (2, 1)]
+    assert len(res["losses"]) == 2
+
+
+def test_patience(tmp_path):
+    cfg = tiny_config(steps=[6, 1], eval_every=1, patience=1, lr=1e-9)
+    res = train(cfg, tmp_path / "run", progress=False)
+    stage1 = [v for v in res["valid"] if v["stage"] == 1]
+    assert 2 <= len(stage1) < 6  # stops after the first validation without improvement
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="strictly increasing"):
+        tiny_config(stages=[2, 2])
+    with pytest.raises(ValueError, match="n_positions=80"):
+        tiny_config(segment_size=100)
+    with pytest.raises(ValueError, match="no sample that fits 1 segment"):
+        train(tiny_config(task="qa3", segment_size=24), tmp_path / "qa3", progress=False)
+    with pytest.raises(ValueError, match="multiple of processes"):
+        train(tiny_config(batch_size=3), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("gpt5")
+    # a model file of another kind
+    torch.manual_seed(0)
+    from babilong_fast.train.kinds import build_model
+
+    armt_cfg = tiny_config("armt")
+    path = save_trained(build_model(armt_cfg), armt_cfg, tmp_path / "armt.pt")
+    with pytest.raises(CheckpointError, match="ARMT model, not the RMT"):
+        train(tiny_config("rmt"), tmp_path / "r", init_from=path, progress=False)
+    # a training state of another kind
+    train(tiny_config("armt", steps=[2, 1]), tmp_path / "s", progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="training state of an ARMT model, not RMT"):
+        train(tiny_config("rmt"), tmp_path / "s", resume=True, progress=False)
+    # a training state of another config
+    with pytest.raises(ValueError, match=r"another config \(differs in \['lr'\]\)"):
+        train(tiny_config("armt", steps=[2, 1], lr=1.0), tmp_path / "s", resume=True, progress=False)
+
+
+def test_mamba_kind(tmp_path):
+    """HF MambaForCausalLM trained through its own forward; its loss equals the token CE on the answer positions."""
+    from babilong_fast.train.format import collate
+    from babilong_fast.train.data import GeneratedData
+    from babilong_fast.train.kinds import build_model, loss_and_count
+
+    cfg = tiny_config("mamba", steps=[2, 1])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = collate(GeneratedData("qa1", 64, seed=0).batch(2, range(3)))
+    lsum, count = loss_and_count(model, batch, cfg)
+    logits = model(input_ids=batch["input_ids"]).logits.double()
+    keep = batch["labels_mask"][:, :-1]
+    want = torch.nn.functional.cross_entropy(logits[:, :-1][keep], batch["input_ids"][:, 1:][keep], reduction="sum")
+    assert count == int(keep.sum()) and count > 3
+    torch.testing.assert_close(lsum.double(), want, rtol=1e-5, atol=1e-5)
+    res = train(cfg, tmp_path / "m", progress=False)
+    assert len(res["losses"]) == 3 and all(v["accuracy"] >= 0 for v in res["valid"])
+    loaded = load_trained(tmp_path / "m" / "best.pt", "mamba")
+    assert type(loaded).__name__ == "MambaForCausalLM"
+    with pytest.raises(CheckpointError, match="MAMBA model, not the ARMT"):
+        load_trained(tmp_path / "m" / "best.pt", "armt")
