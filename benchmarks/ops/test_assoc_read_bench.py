@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import babilong_fast
 from babilong_fast.ops import assoc_read
+from timed_here import GPU, skip_unless_timed_here
 
-GPU = torch.cuda.is_available()
 SHAPES = {"armt-gpt2": (8, 522, 768, 64), "decode": (8, 1, 768, 64)} if GPU else {"small": (2, 128, 256, 64)}
 
 
@@ -24,9 +23,7 @@ def _sync():
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
 def test_assoc_read(benchmark, backend, shape, dtype):
-    status = babilong_fast.backends()[backend]
-    if not status.available or (not GPU and backend != "torch"):
-        pytest.skip(f"{backend}: {status.reason if not status.available else 'CPU timings only for torch'}")
+    skip_unless_timed_here(backend)
     B, T, d, n = shape
     device = "cuda" if GPU else "cpu"
     h = torch.randn(B, T, d, device=device).to(dtype)

@@ -4,19 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import babilong_fast
 from babilong_fast.ops import assoc_write
+from timed_here import GPU, skip_unless_timed_here
 
-GPU = torch.cuda.is_available()
 SHAPES = {"armt-gpt2": (8, 10, 768, 64)} if GPU else {"small": (2, 10, 256, 64)}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_assoc_write(benchmark, backend, shape):
-    status = babilong_fast.backends()[backend]
-    if not status.available or (not GPU and backend != "torch"):
-        pytest.skip(f"{backend}: {status.reason if not status.available else 'CPU timings only for torch'}")
+    skip_unless_timed_here(backend)
     B, M, d, n = shape
     device = "cuda" if GPU else "cpu"
     mem = torch.randn(B, M, d, device=device)

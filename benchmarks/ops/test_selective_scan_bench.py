@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import babilong_fast
 from babilong_fast.ops import selective_scan
+from timed_here import GPU, skip_unless_timed_here
 
-GPU = torch.cuda.is_available()
 SHAPES = {"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 16)} if GPU else {"small": (1, 128, 256, 16)}
 
 
@@ -19,11 +18,7 @@ SHAPES = {"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 1
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_selective_scan(benchmark, backend, dtype, shape):
-    status = babilong_fast.backends()[backend]
-    if not status.available or (not GPU and backend != "torch"):
-        pytest.skip(f"{backend}: {status.reason if not status.available else 'CPU timings only for torch'}")
-    if not GPU and dtype != torch.float32:
-        pytest.skip("CPU timings in float32 only")
+    skip_unless_timed_here(backend, dtype)
     B, D, L, N = shape
     device = "cuda" if GPU else "cpu"
     u, z = torch.randn(B, D, L, device=device, dtype=dtype), torch.randn(B, D, L, device=device, dtype=dtype)
