@@ -28,6 +28,31 @@ def _channel_rows(X: torch.Tensor, dim: int, t: int | None) -> torch.Tensor:
     return X[..., t].repeat_interleave(dim // X.shape[1], dim=1)  # (batch, G, N) -> (batch, dim, N)
 
 
+def _step_sizes(
+    u: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool
+) -> tuple[torch.dtype, torch.Tensor, torch.Tensor]:
+    """``(compute dtype, u, dt)``: float64 when ``u`` is, else float32; ``dt = softplus(delta + delta_bias)``
+    (bias and softplus optional)."""
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dt = delta.to(acc)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    return acc, u.to(acc), dt
+
+
+def _output(
+    y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """``(y + D u) * silu(z)`` (each term optional), cast to ``dtype``; ``y``, ``u`` in the compute dtype."""
+    if D is not None:
+        y = y + D.to(y.dtype)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(dtype)
+
+
 def selective_scan_ref(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -56,14 +81,9 @@ def selective_scan_ref(
         ``out [batch, dim, L]`` in ``u``'s dtype, and ``last_state [batch, dim, N]`` in the compute dtype
         when ``return_last_state``.
     """
-    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    acc, u_, dt = _step_sizes(u, delta, delta_bias, delta_softplus)
     batch, dim, L = u.shape
     N = A.shape[1]
-    u_, dt = u.to(acc), delta.to(acc)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(acc)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     A_, B_, C_ = A.to(acc), B.to(acc), C.to(acc)
     x = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(acc, copy=True)
     ys = []
@@ -73,11 +93,7 @@ def selective_scan_ref(
         x = dA * x + dBu
         ys.append((x * _channel_rows(C_, dim, t)).sum(-1))  # [batch, dim]
     y = torch.stack(ys, dim=-1) if ys else u_.new_zeros(batch, dim, 0)
-    if D is not None:
-        y = y + D.to(acc)[:, None] * u_
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    out = y.to(u.dtype)
+    out = _output(y, u_, D, z, u.dtype)
     return (out, x) if return_last_state else out
 
 
@@ -164,19 +180,14 @@ def selective_scan_chunked(
     Returns:
         as :func:`selective_scan_ref`.
     """
-    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    acc, u_, dt = _step_sizes(u, delta, delta_bias, delta_softplus)
     batch, dim, L = u.shape
     N = A.shape[1]
-    u_, dt = u.to(acc), delta.to(acc)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(acc)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     A_ = A.to(acc)
     B_ = B.to(acc) if B.dim() == 2 else B
     C_ = C.to(acc) if C.dim() == 2 else C
     dtu = dt * u_
-    x = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(acc)
+    x = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(acc, copy=True)
     block = max(1, SCAN_BLOCK_ELEMS // max(1, batch * dim * N))
     K = chunk_size or min(64, max(4, int(min(block, max(L, 1)) ** 0.5)))
     block = max(K, block // K * K)
@@ -188,14 +199,8 @@ def selective_scan_chunked(
         y, x = _scan_block(dt[..., s:e], dtu[..., s:e], A_, Bs, Cs, x, K)
         ys.append(y)
     y = torch.cat(ys, dim=-1) if ys else u_.new_zeros(batch, dim, 0)
-    if D is not None:
-        y = y + D.to(acc)[:, None] * u_
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    out = y.to(u.dtype)
-    if not return_last_state:
-        return out
-    return out, (x.clone() if initial_state is not None and x is initial_state else x)
+    out = _output(y, u_, D, z, u.dtype)
+    return (out, x) if return_last_state else out
 
 
 def _check_last_stride(name: str, x: torch.Tensor) -> None:
