@@ -14,6 +14,7 @@ import os
 import statistics
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 import mamba_bench
@@ -377,9 +378,11 @@ class Settings:
     warmup: bool = True
 
 
-def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple[list[dict], dict]:
+def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=None) -> tuple[list[dict], dict]:
     """Every (model, batch, mode, backend) over increasing lengths; a budget miss skips the longer lengths.
 
+    A run that raises is reported as failed (error and traceback on stderr) and the suite goes on.
+    ``on_row(rows, info)`` is called after every row (to save partial results).
     Returns (rows, per-model info: attention implementation and parameter counts).
     """
     rows, info = [], {}
@@ -420,11 +423,15 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
                         return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
                     return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens)
 
-                if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
-                    warm = make_inputs(B, 2 * seg + FINETUNE_MARGIN + 1, vocab, "random", seed=1)
-                    fn(Watch(float("inf"), float("inf")), warm)
-                    sync(cfg.device)
                 stop_reason = None
+                if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
+                    try:
+                        warm = make_inputs(B, 2 * seg + FINETUNE_MARGIN + 1, vocab, "random", seed=1)
+                        fn(Watch(float("inf"), float("inf")), warm)
+                        sync(cfg.device)
+                    except Exception as e:  # noqa: BLE001 - reported per row, the suite goes on
+                        traceback.print_exc()
+                        stop_reason = f"the warm-up failed: {type(e).__name__}: {str(e)[:300]}"
                 for length in cfg.lengths:
                     row = {"model": name, "mode": mode, "backend": backend,
                            "batch": B, "length": length, "length_name": length_name(length),
@@ -460,6 +467,10 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
                         where = f" at segment {w.segments}/{w.total_segments}" if w else ""
                         row["failed"] = f"out of device memory{where}"
                         stop_reason = "a shorter length ran out of device memory"
+                    except Exception as e:  # noqa: BLE001 - a broken run is a result too; the suite goes on
+                        traceback.print_exc()
+                        row["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
+                        stop_reason = "a shorter length failed"
                     finally:
                         watch_holder.clear()
                     gc.collect()
@@ -467,6 +478,8 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print) -> tuple
                         torch.cuda.empty_cache()
                     rows.append(row)
                     log(format_row(row))
+                    if on_row:
+                        on_row(rows, info)
         del model
         gc.collect()
         if cfg.device.type == "cuda":

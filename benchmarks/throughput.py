@@ -393,43 +393,51 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     print(mb.table_header())
     print("-" * len(mb.table_header()))
     t0 = time.perf_counter()
-    rows, info = mb.run_suite(cfg, backbone, wrappers)
-    wall = time.perf_counter() - t0
+
+    def result_of(rows: list[dict], info: dict, complete: bool) -> dict:
+        wall = time.perf_counter() - t0
+        mem_method = next((r["mem_method"] for r in rows if "mem_method" in r), "cuda" if gpu else "vmhwm")
+        return {
+            "suite": "models",
+            "environment": env,
+            "settings": {"argv": sys.argv[1:], "models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
+                         "backends": backends, "device": str(device), "budget_s": cfg.budget_s,
+                         "fast_budget_s": cfg.fast_budget_s, "repeats": cfg.repeats, "long_s": cfg.long_s,
+                         "max_new_tokens": cfg.max_new_tokens, "eos_disabled": True, "data": args.data,
+                         "stock_answer": args.stock_answer, "warmup": cfg.warmup, "chunk_tokens": mb.CHUNK_TOKENS,
+                         "context_margin": mb.FINETUNE_MARGIN, "torch_threads": torch.get_num_threads(),
+                         "wall_s": round(wall, 1)},
+            "configs": {"backbone": backbone, "rmt": wrappers["rmt"], "armt": wrappers["armt"],
+                        "mamba": wrappers["mamba"], "models": info},
+            "modes": {"stock": mb.STOCK_EMULATION, "fast": mb.FAST_DESCRIPTION,
+                      "stock_mamba": mamba_bench.STOCK_DESCRIPTION, "fast_mamba": mamba_bench.FAST_DESCRIPTION},
+            "memory": mb.MEM_NOTE[mem_method],
+            "complete": complete,
+            "rows": rows,
+            **({"ops": ops} if ops is not None else {}),
+        }
+
+    def save(rows: list[dict], info: dict, complete: bool) -> None:
+        # Written after every row too, so a run cut short by a time limit still leaves its rows.
+        with open(json_path, "w") as f:
+            json.dump(result_of(rows, info, complete), f, indent=2)
+
+    rows, info = mb.run_suite(cfg, backbone, wrappers, on_row=lambda r, i: save(r, i, False))
     ratios = mb.ratio_lines(rows)
     if ratios:
         print("\nfast / stock:")
         for line in ratios:
             print("  " + line)
-    mem_method = next((r["mem_method"] for r in rows if "mem_method" in r), "cuda" if gpu else "vmhwm")
-    result = {
-        "suite": "models",
-        "environment": env,
-        "settings": {"argv": sys.argv[1:], "models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
-                     "backends": backends, "device": str(device), "budget_s": cfg.budget_s,
-                     "fast_budget_s": cfg.fast_budget_s, "repeats": cfg.repeats, "long_s": cfg.long_s,
-                     "max_new_tokens": cfg.max_new_tokens, "eos_disabled": True, "data": args.data,
-                     "stock_answer": args.stock_answer, "warmup": cfg.warmup, "chunk_tokens": mb.CHUNK_TOKENS,
-                     "context_margin": mb.FINETUNE_MARGIN, "torch_threads": torch.get_num_threads(),
-                     "wall_s": round(wall, 1)},
-        "configs": {"backbone": backbone, "rmt": wrappers["rmt"], "armt": wrappers["armt"],
-                    "mamba": wrappers["mamba"], "models": info},
-        "modes": {"stock": mb.STOCK_EMULATION, "fast": mb.FAST_DESCRIPTION,
-                  "stock_mamba": mamba_bench.STOCK_DESCRIPTION, "fast_mamba": mamba_bench.FAST_DESCRIPTION},
-        "memory": mb.MEM_NOTE[mem_method],
-        "rows": rows,
-    }
-    if ops is not None:
-        result["ops"] = ops
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
+    save(rows, info, True)
     print(f"\nwrote {json_path}")
+    mem_method = next((r["mem_method"] for r in rows if "mem_method" in r), "cuda" if gpu else "vmhwm")
     if not args.no_plot:
         title = (f"babilong_fast: {' / '.join(m.upper() for m in models)}, "
                  f"{'GPT-2 small / Mamba-130m' if big else 'tiny GPT-2 / tiny Mamba'}, {dtype_name}, {env['device']}")
         why = mb.plot(rows, png_path, title, {"cuda": "device memory", "vmhwm": "process RSS",
                                               "sampled": "process RSS"}[mem_method])
         print(f"wrote {png_path}" if why is None else f"no plot: {why}")
-    print(f"models suite wall time {wall:.0f} s")
+    print(f"models suite wall time {time.perf_counter() - t0:.0f} s")
     # Exact in float32 (a failure otherwise); in half precision stock and fast round differently, so a
     # differing greedy token on random weights is reported, not failed.
     bad = [r for r in rows if r.get("answer_matches_stock") is False and r["dtype"] == "float32"]
