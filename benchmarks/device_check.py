@@ -57,7 +57,7 @@ def _anonymise(text: str) -> str:
     return re.sub(r"/tmp/[^\s'\"]+", "<tmp>", text.replace(ROOT, "<repo>"))
 
 
-STEP_LIMITS = {"build": 150, "tests": 200, "ops": 110, "micro": 70}
+STEP_LIMITS = {"build": 150, "tests": 120, "ops": 110, "micro": 70}
 PARTS = ("tests", "ops", "micro", "models")
 GPU_TESTS = ["tests/ops", "tests/engine", "tests/models", "tests/test_backends.py", "tests/test_extension.py",
              "tests/test_patch.py"]
