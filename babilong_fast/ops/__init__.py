@@ -1,16 +1,18 @@
 """Fused ops, each with a reference ``<op>_ref`` beside it.
 
 ``assoc_read`` has cuda, triton and torch backends (checked on an H100). ``assoc_write``, ``selective_scan`` and
-``causal_conv1d`` have triton and torch backends (Triton tested under the interpreter, not yet on a GPU).
+``causal_conv1d`` have triton and torch backends; ``segment_embed`` and ``rows_layer_norm`` (segment memory
+read/write) have cuda, triton and torch backends (Triton tested under the interpreter, not yet on a GPU).
 """
 from babilong_fast.ops.assoc_read import AssocRead, AssocReadFunction, assoc_read, assoc_read_ref
 from babilong_fast.ops.assoc_write import AssocWriteFunction, assoc_write, assoc_write_ref
 from babilong_fast.ops.causal_conv1d import CausalConv1dFunction, causal_conv1d, causal_conv1d_ref
 from babilong_fast.ops.dpfp import dpfp
+from babilong_fast.ops.segment_io import rows_layer_norm, rows_layer_norm_ref, segment_embed, segment_embed_ref
 from babilong_fast.ops.selective_scan import SelectiveScanFunction, selective_scan, selective_scan_ref
 
 __all__ = [
     "AssocRead", "AssocReadFunction", "AssocWriteFunction", "assoc_read", "assoc_read_ref", "assoc_write", "assoc_write_ref",
     "CausalConv1dFunction", "SelectiveScanFunction", "causal_conv1d", "causal_conv1d_ref", "dpfp", "selective_scan",
-    "selective_scan_ref",
+    "selective_scan_ref", "rows_layer_norm", "rows_layer_norm_ref", "segment_embed", "segment_embed_ref",
 ]

@@ -9,16 +9,16 @@ With ``K = dpfp(mem w_k^T)``, ``V = mem w_v^T`` and ``beta = sigmoid(mem w_b^T +
     z_new = z + K^T gamma
 
 Every row uses the pre-update ``(A, z)`` (one parallel rank-M update), and ``beta`` scales the
-value update only, not ``z``. Three layers: the Triton kernels (``babilong_fast.kernels.assoc_write``),
-:class:`AssocWriteFunction` and the public :func:`assoc_write`, and the float reference
-:func:`assoc_write_ref` beside them.
+value update only, not ``z``. Four layers: the Triton kernels (``babilong_fast.kernels.assoc_write``), the
+CUDA kernels (``csrc/assoc_write``), :class:`AssocWriteFunction` and the public :func:`assoc_write`, and the
+float reference :func:`assoc_write_ref` beside them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from babilong_fast.backends import Backend, resolve_backend
+from babilong_fast.backends import Backend, load_extension, resolve_backend
 from babilong_fast.ops._checks import (
     HALF_AND_FLOAT,
     check_positive_float,
@@ -28,7 +28,7 @@ from babilong_fast.ops._checks import (
 )
 from babilong_fast.ops.dpfp import dpfp
 
-IMPLEMENTED = ("triton", "torch")
+IMPLEMENTED = ("cuda", "triton", "torch")
 
 
 def assoc_write_ref(
@@ -111,7 +111,26 @@ def _check(mem, w_k, w_v, w_b, b_b, A, z, nu, eps) -> tuple[int, float]:
     return nu, eps
 
 
+@torch.library.custom_op("babilong_fast::assoc_write_cuda", mutates_args=(), device_types="cuda")
+def _assoc_write_cuda(
+    mem: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, w_b: torch.Tensor, b_b: torch.Tensor,
+    A: torch.Tensor, z: torch.Tensor, nu: int, eps: float, correction: bool, first_segment: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA kernels as a torch op, so torch.compile can trace around them. Weights must be float32."""
+    ext, _ = load_extension()
+    return ext.assoc_write_fwd(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
+
+
+@_assoc_write_cuda.register_fake
+def _(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment):
+    B, F, d = mem.shape[0], A.shape[1], A.shape[2]
+    return A.new_empty(B, F, d), z.new_empty(B, F)
+
+
 def _fwd(backend: str, mem, w_k, w_v, w_b, b_b, A, z, nu: int, eps: float, correction: bool, first_segment: bool):
+    if backend == "cuda":
+        w_k, w_v, w_b, b_b = (t.float().contiguous() for t in (w_k, w_v, w_b, b_b))
+        return _assoc_write_cuda(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
     if backend == "triton":
         from babilong_fast.kernels.assoc_write import assoc_write_fwd
 
@@ -174,8 +193,9 @@ def assoc_write(
         eps: added to ``K z`` and to ``|K|^2`` (default 1e-5).
         correction: use the ``gamma`` correction for ``z`` (default True; False means ``gamma = 1``).
         first_segment: the memory is empty: no recall (``Vbar = 0``) and ``gamma = 1``.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (no CUDA kernel yet; see :func:`babilong_fast.backends`).
-            ``"auto"`` picks Triton for CUDA tensors and the reference for CPU tensors.
+        backend: ``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (see :func:`babilong_fast.backends`).
+            On CUDA tensors ``"auto"`` picks cuda, then triton, once the op is in
+            :data:`babilong_fast.backends.GPU_VERIFIED_OPS`; until then, and for CPU tensors, the reference.
 
     Returns:
         ``(A_new [B, F, d], z_new [B, F])``, float32.

@@ -5,10 +5,10 @@ import torch
 
 from babilong_fast.backends import BackendUnavailableError
 from babilong_fast.ops import assoc_write, assoc_write_ref
-from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_triton
+from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_ext, requires_triton
 
-# The backends assoc_write has, each on the device it runs on here (Triton: the interpreter on CPU).
-BACKENDS = [p for p in backend_params() if p.id in ("torch", "triton")]
+# Every backend on the device it runs on here (Triton: the interpreter on CPU; cuda: skipped without a GPU).
+BACKENDS = backend_params()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 # (B, M, d, d_mem, nu): one memory row, ARMT's M = 10, odd sizes, nu != 3.
@@ -323,5 +323,139 @@ def test_assoc_write_bad_input():
             call(**over)
     with pytest.raises(ValueError, match="eps"):
         assoc_write(mem, w_k, w_v, w_b, b_b, A, z, eps=0.0)
-    with pytest.raises(BackendUnavailableError, match="assoc_write has no 'cuda' backend"):
+    # The cuda backend exists but needs the built extension and CUDA tensors: CPU tensors get the reason.
+    why = r"assoc_write: backend 'cuda' is unavailable: .*(_C is not built|needs CUDA tensors)"
+    with pytest.raises(BackendUnavailableError, match=why):
         call(backend="cuda")
+
+
+def test_assoc_write_cuda_op_fake_shapes():
+    """The CUDA op's fake (meta) implementation gives torch.compile the right outputs, without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from babilong_fast.ops.assoc_write import _assoc_write_cuda
+
+    with FakeTensorMode():
+        mem = torch.empty(3, 10, 40, device="cuda", dtype=torch.bfloat16)
+        w_k, w_v, w_b, b_b = (torch.empty(*s, device="cuda") for s in ((5, 40), (40, 40), (1, 40), (1,)))
+        A, z = torch.empty(1, 30, 40, device="cuda"), torch.empty(1, 30, device="cuda")
+        A_new, z_new = _assoc_write_cuda(mem, w_k, w_v, w_b, b_b, A, z, 3, 1e-5, True, False)
+    assert A_new.shape == (3, 30, 40) and z_new.shape == (3, 30)
+    assert A_new.dtype == z_new.dtype == torch.float32 and A_new.device.type == "cuda"
+
+
+# The extension called directly: (B, M, d, d_mem, nu, A/z batch). M > 16 spans several row tiles, F and d not
+# multiples of the 32 x 64 tiles, nu > 2*d_mem wraps the DPFP roll, and ARMT's GPT-2 shape at B = 1 and 8.
+CUDA_SHAPES = [
+    pytest.param(s, id="B{}-M{}-d{}-n{}-nu{}-Ba{}".format(*s))
+    for s in [
+        (1, 1, 40, 5, 3, 1),
+        (3, 3, 100, 5, 2, 3),
+        (2, 17, 70, 3, 4, 1),
+        (2, 33, 65, 2, 5, 2),
+        (1, 10, 768, 64, 3, 1),
+        (8, 10, 768, 64, 3, 8),
+        (8, 10, 768, 64, 3, 1),
+    ]
+]
+CUDA_DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in (torch.float32, torch.bfloat16, torch.float16)]
+CUDA_RULES = [
+    pytest.param(False, True, id="later-corr"),
+    pytest.param(False, False, id="later-nocorr"),
+    pytest.param(True, True, id="first"),
+]
+
+
+@requires_ext
+@pytest.mark.cuda
+@pytest.mark.parametrize("first,correction", CUDA_RULES)
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+def test_assoc_write_cuda_direct(shape, dtype, first, correction):
+    """Float32 weights, mem in any of the three dtypes: the float32 state matches the float64 reference.
+
+    Half-precision mem is exact in float32 and the outputs are float32, so the tolerance is float32's (1e-5)
+    against the reference fed the same (rounded) mem.
+    """
+    from babilong_fast.backends import load_extension
+
+    fn = load_extension()[0].assoc_write_fwd
+    B, M, d, n, nu, Ba = shape
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(B, M, d, n, nu, batch_state=Ba, z_scale=0.05, device="cuda")
+    mem = mem.to(dtype)
+    before = [t.clone() for t in (mem, w_k, w_v, w_b, b_b, A, z)]
+    A_new, z_new = fn(mem, w_k, w_v, w_b, b_b, A, z, nu, 1e-5, correction, first)
+    assert A_new.dtype == z_new.dtype == torch.float32 and A_new.is_cuda and z_new.is_cuda
+    assert A_new.shape == (B, 2 * nu * n, d) and z_new.shape == (B, 2 * nu * n)
+    cpu = [t.cpu() for t in (mem, w_k, w_v, w_b, b_b, A, z)]
+    A_want, z_want = ref64(cpu, nu, correction=correction, first_segment=first)
+    assert_close("A", A_want, A_new, 1e-5)
+    assert_close("z", z_want, z_new, 1e-5)
+    assert all(torch.equal(t, b) for t, b in zip((mem, w_k, w_v, w_b, b_b, A, z), before, strict=True))
+
+
+@requires_ext
+@pytest.mark.cuda
+def test_assoc_write_cuda_half_weights_and_segments():
+    """Through assoc_write: half weights (cast to float32 for the kernel), then a chain of four segments
+    (first, then later with the correction) in float32 state against the same chain in float64."""
+    B, M, d, n, nu = 3, 10, 130, 5, 3
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(B, M, d, n, nu, z_scale=0.05, device="cuda")
+    weights = tuple(t.to(torch.bfloat16) for t in (w_k, w_v, w_b, b_b))
+    A_new, z_new = assoc_write(mem.half(), *weights, A, z, nu=nu, backend="cuda")
+    A_want, z_want = ref64([t.cpu() for t in (mem.half(), *weights, A, z)], nu)
+    assert_close("A", A_want, A_new, 1e-5)
+    assert_close("z", z_want, z_new, 1e-5)
+
+    weights = (w_k, w_v, w_b, b_b)
+    A32, z32 = torch.zeros(1, 2 * nu * n, d, device="cuda"), torch.zeros(1, 2 * nu * n, device="cuda")
+    A64, z64 = A32.double().cpu(), z32.double().cpu()
+    for seg in range(4):
+        m = torch.randn(B, M, d, device="cuda")
+        A32, z32 = assoc_write(m, *weights, A32, z32, nu=nu, first_segment=seg == 0, backend="cuda")
+        A64, z64 = assoc_write_ref(
+            m.double().cpu(), *(t.double().cpu() for t in weights), A64, z64, nu=nu, first_segment=seg == 0
+        )
+        assert_close(f"A seg {seg}", A64, A32, 1e-5)
+        assert_close(f"z seg {seg}", z64, z32, 1e-5)
+
+
+@requires_ext
+@pytest.mark.cuda
+def test_assoc_write_cuda_host_checks():
+    """The extension itself rejects bad tensors (TORCH_CHECK, RuntimeError) naming the argument."""
+    from babilong_fast.backends import load_extension
+
+    fn = load_extension()[0].assoc_write_fwd
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 3, 16, 4, 3, device="cuda")
+    ok = dict(mem=mem, w_k=w_k, w_v=w_v, w_b=w_b, b_b=b_b, A=A, z=z)
+    cases = [
+        ("mem must be a CUDA tensor", dict(mem=mem.cpu())),
+        ("mem must be float32, bfloat16 or float16", dict(mem=mem.double())),
+        ("w_k must be float32", dict(w_k=w_k.half())),
+        ("mem must be contiguous", dict(mem=mem.transpose(0, 1))),
+        ("w_v must have shape", dict(w_v=w_v[:-1].contiguous())),
+        ("b_b must have shape", dict(b_b=torch.zeros(2, device="cuda"))),
+        (r"A\.size\(0\) must be B", dict(A=torch.zeros(3, *A.shape[1:], device="cuda"))),
+        ("z must have shape", dict(z=z[:, :-1].contiguous())),
+        ("A must be on the same device as mem", dict(A=A.cpu())),
+    ]
+    for match, over in cases:
+        kw = {**ok, **over}
+        with pytest.raises(RuntimeError, match=match):
+            fn(kw["mem"], kw["w_k"], kw["w_v"], kw["w_b"], kw["b_b"], kw["A"], kw["z"], 3, 1e-5, True, False)
+    with pytest.raises(RuntimeError, match="nu must be >= 1"):
+        fn(mem, w_k, w_v, w_b, b_b, A, z, 0, 1e-5, True, False)
+
+
+@requires_ext
+@pytest.mark.cuda
+def test_assoc_write_cuda_bad_input_raises_in_python():
+    """Bad input with backend="cuda" fails in the Python checks (ValueError/TypeError), before any kernel."""
+    mem, w_k, w_v, w_b, b_b, A, z = make_inputs(2, 3, 16, 4, 3, device="cuda")
+    with pytest.raises(ValueError, match="w_v"):
+        assoc_write(mem, w_k, w_v[:-1].contiguous(), w_b, b_b, A, z, backend="cuda")
+    with pytest.raises(TypeError, match="mem"):
+        assoc_write(mem.double(), w_k, w_v, w_b, b_b, A, z, backend="cuda")
+    with pytest.raises(ValueError, match="one device"):
+        assoc_write(mem, w_k, w_v, w_b, b_b, A.cpu(), z, backend="cuda")

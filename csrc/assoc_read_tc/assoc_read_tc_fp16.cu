@@ -1,0 +1,3 @@
+#include "assoc_read_tc_kernel.cuh"
+
+template void assoc_read_tc_launch<__half>(const AssocReadTcParams &params, cudaStream_t stream);
