@@ -17,6 +17,7 @@ from babilong_fast.backends import Backend
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
 from babilong_fast.models.mamba import DEFAULT_CHUNK_SIZE, MambaLM, MambaState
 from babilong_fast.models.mamba.parts import HF_LM, SSM_LM
+from babilong_fast.models.stream_step import SegmentWorkspace, stream_step
 
 
 class SegmentAdapter(Protocol):
@@ -39,7 +40,9 @@ class SegmentAdapter(Protocol):
 
 
 class _RecurrentAdapter:
-    """ARMT and RMT: ``segment_forward(..., write=True, return_logits=False)`` and ``generate_from_state``."""
+    """ARMT and RMT: the fast write step (:func:`~babilong_fast.models.stream_step.stream_step`, the state of
+    ``segment_forward(..., write=True, return_logits=False)`` in buffers reused per shape) and ``generate_from_state``.
+    """
 
     state_type: type
 
@@ -48,6 +51,7 @@ class _RecurrentAdapter:
         self.model = model
         self.segment_size = model.segment_size
         self.vocab_size = model.backbone.transformer.wte.weight.shape[0]
+        self.workspace = SegmentWorkspace()
 
     def init_state(self, batch_size: int, device: torch.device) -> Any:
         return self.model.init_state(batch_size, device)
@@ -61,7 +65,7 @@ class _RecurrentAdapter:
         return state
 
     def step(self, ids: torch.Tensor, state: Any) -> Any:
-        return self.model.segment_forward(ids, None, state, write=True, return_logits=False)[2]
+        return stream_step(self.model, ids, state, self.workspace)
 
     def decode(self, last_ids: torch.Tensor, state: Any, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         return self.model.generate_from_state(last_ids, state, max_new_tokens, eos_token_id)

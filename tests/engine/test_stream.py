@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from babilong_fast.engine import GEN_ID, StreamRunner, StreamState, as_chunk
+from babilong_fast.engine import adapters as adapters_mod
 from babilong_fast.engine import progress as progress_mod
 from babilong_fast.models import ARMT, RMT, ARMTState
 from babilong_fast.models._common import segment_bounds
@@ -109,17 +110,23 @@ def test_stream_matches_generate(kind, N, Q, B):
 
 
 @pytest.mark.parametrize("kind", ["armt", "rmt"])
-def test_stream_static_segments_no_logits(kind):
-    """Every write step is a full [B, SEG] segment; the LM head runs only while decoding."""
+def test_stream_static_segments_no_logits(kind, monkeypatch):
+    """Every write step is a full [B, SEG] segment (the fast stream step); the LM head runs only while decoding."""
     model = make_model(kind)
     calls, head_calls = [], []
     inner = model.segment_forward
+    inner_step = adapters_mod.stream_step
 
     def spy(input_ids, attention_mask, state, **kw):
         calls.append((tuple(input_ids.shape), kw.get("write", True), kw.get("return_logits", True)))
         return inner(input_ids, attention_mask, state, **kw)
 
+    def step_spy(m, ids, state, ws, **kw):  # writes on, no logits by construction
+        calls.append((tuple(ids.shape), True, False))
+        return inner_step(m, ids, state, ws, **kw)
+
     model.segment_forward = spy
+    monkeypatch.setattr(adapters_mod, "stream_step", step_spy)
     model.backbone.lm_head.register_forward_hook(lambda *a: head_calls.append(1))
     runner = StreamRunner(model, progress=False)
     ctx = torch.randint(0, VOCAB - 2, (2, 5 * SEG + 3))

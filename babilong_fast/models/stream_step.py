@@ -1,0 +1,219 @@
+"""The streaming write step of RMT and ARMT: the new memory state only, with no concatenation and no ``ln_f``.
+
+:func:`stream_step` equals ``model.segment_forward(ids, None, state, write=True, return_logits=False)[2]`` (the
+same state, float32 round-off aside) but builds the block input with :func:`~babilong_fast.ops.segment_embed`
+in a buffer reused across calls of one shape (:class:`SegmentWorkspace`), calls the GPT-2 blocks of
+``backbone.transformer.h`` directly, and, for RMT, applies ``ln_f`` to the write rows only
+(:func:`~babilong_fast.ops.rows_layer_norm`); ARMT needs no ``ln_f`` at all. ARMT reads before and writes after
+every block exactly as the hooks of ``ARMT.segment_forward`` do. No logits, no hidden states are kept.
+
+The step has static shapes, no host sync and no branch on tensor values, so
+:class:`~babilong_fast.engine.StreamRunner` can record it in a CUDA graph. It runs only for inference (eval
+mode, gradients off); otherwise, and for attention implementations other than ``eager`` / ``sdpa``, it falls
+back to ``segment_forward``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from babilong_fast.backends import Backend
+from babilong_fast.models._common import check_input_ids
+from babilong_fast.models.armt import ARMT, EPS
+from babilong_fast.models.rmt import RMT
+from babilong_fast.models.state import ARMTState, RMTState
+from babilong_fast.ops.assoc_read import assoc_read
+from babilong_fast.ops.assoc_write import assoc_write
+from babilong_fast.ops.segment_io import rows_layer_norm, segment_embed
+
+State = TypeVar("State", ARMTState, RMTState)
+
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+class SegmentWorkspace:
+    """Buffers reused by :func:`stream_step`: one ``[B, T, d]`` block input and one causal mask per shape.
+
+    A buffer is allocated on the first call of its ``(B, T, dtype, device)`` (and inference-mode flag, since
+    inference tensors cannot be written outside inference mode) and then reused, so a recorded CUDA graph
+    always sees the same addresses.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def buffer(self, B: int, T: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The ``[B, T, d]`` block-input buffer (contents undefined until written)."""
+        key = (B, T, d, dtype, device, torch.is_inference_mode_enabled())
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(B, T, d, dtype=dtype, device=device)
+        return buf
+
+    def causal_mask(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``[1, 1, T, T]`` additive mask: 0 on and below the diagonal, ``finfo(dtype).min`` above (HF's eager mask)."""
+        key = (T, dtype, device, torch.is_inference_mode_enabled())
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = torch.full((T, T), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+            mask = self._masks[key] = mask.view(1, 1, T, T)
+        return mask
+
+    def clear(self) -> None:
+        self._buffers.clear()
+        self._masks.clear()
+
+
+def fast_step_unsupported(model: nn.Module) -> str | None:
+    """Why :func:`stream_step` must fall back to ``segment_forward`` for ``model`` now (None: it need not)."""
+    if not isinstance(model, (ARMT, RMT)):
+        return f"{type(model).__name__} is neither ARMT nor RMT"
+    if model.training or model.backbone.training:
+        return "the model is in training mode (dropout)"
+    if torch.is_grad_enabled():
+        return "gradients are enabled (the fast step is inference-only)"
+    impl = getattr(model.backbone.config, "_attn_implementation", None) or "eager"
+    if impl not in SUPPORTED_ATTENTION:
+        return f"attention implementation {impl!r} (the fast step handles {', '.join(SUPPORTED_ATTENTION)})"
+    return None
+
+
+def _attention_mask(model: ARMT | RMT, T: int, dtype: torch.dtype, ws: SegmentWorkspace) -> torch.Tensor | None:
+    """The mask that makes a direct block call causal, as the HF model's own forward does without padding.
+
+    ``sdpa`` takes None (``is_causal``). ``eager`` attention applies a causal mask of its own in transformers 4.x
+    (a boolean ``bias`` buffer) but not in 5.x, which needs the additive mask.
+    """
+    tr = model.backbone.transformer
+    if (getattr(model.backbone.config, "_attn_implementation", None) or "eager") == "sdpa":
+        return None
+    own = getattr(tr.h[0].attn, "bias", None) if len(tr.h) else None
+    if isinstance(own, torch.Tensor) and own.dtype == torch.bool:
+        return None
+    return ws.causal_mask(T, dtype, tr.wte.weight.device)
+
+
+def _block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    out = block(h, attention_mask=mask)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _as_broadcast(memory: torch.Tensor) -> torch.Tensor:
+    """``[B or 1, M, d]`` contiguous; a batch expanded with stride 0 (``init_state``) becomes batch 1, copy-free."""
+    if memory.shape[0] > 1 and memory.stride(0) == 0:
+        memory = memory[:1]
+    return memory.contiguous()
+
+
+def _segment_rows(model: ARMT | RMT, ids: torch.Tensor, extra: int) -> tuple[torch.Tensor, int, int, int]:
+    """``(ids as contiguous int64, B, L, T = L + extra)``, checked against the backbone's positions."""
+    ids = check_input_ids(ids)
+    if ids.dtype != torch.int64:
+        ids = ids.long()
+    B, L = ids.shape
+    T = L + extra
+    if T > model.n_positions:
+        raise ValueError(
+            f"segment of {L} tokens with memory ({T} rows) exceeds the backbone's {model.n_positions} positions"
+        )
+    return ids.contiguous(), B, L, T
+
+
+def rmt_stream_step(
+    model: RMT, ids: torch.Tensor, state: RMTState, ws: SegmentWorkspace, backend: Backend = "auto"
+) -> RMTState:
+    """RMT: ``[mem; wte(ids); mem] + wpe`` in ``ws``'s buffer, the blocks, then ``ln_f`` on the ``M`` write rows."""
+    ids, B, L, T = _segment_rows(model, ids, 2 * model.num_mem_tokens)
+    state = model._check_state(state, B)
+    M, tr = model.num_mem_tokens, model.backbone.transformer
+    wte = tr.wte.weight
+    h = ws.buffer(B, T, wte.shape[1], wte.dtype, wte.device)
+    mem = _as_broadcast(state.memory)
+    segment_embed(ids, wte, tr.wpe.weight, h, front=mem, back=mem, backend=backend)
+    mask = _attention_mask(model, T, h.dtype, ws)
+    for block in tr.h:
+        h = _block(block, h, mask)
+    ln = tr.ln_f
+    new = rows_layer_norm(h.contiguous(), M + L, M, ln.weight, ln.bias, ln.eps, backend=backend)
+    return RMTState(new, state.segments_seen + 1)
+
+
+def armt_stream_step(
+    model: ARMT, ids: torch.Tensor, state: ARMTState, ws: SegmentWorkspace, backend: Backend = "auto"
+) -> ARMTState:
+    """ARMT: ``[wte(ids); P] + wpe`` in ``ws``'s buffer; per block read (after the first segment), block, write.
+
+    ``backend`` is that of the segment ops; the associative read keeps ``model.backend``, as in ``segment_forward``.
+    """
+    ids, B, L, T = _segment_rows(model, ids, model.num_mem_tokens)
+    state = model._check_state(state, B)
+    M, tr = model.num_mem_tokens, model.backbone.transformer
+    wte = tr.wte.weight
+    h = ws.buffer(B, T, wte.shape[1], wte.dtype, wte.device)
+    segment_embed(ids, wte, tr.wpe.weight, h, back=model.memory.unsqueeze(0), backend=backend)
+    mask = _attention_mask(model, T, h.dtype, ws)
+    first = state.segments_seen == 0
+    new_A, new_z = [], []
+    for i, (block, mem) in enumerate(zip(tr.h, model.layers, strict=True)):
+        if not first:
+            h = assoc_read(h, mem.W_q.weight, state.A[i], state.z[i], nu=model.nu, eps=EPS, backend=model.backend)
+        h = _block(block, h, mask)
+        A, z = assoc_write(
+            h[:, L : L + M].contiguous(),
+            mem.W_k.weight,
+            mem.W_v.weight,
+            mem.W_b.weight,
+            mem.W_b.bias,
+            state.A[i],
+            state.z[i],
+            nu=model.nu,
+            eps=EPS,
+            correction=model.correction,
+            first_segment=first,
+        )
+        new_A.append(A)
+        new_z.append(z)
+    return ARMTState(new_A, new_z, state.segments_seen + 1)
+
+
+def stream_step(
+    model: ARMT | RMT,
+    ids: torch.Tensor,
+    state: State,
+    ws: SegmentWorkspace | None = None,
+    *,
+    backend: Backend | None = None,
+) -> State:
+    """One write step of a stream: the state after segment ``ids``, without logits or hidden states.
+
+    Equals ``model.segment_forward(ids, None, state, write=True, return_logits=False)[2]``; that is what runs
+    when :func:`fast_step_unsupported` names a reason (training mode, gradients on, another attention kernel).
+
+    Args:
+        model: an :class:`~babilong_fast.models.ARMT` or :class:`~babilong_fast.models.RMT` in eval mode.
+        ids: ``[B, L]`` token ids of one segment (``L`` tokens plus the memory rows fit the positions).
+        state: the state before it (``model.init_state(B)`` for the first segment).
+        ws: the buffers to reuse (a new :class:`SegmentWorkspace` when None: nothing is then reused).
+        backend: backend of :func:`~babilong_fast.ops.segment_embed` and :func:`~babilong_fast.ops.rows_layer_norm`
+            (None: ARMT's ``backend``, ``"auto"`` for RMT).
+
+    Returns:
+        the new state (``segments_seen + 1``); float32 tensors that own their memory.
+
+    Examples::
+        >>> with torch.inference_mode():
+        ...     state = model.init_state(2)
+        ...     for seg in ids.split(model.segment_size, 1):
+        ...         state = stream_step(model, seg, state, ws)
+    """
+    if fast_step_unsupported(model) is not None:
+        return model.segment_forward(ids, None, state, write=True, return_logits=False)[2]
+    ws = SegmentWorkspace() if ws is None else ws
+    backend = getattr(model, "backend", "auto") if backend is None else backend
+    if isinstance(model, ARMT):
+        return armt_stream_step(model, ids, state, ws, backend)
+    return rmt_stream_step(model, ids, state, ws, backend)
