@@ -58,7 +58,7 @@ class ARMT(RecurrentLM):
         nu: DPFP order (default 3).
         correction: the ``gamma`` correction of the ``z`` update (default True, as ARMT-HEAD).
         segment_size: tokens per segment in :meth:`forward` and :meth:`generate` (default 512).
-        backend: backend of the associative read (see :func:`babilong_fast.ops.assoc_read`).
+        backend: backend of the associative read and write (:func:`babilong_fast.ops.assoc_read`, ``assoc_write``).
 
     Examples::
         >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -117,7 +117,7 @@ class ARMT(RecurrentLM):
             reference: the wrapper (``rmt_config['segment_size']`` gives the segment size) or the cell.
             segment_size: required for a cell; for a wrapper it must be None or equal the wrapper's.
             copy: deep-copy the weights instead of sharing them.
-            backend: backend of the associative read (see :func:`babilong_fast.ops.assoc_read`).
+            backend: backend of the associative read and write (:func:`babilong_fast.ops.assoc_read`, ``assoc_write``).
 
         Raises:
             ReferenceModelError (a ValueError): wrap_pos on, segmentation not left-aligned, a feature map other
@@ -226,6 +226,7 @@ class ARMT(RecurrentLM):
                     eps=EPS,
                     correction=self.correction,
                     first_segment=first,
+                    backend=self.backend,
                 )
 
             return hook

@@ -147,7 +147,8 @@ def armt_stream_step(
 ) -> ARMTState:
     """ARMT: ``[wte(ids); P] + wpe`` in ``ws``'s buffer; per block read (after the first segment), block, write.
 
-    ``backend`` is that of the segment ops; the associative read keeps ``model.backend``, as in ``segment_forward``.
+    ``backend`` is that of the segment ops; the associative read and write keep ``model.backend``, as in
+    ``segment_forward``.
     """
     ids, B, L, T = _segment_rows(model, ids, model.num_mem_tokens)
     state = model._check_state(state, B)
@@ -174,6 +175,7 @@ def armt_stream_step(
             eps=EPS,
             correction=model.correction,
             first_segment=first,
+            backend=model.backend,
         )
         new_A.append(A)
         new_z.append(z)

@@ -11,7 +11,7 @@ SHAPES = {"armt-gpt2": (8, 10, 768, 64)} if GPU else {"small": (2, 10, 256, 64)}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
 def test_assoc_write(benchmark, backend, shape):
     skip_unless_timed_here(backend)
     B, M, d, n = shape
