@@ -6,9 +6,18 @@ Recurrence per channel d and state index n (Gu & Dao 2023, https://arxiv.org/abs
     x_t  = exp(dt_t A) x_{t-1} + dt_t B_t u_t,     x_{-1} = initial_state
     y_t  = (C_t . x_t + D u_t) * silu(z_t)
 
-One program owns a ``[BD, N]`` tile of the state (one batch row, BD channels) in registers and
-walks the sequence one step at a time, so any length runs in constant memory and the last state
-is simply the register tile at the end. Offsets are int64 (10M+ token sequences).
+Two kernels, both with one program per (batch row, block of BD channels) holding that block's ``[BD, N]``
+state in registers, so any length runs in constant memory and the last state is the register tile at the end:
+
+- ``chunked`` (:func:`_selective_scan_chunk_fwd_kernel`, the default): walks the sequence in tiles of BT steps.
+  Each tile's u, delta, z (``[BT, BD]``) and B, C (``[BT, N]``) are loaded at once, the ``[BT, BD, N]`` pairs
+  ``(exp(dt A), dt B u)`` are scanned along the steps with ``tl.associative_scan`` and the state carried from
+  the previous tile is added as ``cumprod(exp(dt A)) * h_prev``. L / BT dependent steps instead of L.
+- ``step`` (:func:`_selective_scan_step_fwd_kernel`): one step at a time (latency-bound on a GPU; kept as
+  a second implementation to compare against).
+
+Offsets are int64 (10M+ token sequences). :data:`DEFAULT_KERNEL` (:data:`INTERPRETER_KERNEL` in Triton's
+interpreter) picks the kernel when the caller does not.
 """
 from __future__ import annotations
 
@@ -17,6 +26,14 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
+KERNELS = ("chunked", "step")
+DEFAULT_KERNEL = "chunked"
+"""The kernel :func:`selective_scan_fwd` runs on a GPU when neither ``kernel`` nor ``config`` says."""
+INTERPRETER_KERNEL = "step"
+"""Its default under ``TRITON_INTERPRET=1`` (tensors on the CPU): the interpreter runs ``tl.associative_scan``
+one element at a time in Python (about 0.3 ms per state element), 20-50x slower there than the step kernel's
+whole-tile numpy steps. The chunked kernel is tested by naming it."""
 
 
 @triton.jit
@@ -30,7 +47,7 @@ def _softplus(x):
 
 
 @triton.jit(do_not_specialize=["L"])
-def _selective_scan_fwd_kernel(
+def _selective_scan_step_fwd_kernel(
     u, delta, A, B, C, D, z, delta_bias, h0, out, hT,
     L, DIM, N, B_DPG, C_DPG,
     stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d,
@@ -97,14 +114,150 @@ def _selective_scan_fwd_kernel(
         tl.store(hT + o_bdn, b_h, mask=m_dn)
 
 
+@triton.jit
+def _scan_combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): x -> a2 (a1 x + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _chunk_load(p_u, p_dt, p_z, p_B, p_C, t0, L, o_t, m_d, m_n, BT: tl.constexpr, HAS_Z: tl.constexpr,
+                B_VARYING: tl.constexpr, B_SHARED: tl.constexpr, C_VARYING: tl.constexpr, C_SHARED: tl.constexpr):
+    """One tile's inputs from step t0, fp32: u, delta, z ``[BT, BD]``; time-varying B, C ``[BT, 1, BN]`` (one
+    group for the block) or ``[BT, BD, BN]``. Absent ones are 0.0 placeholders; steps past L load 0."""
+    o_tt = t0 + o_t  # [BT]
+    m_t = o_tt < L
+    m_td = m_t[:, None] & m_d[None, :]
+    b_u = tl.load(p_u + o_tt[:, None], mask=m_td, other=0.0).to(tl.float32)
+    b_dt = tl.load(p_dt + o_tt[:, None], mask=m_td, other=0.0).to(tl.float32)
+    b_z = 0.0
+    if HAS_Z:
+        b_z = tl.load(p_z + o_tt[:, None], mask=m_td, other=0.0).to(tl.float32)
+    b_B = 0.0
+    if B_VARYING:
+        if B_SHARED:
+            b_B = tl.load(p_B + o_tt[:, None], mask=m_t[:, None] & m_n[None, :], other=0.0).to(tl.float32)[:, None, :]
+        else:
+            m_tdn = m_td[:, :, None] & m_n[None, None, :]
+            b_B = tl.load(p_B + o_tt[:, None, None], mask=m_tdn, other=0.0).to(tl.float32)
+    b_C = 0.0
+    if C_VARYING:
+        if C_SHARED:
+            b_C = tl.load(p_C + o_tt[:, None], mask=m_t[:, None] & m_n[None, :], other=0.0).to(tl.float32)[:, None, :]
+        else:
+            m_tdn = m_td[:, :, None] & m_n[None, None, :]
+            b_C = tl.load(p_C + o_tt[:, None, None], mask=m_tdn, other=0.0).to(tl.float32)
+    return b_u, b_dt, b_z, b_B, b_C
+
+
+@triton.jit(do_not_specialize=["L"])
+def _selective_scan_chunk_fwd_kernel(
+    u, delta, A, B, C, D, z, delta_bias, h0, out, hT,
+    L, DIM, N, B_DPG, C_DPG,
+    stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d,
+    stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
+    BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, B_SHARED: tl.constexpr, C_SHARED: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    # B_SHARED / C_SHARED (time-varying only): all BD channels of this program read the same group, so the
+    # tile is loaded once as [BT, BN]; otherwise per channel as [BT, BD, BN].
+    i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_n = tl.arange(0, BN).to(tl.int64)  # n * stride_n exceeds 2^31 for grouped B at 10M tokens
+    o_t = tl.arange(0, BT)
+    m_d, m_n = o_d < DIM, o_n < N
+    m_dn = m_d[:, None] & m_n[None, :]
+    o_dn = o_d[:, None] * N + o_n[None, :]  # [BD, BN] into (dim, N)
+    o_bdn = i_b * DIM * N + o_dn  # [BD, BN] into (batch, dim, N)
+
+    b_A = tl.load(A + o_dn, mask=m_dn, other=0.0).to(tl.float32)  # [BD, BN]
+    if HAS_H0:
+        b_h = tl.load(h0 + o_bdn, mask=m_dn, other=0.0)
+    else:
+        b_h = tl.zeros([BD, BN], dtype=tl.float32)
+    if HAS_D:
+        b_D = tl.load(D + o_d, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        b_db = tl.load(delta_bias + o_d, mask=m_d, other=0.0).to(tl.float32)
+    # B, C as [BT or 1, BD or 1, BN] views that broadcast against the [BT, BD, BN] state tile.
+    if B_VARYING:
+        if B_SHARED:
+            p_B = B + i_b * stride_B_b + ((i_d * BD) // B_DPG) * stride_B_g + o_n[None, :] * stride_B_n  # [1, BN]
+        else:
+            p_B = (B + i_b * stride_B_b + ((o_d // B_DPG) * stride_B_g)[None, :, None]
+                   + (o_n * stride_B_n)[None, None, :])  # [1, BD, BN]
+    else:
+        p_B = B  # unused
+        b_B = tl.load(B + o_dn, mask=m_dn, other=0.0).to(tl.float32)[None, :, :]
+    if C_VARYING:
+        if C_SHARED:
+            p_C = C + i_b * stride_C_b + ((i_d * BD) // C_DPG) * stride_C_g + o_n[None, :] * stride_C_n
+        else:
+            p_C = (C + i_b * stride_C_b + ((o_d // C_DPG) * stride_C_g)[None, :, None]
+                   + (o_n * stride_C_n)[None, None, :])
+    else:
+        p_C = C  # unused
+        b_C = tl.load(C + o_dn, mask=m_dn, other=0.0).to(tl.float32)[None, :, :]
+    p_u = u + i_b * stride_u_b + (o_d * stride_u_d)[None, :]  # [1, BD]; + t along the rows
+    p_dt = delta + i_b * stride_dt_b + (o_d * stride_dt_d)[None, :]
+    p_o = out + ((i_b * DIM + o_d) * L)[None, :]
+    p_z = z + i_b * stride_z_b + (o_d * stride_z_d)[None, :]  # unused without z
+
+    # Software pipelining by hand: the next tile's loads are issued before this tile's scan, so their
+    # latency overlaps the arithmetic (nothing in them depends on the state).
+    n_u, n_dt, n_z, n_B, n_C = _chunk_load(
+        p_u, p_dt, p_z, p_B, p_C, 0, L, o_t, m_d, m_n, BT, HAS_Z, B_VARYING, B_SHARED, C_VARYING, C_SHARED)
+    for t0 in range(0, L, BT):
+        b_u, b_dt, b_z = n_u, n_dt, n_z
+        if B_VARYING:
+            b_B = n_B
+        if C_VARYING:
+            b_C = n_C
+        n_u, n_dt, n_z, n_B, n_C = _chunk_load(
+            p_u, p_dt, p_z, p_B, p_C, t0 + BT, L, o_t, m_d, m_n, BT, HAS_Z, B_VARYING, B_SHARED, C_VARYING, C_SHARED)
+        m_td = ((t0 + o_t) < L)[:, None] & m_d[None, :]  # [BT, BD]
+        if HAS_DELTA_BIAS:
+            b_dt += b_db[None, :]
+        if DELTA_SOFTPLUS:
+            b_dt = _softplus(b_dt)
+        b_dt = tl.where(m_td, b_dt, 0.0)  # steps past L: decay 1, no input, so the last row is the state at L
+        b_a = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BD, BN]
+        b_b = (b_dt * b_u)[:, :, None] * b_B
+        # Prefix over the tile's steps from a zero state: b_a = decay since the tile start, b_b = state.
+        b_a, b_b = tl.associative_scan((b_a, b_b), 0, _scan_combine)
+        b_hs = b_a * b_h[None, :, :] + b_b  # [BT, BD, BN]: every step's state
+        b_y = tl.sum(b_hs * b_C, axis=2)  # [BT, BD]
+        b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), axis=0)  # last row
+        if HAS_D:
+            b_y += b_D[None, :] * b_u
+        if HAS_Z:
+            b_y *= b_z * tl.sigmoid(b_z)
+        tl.store(p_o + (t0 + o_t)[:, None], b_y.to(out.dtype.element_ty), mask=m_td)
+
+    if STORE_HT:
+        tl.store(hT + o_bdn, b_h, mask=m_dn)
+
+
 class SelectiveScanConfig(NamedTuple):
-    """Launch configuration of :func:`_selective_scan_fwd_kernel`: channels per program and warps."""
+    """Launch configuration of the ``step`` kernel :func:`_selective_scan_step_fwd_kernel`: channels per program
+    and warps."""
 
     BD: int
     num_warps: int
 
 
-def default_config(batch: int, dim: int, N: int, interpreter: bool = False) -> SelectiveScanConfig:
+class ChunkedScanConfig(NamedTuple):
+    """Launch configuration of the ``chunked`` kernel :func:`_selective_scan_chunk_fwd_kernel`: channels per
+    program, steps per tile and warps. ``BT`` and ``BD`` are powers of two."""
+
+    BD: int
+    BT: int
+    num_warps: int
+
+
+def default_step_config(batch: int, dim: int, N: int, interpreter: bool = False) -> SelectiveScanConfig:
     """Small channel blocks on a GPU (the loop over L is latency-bound, so more programs help; untuned);
     wide blocks in the interpreter, where programs run one after another."""
     BN = triton.next_power_of_2(N)
@@ -114,6 +267,23 @@ def default_config(batch: int, dim: int, N: int, interpreter: bool = False) -> S
     return SelectiveScanConfig(BD, 4 if BD * BN >= 1024 else (2 if BD * BN >= 256 else 1))
 
 
+def default_chunked_config(batch: int, dim: int, N: int, interpreter: bool = False) -> ChunkedScanConfig:
+    """On a GPU (untuned): tiles of ``BT * BD * BN`` <= 4096 state elements, 32 fp32 values per thread and
+    tensor at 4 warps (the scan keeps about six such tensors live), BT = 32 steps (16 for N > 128), BD = 8
+    channels for N = 16, halved while there are fewer than 256 programs (batch 1 at Mamba-130m's dim 1536
+    has 192 programs of 8) so that more SMs are busy. In the interpreter, which scans element by element:
+    wide channel blocks (fewer programs) and 16 steps (little padding)."""
+    BN = triton.next_power_of_2(N)
+    if interpreter:
+        BT = 16
+        return ChunkedScanConfig(max(1, min(64, 16384 // (BT * BN), triton.next_power_of_2(dim))), BT, 1)
+    BT = 32 if BN <= 128 else 16
+    BD = max(1, min(8, 4096 // (BT * BN), triton.next_power_of_2(dim)))
+    while BD > 4 and batch * triton.cdiv(dim, BD) < 256:
+        BD //= 2
+    return ChunkedScanConfig(BD, BT, max(1, min(4, BT * BD * BN // 1024)))
+
+
 def _b_strides(X: torch.Tensor, dim: int) -> tuple[int, int, int, int]:
     """(channels per group, batch, group, n strides) of a time-varying B or C; unused for (dim, N)."""
     if X.dim() == 2:
@@ -121,6 +291,29 @@ def _b_strides(X: torch.Tensor, dim: int) -> tuple[int, int, int, int]:
     if X.dim() == 3:  # (batch, N, L): one group
         return dim, X.stride(0), 0, X.stride(1)
     return dim // X.shape[1], X.stride(0), X.stride(1), X.stride(2)
+
+
+def block_in_one_group(dpg: int, dim: int, BD: int) -> bool:
+    """Whether every block of BD channels lies in one group of ``dpg`` channels (``dpg == dim``: one group),
+    so the chunked kernel loads a time-varying B or C tile once as ``[BT, N]`` instead of per channel."""
+    return dpg == dim or dpg % BD == 0
+
+
+def pick_kernel(
+    kernel: str | None, config: SelectiveScanConfig | ChunkedScanConfig | None, interpreter: bool
+) -> str:
+    """The kernel to run: ``kernel`` if given, else the one ``config``'s type belongs to, else
+    :data:`INTERPRETER_KERNEL` or :data:`DEFAULT_KERNEL`. Raises on an unknown name or a mismatched config."""
+    if kernel is None:
+        if config is not None:
+            return "chunked" if isinstance(config, ChunkedScanConfig) else "step"
+        kernel = INTERPRETER_KERNEL if interpreter else DEFAULT_KERNEL
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown selective scan kernel {kernel!r}; pick one of {KERNELS}")
+    want = ChunkedScanConfig if kernel == "chunked" else SelectiveScanConfig
+    if config is not None and not isinstance(config, want):
+        raise TypeError(f"the {kernel!r} kernel takes a {want.__name__}, got {type(config).__name__}")
+    return kernel
 
 
 def selective_scan_fwd(
@@ -135,24 +328,33 @@ def selective_scan_fwd(
     delta_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = True,
-    config: SelectiveScanConfig | None = None,
+    config: SelectiveScanConfig | ChunkedScanConfig | None = None,
+    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the scan. u, delta, z ``[batch, dim, L]`` (last stride 1, any other strides); A ``[dim, N]`` fp32;
     B, C ``[dim, N]``, ``[batch, N, L]`` or ``[batch, G, N, L]``; D, delta_bias ``[dim]``; initial_state
     ``[batch, dim, N]`` fp32 contiguous. Checked by the caller.
 
+    ``kernel``: ``"chunked"`` or ``"step"`` (default: see :func:`pick_kernel`). ``config`` overrides the
+    kernel's default configuration (benchmark sweeps).
+
     Returns ``(out [batch, dim, L] in u's dtype, last_state [batch, dim, N] fp32 or None)``.
     """
+    interpreter = u.device.type == "cpu"
+    kernel = pick_kernel(kernel, config, interpreter)
     batch, dim, L = u.shape
     N = A.shape[1]
-    c = config or default_config(batch, dim, N, interpreter=u.device.type == "cpu")
+    if kernel == "chunked":
+        c = config or default_chunked_config(batch, dim, N, interpreter)
+    else:
+        c = config or default_step_config(batch, dim, N, interpreter)
     out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
     B_dpg, *B_strides = _b_strides(B, dim)
     C_dpg, *C_strides = _b_strides(C, dim)
     dummy = u  # stands in for absent optional tensors; never read
     grid = (triton.cdiv(dim, c.BD), batch)
-    _selective_scan_fwd_kernel[grid](
+    args = (
         u, delta, A, B, C,
         dummy if D is None else D, dummy if z is None else z, dummy if delta_bias is None else delta_bias,
         dummy if initial_state is None else initial_state, out, out if hT is None else hT,
@@ -160,10 +362,19 @@ def selective_scan_fwd(
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         *B_strides, *C_strides,
+    )
+    flags = dict(
         BD=c.BD, BN=triton.next_power_of_2(N),
         B_VARYING=B.dim() > 2, C_VARYING=C.dim() > 2,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, STORE_HT=hT is not None,
         num_warps=c.num_warps,
     )
+    if kernel == "step":
+        _selective_scan_step_fwd_kernel[grid](*args, **flags)
+    else:
+        _selective_scan_chunk_fwd_kernel[grid](
+            *args, BT=c.BT, B_SHARED=block_in_one_group(B_dpg, dim, c.BD),
+            C_SHARED=block_in_one_group(C_dpg, dim, c.BD), **flags,
+        )
     return out, hT

@@ -1,0 +1,239 @@
+"""The ``chunked`` Triton selective-scan kernel (tiles of BT steps, ``tl.associative_scan`` within a tile).
+
+In the interpreter that scan runs element by element in Python (~0.3 ms per scanned state element), so the
+shapes and tiles here are tiny: small BT and BD give many tiles and several channel blocks cheaply.
+The ``step`` kernel is covered by tests/ops/test_selective_scan.py (the interpreter's default) and here
+where both are compared.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from babilong_fast.ops import selective_scan, selective_scan_ref
+from tests.helpers import HAS_CUDA, HAS_TRITON, assert_close, requires_triton
+from tests.ops.test_selective_scan import OPTIONS, make_inputs, ref64, run_chunked
+
+pytestmark = [pytest.mark.triton, requires_triton]
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def _kernels():
+    from babilong_fast.kernels import selective_scan as k
+
+    return k
+
+
+def run_chunk_kernel(args, BD, BT, dtype=torch.float32):
+    k = _kernels()
+    out, last = k.selective_scan_fwd(**args, config=k.ChunkedScanConfig(BD, BT, 1))
+    assert out.dtype == dtype and last.dtype == torch.float32
+    return out, last
+
+
+# (layout of B, layout of C, options): every layout with everything on, each option alone.
+CASES = [
+    pytest.param(b, c, "all", id=f"{b}-{c}-all")
+    for b, c in (("invariant", "invariant"), ("varying", "varying"), ("grouped", "grouped"),
+                 ("varying", "grouped"), ("invariant", "varying"))
+] + [pytest.param("varying", "varying", opt, id=f"varying-{opt}") for opt in ("plain", "D", "z", "bias-softplus")]
+
+
+@pytest.mark.parametrize("layout,layout_c,opt", CASES)
+def test_chunked_kernel_options(layout, layout_c, opt):
+    """batch 2, dim 6 in blocks of 4 (the second partial), L = 37 in tiles of 8 (the last partial)."""
+    args = make_inputs(2, 6, 37, 4, layout, OPTIONS[opt], device=DEVICE, groups=3, layout_c=layout_c)
+    want, want_last = ref64(args)
+    out, last = run_chunk_kernel(args, BD=4, BT=8)
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+
+
+# (batch, dim, L, N, BD, BT): L below, at and above one tile; N = 16, odd N (masked state columns), N = 1.
+LENGTHS = [
+    pytest.param(s, id="b{}-d{}-L{}-N{}-BD{}-BT{}".format(*s))
+    for s in [(2, 5, 1, 5, 4, 8), (1, 5, 7, 5, 4, 8), (1, 3, 37, 16, 4, 8), (1, 5, 100, 5, 4, 8),
+              (2, 3, 16, 1, 2, 16), (1, 3, 300, 4, 4, 16)]
+]
+
+
+@pytest.mark.parametrize("shape", LENGTHS)
+def test_chunked_kernel_lengths(shape):
+    """Lengths that are and are not multiples of BT, up to 300 steps (19-38 tiles): the carried state."""
+    batch, dim, L, N, BD, BT = shape
+    args = make_inputs(batch, dim, L, N, "grouped", device=DEVICE, groups=dim, layout_c="varying")
+    want, want_last = ref64(args)
+    out, last = run_chunk_kernel(args, BD, BT)
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+
+
+# (dim, groups, BD): the block reads one group (loaded once as [BT, N]) or straddles groups (per channel).
+GROUPINGS = [
+    pytest.param(8, 2, 4, True, id="d8-G2-BD4-shared"),
+    pytest.param(6, 3, 2, True, id="d6-G3-BD2-shared"),
+    pytest.param(6, 3, 4, False, id="d6-G3-BD4-straddling"),
+    pytest.param(6, 2, 4, False, id="d6-G2-BD4-straddling"),
+    pytest.param(7, 1, 4, True, id="d7-G1-BD4-shared-partial"),
+]
+
+
+@pytest.mark.parametrize("dim,groups,BD,shared", GROUPINGS)
+def test_chunked_kernel_groups(dim, groups, BD, shared):
+    k = _kernels()
+    assert k.block_in_one_group(dim // groups, dim, BD) == shared
+    args = make_inputs(2, dim, 19, 3, "grouped", device=DEVICE, groups=groups)
+    want, want_last = ref64(args)
+    out, last = k.selective_scan_fwd(**args, config=k.ChunkedScanConfig(BD, 8, 1))
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")])
+@pytest.mark.parametrize("layout", ["invariant", "varying", "grouped"])
+def test_chunked_kernel_half(dtype, layout):
+    args = make_inputs(2, 6, 29, 4, layout, device=DEVICE, dtype=dtype, groups=2)
+    want, want_last = ref64(args)
+    out, last = run_chunk_kernel(args, BD=4, BT=8, dtype=dtype)
+    assert_close("out", want, out, RTOL[dtype])
+    assert_close("last_state", want_last, last, RTOL[dtype])
+
+
+def test_chunked_and_step_kernels_agree():
+    """Both kernels on one input (default configurations), each against float64 and against each other."""
+    k = _kernels()
+    args = make_inputs(1, 6, 40, 5, "grouped", device=DEVICE, groups=2, layout_c="varying")
+    want, want_last = ref64(args)
+    res = {name: k.selective_scan_fwd(**args, kernel=name) for name in k.KERNELS}
+    for name, (out, last) in res.items():
+        assert_close(f"{name} out", want, out, 1e-5)
+        assert_close(f"{name} last_state", want_last, last, 1e-5)
+    assert_close("chunked vs step", res["step"][0], res["chunked"][0], 1e-5)
+
+
+@pytest.fixture
+def chunked_default(monkeypatch):
+    """The op's triton backend running the chunked kernel here too (it does by default on a GPU)."""
+    k = _kernels()
+    monkeypatch.setattr(k, "INTERPRETER_KERNEL", "chunked")
+    monkeypatch.setattr(k, "DEFAULT_KERNEL", "chunked")
+
+
+def test_chunked_through_the_op(chunked_default):
+    """selective_scan(backend="triton") in calls of 1, 7 and all steps, carrying last_state between calls."""
+    args = make_inputs(2, 6, 23, 4, "varying", device=DEVICE)
+    want, want_last = ref64(args)
+    for chunk in (1, 7, None):
+        out, last = run_chunked(args, chunk, "triton")
+        assert_close(f"out (chunk {chunk})", want, out, 1e-5)
+        assert_close(f"last_state (chunk {chunk})", want_last, last, 1e-5)
+
+
+def test_chunked_strided_views(chunked_default):
+    """u and z as halves of one xz tensor (Mamba's in_proj output); channel strides of 2 * dim * L."""
+    xz = torch.randn(2, 12, 9, device=DEVICE)
+    x, z = xz.chunk(2, dim=1)
+    args = make_inputs(2, 6, 9, 4, "varying", device=DEVICE)
+    args.update(u=x, z=z)
+    assert_close("out", ref64(args)[0], selective_scan(**args, backend="triton"), 1e-5)
+
+
+def test_chunked_grad_through_the_op(chunked_default):
+    """The autograd path (chunked forward, reference backward) returns the float64 gradients."""
+    args = make_inputs(1, 4, 10, 3, "invariant", device=DEVICE)
+    leaves = {k: v.clone().requires_grad_() if k in ("u", "delta", "initial_state") else v for k, v in args.items()}
+    out, last = selective_scan(**leaves, return_last_state=True, backend="triton")
+    g = torch.randn_like(out)
+    ((out * g).sum() + last.sum()).backward()
+    l64 = {k: v.detach().double().requires_grad_() if k in ("u", "delta", "initial_state") else v
+           for k, v in args.items()}
+    o64, h64 = selective_scan_ref(**l64, return_last_state=True)
+    ((o64 * g.double()).sum() + h64.sum()).backward()
+    for name in ("u", "delta", "initial_state"):
+        assert_close(f"grad {name}", l64[name].grad, leaves[name].grad, 1e-5)
+
+
+def test_pick_kernel():
+    k = _kernels()
+    assert k.pick_kernel(None, None, interpreter=False) == k.DEFAULT_KERNEL == "chunked"
+    assert k.pick_kernel(None, None, interpreter=True) == k.INTERPRETER_KERNEL
+    assert k.pick_kernel(None, k.SelectiveScanConfig(8, 1), interpreter=False) == "step"
+    assert k.pick_kernel(None, k.ChunkedScanConfig(8, 32, 1), interpreter=True) == "chunked"
+    assert k.pick_kernel("step", None, interpreter=False) == "step"
+    with pytest.raises(ValueError, match="unknown selective scan kernel 'fast'"):
+        k.pick_kernel("fast", None, interpreter=False)
+    with pytest.raises(TypeError, match="the 'chunked' kernel takes a ChunkedScanConfig"):
+        k.pick_kernel("chunked", k.SelectiveScanConfig(8, 1), interpreter=False)
+
+
+def test_default_chunked_config():
+    """The GPU defaults: powers of two, at most 4096 state elements per tile, >= 256 programs where possible."""
+    k = _kernels()
+    assert k.default_chunked_config(1, 1536, 16) == k.ChunkedScanConfig(BD=4, BT=32, num_warps=2)  # Mamba-130m
+    assert k.default_chunked_config(4, 1536, 16) == k.ChunkedScanConfig(BD=8, BT=32, num_warps=4)
+    for batch, dim, N in ((1, 5, 1), (2, 100, 7), (1, 4096, 64), (1, 64, 256)):
+        c = k.default_chunked_config(batch, dim, N)
+        BN = 1 << (N - 1).bit_length()
+        assert c.BT * c.BD * BN <= 4096 and c.BD & (c.BD - 1) == 0 and c.BT & (c.BT - 1) == 0
+
+
+# Compile both kernels for an H100 (sm_90) ahead of time, without a GPU: Triton's NVIDIA backend down to a
+# cubin with its bundled ptxas. A separate process, since this one runs Triton's interpreter.
+AOT_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from babilong_fast.kernels import selective_scan as k
+
+    def compile(fn, dtype, consts, num_warps):
+        ptrs = dict(u=dtype, delta=dtype, z=dtype, out=dtype, B=dtype, C=dtype, A="fp32", D="fp32",
+                    delta_bias="fp32", h0="fp32", hT="fp32")
+        sig = {n: "constexpr" if n in consts else ("*" + ptrs[n]) if n in ptrs else
+               "i64" if n.startswith("stride") else "i32" for n in fn.arg_names}
+        c = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": num_warps})
+        assert c.asm["cubin"], fn
+        print(fn.__name__, dtype, consts.get("BT"), consts["BD"], consts["BN"], "ok")
+
+    flags = ["B_VARYING", "C_VARYING", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT"]
+    on = {f: True for f in flags}
+    off = {f: False for f in flags}
+    for batch, dim, N in ((1, 1536, 16), (4, 1536, 16), (1, 1024, 256)):
+        c = k.default_chunked_config(batch, dim, N)
+        BN = triton.next_power_of_2(N)
+        for dtype, fl, shared in (("bf16", on, True), ("fp32", on, False), ("fp16", off, False)):
+            consts = dict(fl, BT=c.BT, BD=c.BD, BN=BN, B_SHARED=shared, C_SHARED=shared)
+            compile(k._selective_scan_chunk_fwd_kernel, dtype, consts, c.num_warps)
+        s = k.default_step_config(batch, dim, N)
+        compile(k._selective_scan_step_fwd_kernel, "bf16", dict(on, BD=s.BD, BN=BN), s.num_warps)
+""")
+
+
+def _has_nvidia_backend() -> bool:
+    if not HAS_TRITON:
+        return False
+    try:
+        from triton.backends import backends
+
+        return "nvidia" in backends
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
+def test_kernels_compile_for_sm90():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, timeout=300,
+                         cwd=root, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.count(" ok") == 12, res.stdout
