@@ -2,6 +2,7 @@
 
 Run: ``python -m pytest benchmarks/ops/test_selective_scan_bench.py`` (pytest-benchmark). GPU: Mamba-130m's
 layer (d_inner 1536, d_state 16) on a 2048-token chunk, batch 1 and 8; CPU: a small layer, torch only.
+``triton-step`` times the Triton backend's per-token kernel instead of its default tiled one.
 """
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ SHAPES = {"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 1
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_selective_scan(benchmark, backend, dtype, shape):
+@pytest.mark.parametrize("variant", ["triton", "triton-step", "torch"])
+def test_selective_scan(benchmark, variant, dtype, shape, monkeypatch):
+    backend = variant.split("-")[0]
     skip_unless_timed_here(backend, dtype)
+    if variant == "triton-step":
+        from babilong_fast.kernels import selective_scan as kernels
+
+        monkeypatch.setattr(kernels, "DEFAULT_KERNEL", "step")
     B, D, L, N = shape
     device = "cuda" if GPU else "cpu"
     u, z = torch.randn(B, D, L, device=device, dtype=dtype), torch.randn(B, D, L, device=device, dtype=dtype)
@@ -36,4 +42,4 @@ def test_selective_scan(benchmark, backend, dtype, shape):
     with torch.no_grad():
         run()
         benchmark.pedantic(run, rounds=20 if GPU else 3, warmup_rounds=2 if GPU else 1)
-    benchmark.extra_info.update(backend=backend, B=B, dim=D, L=L, d_state=N, dtype=str(dtype))
+    benchmark.extra_info.update(backend=variant, B=B, dim=D, L=L, d_state=N, dtype=str(dtype))
