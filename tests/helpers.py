@@ -44,3 +44,12 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -
         raise AssertionError(
             f"{name}: relative error {err:.3e} > {rtol:.1e}; worst at {idx}: got {out64[idx]:.6g}, want {ref64[idx]:.6g}"
         )
+
+
+def make_memory_matter(model) -> None:
+    """Give an ARMT's memory projections O(1) DPFP features and a non-zero W_v (it starts at zero), in place."""
+    with torch.no_grad():
+        for p in model.layers:
+            p.W_q.weight.normal_(0, 1.0)
+            p.W_k.weight.normal_(0, 1.0)
+            p.W_v.weight.normal_(0, 64**-0.5)

@@ -150,6 +150,21 @@ class ARMT(RecurrentLM):
             )
         return state
 
+    def read_layer(self, i: int, h: torch.Tensor, state: ARMTState) -> torch.Tensor:
+        """Layer ``i``'s associative read before its block: ``[B, T, d] -> [B, T, d]``."""
+        W_q = self.layers[i].W_q.weight
+        return assoc_read(h.contiguous(), W_q, state.A[i], state.z[i], nu=self.nu, eps=EPS, backend=self.backend)
+
+    def write_layer(
+        self, i: int, mem_rows: torch.Tensor, state: ARMTState, first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s write from its block's output at the memory rows ``[B, M, d]``: the new ``(A, z)``."""
+        p = self.layers[i]
+        return assoc_write(
+            mem_rows.contiguous(), p.W_k.weight, p.W_v.weight, p.W_b.weight, p.W_b.bias, state.A[i], state.z[i],
+            nu=self.nu, eps=EPS, correction=self.correction, first_segment=first, backend=self.backend,
+        )
+
     def segment_forward(
         self,
         input_ids: torch.Tensor,
@@ -196,13 +211,8 @@ class ARMT(RecurrentLM):
         new_A, new_z = list(state.A), list(state.z)
 
         def pre_hook(i):
-            mem = self.layers[i]
-
             def hook(module, args, kwargs):
-                h = args[0] if args else kwargs["hidden_states"]
-                h = assoc_read(
-                    h.contiguous(), mem.W_q.weight, state.A[i], state.z[i], nu=self.nu, eps=EPS, backend=self.backend
-                )
+                h = self.read_layer(i, args[0] if args else kwargs["hidden_states"], state)
                 if args:
                     return (h, *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": h}
@@ -210,24 +220,9 @@ class ARMT(RecurrentLM):
             return hook
 
         def post_hook(i):
-            mem = self.layers[i]
-
             def hook(module, args, kwargs, output):
                 h = output[0] if isinstance(output, tuple) else output
-                new_A[i], new_z[i] = assoc_write(
-                    h[:, L : L + M].contiguous(),
-                    mem.W_k.weight,
-                    mem.W_v.weight,
-                    mem.W_b.weight,
-                    mem.W_b.bias,
-                    state.A[i],
-                    state.z[i],
-                    nu=self.nu,
-                    eps=EPS,
-                    correction=self.correction,
-                    first_segment=first,
-                    backend=self.backend,
-                )
+                new_A[i], new_z[i] = self.write_layer(i, h[:, L : L + M], state, first)
 
             return hook
 

@@ -22,11 +22,9 @@ from torch import nn
 
 from babilong_fast.backends import Backend
 from babilong_fast.models._common import check_input_ids
-from babilong_fast.models.armt import ARMT, EPS
+from babilong_fast.models.armt import ARMT
 from babilong_fast.models.rmt import RMT
 from babilong_fast.models.state import ARMTState, RMTState
-from babilong_fast.ops.assoc_read import assoc_read
-from babilong_fast.ops.assoc_write import assoc_write
 from babilong_fast.ops.segment_io import rows_layer_norm, segment_embed
 
 State = TypeVar("State", ARMTState, RMTState)
@@ -159,24 +157,11 @@ def armt_stream_step(
     mask = _attention_mask(model, T, h.dtype, ws)
     first = state.segments_seen == 0
     new_A, new_z = [], []
-    for i, (block, mem) in enumerate(zip(tr.h, model.layers, strict=True)):
+    for i, block in enumerate(tr.h):
         if not first:
-            h = assoc_read(h, mem.W_q.weight, state.A[i], state.z[i], nu=model.nu, eps=EPS, backend=model.backend)
+            h = model.read_layer(i, h, state)
         h = _block(block, h, mask)
-        A, z = assoc_write(
-            h[:, L : L + M].contiguous(),
-            mem.W_k.weight,
-            mem.W_v.weight,
-            mem.W_b.weight,
-            mem.W_b.bias,
-            state.A[i],
-            state.z[i],
-            nu=model.nu,
-            eps=EPS,
-            correction=model.correction,
-            first_segment=first,
-            backend=model.backend,
-        )
+        A, z = model.write_layer(i, h[:, L : L + M], state, first)
         new_A.append(A)
         new_z.append(z)
     return ARMTState(new_A, new_z, state.segments_seen + 1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from babilong_fast.models import ARMT, ARMTState
-from tests.helpers import assert_close
+from tests.helpers import assert_close, make_memory_matter
 from tests.models.naive import (
     EOS,
     VOCAB,
@@ -22,11 +22,7 @@ def make_armt(correction: bool = True, n_positions: int = 96, segment_size: int 
     """A tiny ARMT whose memory matters: W_v random (it starts at zero) and O(1) DPFP features."""
     gpt2 = tiny_gpt2(n_positions)
     model = ARMT(gpt2, num_mem_tokens=M, d_mem=D_MEM, correction=correction, segment_size=segment_size)
-    with torch.no_grad():
-        for p in model.layers:
-            p.W_q.weight.normal_(0, 1.0)
-            p.W_k.weight.normal_(0, 1.0)
-            p.W_v.weight.normal_(0, 64**-0.5)
+    make_memory_matter(model)
     return model.eval()
 
 

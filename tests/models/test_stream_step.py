@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
 from babilong_fast.models._common import segment_bounds
 from babilong_fast.models.stream_step import SegmentWorkspace, fast_step_unsupported, stream_step
-from tests.helpers import assert_close, requires_triton
+from tests.helpers import assert_close, make_memory_matter, requires_triton
 from tests.models.naive import EOS, VOCAB
 
 SEG, M = 16, 4
@@ -25,11 +25,7 @@ def make_model(kind: str, attn: str, n_layer: int = 2) -> ARMT | RMT:
     if kind == "rmt":
         return RMT(gpt2, num_mem_tokens=M, segment_size=SEG).eval()
     model = ARMT(gpt2, num_mem_tokens=M, d_mem=8, segment_size=SEG)
-    with torch.no_grad():
-        for p in model.layers:
-            p.W_q.weight.normal_(0, 1.0)
-            p.W_k.weight.normal_(0, 1.0)
-            p.W_v.weight.normal_(0, 64**-0.5)
+    make_memory_matter(model)
     return model.eval()
 
 
