@@ -7,12 +7,7 @@
 #include <torch/types.h>
 
 #include "assoc_read.h"
-
-#define CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), "assoc_read_fwd: " #x " must be a CUDA tensor")
-#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_read_fwd: " #x " must be contiguous")
-#define CHECK_SHAPE(x, ...)                                                                                   \
-    TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), "assoc_read_fwd: " #x " must have shape (", \
-                torch::IntArrayRef({__VA_ARGS__}), "), got ", (x).sizes())
+#include "assoc_read_checks.h"
 
 namespace {
 
@@ -21,50 +16,8 @@ namespace {
 bool check_and_fill(const torch::Tensor &h, const torch::Tensor &w_q, const torch::Tensor &A,
                     const torch::Tensor &z, int64_t nu, double eps, const torch::Tensor &out,
                     AssocReadParams &params) {
-    CHECK_CUDA(h);
-    CHECK_CUDA(w_q);
-    CHECK_CUDA(A);
-    CHECK_CUDA(z);
-    TORCH_CHECK(h.dim() == 3, "assoc_read_fwd: h must be 3-D (B, T, d), got ", h.dim(), " dims");
-    TORCH_CHECK(w_q.dim() == 2, "assoc_read_fwd: w_q must be 2-D (n, d), got ", w_q.dim(), " dims");
-    TORCH_CHECK(A.dim() == 3, "assoc_read_fwd: A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
-    TORCH_CHECK(z.dim() == 2, "assoc_read_fwd: z must be 2-D (B or 1, 2*nu*n), got ", z.dim(), " dims");
-    const auto h_type = h.scalar_type();
-    TORCH_CHECK(h_type == at::ScalarType::Float || h_type == at::ScalarType::BFloat16 ||
-                    h_type == at::ScalarType::Half,
-                "assoc_read_fwd: h must be float32, bfloat16 or float16, got ", h_type);
-    TORCH_CHECK(w_q.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: w_q must be float32, got ",
-                w_q.scalar_type());
-    TORCH_CHECK(A.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: A must be float32, got ",
-                A.scalar_type());
-    TORCH_CHECK(z.scalar_type() == at::ScalarType::Float, "assoc_read_fwd: z must be float32, got ",
-                z.scalar_type());
-    TORCH_CHECK(w_q.device() == h.device(), "assoc_read_fwd: w_q must be on the same device as h (", h.device(),
-                "), got ", w_q.device());
-    TORCH_CHECK(A.device() == h.device(), "assoc_read_fwd: A must be on the same device as h (", h.device(),
-                "), got ", A.device());
-    TORCH_CHECK(z.device() == h.device(), "assoc_read_fwd: z must be on the same device as h (", h.device(),
-                "), got ", z.device());
-    CHECK_CONTIGUOUS(h);
-    CHECK_CONTIGUOUS(w_q);
-    CHECK_CONTIGUOUS(A);
-    CHECK_CONTIGUOUS(z);
-
-    const int64_t B = h.size(0);
-    const int64_t T = h.size(1);
-    const int64_t d = h.size(2);
-    const int64_t n = w_q.size(0);
-    TORCH_CHECK(n >= 1, "assoc_read_fwd: w_q must have at least one row (n >= 1)");
-    TORCH_CHECK(nu >= 1, "assoc_read_fwd: nu must be >= 1, got ", nu);
-    TORCH_CHECK(eps > 0, "assoc_read_fwd: eps must be > 0, got ", eps);
-    TORCH_CHECK(d <= INT_MAX && n <= INT_MAX / 2 && nu <= INT_MAX / (2 * n),
-                "assoc_read_fwd: d, n or 2*nu*n exceeds the int32 range");
-    const int64_t F = 2 * nu * n;
-    const int64_t Ba = A.size(0);
-    TORCH_CHECK(Ba == B || Ba == 1, "assoc_read_fwd: A.size(0) must be B (", B, ") or 1, got ", Ba);
-    CHECK_SHAPE(w_q, n, d);
-    CHECK_SHAPE(A, Ba, F, d);
-    CHECK_SHAPE(z, Ba, F);
+    const AssocReadSizes sizes = check_assoc_read_inputs("assoc_read_fwd", h, w_q, A, z, nu, eps);
+    const int64_t B = sizes.B, T = sizes.T, d = sizes.d, n = sizes.n, F = sizes.F, Ba = sizes.Ba;
 
     const int64_t num_tokens = B * T;
 

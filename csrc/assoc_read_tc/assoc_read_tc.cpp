@@ -7,16 +7,8 @@
 #include <torch/types.h>
 
 #include "assoc_read/assoc_read.h"
+#include "assoc_read/assoc_read_checks.h"
 #include "assoc_read_tc.h"
-
-#define TC_CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), "assoc_read_fwd_tc: " #x " must be a CUDA tensor")
-#define TC_CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_read_fwd_tc: " #x " must be contiguous")
-#define TC_CHECK_FLOAT(x)                                                                                \
-    TORCH_CHECK((x).scalar_type() == at::ScalarType::Float, "assoc_read_fwd_tc: " #x " must be float32, got ", \
-                (x).scalar_type())
-#define TC_CHECK_SHAPE(x, ...)                                                                                   \
-    TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), "assoc_read_fwd_tc: " #x " must have shape (", \
-                torch::IntArrayRef({__VA_ARGS__}), "), got ", (x).sizes())
 
 namespace {
 
@@ -26,45 +18,8 @@ int64_t tc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool tc_check_and_fill(const torch::Tensor &h, const torch::Tensor &w_q, const torch::Tensor &A,
                        const torch::Tensor &z, int64_t nu, double eps, const torch::Tensor &out,
                        AssocReadTcParams &params) {
-    TC_CHECK_CUDA(h);
-    TC_CHECK_CUDA(w_q);
-    TC_CHECK_CUDA(A);
-    TC_CHECK_CUDA(z);
-    TORCH_CHECK(h.dim() == 3, "assoc_read_fwd_tc: h must be 3-D (B, T, d), got ", h.dim(), " dims");
-    TORCH_CHECK(w_q.dim() == 2, "assoc_read_fwd_tc: w_q must be 2-D (n, d), got ", w_q.dim(), " dims");
-    TORCH_CHECK(A.dim() == 3, "assoc_read_fwd_tc: A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
-    TORCH_CHECK(z.dim() == 2, "assoc_read_fwd_tc: z must be 2-D (B or 1, 2*nu*n), got ", z.dim(), " dims");
-    const auto h_type = h.scalar_type();
-    TORCH_CHECK(h_type == at::ScalarType::Float || h_type == at::ScalarType::BFloat16 ||
-                    h_type == at::ScalarType::Half,
-                "assoc_read_fwd_tc: h must be float32, bfloat16 or float16, got ", h_type);
-    TC_CHECK_FLOAT(w_q);
-    TC_CHECK_FLOAT(A);
-    TC_CHECK_FLOAT(z);
-    for (const torch::Tensor *t : {&w_q, &A, &z}) {
-        TORCH_CHECK(t->device() == h.device(), "assoc_read_fwd_tc: w_q, A and z must be on h's device (",
-                    h.device(), "), got ", t->device());
-    }
-    TC_CHECK_CONTIGUOUS(h);
-    TC_CHECK_CONTIGUOUS(w_q);
-    TC_CHECK_CONTIGUOUS(A);
-    TC_CHECK_CONTIGUOUS(z);
-
-    const int64_t B = h.size(0);
-    const int64_t T = h.size(1);
-    const int64_t d = h.size(2);
-    const int64_t n = w_q.size(0);
-    TORCH_CHECK(n >= 1, "assoc_read_fwd_tc: w_q must have at least one row (n >= 1)");
-    TORCH_CHECK(nu >= 1, "assoc_read_fwd_tc: nu must be >= 1, got ", nu);
-    TORCH_CHECK(eps > 0, "assoc_read_fwd_tc: eps must be > 0, got ", eps);
-    TORCH_CHECK(d <= INT_MAX && n <= INT_MAX / 2 && nu <= INT_MAX / (2 * n),
-                "assoc_read_fwd_tc: d, n or 2*nu*n exceeds the int32 range");
-    const int64_t F = 2 * nu * n;
-    const int64_t Ba = A.size(0);
-    TORCH_CHECK(Ba == B || Ba == 1, "assoc_read_fwd_tc: A.size(0) must be B (", B, ") or 1, got ", Ba);
-    TC_CHECK_SHAPE(w_q, n, d);
-    TC_CHECK_SHAPE(A, Ba, F, d);
-    TC_CHECK_SHAPE(z, Ba, F);
+    const AssocReadSizes sizes = check_assoc_read_inputs("assoc_read_fwd_tc", h, w_q, A, z, nu, eps);
+    const int64_t B = sizes.B, T = sizes.T, d = sizes.d, n = sizes.n, F = sizes.F, Ba = sizes.Ba;
 
     const int64_t num_tokens = B * T;
     params.h_ptr = h.data_ptr();
