@@ -11,7 +11,8 @@ Parts (``--part``, a comma list; default ``all``): ``tests`` = the GPU tests (op
 ``tests/data`` and ``tests/train`` are CPU-only and run in CI); ``ops`` = the ``assoc_read`` ops benchmark with a
 Triton config sweep and every CUDA variant; ``micro`` = the pytest-benchmark micro-benchmarks of every op;
 ``models`` = the models benchmark in three runs: RMT and ARMT at batch 1 (16k / 1M / 10M tokens), Mamba-130m
-(Triton scan, 16k / 1M), RMT and ARMT at batch 8 (16k / 1M); GPT-2 small / Mamba-130m shapes,
+(Triton scan, 16k / 1M), RMT and ARMT at batch 8 (16k / 1M), ARMT at 1M per backend of its memory
+ops; GPT-2 small / Mamba-130m shapes,
 bfloat16, stock where it fits a 15 s budget. ``core`` = tests,ops,micro; ``all`` = core,models. The build
 always runs first. Every step has a time limit and the whole check a deadline (``--deadline-s``, default
 570 s) so that one call fits a 10-minute device session. With a 15-minute device budget, run ``--part core``
@@ -69,6 +70,10 @@ MODEL_RUNS = [
     ("mamba", ["--models", "mamba", "--lengths", "16k,1M", "--batch", "1", "--backends", "triton",
                "--mamba-prefix", "16384"], 120),
     ("b8", ["--models", "rmt,armt", "--lengths", "16k,1M", "--batch", "8", "--backends", "auto"], 110),
+    # Which kernels speed the model up: ARMT's read and write on each backend (the cuBLAS reference led
+    # the fused read at every shape of the first H100 ops run).
+    ("armt_backends", ["--models", "armt", "--modes", "fast", "--lengths", "1M", "--batch", "1",
+                       "--backends", "torch,cuda,triton"], 90),
 ]
 
 
