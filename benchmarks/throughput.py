@@ -126,10 +126,7 @@ def sweep_triton_assoc_read(shape, nu, dtype, device, repeats) -> list[dict]:
     from babilong_fast.kernels.assoc_read import AssocReadConfig, assoc_read_fwd, default_config
 
     B, T, d, n = shape
-    F = 2 * nu * n
-    sets = [(torch.randn(B, T, d, device=device).to(dtype), torch.randn(n, d, device=device) / d**0.5,
-             torch.randn(B, F, d, device=device), torch.rand(B, F, device=device) + 0.05) for _ in range(4)]
-    ref = assoc_read_ref(*(t.double() for t in sets[0]), nu)
+    sets, ref = input_sets(shape, nu, dtype, device)
     base = default_config(T, d, n, dtype)
     precisions = ["ieee", "tf32x3"] if dtype == torch.float32 else ["tf32", "ieee"]
     configs = {base}
@@ -149,13 +146,28 @@ def sweep_triton_assoc_read(shape, nu, dtype, device, repeats) -> list[dict]:
         except Exception as e:  # a config the compiler rejects (e.g. out of shared memory) is data too
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
-    rows += component_rows(sets, ref, nu, dtype, repeats, dict(B=B, T=T, d=d, d_mem=n, nu=nu))
     ok = sorted((r for r in rows if r.get("accurate") and "config" in r), key=lambda r: r["seconds"])
     print(f"triton sweep {row['dtype']} B,T,d,n={B},{T},{d},{n}: default "
           + ", ".join(f"{r['seconds'] * 1e6:.1f}us" for r in rows if r.get("default") and "seconds" in r))
     for r in ok[:5]:
         print(f"  {r['seconds'] * 1e6:8.1f}us  err {r['rel_err']:.1e}  {r['config']}")
     return rows
+
+
+def input_sets(shape, nu, dtype, device) -> tuple[list[tuple], torch.Tensor]:
+    """Four random input sets (h, w_q, A, z) of one shape, rotated while timing, and the float64 reference of the first."""
+    B, T, d, n = shape
+    F = 2 * nu * n
+    sets = [(torch.randn(B, T, d, device=device).to(dtype), torch.randn(n, d, device=device) / d**0.5,
+             torch.randn(B, F, d, device=device), torch.rand(B, F, device=device) + 0.05) for _ in range(4)]
+    return sets, assoc_read_ref(*(t.double() for t in sets[0]), nu)
+
+
+def variant_rows(shape, nu, dtype, device, repeats) -> list[dict]:
+    """Every CUDA kernel variant of the extension and the Triton pieces, timed on one shape."""
+    B, T, d, n = shape
+    sets, ref = input_sets(shape, nu, dtype, device)
+    return component_rows(sets, ref, nu, dtype, repeats, dict(B=B, T=T, d=d, d_mem=n, nu=nu))
 
 
 def component_rows(sets, ref, nu, dtype, repeats, shape: dict) -> list[dict]:
@@ -324,6 +336,11 @@ def run_ops(args) -> tuple[list[dict], dict]:
         for dtype in dtypes:
             rows += bench_assoc_read(shape, nu, dtype, backends, device, repeats, ceilings)
     print_table(rows)
+    if gpu and babilong_fast.backends()["triton"].available:
+        for shape in shapes:
+            for dtype in dtypes:
+                print(f"variants {str(dtype).replace('torch.', '')} B,T,d,n={','.join(map(str, shape))}:")
+                rows += variant_rows(shape, nu, dtype, device, repeats)
     if args.sweep and gpu and babilong_fast.backends()["triton"].available:
         for dtype in dtypes:
             rows += sweep_triton_assoc_read(shapes[0], nu, dtype, device, repeats)
