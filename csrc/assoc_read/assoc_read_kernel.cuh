@@ -12,17 +12,12 @@
 
 #include "assoc_read.h"
 
+#include "common/convert.cuh"
+
 namespace assoc_read {
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using bfast::from_float;
+using bfast::to_float;
 
 // q projection: thread (qy, qx) = (tid / 16, tid % 16) owns tokens 2*qy + {0,1} and outputs 4*qx + {0..3}.
 // Block z reduces d columns [z * chunks * kQK, min(d, (z + 1) * chunks * kQK)) into q_part[z].

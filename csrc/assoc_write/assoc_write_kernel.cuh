@@ -19,12 +19,11 @@
 //   update (assoc_write_state.cu):   A_new = A + phi^T u, z_new = z + phi^T gamma, out of place, so every row
 //                                    sees the pre-update state.
 
+#include "common/convert.cuh"
+
 namespace assoc_write {
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+using bfast::to_float;
 
 constexpr int kPRowsPerThread = kPR * kPC / kThreads;  // projection outputs per thread
 constexpr int kRRowsPerThread = kRM * kRD / kThreads;  // recall outputs per thread

@@ -3,6 +3,7 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include "common/convert.cuh"
 #include "segment_io.h"
 
 namespace {
@@ -20,18 +21,8 @@ __device__ __forceinline__ float load_float(const void *p, int kind, int64_t i) 
     }
 }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+using bfast::from_float;
+using bfast::to_float;
 
 // grid (T, B), block kEmbedThreads. Each block writes one row of out.
 template <typename out_t>
