@@ -17,6 +17,7 @@ Targets (issue 6): >= 90 % at 2 segments and >= 80 % at 32 segments.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 
 from babilong_fast import __version__
+from babilong_fast.data import BabilongGenerator
+from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.train import TrainConfig, evaluate, train
 from babilong_fast.train.kinds import build_model, load_trained, save_trained
 
@@ -114,6 +117,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
                  "lengths_tokens": [k * cfg.segment_size for k in EVAL_SEGMENTS], "rows": rows,
                  "metric": "exact_match_finetuned (greedy, answer then <|endoftext|>)"},
         "targets": {str(k): v for k, v in TARGETS.items()},
+        "baseline_last_fact": last_fact_baseline(args.n, cfg.segment_size),
         "targets_met": all(accuracy[str(k)] >= v for k, v in TARGETS.items()),
         "wall_time_s": {"train": round(train_s, 1), "eval": round(eval_s, 1), "total": round(train_s + eval_s, 1)},
         "train_steps": len(losses), "stage_ends": stage_ends, "minutes_limit": args.minutes,
@@ -130,6 +134,17 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(f"{kind}: {accuracy} (train {train_s:.0f} s, eval {eval_s:.0f} s) -> {path}", file=sys.stderr)
     return doc
+
+
+def last_fact_baseline(n: int, segment_size: int = 128, seed: int = 0) -> dict[str, float]:
+    """Accuracy (%) of answering with the location of the story's last fact, whoever it is about, on the test
+    samples of each evaluated length: what a model that never matches the asked name can reach."""
+    out = {}
+    for k in EVAL_SEGMENTS:
+        gen = BabilongGenerator("qa1", k * segment_size, split="test", seed=seed, margin=FINETUNE_MARGIN)
+        samples = list(itertools.islice(gen, n))
+        out[str(k)] = 100.0 * sum(s.target in s.facts[-1] for s in samples) / len(samples)
+    return out
 
 
 def plot(out: Path) -> Path | None:
@@ -206,10 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--workdir", type=Path, default=None, help="run folders (default: a new temporary folder)")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--baseline", action="store_true",
+                   help="only print the last-fact heuristic's accuracy on the test samples (no training)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not (len(args.stages) == len(args.steps) == len(args.shares)) or max(args.stages) > 2:
         p.error("--stages, --steps and --shares need one value per stage, and at most 2 segments")
+    if args.baseline:
+        print(f"answer = location of the last fact, {args.n} test samples per length: "
+              + ", ".join(f"{k} segments {v:.0f} %" for k, v in last_fact_baseline(args.n, seed=0).items()))
+        return 0
     if not args.plot_only:
         for kind in ("armt", "rmt") if args.kind == "both" else (args.kind,):
             run_one(kind, args)
