@@ -260,7 +260,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--batch", default=None, help="comma list of batch sizes (default 1 on CPU, 1,8 on GPU)")
     g.add_argument("--budget-s", type=float, default=None,
                    help="wall-clock budget of one stock run; past it the run is aborted and reported as skipped "
-                        "(default 120 on CPU, 300 on GPU)")
+                        "(default 200 on CPU, 300 on GPU)")
     g.add_argument("--fast-budget-s", type=float, default=None,
                    help="the same for fast runs (default 120 on CPU, 540 on GPU)")
     g.add_argument("--long-s", type=float, default=None,
@@ -383,7 +383,7 @@ def run_models(args, env: dict, ops: dict | None) -> int:
             p.error(f"unknown backend {b!r}")
     cfg = mb.Settings(
         models=models, modes=modes, lengths=lengths, batches=batches, dtype=DTYPES[dtype_name], backends=backends,
-        device=device, budget_s=args.budget_s or (300.0 if gpu else 120.0),
+        device=device, budget_s=args.budget_s or (300.0 if gpu else 200.0),
         fast_budget_s=args.fast_budget_s or (540.0 if gpu else 120.0), repeats=args.repeats or 3,
         long_s=args.long_s or (30.0 if gpu else 10.0), max_new_tokens=args.max_new_tokens, data=args.data,
         stock_answer=args.stock_answer, warmup=not args.no_warmup)
