@@ -40,6 +40,7 @@ from babilong_fast.data.metric import exact_match_finetuned
 from babilong_fast.data.official import OFFICIAL_LENGTHS
 from babilong_fast.data.tokenizer import get_tokenizer
 from babilong_fast.engine.stream import StreamRunner
+from babilong_fast.progress_bar import StderrBar
 
 MAX_NEW_TOKENS = 10
 CSV_FIELDS = (
@@ -98,39 +99,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-
-
-class _Bar:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, unit="sample", desc="eval", file=sys.stderr)
-        self.enabled = enabled
-
-    def set(self, task: str, length: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{task} {length}", refresh=False)
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def batches_by_shape(
@@ -239,12 +207,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         env_gpu = None
     args.out.mkdir(parents=True, exist_ok=True)
-    bar = _Bar(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress)
+    bar = StderrBar(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress, unit="sample",
+                    desc="eval")
     rows: list[dict] = []
     try:
         for task in args.tasks:
             for length in args.lengths:
-                bar.set(task, length)
+                bar.postfix(f"{task} {length}")
                 row = evaluate_cell(
                     runner, task, length, args.n, args.split, args.seed, on_sample=bar.step, batch=args.batch
                 )

@@ -34,6 +34,7 @@ from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.lengths import PROMPT_MARGIN
 from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, write_official
+from babilong_fast.progress_bar import StderrBar
 
 MANIFEST = "babilong_fast_manifest.json"
 
@@ -127,37 +128,6 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         args.background_source = BundledNovels(args.split)
 
 
-class _Progress:
-    """tqdm when installed, else one line per finished file; silent when disabled."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.enabled, self.bar = enabled, None
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, unit="sample", file=sys.stderr)
-
-    def step(self, _sample=None) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def file_done(self, path: Path, n: int, skipped: int) -> None:
-        if not self.enabled:
-            return
-        line = f"wrote {n} samples to {path}" + (f" ({skipped} long stories skipped)" if skipped else "")
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _update_manifest(out: Path, entries: dict[str, dict]) -> None:
     path = out / MANIFEST
     manifest: dict = {"generator": f"babilong_fast {__version__}", "files": {}}
@@ -176,7 +146,7 @@ def _update_manifest(out: Path, entries: dict[str, dict]) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    progress = _Progress(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress)
+    progress = StderrBar(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress, unit="sample")
     entries: dict[str, dict] = {}
     try:
         for length in args.lengths:
@@ -186,9 +156,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
                     background=args.background_source,
                 )
                 path = write_official(
-                    itertools.islice(gen, args.n), args.out, length, task, args.layout, on_sample=progress.step,
+                    itertools.islice(gen, args.n), args.out, length, task, args.layout,
+                    on_sample=lambda _sample: progress.step(),
                 )
-                progress.file_done(path, args.n, gen.skipped)
+                skipped = f" ({gen.skipped} long stories skipped)" if gen.skipped else ""
+                progress.line(f"wrote {args.n} samples to {path}{skipped}")
                 entries[path.relative_to(args.out).as_posix()] = {
                     "task": task, "length": length, "n": args.n, "split": args.split, "seed": args.seed,
                     "margin": args.margin, "background": args.background_source.name,

@@ -6,9 +6,10 @@ steps twice.
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 from typing import Any
+
+from babilong_fast.progress_bar import StderrBar
 
 FIELDS = ("global_step", "stage", "step", "loss", "lr", "grad_norm", "samples", "seconds", "valid_accuracy")
 
@@ -39,13 +40,7 @@ class Logbook:
             self.tb = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             self.tb = None
-        if progress:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=resume_step, unit="step", desc="train", file=sys.stderr)
-            except ImportError:
-                self.bar = None
+        self.bar = StderrBar(total, show_bar=progress, unit="step", desc="train", initial=resume_step)
 
     def step(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -56,20 +51,15 @@ class Logbook:
             for k in ("loss", "lr", "grad_norm", "valid_accuracy"):
                 if row.get(k) not in (None, ""):
                     self.tb.add_scalar(f"train/{k}", float(row[k]), row["global_step"])
-        if self.bar is not None:
-            self.bar.update(1)
-            post = f"stage {row['stage']} loss {row['loss']:.4f}"
-            if row.get("valid_accuracy") not in (None, ""):
-                post += f" valid {row['valid_accuracy']:.1f}%"
-            self.bar.set_postfix_str(post, refresh=False)
+        post = f"stage {row['stage']} loss {row['loss']:.4f}"
+        if row.get("valid_accuracy") not in (None, ""):
+            post += f" valid {row['valid_accuracy']:.1f}%"
+        self.bar.step()
+        self.bar.postfix(post)
 
     def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        if self.enabled:
+            self.bar.line(text)
 
     def close(self) -> None:
         if self._f is not None:
