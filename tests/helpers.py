@@ -53,3 +53,8 @@ def make_memory_matter(model) -> None:
             p.W_q.weight.normal_(0, 1.0)
             p.W_k.weight.normal_(0, 1.0)
             p.W_v.weight.normal_(0, 64**-0.5)
+
+
+def dtype_params(dtypes) -> list:
+    """``pytest.param`` per dtype, with ids such as ``bfloat16``."""
+    return [pytest.param(d, id=str(d).replace("torch.", "")) for d in dtypes]

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from babilong_fast.ops import AssocRead, assoc_read, assoc_read_ref
-from tests.helpers import assert_close, backend_params, requires_ext
+from tests.helpers import assert_close, backend_params, dtype_params, requires_ext
 
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in RTOL]
+DTYPES = dtype_params(RTOL)
 
 # (B, T, d, d_mem, nu): odd T and d, B = 1 and B > 1, a single token, ARMT's GPT-2 shape.
 SHAPES = [

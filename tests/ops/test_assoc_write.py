@@ -5,7 +5,7 @@ import torch
 
 from babilong_fast.backends import BackendUnavailableError
 from babilong_fast.ops import assoc_write, assoc_write_ref
-from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_ext, requires_triton
+from tests.helpers import HAS_CUDA, assert_close, backend_params, dtype_params, requires_ext, requires_triton
 
 # Every backend on the device it runs on here (Triton: the interpreter on CPU; cuda: skipped without a GPU).
 BACKENDS = backend_params()
@@ -358,7 +358,7 @@ CUDA_SHAPES = [
         (8, 10, 768, 64, 3, 1),
     ]
 ]
-CUDA_DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in (torch.float32, torch.bfloat16, torch.float16)]
+CUDA_DTYPES = dtype_params((torch.float32, torch.bfloat16, torch.float16))
 CUDA_RULES = [
     pytest.param(False, True, id="later-corr"),
     pytest.param(False, False, id="later-nocorr"),

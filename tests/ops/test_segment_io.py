@@ -5,10 +5,10 @@ import torch
 
 from babilong_fast.backends import triton_interpret
 from babilong_fast.ops import rows_layer_norm, rows_layer_norm_ref, segment_embed
-from tests.helpers import assert_close, backend_params
+from tests.helpers import assert_close, backend_params, dtype_params
 
 RTOL = {torch.float32: 1e-6, torch.bfloat16: 5e-3, torch.float16: 1e-3}
-DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in RTOL]
+DTYPES = dtype_params(RTOL)
 
 # (B, L, Mf, Mb, d, memory batch): RMT [mem; x; mem], ARMT [x; mem], no memory, front only, broadcast
 # memory (batch 1), odd d, a single token.
