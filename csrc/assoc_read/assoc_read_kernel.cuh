@@ -13,10 +13,12 @@
 #include "assoc_read.h"
 
 #include "common/convert.cuh"
+#include "common/loads.cuh"
 
 namespace assoc_read {
 
 using bfast::from_float;
+using bfast::load_row4;
 using bfast::to_float;
 
 // q projection: thread (qy, qx) = (tid / 16, tid % 16) owns tokens 2*qy + {0,1} and outputs 4*qx + {0..3}.
@@ -154,19 +156,8 @@ __device__ __forceinline__ void load_a(float4 (&regs)[kAVec], const float *__res
     for (int e = 0; e < kAVec; ++e) {
         const int f = f0 + tid / (kBD / 4) + e * (kThreads / (kBD / 4));
         const int c = c0 + (tid % (kBD / 4)) * 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (f < F && c < d) {
-            const float *src = Ag + static_cast<int64_t>(f) * d + c;
-            if (kVecA) {
-                v = __ldg(reinterpret_cast<const float4 *>(src));
-            } else {
-                v.x = __ldg(src);
-                if (c + 1 < d) v.y = __ldg(src + 1);
-                if (c + 2 < d) v.z = __ldg(src + 2);
-                if (c + 3 < d) v.w = __ldg(src + 3);
-            }
-        }
-        regs[e] = v;
+        regs[e] = (f < F && c < d) ? load_row4(Ag + static_cast<int64_t>(f) * d + c, c, d, kVecA)
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 }
 

@@ -13,10 +13,12 @@
 #include "assoc_read_tc.h"
 
 #include "common/convert.cuh"
+#include "common/loads.cuh"
 
 namespace assoc_read_tc {
 
 using bfast::from_float;
+using bfast::load_row4;
 using bfast::to_float;
 
 // Two adjacent elements; the address must be aligned to 2 * sizeof(T).
@@ -79,19 +81,8 @@ __device__ __forceinline__ void load_a(float4 (&regs)[kAVec], const float *__res
     for (int e = 0; e < kAVec; ++e) {
         const int f = f0 + tid / 32 + e * (kThreads / 32);
         const int c = c0 + (tid % 32) * 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (f < F && c < d) {
-            const float *src = Ag + static_cast<int64_t>(f) * d + c;
-            if (vec_a) {
-                v = __ldg(reinterpret_cast<const float4 *>(src));
-            } else {
-                v.x = __ldg(src);
-                if (c + 1 < d) v.y = __ldg(src + 1);
-                if (c + 2 < d) v.z = __ldg(src + 2);
-                if (c + 3 < d) v.w = __ldg(src + 3);
-            }
-        }
-        regs[e] = v;
+        regs[e] = (f < F && c < d) ? load_row4(Ag + static_cast<int64_t>(f) * d + c, c, d, vec_a)
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 }
 
