@@ -8,6 +8,7 @@
 
 #include "assoc_read.h"
 #include "assoc_read_checks.h"
+#include "common/dispatch.h"
 
 namespace {
 
@@ -93,21 +94,10 @@ torch::Tensor assoc_read_fwd(torch::Tensor h, torch::Tensor w_q, torch::Tensor A
 
     // Same stream as at::cuda::getCurrentCUDAStream(); c10 header avoids the cuBLAS/cuSPARSE include chain.
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    switch (h.scalar_type()) {
-        case at::ScalarType::Float:
-            assoc_read_qproj_launch<float>(params, stream);
-            assoc_read_main_launch<float>(params, stream);
-            break;
-        case at::ScalarType::BFloat16:
-            assoc_read_qproj_launch<__nv_bfloat16>(params, stream);
-            assoc_read_main_launch<__nv_bfloat16>(params, stream);
-            break;
-        case at::ScalarType::Half:
-            assoc_read_qproj_launch<__half>(params, stream);
-            assoc_read_main_launch<__half>(params, stream);
-            break;
-        default:
-            TORCH_CHECK(false, "assoc_read_fwd: unsupported dtype ", h.scalar_type());
-    }
+    bfast::dispatch_float_dtype(h.scalar_type(), "assoc_read_fwd", [&](auto type) {
+        using T = typename decltype(type)::type;
+        assoc_read_qproj_launch<T>(params, stream);
+        assoc_read_main_launch<T>(params, stream);
+    });
     return out;
 }

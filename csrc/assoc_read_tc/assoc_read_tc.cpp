@@ -8,6 +8,7 @@
 
 #include "assoc_read/assoc_read.h"
 #include "assoc_read/assoc_read_checks.h"
+#include "common/dispatch.h"
 #include "assoc_read_tc.h"
 
 namespace {
@@ -85,21 +86,10 @@ torch::Tensor assoc_read_fwd_tc(torch::Tensor h, torch::Tensor w_q, torch::Tenso
     params.q_splits = qp.q_splits;
 
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    switch (h.scalar_type()) {
-        case at::ScalarType::Float:
-            assoc_read_qproj_launch<float>(qp, stream);
-            assoc_read_tc_launch<float>(params, stream);
-            break;
-        case at::ScalarType::BFloat16:
-            assoc_read_qproj_launch<__nv_bfloat16>(qp, stream);
-            assoc_read_tc_launch<__nv_bfloat16>(params, stream);
-            break;
-        case at::ScalarType::Half:
-            assoc_read_qproj_launch<__half>(qp, stream);
-            assoc_read_tc_launch<__half>(params, stream);
-            break;
-        default:
-            TORCH_CHECK(false, "assoc_read_fwd_tc: unsupported dtype ", h.scalar_type());
-    }
+    bfast::dispatch_float_dtype(h.scalar_type(), "assoc_read_fwd_tc", [&](auto type) {
+        using T = typename decltype(type)::type;
+        assoc_read_qproj_launch<T>(qp, stream);
+        assoc_read_tc_launch<T>(params, stream);
+    });
     return out;
 }

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include "assoc_write.h"
+#include "common/dispatch.h"
 
 #define CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), "assoc_write_fwd: " #x " must be a CUDA tensor")
 #define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_write_fwd: " #x " must be contiguous")
@@ -112,19 +113,9 @@ std::tuple<torch::Tensor, torch::Tensor> assoc_write_fwd(torch::Tensor mem, torc
 
     // Same stream as at::cuda::getCurrentCUDAStream(); the three launches run in order on it.
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    switch (mem_type) {
-        case at::ScalarType::Float:
-            assoc_write_proj_launch<float>(params, stream);
-            break;
-        case at::ScalarType::BFloat16:
-            assoc_write_proj_launch<__nv_bfloat16>(params, stream);
-            break;
-        case at::ScalarType::Half:
-            assoc_write_proj_launch<__half>(params, stream);
-            break;
-        default:
-            TORCH_CHECK(false, "assoc_write_fwd: unsupported dtype ", mem_type);
-    }
+    bfast::dispatch_float_dtype(mem_type, "assoc_write_fwd", [&](auto type) {
+        assoc_write_proj_launch<typename decltype(type)::type>(params, stream);
+    });
     assoc_write_recall_launch(params, stream);
     assoc_write_update_launch(params, stream);
     return {A_new, z_new};

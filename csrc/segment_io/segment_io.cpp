@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include "segment_io.h"
+#include "common/dispatch.h"
 
 #define SIO_CHECK_CUDA(fn, x) TORCH_CHECK((x).is_cuda(), fn, ": " #x " must be a CUDA tensor")
 #define SIO_CHECK_CONTIGUOUS(fn, x) TORCH_CHECK((x).is_contiguous(), fn, ": " #x " must be contiguous")
@@ -113,16 +114,9 @@ void segment_embed_fwd(torch::Tensor input_ids, torch::Tensor wte, torch::Tensor
 
     c10::cuda::CUDAGuard device_guard(out.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    switch (out.scalar_type()) {
-        case at::ScalarType::Float:
-            segment_embed_launch<float>(p, stream);
-            break;
-        case at::ScalarType::BFloat16:
-            segment_embed_launch<__nv_bfloat16>(p, stream);
-            break;
-        default:
-            segment_embed_launch<__half>(p, stream);
-    }
+    bfast::dispatch_float_dtype(out.scalar_type(), "segment_embed_fwd", [&](auto type) {
+        segment_embed_launch<typename decltype(type)::type>(p, stream);
+    });
 }
 
 void rows_layer_norm_fwd(torch::Tensor x, int64_t start, int64_t count, torch::Tensor weight, torch::Tensor bias,
@@ -172,14 +166,7 @@ void rows_layer_norm_fwd(torch::Tensor x, int64_t start, int64_t count, torch::T
 
     c10::cuda::CUDAGuard device_guard(x.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    switch (x.scalar_type()) {
-        case at::ScalarType::Float:
-            rows_layer_norm_launch<float>(p, stream);
-            break;
-        case at::ScalarType::BFloat16:
-            rows_layer_norm_launch<__nv_bfloat16>(p, stream);
-            break;
-        default:
-            rows_layer_norm_launch<__half>(p, stream);
-    }
+    bfast::dispatch_float_dtype(x.scalar_type(), "rows_layer_norm_fwd", [&](auto type) {
+        rows_layer_norm_launch<typename decltype(type)::type>(p, stream);
+    });
 }
