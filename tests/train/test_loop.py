@@ -1,6 +1,7 @@
 """The training loop on tiny models: files, resume reproducing the run, stage hand-over, bad input."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -121,3 +122,22 @@ def test_mamba_kind(tmp_path):
     assert type(loaded).__name__ == "MambaForCausalLM"
     with pytest.raises(CheckpointError, match="MAMBA model, not the ARMT"):
         load_trained(tmp_path / "m" / "best.pt", "armt")
+
+
+def test_optimizer_is_fused_adamw_with_the_loop_update():
+    from babilong_fast.train.schedule import make_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    ref = copy.deepcopy(model)
+    opt, _ = make_optimizer(model, lr=1e-2, weight_decay=0.01, warmup=0, total=10)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
+    assert opt.defaults["fused"]
+    x = torch.randn(4, 5)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
