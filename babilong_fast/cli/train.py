@@ -70,6 +70,8 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=None, help="stop a stage at this validation accuracy (%%)")
     p.add_argument("--save-every", type=positive_int, default=None)
     p.add_argument("--pool-size", type=positive_int, default=None)
+    p.add_argument("--max-facts", type=positive_int, default=None,
+                   help="train only on bAbI stories with at most this many facts (generated data)")
     p.add_argument("--train-data", default=None, help="folder of official BABILong files to train on")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
@@ -83,7 +85,7 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
 OVERRIDES = (
     "stages", "steps", "segment_size", "num_mem_tokens", "d_mem", "batch_size", "micro_batch_size", "lr",
     "weight_decay", "warmup", "clip", "detach_every", "eval_every", "eval_n", "patience", "target", "save_every",
-    "pool_size", "train_data", "seed", "device", "backbone_path",
+    "pool_size", "max_facts", "train_data", "seed", "device", "backbone_path",
 )
 
 

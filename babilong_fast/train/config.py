@@ -53,6 +53,9 @@ class TrainConfig:
         target: stop a stage once validation exact match (%) reaches this (one value, or one per stage; None: never).
         save_every: write the resumable ``last.pt`` every this many steps (and at each stage end).
         pool_size: train samples per segment count, generated once then reused (None: a fresh sample every draw).
+        max_facts: train only on generated bAbI stories with at most this many facts (a short-story warm-up:
+            two-fact stories teach qa1's name-to-location lookup without the "last fact" shortcut of longer
+            ones); None: every story. Validation always uses every story.
         train_data: a folder of official BABILong files to train on instead of generated samples.
         seed: data order, initialisation and dropout.
         device: ``"cpu"``, ``"cuda"`` or None (cuda when available).
@@ -87,6 +90,7 @@ class TrainConfig:
     target: float | list[float | None] | None = None
     save_every: int = 250
     pool_size: int | None = None
+    max_facts: int | None = None
     train_data: str | None = None
     seed: int = 42
     device: str | None = None
@@ -141,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"eval_split must be 'train' or 'test', got {self.eval_split!r}")
         if self.pool_size is not None and self.pool_size < 1:
             raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
+        if self.max_facts is not None and (self.max_facts < 1 or self.train_data is not None):
+            raise ValueError(f"max_facts must be >= 1 or None, and only for generated data, got {self.max_facts}")
         if self.kind != "mamba" and self.backbone_path is None:
             check_positions(self, int(self.backbone.get("n_positions", 1024)))
         return self

@@ -44,13 +44,15 @@ class GeneratedData:
         pool_size: if set, sample ``k`` reuses bAbI story ``k % pool_size`` and its built example is cached
             (per segment count), so a long run cycles over a fixed pool; None draws a new story every time.
         background: background books (default: the bundled novels of the train split).
+        max_facts: only stories with at most this many facts (None: all).
     """
 
     def __init__(
         self, task: str, segment_size: int, seed: int = 0, pool_size: int | None = None,
-        background: TextSource | None = None,
+        background: TextSource | None = None, max_facts: int | None = None,
     ) -> None:
         self.task, self.segment_size, self.seed, self.pool_size = task, segment_size, seed, pool_size
+        self.max_facts = max_facts
         self.background = background or BundledNovels("train")
         self._stories = iter_samples(task, "train", seed)
         self._story_list: list = []
@@ -58,8 +60,15 @@ class GeneratedData:
         self._tok = get_tokenizer()
 
     def _story(self, j: int):
+        skipped = 0
         while len(self._story_list) <= j:
-            self._story_list.append(next(self._stories))
+            story = next(self._stories)
+            if self.max_facts is None or len(story["facts"]) <= self.max_facts:
+                self._story_list.append(story)
+                skipped = 0
+            elif (skipped := skipped + 1) >= MAX_TRIES:  # in a row
+                raise NoSamplesError(f"task {self.task} has no story with at most {self.max_facts} facts "
+                                     f"in {MAX_TRIES} draws; raise max_facts")
         return self._story_list[j]
 
     def example(self, story: int, segments: int) -> Example:

@@ -122,7 +122,7 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
     if cfg.train_data:
         data = OfficialData(cfg.train_data, cfg.task, cfg.segment_size, cfg.seed)
     else:
-        data = GeneratedData(cfg.task, cfg.segment_size, cfg.seed, cfg.pool_size)
+        data = GeneratedData(cfg.task, cfg.segment_size, cfg.seed, cfg.pool_size, max_facts=cfg.max_facts)
     data.get(1, 0)  # fails early, with a clear message, on a task with no samples
     if state is not None and pos.step == 0:
         state = None  # saved at a stage end: the next stage starts afresh from the best weights

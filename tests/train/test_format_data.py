@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from babilong_fast.data.tokenizer import EOS_ID, get_tokenizer
 from babilong_fast.engine.stream import GEN_ID
 from babilong_fast.models import ARMT, RMT
-from babilong_fast.train import GeneratedData, NoSamplesError, check_stages, collate, format_example
+from babilong_fast.train import GeneratedData, NoSamplesError, TrainConfig, check_stages, collate, format_example
 from babilong_fast.train.data import draw_segments
 from tests.helpers import assert_close
 
@@ -151,3 +151,19 @@ def test_stage_zero_is_the_facts_alone():
         assert text.startswith(" " + story["facts"][0]) and story["question"] in text
         n_facts = sum(len(tok.encode(" " + f)) for f in story["facts"])
         assert len(ex.input_ids) == n_facts + len(tok.encode(story["question"])) + 1 + ex.num_scored
+
+
+def test_max_facts_keeps_only_short_stories():
+    short, full = GeneratedData("qa1", 64, seed=0, max_facts=2), GeneratedData("qa1", 64, seed=0)
+    assert all(len(short._story(k)["facts"]) <= 2 for k in range(20))
+    assert max(len(full._story(k)["facts"]) for k in range(20)) > 2
+    assert short._story(0) == full._story(0)  # a filter on the same story stream, not another stream
+    with pytest.raises(NoSamplesError, match="at most 1 facts"):
+        GeneratedData("qa1", 64, seed=0, max_facts=1)._story(0)
+    with pytest.raises(ValueError, match="max_facts"):
+        TrainConfig(max_facts=0).check()
+
+
+def test_max_facts_reaches_far_stories():
+    data = GeneratedData("qa1", 64, seed=0, max_facts=4)  # 2 in 5 qa1 stories have <= 4 facts
+    assert len(data._story(3000)["facts"]) <= 4
