@@ -90,19 +90,21 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     budget = 60 * args.minutes
     losses, valid, stage_ends = [], [], []
     shares = [s / sum(args.shares) for s in args.shares]
-    for i, (n, share) in enumerate(zip(cfg.stages, shares)):
+    for i, (n, share, max_facts) in enumerate(zip(cfg.stages, shares, args.max_facts)):
         # the facts alone are cheap to generate: always fresh samples there; later stages reuse a pool
         stage_cfg = TrainConfig.from_dict({**cfg.to_dict(), "stages": [n], "steps": [cfg.stage_steps(i)],
-                                           "target": [cfg.stage_target(i)], "pool_size": cfg.pool_size if n else None})
+                                           "target": [cfg.stage_target(i)], "pool_size": cfg.pool_size if n else None,
+                                           "max_facts": max_facts or None})
         spent = time.perf_counter() - t0
         limit = budget - spent if i == len(cfg.stages) - 1 else budget * sum(shares[: i + 1]) - spent
-        summary = train(stage_cfg, work / kind / f"stage{n}", init_from=init, progress=not args.no_progress,
+        stage_dir = work / kind / f"stage{i}_{n}"
+        summary = train(stage_cfg, stage_dir, init_from=init, progress=not args.no_progress,
                         time_limit=limit)
         losses += summary["losses"]
         stage_ends.append(len(losses))
         offset = len(losses) - len(summary["losses"])
         valid += [{**v, "global_step": v["global_step"] + offset} for v in summary["valid"]]
-        init = work / kind / f"stage{n}" / "best.pt"
+        init = stage_dir / "best.pt"
     train_s = time.perf_counter() - t0
     model = load_trained(init, kind)
     t1 = time.perf_counter()
@@ -122,7 +124,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
         "targets_met": all(accuracy[str(k)] >= v for k, v in TARGETS.items()),
         "wall_time_s": {"train": round(train_s, 1), "eval": round(eval_s, 1), "total": round(train_s + eval_s, 1)},
         "train_steps": len(losses), "stage_ends": stage_ends, "minutes_limit": args.minutes,
-        "time_shares": args.shares,
+        "time_shares": args.shares, "max_facts_per_stage": args.max_facts,
         "config": cfg.to_dict(), "initial_positions": args.positions,
         "parameters": sum(p.numel() for p in model.parameters()),
         "loss_curve": [round(v, 5) for v in losses],
@@ -175,7 +177,9 @@ def plot(out: Path) -> Path | None:
     ax1.set_xlabel("optimizer step")
     ax1.set_ylabel("loss (answer tokens)")
     ax1.set_yscale("log")
-    stages = " -> ".join("facts" if n == 0 else f"{n} seg" for n in docs[0]["config"]["stages"])
+    max_facts = docs[0].get("max_facts_per_stage") or [0] * len(docs[0]["config"]["stages"])
+    stages = " -> ".join(f"{n} seg" if n else "facts" + (f" (<= {m})" if m else "")
+                         for n, m in zip(docs[0]["config"]["stages"], max_facts))
     ax1.set_title(f"training loss (answer + EOS), curriculum {stages} (128-token segments)", fontsize=9)
     ax1.legend()
     ax2.set_xticks(range(len(EVAL_SEGMENTS)), labels=[f"{s} seg\n({s * 128} tok)" for s in EVAL_SEGMENTS])
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="curriculum (0: the facts alone; n: samples of 1..n segments; default 0,2)")
     p.add_argument("--steps", type=_ints, default=[1600, 500], help="max optimizer steps per stage")
     p.add_argument("--shares", type=_floats, default=[0.5, 0.5], help="share of the time budget per stage")
+    p.add_argument("--max-facts", type=_ints, default=None,
+                   help="per stage: train only on stories with at most this many facts (0: all; default all)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--layers", type=int, default=2)
@@ -227,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="only print the last-fact heuristic's accuracy on the test samples (no training)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if not (len(args.stages) == len(args.steps) == len(args.shares)) or max(args.stages) > 2:
-        p.error("--stages, --steps and --shares need one value per stage, and at most 2 segments")
+    args.max_facts = args.max_facts or [0] * len(args.stages)
+    if not (len(args.stages) == len(args.steps) == len(args.shares) == len(args.max_facts)) or max(args.stages) > 2:
+        p.error("--stages, --steps, --shares and --max-facts need one value per stage, and at most 2 segments")
+    if any(b < a for a, b in zip(args.stages, args.stages[1:])):
+        p.error("--stages must not decrease (a stage may repeat, e.g. 0,0,2 with --max-facts 2,0,0)")
     if args.baseline:
         print(f"answer = location of the last fact, {args.n} test samples per length: "
               + ", ".join(f"{k} segments {v:.0f} %" for k, v in last_fact_baseline(args.n, seed=0).items()))
