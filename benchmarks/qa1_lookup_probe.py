@@ -1,6 +1,6 @@
 """Probe: how fast does a bare 2-layer GPT-2 learn qa1's name-to-location lookup on the facts alone?
 
-    python benchmarks/qa1_lookup_probe.py --compact-vocab --batch 256 --stages 2:400,0:400   # ~97 %, 12 min
+    python benchmarks/qa1_lookup_probe.py --compact-vocab --batch 256 --stages 2:400,0:400   # ~96 %, 12 min
     python benchmarks/qa1_lookup_probe.py --compact-vocab --layers 3 --stages 2:700,0:500    # ~99.8 %, 12 min
     python benchmarks/qa1_lookup_probe.py --batch 32 --stages 2:3000                        # mostly a plateau
 
