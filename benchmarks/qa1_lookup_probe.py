@@ -53,7 +53,7 @@ class Renumber:
         return Example(tuple(self.id(i) for i in ex.input_ids), ex.labels_mask, ex.segments) if self.on else ex
 
 
-def test_examples(n: int) -> list[tuple[Example, int]]:
+def held_out_examples(n: int) -> list[tuple[Example, int]]:
     """``n`` facts-only test examples and their fact counts."""
     out = []
     for s in itertools.islice(BabilongGenerator("qa1", 0, split="test", seed=1, margin=FINETUNE_MARGIN), n):
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     renumber = Renumber(args.compact_vocab)
-    valid = [(renumber(e), k) for e, k in test_examples(args.valid_n)]
+    valid = [(renumber(e), k) for e, k in held_out_examples(args.valid_n)]
     model = GPT2LMHeadModel(GPT2Config(
         n_layer=args.layers, n_embd=args.width, n_head=args.heads, n_positions=256,
         vocab_size=COMPACT if args.compact_vocab else 50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
