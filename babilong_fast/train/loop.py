@@ -42,6 +42,18 @@ def _local_indices(cfg: TrainConfig, step: int, d: dd.Dist) -> list[list[int]]:
     return [idx[i : i + cfg.micro_batch_size] for i in range(0, per_rank, cfg.micro_batch_size)]
 
 
+def _micro_batches(cfg: TrainConfig, data, n: int, step: int, d: dd.Dist) -> list[list]:
+    """This rank's examples for optimizer step ``step`` of stage ``n``, sorted by length and cut into micro-batches.
+
+    Sorting lets each micro-batch pad (and a recurrent model run segments) only as far as its own longest
+    example; the step's summed loss and gradient do not depend on how the examples are grouped.
+    """
+    examples = data.batch(n, [k for idx in _local_indices(cfg, step, d) for k in idx])
+    examples.sort(key=lambda e: len(e.input_ids))  # stable: the grouping is a function of the step
+    m = cfg.micro_batch_size
+    return [examples[i : i + m] for i in range(0, len(examples), m)]
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -210,7 +222,7 @@ def _elapsed(d: dd.Dist, t_start: float) -> float:
 def _step(cfg, ddp, model, opt, sched, data, n, step, d) -> tuple[float, float, float]:
     """One optimizer step; returns ``(gradient norm before clipping, global-batch loss, learning rate used)``."""
     model.train()
-    micro = [data.batch(n, idx) for idx in _local_indices(cfg, step, d)]
+    micro = _micro_batches(cfg, data, n, step, d)
     local_count = sum(e.num_scored for mb in micro for e in mb)
     (global_count,) = dd.all_sum(d, [local_count])
     scale = d.world / global_count

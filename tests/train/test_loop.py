@@ -141,3 +141,21 @@ def test_optimizer_is_fused_adamw_with_the_loop_update():
             o.step()
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batches_are_length_sorted_and_give_the_one_batch_loss(tmp_path):
+    from babilong_fast.train.data import GeneratedData
+    from babilong_fast.train.distributed import Dist
+    from babilong_fast.train.loop import _micro_batches
+
+    cfg = tiny_config(batch_size=8, micro_batch_size=2)
+    data = GeneratedData("qa1", cfg.segment_size, seed=cfg.seed, pool_size=cfg.pool_size)
+    micro = _micro_batches(cfg, data, 2, 1, Dist())
+    lengths = [len(e.input_ids) for mb in micro for e in mb]
+    assert [len(mb) for mb in micro] == [2] * 4 and lengths == sorted(lengths) and len(set(lengths)) > 1
+    assert sorted(map(id, (e for mb in micro for e in mb))) == sorted(map(id, data.batch(2, range(8, 16))))
+    # same global batch in micro-batches of 1 and in one pass: the same loss trajectory
+    steps = {"stages": [2], "steps": [3], "target": [None]}
+    one = train(tiny_config(batch_size=4, micro_batch_size=4, **steps), tmp_path / "one", progress=False)
+    four = train(tiny_config(batch_size=4, micro_batch_size=1, **steps), tmp_path / "four", progress=False)
+    torch.testing.assert_close(torch.tensor(four["losses"]), torch.tensor(one["losses"]), rtol=2e-5, atol=0)
