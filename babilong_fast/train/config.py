@@ -40,7 +40,7 @@ class TrainConfig:
         steps: optimizer steps per stage (one int for all, or one per stage).
         batch_size: samples per optimizer step over all processes.
         micro_batch_size: samples per forward pass and process; ``batch_size / (world * micro)`` is the
-            gradient accumulation.
+            gradient accumulation (a process sorts its samples of the step by length before cutting them).
         lr, weight_decay, warmup, decay_factor, clip: AdamW with linear warm-up over ``warmup`` (a fraction
             of the stage's steps if < 1, else steps) then linear decay reaching 0 at ``decay_factor * steps``
             (the reference scripts use 2); gradient-norm clipping.
