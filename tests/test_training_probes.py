@@ -29,11 +29,14 @@ def test_lookup_probe_trains_and_reports(capsys):
         assert float(loss) > 0 and 0 <= float(acc) <= 100
 
 
-@pytest.mark.parametrize("argv", [
-    ["--stages", "0,2", "--steps", "1,1", "--shares", "0.5,0.5", "--max-facts", "2"],  # one value short
-    ["--stages", "2,0", "--steps", "1,1", "--shares", "0.5,0.5"],  # decreasing
+@pytest.mark.parametrize("argv, message", [
+    (["--stages", "0,2", "--steps", "1", "--shares", "0.5,0.5"], "one value per"),
+    (["--stages", "2,0", "--steps", "1,1", "--shares", "0.5,0.5", "--max-facts", "0,0", "--batch", "4",
+      "--micro", "4", "--decay-factor", "1"], "must not decrease"),
+    (["--stages", "0,2", "--steps", "1,1", "--shares", "0.5,0.5", "--max-facts", "0,0", "--batch", "8,6",
+      "--micro", "4"], "multiple of its --micro"),
 ])
-def test_train_proof_rejects_bad_stage_flags(argv, capsys):
+def test_train_proof_rejects_bad_stage_flags(argv, message, capsys):
     with pytest.raises(SystemExit):
         _load("train_proof").main(argv)
-    assert "--stages" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
