@@ -53,7 +53,7 @@ def proof_config(kind: str, args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         kind=kind, task="qa1", backbone=backbone, num_mem_tokens=10, d_mem=32, segment_size=seg,
         stages=args.stages, steps=args.steps, batch_size=args.batch[0], micro_batch_size=args.micro[0],
-        lr=args.lr, weight_decay=0.01, warmup=0.05, decay_factor=args.decay_factor[0], clip=1.0, bf16=False,
+        lr=args.lr, weight_decay=0.01, warmup=args.warmup, decay_factor=args.decay_factor[0], clip=1.0, bf16=False,
         eval_every=args.eval_every, eval_n=args.valid_n, eval_seed=1, patience=None,
         target=[97.0] * (len(args.stages) - 1) + [None],
         save_every=args.eval_every, pool_size=args.pool or None, seed=args.seed, device="cpu",
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="samples per forward pass, one value or one per stage (a step's samples are sorted by length "
                         "first, so that each pass pads little; default 32)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=float, default=0.05,
+                   help="learning-rate warm-up of every stage: a fraction of its step cap if < 1, else steps "
+                        "(default 0.05)")
     p.add_argument("--decay-factor", type=_floats, default=[1.0],
                    help="one value or one per stage: after warm-up the learning rate decays linearly to 0 at this "
                         "many times the stage's step cap (default 1; a large value keeps it about constant)")
