@@ -34,12 +34,11 @@ from babilong_fast.train.schedule import make_optimizer, warmup_steps
 from babilong_fast.train.state import Position, load_state, rng_state, save_state, seed_stage, set_rng_state
 
 
-def _local_indices(cfg: TrainConfig, step: int, d: dd.Dist) -> list[list[int]]:
-    """Sample indices of this rank's micro-batches for optimizer step ``step`` of a stage."""
+def _local_indices(cfg: TrainConfig, step: int, d: dd.Dist) -> range:
+    """Sample indices of this rank's share of optimizer step ``step`` of a stage."""
     per_rank = cfg.batch_size // d.world
     start = step * cfg.batch_size + d.rank * per_rank
-    idx = list(range(start, start + per_rank))
-    return [idx[i : i + cfg.micro_batch_size] for i in range(0, per_rank, cfg.micro_batch_size)]
+    return range(start, start + per_rank)
 
 
 def _micro_batches(cfg: TrainConfig, data, n: int, step: int, d: dd.Dist) -> list[list]:
@@ -48,7 +47,7 @@ def _micro_batches(cfg: TrainConfig, data, n: int, step: int, d: dd.Dist) -> lis
     Sorting lets each micro-batch pad (and a recurrent model run segments) only as far as its own longest
     example; the step's summed loss and gradient do not depend on how the examples are grouped.
     """
-    examples = data.batch(n, [k for idx in _local_indices(cfg, step, d) for k in idx])
+    examples = data.batch(n, _local_indices(cfg, step, d))
     examples.sort(key=lambda e: len(e.input_ids))  # stable: the grouping is a function of the step
     m = cfg.micro_batch_size
     return [examples[i : i + m] for i in range(0, len(examples), m)]
