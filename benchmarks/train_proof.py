@@ -14,7 +14,8 @@ The best weights then answer ``--n`` test samples (seed 0, greedy, exact match) 
 1024 and 4096 tokens). Writes
 ``--out/train_proof_<kind>.json`` (accuracy per length, the config, the seed, wall times, the loss curve) and
 ``--out/train_proof.png`` (loss curves and accuracy by length of every model with a JSON file there).
-Targets (issue 6): >= 90 % at 2 segments and >= 80 % at 32 segments.
+Targets (issue 6): >= 90 % at 2 segments and >= 80 % at 32 segments, with a curriculum of at most 2 segments.
+``--max-segments`` lets a stage go longer, for experiments: such a run never counts as meeting the targets.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from babilong_fast.train.kinds import build_model, load_trained, save_trained
 HERE = Path(__file__).resolve().parent
 EVAL_SEGMENTS = (2, 8, 32)
 TARGETS = {2: 90.0, 32: 80.0}
+PROOF_MAX_SEGMENTS = 2  # issue 6: the curriculum goes to at most 2 segments
 
 
 def proof_config(kind: str, args: argparse.Namespace) -> TrainConfig:
@@ -81,6 +83,11 @@ def initial_weights(cfg: TrainConfig, path: Path) -> Path:
     model = build_model(cfg)
     sinusoidal_(model.backbone.transformer.wpe.weight)
     return save_trained(model, cfg, path)
+
+
+def targets_met(accuracy: dict[str, float], stages: list[int]) -> bool:
+    """Issue 6's targets, by segments (``{"2": %, "32": %}``), reached with a curriculum within the proof's rule."""
+    return max(stages) <= PROOF_MAX_SEGMENTS and all(accuracy[str(k)] >= v for k, v in TARGETS.items())
 
 
 def run_one(kind: str, args: argparse.Namespace) -> dict:
@@ -126,7 +133,8 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
                  "metric": "exact_match_finetuned (greedy, answer then <|endoftext|>)"},
         "targets": {str(k): v for k, v in TARGETS.items()},
         "baseline_last_fact": last_fact_baseline(args.n, cfg.segment_size),
-        "targets_met": all(accuracy[str(k)] >= v for k, v in TARGETS.items()),
+        "max_train_segments": max(cfg.stages),
+        "targets_met": targets_met(accuracy, cfg.stages),
         "wall_time_s": {"train": round(train_s, 1), "eval": round(eval_s, 1), "total": round(train_s + eval_s, 1)},
         "train_steps": len(losses), "stage_ends": stage_ends, "minutes_limit": args.minutes,
         "time_shares": args.shares, "max_facts_per_stage": args.max_facts, "batch_per_stage": args.batch,
@@ -224,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro", type=_ints, default=[32],
                    help="samples per forward pass, one value or one per stage (a step's samples are sorted by length "
                         "first, so that each pass pads little; default 32)")
+    p.add_argument("--max-segments", type=int, default=PROOF_MAX_SEGMENTS,
+                   help=f"longest stage allowed (default {PROOF_MAX_SEGMENTS}, the proof's rule; a run with longer "
+                        "stages is an experiment and never meets the targets)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=float, default=0.05,
                    help="learning-rate warm-up of every stage: a fraction of its step cap if < 1, else steps "
@@ -255,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(getattr(args, name)) == 1:
             setattr(args, name, getattr(args, name) * len(args.stages))
     per_stage = (args.stages, args.steps, args.shares, args.max_facts, args.batch, args.micro, args.decay_factor)
-    if len({len(v) for v in per_stage}) > 1 or max(args.stages) > 2:
+    if len({len(v) for v in per_stage}) > 1:
         p.error("--stages, --steps, --shares, --max-facts, --batch, --micro and --decay-factor need one value per "
-                "stage, and at most 2 segments")
+                "stage")
+    if max(args.stages) > args.max_segments:
+        p.error(f"--stages go to {max(args.stages)} segments, over --max-segments {args.max_segments}")
     args.micro = [min(m, b) for m, b in zip(args.micro, args.batch)]
     if any(b % m for b, m in zip(args.batch, args.micro)):
         p.error("each --batch must be a multiple of its --micro")
