@@ -36,6 +36,7 @@ def test_lookup_probe_trains_and_reports(capsys):
     (["--stages", "0,2", "--steps", "1,1", "--shares", "0.5,0.5", "--max-facts", "0,0", "--batch", "8,6",
       "--micro", "4"], "multiple of its --micro"),
     (["--stages", "0,4", "--steps", "1,1", "--shares", "0.5,0.5"], "over --max-segments 2"),
+    (["--stages", "2", "--steps", "1", "--shares", "1", "--init-from", "m.pt"], "needs --kind armt or --kind rmt"),
 ])
 def test_train_proof_rejects_bad_stage_flags(argv, message, capsys):
     with pytest.raises(SystemExit):
