@@ -45,11 +45,14 @@ def sample_writes(model: ARMT, ids: list[int], segment: int) -> list[dict[str, l
     """Stream one sample; per layer the write keys ``[M, F]``, β ``[M]`` and γ ``[M]`` of every segment, and
     ``recall``: what the first write's keys recall right after it and after the last segment (``[2, M, d]``)."""
     L_layers, M = len(model.layers), model.num_mem_tokens
-    rows: dict[int, torch.Tensor] = {}
-    hooks = [
-        block.register_forward_hook(lambda mod, args, out, i=i: rows.__setitem__(i, (out[0] if isinstance(out, tuple) else out)))
-        for i, block in enumerate(model.backbone.transformer.h)
-    ]
+    rows: dict[int, torch.Tensor] = {}  # block i's output, the write rows last
+
+    def keep(i: int):
+        def hook(module, args, out):
+            rows[i] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    hooks = [block.register_forward_hook(keep(i)) for i, block in enumerate(model.backbone.transformer.h)]
     per_layer = [{"keys": [], "beta": [], "gamma": [], "recall": None} for _ in range(L_layers)]
     first_keys, first_recall = [None] * L_layers, [None] * L_layers
     state = model.init_state(1)
