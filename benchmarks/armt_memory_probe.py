@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.models import ARMT
+from babilong_fast.models.armt import EPS
 from babilong_fast.ops import dpfp
+from babilong_fast.ops.assoc_write import write_gates
 from babilong_fast.train.kinds import load_trained
 
-EPS = 1e-5
 COLUMNS = ("cos next", "cos samples", "cos tokens", "beta fact", "beta none", "gamma", "kept")
 
 
@@ -69,8 +70,8 @@ def sample_writes(model: ARMT, ids: list[int], segment: int) -> list[dict[str, l
                 out["keys"].append(k[0])
                 out["beta"].append(beta[0])
                 if state.segments_seen:
-                    delta = (k * state.z[i][:, None]).sum(-1) + EPS
-                    out["gamma"].append((1 - delta / ((k * k).sum(-1) + EPS)).clamp(0, 1)[0])
+                    _, gamma = write_gates(k, state.z[i], eps=EPS, correction=model.correction)
+                    out["gamma"].append(gamma[0])
                 else:
                     first_keys[i] = k
                     first_recall[i] = _recall(k, new.A[i], new.z[i])

@@ -70,8 +70,6 @@ def _tiny_armt(segment: int = 64):
 
 
 def test_memory_probe_keys_are_the_ones_the_model_writes():
-    import itertools
-
     import torch
 
     probe = _load("armt_memory_probe")
@@ -89,7 +87,7 @@ def test_memory_probe_keys_are_the_ones_the_model_writes():
         # the first write adds each key to z once (gamma = 1), so the probe's keys must sum to the model's z
         torch.testing.assert_close(w["keys"][0].sum(0), first_z[i][0], rtol=1e-5, atol=1e-6)
         assert all(((b > 0) & (b < 1)).all() for b in w["beta"])
-        assert all(((g >= 0) & (g <= 1)).all() for g in itertools.chain(w["gamma"]))
+        assert all(((g >= 0) & (g <= 1)).all() for g in w["gamma"])
         assert w["recall"].shape == (2, 4, 16)
 
 

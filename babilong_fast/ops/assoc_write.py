@@ -64,20 +64,26 @@ def assoc_write_ref(
     K = dpfp(m @ w_k.to(acc).t(), nu)  # [B, M, F]
     V = m @ w_v.to(acc).t()  # [B, M, d]
     beta = torch.sigmoid(m @ w_b.to(acc).t() + b_b.to(acc))  # [B, M, 1]
-    if first_segment:
-        upd = beta * V
-        gamma = torch.ones(K.shape[:2], dtype=acc, device=K.device)
-    else:
-        delta = K @ z0.unsqueeze(-1) + eps  # [B, M, 1]
-        upd = beta * (V - (K @ A0) / delta)
-        if correction:
-            ratio = delta / (K.square().sum(-1, keepdim=True) + eps)
-            gamma = (1.0 - ratio).clamp(0.0, 1.0).squeeze(-1).detach()
-        else:
-            gamma = torch.ones(K.shape[:2], dtype=acc, device=K.device)
+    delta, gamma = write_gates(K, z0, eps=eps, correction=correction, first_segment=first_segment)
+    upd = beta * V if first_segment else beta * (V - (K @ A0) / delta)
     A_new = A0 + K.transpose(1, 2) @ upd  # [B, F, d]
     z_new = z0 + (K * gamma.unsqueeze(-1)).sum(1)  # [B, F]
     return A_new, z_new
+
+
+def write_gates(
+    K: torch.Tensor, z: torch.Tensor, *, eps: float = 1e-5, correction: bool = True, first_segment: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The write's recall denominator and z-correction from its keys ``K [B, M, F]`` (φ of the key projections)
+    and the pre-write ``z [B or 1, F]``: ``(delta [B, M, 1] or None on the first segment, gamma [B, M])``;
+    gamma is detached, and 1 on the first segment or without ``correction``."""
+    if first_segment:
+        return None, torch.ones(K.shape[:2], dtype=K.dtype, device=K.device)
+    delta = K @ z.unsqueeze(-1) + eps  # [B, M, 1]
+    if not correction:
+        return delta, torch.ones(K.shape[:2], dtype=K.dtype, device=K.device)
+    ratio = delta / (K.square().sum(-1, keepdim=True) + eps)
+    return delta, (1.0 - ratio).clamp(0.0, 1.0).squeeze(-1).detach()
 
 
 def _check(mem, w_k, w_v, w_b, b_b, A, z, nu, eps) -> tuple[int, float]:
