@@ -96,8 +96,7 @@ def probe(model: ARMT, segments: int, n: int, *, split: str = "test", seed: int 
     keys, betas, fact_seg, gammas, recalls = [], [], [], [], []
     with torch.no_grad():
         for s in itertools.islice(gen, n):
-            ids = list(itertools.chain.from_iterable(s.iter_chunks()))
-            writes = sample_writes(model, ids, seg)
+            writes = sample_writes(model, s.input_ids(), seg)
             has_fact = torch.zeros(len(writes[0]["keys"]), dtype=torch.bool)
             has_fact[[p // seg for p in s.fact_positions]] = True
             keys.append([torch.stack(w["keys"]) for w in writes])     # per layer [S, M, F]
@@ -114,8 +113,8 @@ def probe(model: ARMT, segments: int, n: int, *, split: str = "test", seed: int 
         M = kn.shape[2]
         within = kn @ kn.transpose(-1, -2)
         b = [bt[i] for bt in betas]
-        fact = torch.cat([bi[f[:bi.shape[0]]].flatten() for bi, f in zip(b, fact_seg)])
-        none = torch.cat([bi[~f[:bi.shape[0]]].flatten() for bi, f in zip(b, fact_seg)])
+        fact = torch.cat([bi[f].flatten() for bi, f in zip(b, fact_seg)])
+        none = torch.cat([bi[~f].flatten() for bi, f in zip(b, fact_seg)])
         table.append(dict(zip(COLUMNS, [
             (kn[:, 1:] * kn[:, :-1]).sum(-1).mean().item(),
             (kn[1:] * kn[:-1]).sum(-1).mean().item(),
