@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mamba_bench
 import torch
@@ -47,8 +47,9 @@ STOCK_EMULATION = (
 FAST_DESCRIPTION = (
     "fast = babilong_fast.engine.StreamRunner.run: the input streamed in chunks of 4096 tokens per row (generated "
     "lazily; with --data babilong, BabilongSample.iter_chunks), re-blocked into a static [B, segment] buffer, "
-    "each segment run with memory writes and no LM head; the question ‖ GEN appended and the answer decoded with "
-    "the model's generate rule. ARMT uses the backend named by --backends (default auto)."
+    "each segment run with memory writes and no LM head (GPT-2 blocks by gpt2_block_infer unless --blocks hf); "
+    "the question ‖ GEN appended and the answer decoded with the model's generate rule. ARMT uses the backend "
+    "named by --backends (default auto)."
 )
 
 MEM_NOTE = {
@@ -203,9 +204,15 @@ def run_stock(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, 
     return out
 
 
-def run_streamed(model, inputs: Inputs, watch: Watch, max_new_tokens: int, segment_size: int) -> torch.Tensor:
-    """``StreamRunner(model).run`` over ``inputs``, checking ``watch`` before every chunk."""
+def run_streamed(
+    model, inputs: Inputs, watch: Watch, max_new_tokens: int, segment_size: int, lean_blocks: bool = True
+) -> torch.Tensor:
+    """``StreamRunner(model).run`` over ``inputs``, checking ``watch`` before every chunk; ``lean_blocks``:
+    RMT/ARMT's GPT-2 blocks by ``gpt2_block_infer`` (False: the blocks' own forward)."""
     runner = StreamRunner(model, progress=False)
+    workspace = getattr(runner.adapter, "workspace", None)
+    if workspace is not None:
+        workspace.lean_blocks = lean_blocks
 
     def watched():
         n = 0
@@ -220,8 +227,10 @@ def run_streamed(model, inputs: Inputs, watch: Watch, max_new_tokens: int, segme
     return runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
 
 
-def run_fast(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int) -> torch.Tensor:
-    return run_streamed(model, inputs, watch, max_new_tokens, model.segment_size)
+def run_fast(
+    model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, lean_blocks: bool = True
+) -> torch.Tensor:
+    return run_streamed(model, inputs, watch, max_new_tokens, model.segment_size, lean_blocks)
 
 
 # ---------------------------------------------------------------- memory
@@ -376,6 +385,7 @@ class Settings:
     data: str = "random"
     stock_answer: str = "state"
     warmup: bool = True
+    blocks: list = field(default_factory=lambda: ["lean"])
 
 
 def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=None) -> tuple[list[dict], dict]:
@@ -405,14 +415,17 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                 fast_backends = [b for b in cfg.backends if b != "cuda"] or ["auto"]
             else:
                 fast_backends = ["-"]  # RMT has no backend-dependent op
-            variants = [("stock", "torch" if name == "armt" else "-")] if "stock" in cfg.modes else []
-            variants += [("fast", b) for b in fast_backends] if "fast" in cfg.modes else []
-            for mode, backend in variants:
+            # GPT-2 blocks of the fast step: lean (gpt2_block_infer) or hf (the block's own forward); stock: hf
+            blocks = ["-"] if mamba else cfg.blocks
+            stock_row = ("stock", "torch" if name == "armt" else "-", "-" if mamba else "hf")
+            variants = [stock_row] if "stock" in cfg.modes else []
+            variants += [("fast", b, bl) for b in fast_backends for bl in blocks] if "fast" in cfg.modes else []
+            for mode, backend, block_kind in variants:
                 if name == "armt":
                     model.backend = backend
                 budget = cfg.budget_s if mode == "stock" else cfg.fast_budget_s
 
-                def fn(watch, inputs=None, mode=mode, backend=backend, model=model):
+                def fn(watch, inputs=None, mode=mode, backend=backend, model=model, block_kind=block_kind):
                     if mamba and mode == "stock":
                         return mamba_bench.run_stock_mamba(
                             model, inputs, cfg.device, watch, cfg.max_new_tokens, wrappers["mamba"]["prefix"])
@@ -421,7 +434,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                             model, inputs, cfg.device, watch, cfg.max_new_tokens, seg, backend)
                     if mode == "stock":
                         return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
-                    return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens)
+                    return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens, block_kind == "lean")
 
                 stop_reason = None
                 if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
@@ -433,7 +446,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                         traceback.print_exc()
                         stop_reason = f"the warm-up failed: {type(e).__name__}: {str(e)[:300]}"
                 for length in cfg.lengths:
-                    row = {"model": name, "mode": mode, "backend": backend,
+                    row = {"model": name, "mode": mode, "backend": backend, "blocks": block_kind,
                            "batch": B, "length": length, "length_name": length_name(length),
                            "dtype": str(cfg.dtype).replace("torch.", ""), "data": cfg.data}
                     if stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, wrappers.get("mamba")):
@@ -511,10 +524,17 @@ def _mem(b: float) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
 
 
+def _backend_label(r: dict) -> str:
+    """The backend column: ARMT's memory-op backend, with ``/hf`` for a fast row on the blocks' own forward."""
+    if r.get("mode") != "fast" or r.get("blocks") != "hf":
+        return r["backend"]
+    return "hf" if r["backend"] == "-" else r["backend"] + "/hf"
+
+
 def format_row(r: dict) -> str:
     if r.get("status"):
         return f"{r['model']:<6} {r['status']}"
-    lead = f"{r['model']:<6}{r['mode']:<7}{r['backend']:<8}{r['batch']:>3}{r['length_name']:>7}"
+    lead = f"{r['model']:<6}{r['mode']:<7}{_backend_label(r):<8}{r['batch']:>3}{r['length_name']:>7}"
     if "seconds" not in r:
         return lead + f"{'-':>12}{'-':>12}{'-':>12}{'-':>12}{'-':>6}  " + r.get("skipped", r.get("failed", ""))
     note = ""
@@ -537,7 +557,8 @@ def ratio_lines(rows: list[dict]) -> list[str]:
         if r.get("mode") != "fast":
             continue
         s = stock.get((r["model"], r["batch"], r["length"]))
-        tag = f"{r['model']} B={r['batch']} {r['length_name']}" + (f" ({r['backend']})" if r["model"] != "rmt" else "")
+        label = _backend_label(r)
+        tag = f"{r['model']} B={r['batch']} {r['length_name']}" + (f" ({label})" if label != "-" else "")
         if "seconds" not in r:
             continue
         if s is None or "seconds" not in s:
@@ -566,12 +587,15 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
     if not done:
         return "no measured row to plot"
     several_b = len({r["batch"] for r in done}) > 1
-    several_be = len({r["backend"] for r in done if r["mode"] == "fast" and r["model"] != "rmt"}) > 1
+    fast_labels: dict[str, set] = {}
+    for r in done:
+        if r["mode"] == "fast":
+            fast_labels.setdefault(r["model"], set()).add(_backend_label(r))
     lines: dict[str, list[dict]] = {}
     for r in done:
         label = f"{r['model'].upper()} {r['mode']}"
-        if several_be and r["model"] != "rmt" and r["mode"] == "fast":
-            label += f" [{r['backend']}]"
+        if r["mode"] == "fast" and len(fast_labels[r["model"]]) > 1:
+            label += f" [{_backend_label(r)}]"
         if several_b:
             label += f", B={r['batch']}"
         lines.setdefault(label, []).append(r)

@@ -23,6 +23,7 @@ from torch import nn
 from babilong_fast.backends import Backend
 from babilong_fast.models._common import check_input_ids
 from babilong_fast.models.armt import ARMT
+from babilong_fast.models.gpt2_block import gpt2_block_infer, lean_block_unsupported
 from babilong_fast.models.rmt import RMT
 from babilong_fast.models.state import ARMTState, RMTState
 from babilong_fast.ops.segment_io import rows_layer_norm, segment_embed
@@ -38,9 +39,15 @@ class SegmentWorkspace:
     A buffer is allocated on the first call of its ``(B, T, dtype, device)`` (and inference-mode flag, since
     inference tensors cannot be written outside inference mode) and then reused, so a recorded CUDA graph
     always sees the same addresses.
+
+    Args:
+        lean_blocks: run GPT-2 blocks with :func:`~babilong_fast.models.gpt2_block.gpt2_block_infer` (fewer
+            kernels, the same function) where it supports them; False calls each block's own forward (for
+            comparisons).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lean_blocks: bool = True) -> None:
+        self.lean_blocks = lean_blocks
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
 
@@ -95,7 +102,9 @@ def _attention_mask(model: ARMT | RMT, T: int, dtype: torch.dtype, ws: SegmentWo
     return ws.causal_mask(T, dtype, tr.wte.weight.device)
 
 
-def _block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, ws: SegmentWorkspace) -> torch.Tensor:
+    if ws.lean_blocks and lean_block_unsupported(block) is None:
+        return gpt2_block_infer(block, h)
     out = block(h, attention_mask=mask)
     return out[0] if isinstance(out, tuple) else out
 
@@ -134,7 +143,7 @@ def rmt_stream_step(
     segment_embed(ids, wte, tr.wpe.weight, h, front=mem, back=mem, backend=backend)
     mask = _attention_mask(model, T, h.dtype, ws)
     for block in tr.h:
-        h = _block(block, h, mask)
+        h = _block(block, h, mask, ws)
     ln = tr.ln_f
     new = rows_layer_norm(h.contiguous(), M + L, M, ln.weight, ln.bias, ln.eps, backend=backend)
     return RMTState(new, state.segments_seen + 1)
@@ -160,7 +169,7 @@ def armt_stream_step(
     for i, block in enumerate(tr.h):
         if not first:
             h = model.read_layer(i, h, state)
-        h = _block(block, h, mask)
+        h = _block(block, h, mask, ws)
         A, z = model.write_layer(i, h[:, L : L + M], state, first)
         new_A.append(A)
         new_z.append(z)

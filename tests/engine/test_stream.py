@@ -13,6 +13,7 @@ from babilong_fast.engine import adapters as adapters_mod
 from babilong_fast.engine import progress as progress_mod
 from babilong_fast.models import ARMT, RMT, ARMTState
 from babilong_fast.models._common import segment_bounds
+from tests.helpers import assert_close
 from tests.models.naive import EOS, VOCAB, tiny_gpt2
 from tests.models.test_armt import expected_with_eos, make_armt
 from tests.models.test_rmt import make_rmt
@@ -48,6 +49,17 @@ def states_equal(a, b) -> bool:
             and all(torch.equal(x, y) for x, y in zip(a.z, b.z, strict=True))
         )
     return a.segments_seen == b.segments_seen and torch.equal(a.memory, b.memory)
+
+
+def assert_states_close(got, want, rtol: float = 1e-4) -> None:
+    """The streamed state against segment_forward's. The fast step's GPT-2 blocks round differently (one block:
+    2e-7 from float64), and this tiny ARMT's recurrence grows A to ~1e3 and round-off with it: after 8 segments
+    both paths are 2e-6..3e-5 from the float64 naive math. A wrong segmentation differs by O(1)."""
+    assert type(got) is type(want) and got.segments_seen == want.segments_seen
+    pairs = zip([*got.A, *got.z], [*want.A, *want.z], strict=True) if isinstance(got, ARMTState) else [
+        (got.memory, want.memory)]
+    for i, (g, w) in enumerate(pairs):
+        assert_close(f"state tensor {i}", w, g, rtol)
 
 
 def reference(model, full: torch.Tensor, max_new_tokens: int, eos: int):
@@ -101,7 +113,7 @@ def test_stream_matches_generate(kind, N, Q, B):
     a, b = bounds[-1]
     assert torch.equal(done.pending, full[:, a:b])
     assert done.num_tokens == full.shape[1] and done.num_segments == len(bounds) - 1
-    assert states_equal(done.model_state, want_state)
+    assert_states_close(done.model_state, want_state)
     # Answering does not consume the prefilled state: a second answer with an end-of-text is HF's padding.
     eos = int(want[0, 2])
     again = runner.answer(q, max_new_tokens=6, eos_token_id=eos, gen_token_id=GEN)

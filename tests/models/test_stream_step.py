@@ -6,6 +6,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
 from babilong_fast.models._common import segment_bounds
+from babilong_fast.models import stream_step as stream_step_module
 from babilong_fast.models.stream_step import SegmentWorkspace, fast_step_unsupported, stream_step
 from tests.helpers import assert_close, make_memory_matter, requires_triton
 from tests.models.naive import EOS, VOCAB
@@ -33,9 +34,9 @@ def state_tensors(state: ARMTState | RMTState) -> list[torch.Tensor]:
     return [state.memory] if isinstance(state, RMTState) else [*state.A, *state.z]
 
 
-def run_both(model, ids, backend=None):
+def run_both(model, ids, backend=None, lean_blocks=True):
     """segment_forward's states and stream_step's, segment by segment, each chain fed by its own states."""
-    ws = SegmentWorkspace()
+    ws = SegmentWorkspace(lean_blocks=lean_blocks)
     with torch.inference_mode():
         ref = fast = model.init_state(ids.shape[0])
         pairs = []
@@ -46,13 +47,14 @@ def run_both(model, ids, backend=None):
     return pairs
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean_blocks", "hf_blocks"])
 @pytest.mark.parametrize("B", [1, 3], ids=["B1", "B3"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["armt", "rmt"])
-def test_stream_step_matches_segment_forward(kind, attn, B):
+def test_stream_step_matches_segment_forward(kind, attn, B, lean):
     model = make_model(kind, attn)
     ids = torch.randint(0, VOCAB, (B, N_TOKENS))
-    pairs = run_both(model, ids)
+    pairs = run_both(model, ids, lean_blocks=lean)
     assert len(pairs) == 8
     for k, (ref, fast) in enumerate(pairs):
         assert type(fast) is type(ref) and fast.segments_seen == ref.segments_seen == k + 1
@@ -75,18 +77,23 @@ def test_stream_step_triton_segment_ops(kind):
             assert_close(f"segment {k} tensor {i}", r, f, 1e-5)
 
 
-def test_stream_step_reuses_its_buffer():
+@pytest.mark.parametrize("lean", [True, False], ids=["lean_blocks", "hf_blocks"])
+def test_stream_step_reuses_its_buffer(lean, monkeypatch):
     """One block-input buffer per shape: the same storage on every call, a new one for a new shape."""
     model = make_model("rmt", "sdpa", n_layer=1)
-    ws = SegmentWorkspace()
+    ws = SegmentWorkspace(lean_blocks=lean)
     seen = []
     hook = model.backbone.transformer.h[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].data_ptr()))
+    lean_block = stream_step_module.gpt2_block_infer
+    spy = lambda b, h: seen.append(h.data_ptr()) or lean_block(b, h)  # noqa: E731
+    monkeypatch.setattr(stream_step_module, "gpt2_block_infer", spy)
     with torch.inference_mode():
         state = model.init_state(2)
         for _ in range(3):
             state = stream_step(model, torch.randint(0, VOCAB, (2, SEG)), state, ws)
         stream_step(model, torch.randint(0, VOCAB, (2, 5)), state, ws)
     hook.remove()
+    assert len(seen) == 4
     assert seen[0] == seen[1] == seen[2] != seen[3]
     assert len(ws._buffers) == 2
 
