@@ -28,6 +28,24 @@ def dpfp(x: torch.Tensor, nu: int = 3) -> torch.Tensor:
         raise TypeError("x must be a floating-point tensor")
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension (the feature axis)")
-    s = torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
-    rolled = torch.cat([s.roll(shifts=j, dims=-1) for j in range(1, nu + 1)], dim=-1)
-    return torch.cat([s] * nu, dim=-1) * rolled
+    s = torch.relu(torch.cat([x, -x], dim=-1))
+    rolled = s[..., _roll_index(s.shape[-1], nu, s.device)]  # [..., nu, 2n]: row j is roll(s, j + 1)
+    return (s.unsqueeze(-2) * rolled).flatten(-2)  # five kernels in all, whatever nu
+
+
+_ROLL_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def _roll_index(m: int, nu: int, device: torch.device) -> torch.Tensor:
+    """``[nu, m]`` int64, ``[j, i] = (i - j - 1) % m``; cached per device, so that later calls (and a CUDA graph
+    recorded after the first) copy nothing from the host. Made outside inference mode, so that autograd may
+    save it; not cached while torch.compile traces (fake tensors)."""
+    key = (m, nu, device)
+    idx = _ROLL_INDEX.get(key)
+    if idx is None:
+        with torch.inference_mode(False):
+            i, j = torch.arange(m), torch.arange(nu).unsqueeze(1)
+            idx = ((i - j - 1) % m).to(device)
+        if not torch.compiler.is_compiling() and type(idx) is torch.Tensor:
+            _ROLL_INDEX[key] = idx
+    return idx

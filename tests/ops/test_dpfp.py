@@ -23,6 +23,17 @@ def test_dpfp_matches_definition(n, nu):
     torch.testing.assert_close(dpfp(x, nu), dpfp_by_definition(x, nu), rtol=0, atol=0)
 
 
+def test_dpfp_index_made_in_inference_mode_serves_autograd():
+    """The cached roll index of a first call in inference mode is a normal tensor: a later backward can save it."""
+    import importlib
+
+    importlib.import_module("babilong_fast.ops.dpfp")._ROLL_INDEX.clear()
+    with torch.inference_mode():
+        dpfp(torch.randn(2, 5), 3)
+    x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dpfp(t, 3), (x,))
+
+
 def test_dpfp_roll_direction():
     """s = [1, 2, 0, 0] (x = [1, 2]); roll by one toward higher indices gives [0, 1, 2, 0]."""
     phi = dpfp(torch.tensor([1.0, 2.0]), nu=1)
