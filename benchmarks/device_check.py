@@ -11,7 +11,7 @@ Parts (``--part``, a comma list; default ``all``): ``tests`` = the GPU tests (op
 ``tests/data`` and ``tests/train`` are CPU-only and run in CI); ``ops`` = the ``assoc_read`` ops benchmark per backend and
 every CUDA kernel variant; ``micro`` = the pytest-benchmark micro-benchmarks of every op;
 ``models`` = the models benchmark in five runs: RMT and ARMT at batch 1 (16k / 1M / 10M tokens), both at 128k
-with lean and HF GPT-2 blocks, Mamba-130m (Triton scan, 16k / 1M / 10M), ARMT at 1M per backend of its memory
+with lean, HF and compiled steps, Mamba-130m (Triton scan, 16k / 1M / 10M), ARMT at 1M per backend of its memory
 ops, RMT and ARMT at batch 8 (16k / 1M);
 GPT-2 small / Mamba-130m shapes,
 bfloat16, stock where it fits a 15 s budget. ``core`` = tests,ops,micro; ``all`` = core,models. The build
@@ -68,9 +68,10 @@ GPU_TESTS = ["tests/ops", "tests/engine", "tests/models", "tests/test_backends.p
 # (name, throughput.py arguments, time limit in seconds): the models benchmark as five runs, most wanted first.
 MODEL_RUNS = [
     ("b1", ["--models", "rmt,armt", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "auto"], 200),
-    # The GPT-2 blocks of the fast step, lean (gpt2_block_infer: 10 kernels a block) against their own forward (17).
-    ("blocks", ["--models", "rmt,armt", "--modes", "fast", "--lengths", "128k", "--batch", "1", "--backends", "auto",
-                "--blocks", "lean,hf"], 60),
+    # The fast step: lean GPT-2 blocks (gpt2_block_infer: 10 kernels a block), their own forward (17), and the
+    # whole step under torch.compile (compiling in the warm-up: tens of seconds per model).
+    ("steps", ["--models", "rmt,armt", "--modes", "fast", "--lengths", "128k", "--batch", "1", "--backends", "auto",
+               "--step", "lean,hf,compiled"], 150),
     # Stock prefix 16k: without mamba_ssm, HF scans a prefix in a Python loop that no budget can interrupt.
     ("mamba", ["--models", "mamba", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "triton",
                "--mamba-prefix", "16384"], 100),

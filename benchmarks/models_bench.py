@@ -47,7 +47,8 @@ STOCK_EMULATION = (
 FAST_DESCRIPTION = (
     "fast = babilong_fast.engine.StreamRunner.run: the input streamed in chunks of 4096 tokens per row (generated "
     "lazily; with --data babilong, BabilongSample.iter_chunks), re-blocked into a static [B, segment] buffer, "
-    "each segment run with memory writes and no LM head (GPT-2 blocks by gpt2_block_infer unless --blocks hf); "
+    "each segment run with memory writes and no LM head (GPT-2 blocks by gpt2_block_infer; --step hf: the blocks' "
+    "own forward; --step compiled: StreamRunner(compile=True), the step traced by torch.compile); "
     "the question ‖ GEN appended and the answer decoded with the model's generate rule. ARMT uses the backend "
     "named by --backends (default auto)."
 )
@@ -205,14 +206,15 @@ def run_stock(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, 
 
 
 def run_streamed(
-    model, inputs: Inputs, watch: Watch, max_new_tokens: int, segment_size: int, lean_blocks: bool = True
+    model, inputs: Inputs, watch: Watch, max_new_tokens: int, segment_size: int, step: str = "lean"
 ) -> torch.Tensor:
-    """``StreamRunner(model).run`` over ``inputs``, checking ``watch`` before every chunk; ``lean_blocks``:
-    RMT/ARMT's GPT-2 blocks by ``gpt2_block_infer`` (False: the blocks' own forward)."""
-    runner = StreamRunner(model, progress=False)
+    """``StreamRunner(model).run`` over ``inputs``, checking ``watch`` before every chunk. ``step`` (RMT/ARMT):
+    ``lean`` (GPT-2 blocks by ``gpt2_block_infer``), ``hf`` (the blocks' own forward) or ``compiled``
+    (``StreamRunner(compile=True)``)."""
+    runner = StreamRunner(model, progress=False, compile=step == "compiled")
     workspace = getattr(runner.adapter, "workspace", None)
     if workspace is not None:
-        workspace.lean_blocks = lean_blocks
+        workspace.lean_blocks = step != "hf"
 
     def watched():
         n = 0
@@ -228,9 +230,9 @@ def run_streamed(
 
 
 def run_fast(
-    model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, lean_blocks: bool = True
+    model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, step: str = "lean"
 ) -> torch.Tensor:
-    return run_streamed(model, inputs, watch, max_new_tokens, model.segment_size, lean_blocks)
+    return run_streamed(model, inputs, watch, max_new_tokens, model.segment_size, step)
 
 
 # ---------------------------------------------------------------- memory
@@ -385,7 +387,7 @@ class Settings:
     data: str = "random"
     stock_answer: str = "state"
     warmup: bool = True
-    blocks: list = field(default_factory=lambda: ["lean"])
+    steps: list = field(default_factory=lambda: ["lean"])
 
 
 def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=None) -> tuple[list[dict], dict]:
@@ -415,17 +417,19 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                 fast_backends = [b for b in cfg.backends if b != "cuda"] or ["auto"]
             else:
                 fast_backends = ["-"]  # RMT has no backend-dependent op
-            # GPT-2 blocks of the fast step: lean (gpt2_block_infer) or hf (the block's own forward); stock: hf
-            blocks = ["-"] if mamba else cfg.blocks
+            # the fast step: lean (gpt2_block_infer), hf (the blocks' own forward), compiled; stock: hf blocks
+            steps = ["-"] if mamba else cfg.steps
             stock_row = ("stock", "torch" if name == "armt" else "-", "-" if mamba else "hf")
             variants = [stock_row] if "stock" in cfg.modes else []
-            variants += [("fast", b, bl) for b in fast_backends for bl in blocks] if "fast" in cfg.modes else []
-            for mode, backend, block_kind in variants:
+            compiled_backend = ["auto"] if name == "armt" else ["-"]  # the compiled step ignores ARMT's backend
+            fast = [("fast", b, st) for st in steps for b in (compiled_backend if st == "compiled" else fast_backends)]
+            variants += fast if "fast" in cfg.modes else []
+            for mode, backend, step in variants:
                 if name == "armt":
                     model.backend = backend
                 budget = cfg.budget_s if mode == "stock" else cfg.fast_budget_s
 
-                def fn(watch, inputs=None, mode=mode, backend=backend, model=model, block_kind=block_kind):
+                def fn(watch, inputs=None, mode=mode, backend=backend, model=model, step=step):
                     if mamba and mode == "stock":
                         return mamba_bench.run_stock_mamba(
                             model, inputs, cfg.device, watch, cfg.max_new_tokens, wrappers["mamba"]["prefix"])
@@ -434,7 +438,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                             model, inputs, cfg.device, watch, cfg.max_new_tokens, seg, backend)
                     if mode == "stock":
                         return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
-                    return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens, block_kind == "lean")
+                    return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens, step)
 
                 stop_reason = None
                 if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
@@ -446,7 +450,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                         traceback.print_exc()
                         stop_reason = f"the warm-up failed: {type(e).__name__}: {str(e)[:300]}"
                 for length in cfg.lengths:
-                    row = {"model": name, "mode": mode, "backend": backend, "blocks": block_kind,
+                    row = {"model": name, "mode": mode, "backend": backend, "step": step,
                            "batch": B, "length": length, "length_name": length_name(length),
                            "dtype": str(cfg.dtype).replace("torch.", ""), "data": cfg.data}
                     if stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, wrappers.get("mamba")):
@@ -525,9 +529,12 @@ def _mem(b: float) -> str:
 
 
 def _backend_label(r: dict) -> str:
-    """The backend column: ARMT's memory-op backend, with ``/hf`` for a fast row on the blocks' own forward."""
-    if r.get("mode") != "fast" or r.get("blocks") != "hf":
+    """The backend column: ARMT's memory-op backend; ``/hf`` for a fast row on the blocks' own forward,
+    ``compiled`` for the compiled step (its associative ops are the torch references, traced)."""
+    if r.get("mode") != "fast" or r.get("step") not in ("hf", "compiled"):
         return r["backend"]
+    if r["step"] == "compiled":
+        return "compiled"
     return "hf" if r["backend"] == "-" else r["backend"] + "/hf"
 
 

@@ -254,9 +254,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("models suite")
     g.add_argument("--models", default="rmt,armt,mamba", help="comma list of rmt, armt, mamba (default all three)")
     g.add_argument("--modes", default="stock,fast", help="comma list of stock, fast (default both)")
-    g.add_argument("--blocks", default="lean",
-                   help="RMT/ARMT fast mode: comma list of lean (GPT-2 blocks by gpt2_block_infer, fewer kernels) "
-                        "and hf (the blocks' own forward), one fast row each (default lean)")
+    g.add_argument("--step", default="lean",
+                   help="RMT/ARMT fast mode: comma list of lean (GPT-2 blocks by gpt2_block_infer, fewer kernels), "
+                        "hf (the blocks' own forward) and compiled (StreamRunner(compile=True): the step traced by "
+                        "torch.compile, tens of seconds to compile in the warm-up), one fast row each (default lean)")
     g.add_argument("--lengths", default=None,
                    help="comma list of input lengths such as 16k,128k,1M,10M,50M (k = 1000); "
                         "default 1k,4k,16k on CPU, 16k,128k,1M,10M on GPU")
@@ -377,10 +378,10 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     for m in modes:
         if m not in ("stock", "fast"):
             p.error(f"unknown mode {m!r} (stock, fast)")
-    blocks = [b for b in args.blocks.split(",") if b]
-    for b in blocks:
-        if b not in ("lean", "hf"):
-            p.error(f"unknown --blocks {b!r} (lean, hf)")
+    steps = [b for b in args.step.split(",") if b]
+    for b in steps:
+        if b not in ("lean", "hf", "compiled"):
+            p.error(f"unknown --step {b!r} (lean, hf, compiled)")
     dtype_name = args.dtype or "float32"
     if dtype_name not in DTYPES:
         p.error(f"--dtype for the models suite is one of {', '.join(DTYPES)}, got {dtype_name!r}")
@@ -393,7 +394,7 @@ def run_models(args, env: dict, ops: dict | None) -> int:
         device=device, budget_s=args.budget_s or (300.0 if gpu else 200.0),
         fast_budget_s=args.fast_budget_s or (540.0 if gpu else 120.0), repeats=args.repeats or 3,
         long_s=args.long_s or (30.0 if gpu else 10.0), max_new_tokens=args.max_new_tokens, data=args.data,
-        stock_answer=args.stock_answer, warmup=not args.no_warmup, blocks=blocks)
+        stock_answer=args.stock_answer, warmup=not args.no_warmup, steps=steps)
     backbone = mb.backbone_config(big)
     wrappers = {name: mb.wrapper_config(name, big) for name in ("rmt", "armt")}
     prefix = args.mamba_prefix or (300_000 if gpu else 4096)
@@ -425,7 +426,7 @@ def run_models(args, env: dict, ops: dict | None) -> int:
             "suite": "models",
             "environment": env,
             "settings": {"argv": sys.argv[1:], "models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
-                         "backends": backends, "blocks": blocks, "device": str(device), "budget_s": cfg.budget_s,
+                         "backends": backends, "steps": steps, "device": str(device), "budget_s": cfg.budget_s,
                          "fast_budget_s": cfg.fast_budget_s, "repeats": cfg.repeats, "long_s": cfg.long_s,
                          "max_new_tokens": cfg.max_new_tokens, "eos_disabled": True, "data": args.data,
                          "stock_answer": args.stock_answer, "warmup": cfg.warmup, "chunk_tokens": mb.CHUNK_TOKENS,

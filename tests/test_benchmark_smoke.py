@@ -87,26 +87,27 @@ def test_mamba_stock_runs_the_prefix_then_single_tokens(throughput, tmp_path, ca
     assert rows["stock"]["input_tokens"] == rows["fast"]["input_tokens"] > 200
 
 
-def test_blocks_lean_and_hf_rows(throughput, tmp_path, capsys):
-    """--blocks lean,hf: one fast row per GPT-2 block path, both giving stock's answer; a bad value is refused."""
+def test_step_lean_hf_compiled_rows(throughput, tmp_path, capsys):
+    """--step lean,hf,compiled: one fast row per step, each giving stock's answer; a bad value is refused."""
     out = tmp_path / "bench.json"
     code = throughput.main([
         "--device", "cpu", "--config", "tiny", "--models", "rmt,armt", "--lengths", "300", "--repeats", "1",
-        "--no-warmup", "--max-new-tokens", "2", "--blocks", "lean,hf", "--json", str(out), "--no-plot",
+        "--no-warmup", "--max-new-tokens", "2", "--step", "lean,hf,compiled", "--json", str(out), "--no-plot",
     ])
     text = capsys.readouterr().out
     assert code == 0, text
     res = json.loads(out.read_text())
-    assert res["settings"]["blocks"] == ["lean", "hf"]
+    assert res["settings"]["steps"] == ["lean", "hf", "compiled"]
     fast = [r for r in res["rows"] if r["mode"] == "fast"]
-    assert sorted((r["model"], r["blocks"]) for r in fast) == [
-        ("armt", "hf"), ("armt", "lean"), ("rmt", "hf"), ("rmt", "lean")]
+    assert sorted((r["model"], r["step"]) for r in fast) == [
+        ("armt", "compiled"), ("armt", "hf"), ("armt", "lean"), ("rmt", "compiled"), ("rmt", "hf"), ("rmt", "lean")]
     assert all(r["answer_matches_stock"] is True for r in fast)
-    assert all(r["blocks"] == "hf" for r in res["rows"] if r["mode"] == "stock")
-    assert "rmt B=1 300 (hf): fast/stock" in text and "armt B=1 300 (auto/hf): fast/stock" in text
+    assert all(r["step"] == "hf" for r in res["rows"] if r["mode"] == "stock")
+    for tag in ("rmt B=1 300 (hf)", "armt B=1 300 (auto/hf)", "rmt B=1 300 (compiled)", "armt B=1 300 (compiled)"):
+        assert f"{tag}: fast/stock" in text
     with pytest.raises(SystemExit):
-        throughput.main(["--device", "cpu", "--blocks", "fused"])
-    assert "unknown --blocks 'fused'" in capsys.readouterr().err
+        throughput.main(["--device", "cpu", "--step", "fused"])
+    assert "unknown --step 'fused'" in capsys.readouterr().err
 
 
 def test_ops_flags_still_select_ops_suite(throughput):

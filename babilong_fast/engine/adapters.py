@@ -17,6 +17,7 @@ from babilong_fast.backends import Backend
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
 from babilong_fast.models.mamba import DEFAULT_CHUNK_SIZE, MambaLM, MambaState
 from babilong_fast.models.mamba.parts import HF_LM, SSM_LM
+from babilong_fast.models.compiled_step import CompiledStep
 from babilong_fast.models.stream_step import SegmentWorkspace, stream_step
 
 
@@ -52,6 +53,7 @@ class _RecurrentAdapter:
         self.segment_size = model.segment_size
         self.vocab_size = model.backbone.transformer.wte.weight.shape[0]
         self.workspace = SegmentWorkspace()
+        self.compiled: CompiledStep | None = None
 
     def init_state(self, batch_size: int, device: torch.device) -> Any:
         return self.model.init_state(batch_size, device)
@@ -65,7 +67,13 @@ class _RecurrentAdapter:
         return state
 
     def step(self, ids: torch.Tensor, state: Any) -> Any:
+        if self.compiled is not None:
+            return self.compiled(ids, state)
         return stream_step(self.model, ids, state, self.workspace)
+
+    def enable_compile(self) -> None:
+        """Full segments after the first through ``torch.compile`` (see ``models.compiled_step.CompiledStep``)."""
+        self.compiled = CompiledStep(self.model, self.workspace)
 
     def decode(self, last_ids: torch.Tensor, state: Any, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         return self.model.generate_from_state(last_ids, state, max_new_tokens, eos_token_id)

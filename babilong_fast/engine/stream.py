@@ -106,6 +106,10 @@ class StreamRunner:
             (:mod:`babilong_fast.engine.graphs`); None (default) = on for a CUDA device. A capture that fails
             warns once and the stream goes on eagerly.
         graph_warmup: eager segments before recording (default 2).
+        compile: ARMT/RMT only: run full segments after the first through ``torch.compile``
+            (:mod:`babilong_fast.models.compiled_step`: the step as one traced function, elementwise kernels
+            fused; the associative ops by their torch references, whatever ``model.backend``). Compiling takes
+            tens of seconds on the first such segment; the CUDA graph then records the compiled step.
 
     Examples::
         >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -129,6 +133,7 @@ class StreamRunner:
         progress: bool = True,
         cuda_graphs: bool | None = None,
         graph_warmup: int = 2,
+        compile: bool = False,
     ) -> None:
         if segment_size is not None and (
             not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1
@@ -141,6 +146,10 @@ class StreamRunner:
                     f"segment_size={segment_size} does not match the model's segment_size="
                     f"{self.adapter.segment_size}; streaming must segment as the model was trained and generates"
                 )
+        if compile:
+            if not hasattr(self.adapter, "enable_compile"):
+                raise ValueError(f"compile=True runs ARMT and RMT steps; {type(model).__name__} has no compiled step")
+            self.adapter.enable_compile()
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         self.model = model.eval()

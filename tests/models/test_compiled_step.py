@@ -1,0 +1,134 @@
+"""The compiled streaming step: its step math against stream_step, then the same under torch.compile (CPU inductor)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babilong_fast.engine import StreamRunner
+from babilong_fast.models.compiled_step import CompiledStep, block_input, compiled_step_unsupported
+from babilong_fast.models.stream_step import SegmentWorkspace, stream_step
+from babilong_fast.ops.segment_io import segment_embed_ref
+from tests.helpers import assert_close, requires_cuda
+from tests.models.naive import VOCAB
+from tests.models.test_stream_step import SEG, make_model, state_tensors
+
+N_TOKENS = 6 * SEG + 5  # six full segments and a short one
+
+
+def eager(fn):
+    """A stand-in compiler: the step math run as written (checks the math without compile time)."""
+    return fn
+
+
+def run_pair(model, ids, compile_fn):
+    """stream_step's states and CompiledStep's, segment by segment, each chain fed by its own states."""
+    step = CompiledStep(model, SegmentWorkspace(), compile_fn)
+    ws = SegmentWorkspace()
+    pairs = []
+    with torch.inference_mode():
+        ref = fast = model.init_state(ids.shape[0])
+        for a in range(0, ids.shape[1], SEG):
+            seg = ids[:, a : a + SEG]
+            ref, fast = stream_step(model, seg, ref, ws), step(seg, fast)
+            pairs.append((ref, fast))
+    return step, pairs
+
+
+def check_pairs(pairs, rtol=1e-5):
+    for k, (ref, fast) in enumerate(pairs):
+        assert type(fast) is type(ref) and fast.segments_seen == ref.segments_seen == k + 1
+        for i, (r, f) in enumerate(zip(state_tensors(ref), state_tensors(fast), strict=True)):
+            assert f.dtype == torch.float32
+            assert_close(f"segment {k} tensor {i}", r, f, rtol)
+
+
+@pytest.mark.parametrize("B", [1, 3], ids=["B1", "B3"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_step_math_matches_stream_step(kind, attn, B):
+    model = make_model(kind, attn)
+    step, pairs = run_pair(model, torch.randint(0, VOCAB, (B, N_TOKENS)), eager)
+    assert len(pairs) == 7 and step.compiled_calls == 5  # not the first segment, not the short last one
+    check_pairs(pairs)
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_torch_compile_whole_step(kind):
+    """torch.compile(fullgraph=True): a graph break would fail here; the states match the eager step's."""
+    model = make_model(kind, "sdpa")
+    step, pairs = run_pair(model, torch.randint(0, VOCAB, (2, 4 * SEG)), None)
+    assert step.compiled_calls == 3
+    check_pairs(pairs)
+
+
+def test_block_input_is_segment_embed():
+    """The same rows as segment_embed_ref, float32 and bfloat16 outputs, an out-of-range id giving NaN."""
+    wte, wpe = torch.randn(50, 16), torch.randn(40, 16)
+    ids = torch.randint(0, 50, (2, 7))
+    ids[1, 3] = 50
+    front, back = torch.randn(1, 3, 16), torch.randn(2, 4, 16)
+    for dtype in (torch.float32, torch.bfloat16):
+        out = segment_embed_ref(ids, wte.to(dtype), wpe.to(dtype), torch.empty(2, 14, 16, dtype=dtype), front, back)
+        got = block_input(ids, wte.to(dtype), wpe.to(dtype), front, back)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, out, rtol=0, atol=0, equal_nan=True)
+        assert got[1, 6].isnan().all() and not got[0].isnan().any()
+    assert block_input(ids[:1, :2], wte, wpe, None, back[:1]).shape == (1, 6, 16)
+
+
+def test_falls_back_where_the_math_does_not_apply():
+    model = make_model("armt", "sdpa")
+    step = CompiledStep(model, SegmentWorkspace(), eager)
+    ids = torch.randint(0, VOCAB, (1, SEG))
+    with torch.inference_mode():
+        state = step(ids, model.init_state(1))  # first segment: stream_step
+        state = step(ids[:, :5], state)  # short segment
+        assert step.compiled_calls == 0
+        block = model.backbone.transformer.h[0]
+        block.attn.reorder_and_upcast_attn = True
+        assert "reorder_and_upcast_attn" in compiled_step_unsupported(model)
+        step(ids, state)
+        assert step.compiled_calls == 0
+        block.attn.reorder_and_upcast_attn = False
+        step(ids, state)
+        assert step.compiled_calls == 1
+    model.train()
+    assert "training" in compiled_step_unsupported(model)
+    with pytest.raises(TypeError, match="ARMT or RMT"):
+        CompiledStep(torch.nn.Linear(2, 2), SegmentWorkspace())
+
+
+def test_stream_runner_compile():
+    """StreamRunner(compile=True) answers as the eager runner; Mamba has no compiled step."""
+    model = make_model("rmt", "sdpa")
+    ctx = torch.randint(0, VOCAB - 2, (2, 5 * SEG + 3))
+    question = torch.randint(0, VOCAB - 2, (2, 3))
+    kw = dict(max_new_tokens=4, eos_token_id=-1, gen_token_id=VOCAB - 1)
+    want = StreamRunner(model, progress=False).run([ctx], question, **kw)
+    runner = StreamRunner(model, progress=False, compile=True)
+    got = runner.run([ctx], question, **kw)
+    assert torch.equal(got, want) and runner.adapter.compiled.compiled_calls >= 3
+    from transformers import MambaConfig, MambaForCausalLM
+
+    mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4))
+    with pytest.raises(ValueError, match="compile=True runs ARMT and RMT"):
+        StreamRunner(mamba, progress=False, compile=True)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_compiled_step_in_a_cuda_graph(kind):
+    """On a GPU: the compiled step recorded in the runner's CUDA graph answers as the eager runner does."""
+    model = make_model(kind, "sdpa").cuda()
+    ctx = torch.randint(0, VOCAB - 2, (2, 6 * SEG + 3))
+    question = torch.randint(0, VOCAB - 2, (2, 3))
+    kw = dict(max_new_tokens=4, eos_token_id=-1, gen_token_id=VOCAB - 1)
+    plain = StreamRunner(model, progress=False, cuda_graphs=False)
+    want = plain.run([ctx], question, **kw)
+    runner = StreamRunner(model, progress=False, compile=True)
+    got = runner.run([ctx], question, **kw)
+    assert torch.equal(got.cpu(), want.cpu())
+    assert runner.adapter.compiled.compiled_calls >= 2 and runner._steps.graphed_steps >= 3
+    for i, (w, g) in enumerate(zip(state_tensors(plain.state.model_state), state_tensors(runner.state.model_state))):
+        assert_close(f"state tensor {i}", w, g, 1e-4)
