@@ -181,6 +181,24 @@ def test_eval_batched_equals_one_by_one(kind, ckpts, tmp_path):
     assert all(len(r["outputs"]) == 5 for r in one)
 
 
+def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys):
+    """--compile (torch.compile of the ARMT step) answers as the eager step; a Mamba checkpoint is refused."""
+    def run(extra):
+        out = tmp_path / ("c" if extra else "e")
+        argv = ["eval", "--checkpoint", str(ckpts["armt"]), "--tasks", "qa1", "--lengths", "1k", "--n", "2",
+                "--out", str(out), "--no-progress", "--device", "cpu", *extra]
+        assert main(argv) == 0
+        return json.loads((out / "results.json").read_text())
+
+    eager, compiled = run([]), run(["--compile"])
+    assert [r["outputs"] for r in compiled["results"]] == [r["outputs"] for r in eager["results"]]
+    assert compiled["environment"]["compile"] is True and eager["environment"]["compile"] is False
+    mamba = ["eval", "--checkpoint", str(ckpts["mamba"]), "--tasks", "qa1", "--lengths", "0k", "--n", "1",
+             "--out", str(tmp_path / "m"), "--no-progress", "--device", "cpu", "--compile"]
+    assert main(mamba) == 2
+    assert "--compile runs ARMT and RMT" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

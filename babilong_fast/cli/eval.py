@@ -82,6 +82,11 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
         "--device", default=None, choices=("cpu", "cuda"),
         help="where to run (default: cuda when available, else cpu)",
     )
+    p.add_argument(
+        "--compile", action="store_true",
+        help="ARMT/RMT: run the streaming step through torch.compile (StreamRunner(compile=True)); compiling "
+             "takes tens of seconds once, then long inputs run faster",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval, check=check_args, subparser=p)
     return p
@@ -197,10 +202,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint, map_location="cpu")
     kind = model_kind(model)
-    runner = StreamRunner(model, device=args.device, progress=False)
+    if args.compile and kind == "mamba":
+        print("babilong-fast eval: error: --compile runs ARMT and RMT steps; this checkpoint is a Mamba model",
+              file=sys.stderr)
+        return 2
+    runner = StreamRunner(model, device=args.device, progress=False, compile=args.compile)
     env = {
         "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
         "device": str(runner.device), "torch_version": torch.__version__, "batch": args.batch,
+        "compile": args.compile,
     }
     if runner.device.type == "cuda":
         env_gpu = torch.cuda.get_device_name(runner.device)
