@@ -115,3 +115,22 @@ def test_ops_flags_still_select_ops_suite(throughput):
     assert args.suite == "ops"
     assert throughput.parse_args([]).suite == "models"
     assert throughput.parse_args(["--suite", "all"]).suite == "all"
+
+
+def test_step_kernels_counts(tmp_path, capsys):
+    """benchmarks/step_kernels.py: per GPT-2 block the lean path launches 10 kernels, the HF forward 17."""
+    spec = importlib.util.spec_from_file_location("step_kernels_under_test", os.path.join(BENCH, "step_kernels.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = {}
+    for layers in (1, 3):
+        out = tmp_path / f"k{layers}.json"
+        mod.main(["--layers", str(layers), "--width", "32", "--heads", "2", "--segment", "16", "--json", str(out)])
+        rows[layers] = {(r["model"], r["blocks"]): r for r in json.loads(out.read_text())["rows"]}
+    assert "kernels per segment step" in capsys.readouterr().out
+    for model in ("rmt", "armt"):
+        per_block = {b: (rows[3][model, b]["kernels"] - rows[1][model, b]["kernels"]) / 2 for b in ("hf", "lean")}
+        if model == "rmt":
+            assert per_block == {"hf": 17, "lean": 10}
+        assert per_block["hf"] - per_block["lean"] == 7
+        assert rows[3][model, "lean"]["by_op"]["aten.gelu.default"] == 3
