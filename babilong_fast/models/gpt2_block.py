@@ -21,8 +21,6 @@ from torch import nn
 
 # transformers' tanh-approximated GELU classes (several elementwise ops each, across versions) -> one kernel
 _TANH_GELUS = frozenset({"NewGELUActivation", "FastGELUActivation", "GELUTanh", "PytorchGELUTanh"})
-
-
 # transformers 4.4x has a subclass per attention kernel (same weights); 5.x one class
 _ATTENTION_CLASSES = frozenset({"GPT2Attention", "GPT2SdpaAttention"})
 
