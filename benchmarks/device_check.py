@@ -18,7 +18,7 @@ bfloat16, stock where it fits a 15 s budget. ``core`` = tests,ops,micro; ``all``
 always runs first. Every step has a time limit and the whole check a deadline (``--deadline-s``, default
 570 s) so that one call fits a 10-minute device session. With a 15-minute device budget, run ``--part core``
 (about 6.5 minutes) and then at once, while the machine is still warm, ``--part models --reuse-build
---deadline-s 380``; the later model runs then get what time is left.
+--deadline-s 380``; the later model runs then get what time is left (``--runs`` picks some of them).
 """
 from __future__ import annotations
 
@@ -106,11 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=570.0, help="the whole check ends by then (default 570)")
     ap.add_argument("--reuse-build", action="store_true",
                     help="skip the build when an earlier call on this machine installed babilong_fast with its extension")
+    ap.add_argument("--runs", default=None,
+                    help="models part: a comma list of " + ", ".join(n for n, _, _ in MODEL_RUNS) + " (default all, in "
+                         "that order)")
     args = ap.parse_args(argv)
     try:
         parts = parse_parts(args.part)
     except ValueError as e:
         ap.error(str(e))
+    known = [n for n, _, _ in MODEL_RUNS]
+    runs = known if args.runs is None else [r for r in args.runs.split(",") if r]
+    if not runs or any(r not in known for r in runs):
+        ap.error(f"--runs takes a comma list of {', '.join(known)}; got {args.runs!r}")
     start = time.time()
 
     def limit(step: str | int) -> int:
@@ -127,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{datetime.date.today().isoformat()}_{re.sub(r'[^A-Za-z0-9]+', '_', gpu).strip('_')}"
     if args.part != "all":
         stem += "_" + "_".join(parts)
+    if args.runs is not None and "models" in parts:
+        stem += "_" + "_".join(runs)  # a later call for some runs does not overwrite the first call's file
     env = dict(os.environ, PYTHONUNBUFFERED="1", BABILONG_FAST_FORCE_CUDA_BUILD="1")
     env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     summary: dict = {"gpu": gpu, "capability": f"{major}.{minor}", "arch_list": env["TORCH_CUDA_ARCH_LIST"],
-                     "parts": parts, "commit": os.environ.get("BABILONG_FAST_GIT_COMMIT")}
+                     "parts": parts, "runs": runs, "commit": os.environ.get("BABILONG_FAST_GIT_COMMIT")}
     result: dict = {}
     ok = True
 
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if "models" in parts:
             result["models"] = []
-            for name, extra, cap in MODEL_RUNS:
+            for name, extra, cap in (r for r in MODEL_RUNS if r[0] in runs):
                 models_json = os.path.join(out_dir, f"{stem}_models_{name}_tmp.json")
                 code, text, secs = run([PY, "benchmarks/throughput.py", *extra, "--dtype", "bfloat16",
                                         "--budget-s", "15", "--fast-budget-s", "90", "--repeats", "2", "--long-s", "15",
