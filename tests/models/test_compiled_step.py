@@ -53,6 +53,15 @@ def test_step_math_matches_stream_step(kind, attn, B):
 
 
 @pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_step_math_bfloat16(kind):
+    """bfloat16 weights, float32 state: the step math rounds as stream_step does, within half precision."""
+    model = make_model(kind, "sdpa").to(torch.bfloat16)
+    step, pairs = run_pair(model, torch.randint(0, VOCAB, (2, 4 * SEG)), eager)
+    assert step.compiled_calls == 3
+    check_pairs(pairs, rtol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
 def test_torch_compile_whole_step(kind):
     """torch.compile(fullgraph=True): a graph break would fail here; the states match the eager step's."""
     model = make_model(kind, "sdpa")
