@@ -62,12 +62,14 @@ def attention_scale(block: nn.Module) -> float:
     return scale
 
 
-def gpt2_block_infer(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def gpt2_block_infer(block: nn.Module, h: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """``block(h)`` with causal self-attention and no mask, in fewer kernels (eval mode, no dropout).
 
     Args:
         block: a ``transformers`` ``GPT2Block`` (:func:`lean_block_unsupported` says which it cannot run).
         h: ``[B, T, d]`` hidden states in the block's dtype.
+        check: check ``block`` and ``h`` first; False for a caller that has already asked
+            :func:`lean_block_unsupported` (the streaming step, once per block and segment).
 
     Returns:
         ``[B, T, d]``, a new tensor (``h`` is not written).
@@ -75,11 +77,12 @@ def gpt2_block_infer(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``block`` is not one this function runs (call the block itself, with a causal mask).
     """
-    why = lean_block_unsupported(block)
-    if why is not None:
-        raise ValueError(f"gpt2_block_infer cannot run this block: {why}")
-    if h.dim() != 3 or h.shape[-1] != block.ln_1.normalized_shape[0]:
-        raise ValueError(f"h must be [B, T, {block.ln_1.normalized_shape[0]}], got {tuple(h.shape)}")
+    if check:
+        why = lean_block_unsupported(block)
+        if why is not None:
+            raise ValueError(f"gpt2_block_infer cannot run this block: {why}")
+        if h.dim() != 3 or h.shape[-1] != block.ln_1.normalized_shape[0]:
+            raise ValueError(f"h must be [B, T, {block.ln_1.normalized_shape[0]}], got {tuple(h.shape)}")
     B, T, d = h.shape
     attn, mlp, ln1, ln2 = block.attn, block.mlp, block.ln_1, block.ln_2
     H, D = attn.num_heads, attn.head_dim

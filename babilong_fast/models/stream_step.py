@@ -104,7 +104,7 @@ def _attention_mask(model: ARMT | RMT, T: int, dtype: torch.dtype, ws: SegmentWo
 
 def _block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, ws: SegmentWorkspace) -> torch.Tensor:
     if ws.lean_blocks and lean_block_unsupported(block) is None:
-        return gpt2_block_infer(block, h)
+        return gpt2_block_infer(block, h, check=False)
     out = block(h, attention_mask=mask)
     return out[0] if isinstance(out, tuple) else out
 

@@ -85,7 +85,7 @@ def test_stream_step_reuses_its_buffer(lean, monkeypatch):
     seen = []
     hook = model.backbone.transformer.h[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].data_ptr()))
     lean_block = stream_step_module.gpt2_block_infer
-    spy = lambda b, h: seen.append(h.data_ptr()) or lean_block(b, h)  # noqa: E731
+    spy = lambda b, h, **kw: seen.append(h.data_ptr()) or lean_block(b, h, **kw)  # noqa: E731
     monkeypatch.setattr(stream_step_module, "gpt2_block_infer", spy)
     with torch.inference_mode():
         state = model.init_state(2)
