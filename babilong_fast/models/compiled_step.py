@@ -2,9 +2,10 @@
 
 :func:`rmt_step_math` and :func:`armt_step_math` compute what :func:`~babilong_fast.models.stream_step.stream_step`
 computes after the first segment, written without ``out=`` buffers, host syncs or backend dispatch: the block
-input as one expression (the sums of :func:`~babilong_fast.ops.segment_embed_ref`, NaN rows for bad ids
-included), GPT-2 blocks by :func:`~babilong_fast.models.gpt2_block.gpt2_block_infer`, and the associative read
-and write by their torch references. ``torch.compile`` then traces it whole (no graph break) and fuses the
+input by :func:`~babilong_fast.ops.segment_io.segment_embed_rows` (the segment_embed reference's sums, NaN
+rows for bad ids included), GPT-2 blocks by :func:`~babilong_fast.models.gpt2_block.gpt2_block_infer`, RMT's
+``ln_f`` on the write rows by ``rows_layer_norm_ref``, and the associative read and write by their torch
+references. ``torch.compile`` then traces it whole (no graph break) and fuses the
 elementwise chains around the GEMMs: the bias, GELU, residual and layer-norm kernels of each block and the
 dozens of small kernels of ARMT's read and write. :class:`CompiledStep` calls it for full segments and runs
 ``stream_step`` for the rest (the first segment, a short last one, training, unsupported blocks).
@@ -15,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from babilong_fast.models.armt import EPS, ARMT
 from babilong_fast.models.gpt2_block import gpt2_block_infer, lean_block_unsupported
@@ -24,32 +24,17 @@ from babilong_fast.models.state import ARMTState, RMTState
 from babilong_fast.models.stream_step import SegmentWorkspace, fast_step_unsupported, stream_step
 from babilong_fast.ops.assoc_read import assoc_read_ref
 from babilong_fast.ops.assoc_write import assoc_write_ref
-
-
-def block_input(
-    ids: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, front: torch.Tensor | None, back: torch.Tensor | None
-) -> torch.Tensor:
-    """``[front; wte[ids]; back] + wpe[0:T]`` summed in float32, rounded once to ``wte``'s dtype: ``[B, T, d]``.
-
-    ``front`` / ``back``: ``[B or 1, M, d]`` or None. An id outside ``[0, V)`` gives a row of NaN.
-    """
-    B = ids.shape[0]
-    valid = (ids >= 0) & (ids < wte.shape[0])
-    tok = F.embedding(torch.where(valid, ids, 0), wte).float() + torch.where(valid, 0.0, float("nan"))[..., None]
-    parts = [m.float().expand(B, -1, -1) for m in (front,) if m is not None]
-    parts += [tok] + [m.float().expand(B, -1, -1) for m in (back,) if m is not None]
-    rows = torch.cat(parts, 1)
-    return (rows + wpe[: rows.shape[1]].float()).to(wte.dtype)
+from babilong_fast.ops.segment_io import rows_layer_norm_ref, segment_embed_rows
 
 
 def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     """RMT's next memory ``[B, M, d]`` float32 from ``ids [B, L]`` and the memory ``[B, M, d]``."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
-    h = block_input(ids, tr.wte.weight, tr.wpe.weight, memory, memory)
+    h = segment_embed_rows(ids, tr.wte.weight, tr.wpe.weight, memory, memory)
     for block in tr.h:
         h = gpt2_block_infer(block, h)
     ln = tr.ln_f
-    return F.layer_norm(h[:, M + L :].float(), (h.shape[-1],), ln.weight.float(), ln.bias.float(), ln.eps)
+    return rows_layer_norm_ref(h, M + L, M, ln.weight, ln.bias, ln.eps)
 
 
 def armt_step_math(
@@ -57,7 +42,7 @@ def armt_step_math(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """ARMT after its first segment: per block the read, the block, the write; the new ``(A, z)`` per layer."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
-    h = block_input(ids, tr.wte.weight, tr.wpe.weight, None, model.memory.unsqueeze(0))
+    h = segment_embed_rows(ids, tr.wte.weight, tr.wpe.weight, None, model.memory.unsqueeze(0))
     new_A, new_z = [], []
     for i, (block, p) in enumerate(zip(tr.h, model.layers, strict=True)):
         h = assoc_read_ref(h, p.W_q.weight, A[i], z[i], model.nu, EPS)

@@ -20,6 +20,30 @@ IMPLEMENTED = ("cuda", "triton", "torch")
 _FLOATS = (*HALF_AND_FLOAT, torch.float64)
 
 
+def segment_embed_rows(
+    input_ids: torch.Tensor,
+    wte: torch.Tensor,
+    wpe: torch.Tensor,
+    front: torch.Tensor | None = None,
+    back: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[front; wte[ids]; back] + wpe[0:T]`` as a new ``[B, T, d]`` tensor in ``wte``'s dtype: the reference's
+    sums (float32, or float64 for float64 ``wte``) rounded once, NaN rows for ids outside ``[0, V)``. The
+    functional form of :func:`segment_embed_ref`, with no ``out`` buffer, as ``torch.compile`` traces it.
+
+    ``front`` / ``back``: ``[B or 1, M, d]`` in any float dtype, or None.
+    """
+    B = input_ids.shape[0]
+    acc = torch.float64 if wte.dtype == torch.float64 else torch.float32
+    valid = (input_ids >= 0) & (input_ids < wte.shape[0])
+    tok = torch.nn.functional.embedding(torch.where(valid, input_ids, 0), wte).to(acc)  # [B, L, d]
+    tok = tok + torch.where(valid, 0.0, float("nan")).to(acc)[..., None]  # + 0, or NaN for a bad id
+    parts = [m.to(acc).expand(B, -1, -1) for m in (front,) if m is not None]
+    parts += [tok] + [m.to(acc).expand(B, -1, -1) for m in (back,) if m is not None]
+    rows = torch.cat(parts, 1)
+    return (rows + wpe[: rows.shape[1]].to(acc)).to(wte.dtype)
+
+
 def segment_embed_ref(
     input_ids: torch.Tensor,
     wte: torch.Tensor,
@@ -28,28 +52,12 @@ def segment_embed_ref(
     front: torch.Tensor | None = None,
     back: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pure-PyTorch reference of :func:`segment_embed` (sums in float32, or float64 for a float64 ``out``).
+    """Pure-PyTorch reference of :func:`segment_embed` (sums in float32, or float64 for a float64 ``out``):
+    :func:`segment_embed_rows` copied into ``out`` (differentiable as plain torch).
 
     Ids outside ``[0, V)`` give NaN rows (no device sync is spent on checking them).
     """
-    B, L = input_ids.shape
-    Mf = 0 if front is None else front.shape[1]
-    Mb = 0 if back is None else back.shape[1]
-    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
-    pos = wpe[: Mf + L + Mb]
-    V = wte.shape[0]
-    valid = (input_ids >= 0) & (input_ids < V)
-    tok = torch.nn.functional.embedding(torch.where(valid, input_ids, 0), wte)  # [B, L, d]
-    nan_rows = torch.where(valid, 0.0, float("nan")).to(acc)[..., None]  # [B, L, 1]: 0, or NaN for a bad id
-    rows = out[:, Mf : Mf + L]
-    if out.dtype == acc and not torch.is_grad_enabled():  # out= cannot be differentiated
-        torch.add(tok, pos[Mf : Mf + L], out=rows).add_(nan_rows)
-    else:
-        rows.copy_(tok.to(acc) + pos[Mf : Mf + L].to(acc) + nan_rows)
-    for a, b, m in ((0, Mf, front), (Mf + L, Mf + L + Mb, back)):
-        if b > a:
-            out[:, a:b] = (m.to(acc) + pos[a:b].to(acc)).to(out.dtype).expand(B, -1, -1)
-    return out
+    return out.copy_(segment_embed_rows(input_ids, wte, wpe, front, back))
 
 
 def _check_embed(input_ids, wte, wpe, out, front, back) -> tuple[int, int]:

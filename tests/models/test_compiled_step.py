@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from babilong_fast.engine import StreamRunner
-from babilong_fast.models.compiled_step import CompiledStep, block_input, compiled_step_unsupported
+from babilong_fast.models.compiled_step import CompiledStep, compiled_step_unsupported
 from babilong_fast.models.stream_step import SegmentWorkspace, stream_step
-from babilong_fast.ops.segment_io import segment_embed_ref
 from tests.helpers import assert_close, requires_cuda
 from tests.models.naive import VOCAB
 from tests.models.test_stream_step import SEG, make_model, state_tensors
@@ -68,21 +67,6 @@ def test_torch_compile_whole_step(kind):
     step, pairs = run_pair(model, torch.randint(0, VOCAB, (2, 4 * SEG)), None)
     assert step.compiled_calls == 3
     check_pairs(pairs)
-
-
-def test_block_input_is_segment_embed():
-    """The same rows as segment_embed_ref, float32 and bfloat16 outputs, an out-of-range id giving NaN."""
-    wte, wpe = torch.randn(50, 16), torch.randn(40, 16)
-    ids = torch.randint(0, 50, (2, 7))
-    ids[1, 3] = 50
-    front, back = torch.randn(1, 3, 16), torch.randn(2, 4, 16)
-    for dtype in (torch.float32, torch.bfloat16):
-        out = segment_embed_ref(ids, wte.to(dtype), wpe.to(dtype), torch.empty(2, 14, 16, dtype=dtype), front, back)
-        got = block_input(ids, wte.to(dtype), wpe.to(dtype), front, back)
-        assert got.dtype == dtype
-        torch.testing.assert_close(got, out, rtol=0, atol=0, equal_nan=True)
-        assert got[1, 6].isnan().all() and not got[0].isnan().any()
-    assert block_input(ids[:1, :2], wte, wpe, None, back[:1]).shape == (1, 6, 16)
 
 
 def test_falls_back_where_the_math_does_not_apply():

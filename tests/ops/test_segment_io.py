@@ -5,6 +5,7 @@ import torch
 
 from babilong_fast.backends import triton_interpret
 from babilong_fast.ops import rows_layer_norm, rows_layer_norm_ref, segment_embed
+from babilong_fast.ops.segment_io import segment_embed_rows
 from tests.helpers import assert_close, backend_params, dtype_params
 
 RTOL = {torch.float32: 1e-6, torch.bfloat16: 5e-3, torch.float16: 1e-3}
@@ -113,6 +114,23 @@ def test_segment_embed_torch_backend_differentiable():
     want_front = 2 * (embed_ref64(ids, wte.detach(), wpe, front.detach(), back)[:, :3]).sum(0, keepdim=True)
     assert_close("front.grad", want_front, front.grad, 1e-6)
     assert wte.grad is not None and wte.grad.abs().sum() > 0
+
+
+def test_segment_embed_rows():
+    """The functional form (no out buffer): the float32 sums rounded once, NaN rows for bad ids, no front."""
+    wte, wpe = torch.randn(50, 16), torch.randn(40, 16)
+    ids = torch.randint(0, 50, (2, 7))
+    ids[1, 3] = 50
+    front, back = torch.randn(1, 3, 16), torch.randn(2, 4, 16)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = segment_embed_rows(ids, wte.to(dtype), wpe.to(dtype), front, back)
+        assert got.dtype == dtype
+        good = ids.clamp(max=49)
+        exact = embed_ref64(good, wte.to(dtype), wpe.to(dtype), front, back).float().to(dtype)
+        exact[1, 3 + 3] = float("nan")
+        torch.testing.assert_close(got, exact, rtol=0, atol=0, equal_nan=True)
+        assert got[1, 6].isnan().all() and not got[0].isnan().any()
+    assert segment_embed_rows(ids[:1, :2], wte, wpe, None, back[:1]).shape == (1, 6, 16)
 
 
 def test_segment_embed_bad_input():
