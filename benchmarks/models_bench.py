@@ -60,6 +60,8 @@ MEM_NOTE = {
 }
 
 CHUNK_TOKENS = 4096
+PREDICT_SKIP_FACTOR = 2.0  # a length predicted past twice its budget is skipped (predicted_over_budget)
+STOCK_MAMBA_WARMUP_TOKENS = 600  # the stock Mamba warm-up (models_bench.run_suite)
 QUESTION_TOKENS = 8
 
 
@@ -440,10 +442,13 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                         return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
                     return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens, step)
 
-                stop_reason = None
+                stop_reason, measured = None, None  # measured: (length, seconds, its name) of the last finished length
                 if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
                     try:
-                        warm = make_inputs(B, 2 * seg + FINETUNE_MARGIN + 1, vocab, "random", seed=1)
+                        # Two segments; for stock Mamba (HF's prefix scan is a Python loop, ~1.6 ms a token on an
+                        # H100) a short prefix and the answer's single-token calls warm both of its paths.
+                        n = STOCK_MAMBA_WARMUP_TOKENS if mamba and mode == "stock" else 2 * seg + FINETUNE_MARGIN + 1
+                        warm = make_inputs(B, n, vocab, "random", seed=1)
                         fn(Watch(float("inf"), float("inf")), warm)
                         sync(cfg.device)
                     except Exception as e:  # noqa: BLE001 - reported per row, the suite goes on
@@ -453,7 +458,8 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                     row = {"model": name, "mode": mode, "backend": backend, "step": step,
                            "batch": B, "length": length, "length_name": length_name(length),
                            "dtype": str(cfg.dtype).replace("torch.", ""), "data": cfg.data}
-                    if stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, wrappers.get("mamba")):
+                    if (stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, wrappers.get("mamba"))
+                            or predicted_over_budget(row, measured, length, budget)):
                         rows.append(row)
                         log(format_row(row))
                         continue
@@ -468,6 +474,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                         res, out = time_row(call, cfg.device, budget, cfg.repeats, cfg.long_s)
                         row.update(res)
                         row["tokens_per_s"] = B * inputs.total_tokens / res["seconds"]
+                        measured = (length, res["seconds"], row["length_name"])
                         row["seconds_per_sample"] = res["seconds"] / B
                         ans = out.detach().cpu()
                         if mode == "stock":
@@ -502,6 +509,21 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
         if cfg.device.type == "cuda":
             torch.cuda.empty_cache()
     return rows, info
+
+
+def predicted_over_budget(row: dict, measured: tuple | None, length: int, budget_s: float) -> bool:
+    """Skip a length (and say why) whose run would take over ``PREDICT_SKIP_FACTOR`` times the budget at the
+    rate measured at a shorter length: time taken as linear in tokens, which a short run's fixed costs only
+    overstate by a little. Saves a run that could only be aborted; no time is reported for it."""
+    if measured is None:
+        return False
+    shorter, seconds, name = measured
+    predicted = seconds * length / shorter
+    if predicted <= PREDICT_SKIP_FACTOR * budget_s:
+        return False
+    row["skipped"] = (f"predicted {predicted:.0f} s from {seconds:.3g} s at {name} (linear in tokens), over "
+                      f"{PREDICT_SKIP_FACTOR:g}x the {budget_s:g} s budget; not run, not extrapolated")
+    return True
 
 
 def stock_estimate_skip(row, model, cfg, B, length, vocab, stop_reason, mamba_cfg=None) -> bool:

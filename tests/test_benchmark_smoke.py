@@ -72,6 +72,31 @@ def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsy
     assert "shorter length exceeded" in rows[1]["skipped"]
 
 
+def test_length_predicted_over_budget_is_skipped_not_run(throughput, tmp_path, capsys):
+    """A length whose run, at the rate of the shorter one, would take over twice the budget is not attempted."""
+    out = tmp_path / "bench.json"
+    code = throughput.main([  # fast mode: a CPU stock row at 10M is skipped by its memory estimate first
+        "--device", "cpu", "--config", "tiny", "--models", "rmt", "--modes", "fast", "--lengths", "1k,10M",
+        "--repeats", "1", "--no-warmup", "--fast-budget-s", "10", "--json", str(out), "--no-plot",
+    ])
+    capsys.readouterr()
+    assert code == 0
+    short, long = json.loads(out.read_text())["rows"]
+    assert short["seconds"] > 0 and "skipped" not in short
+    assert long["length"] == 10_000_000 and "seconds" not in long and "input_tokens" not in long
+    assert long["skipped"].startswith("predicted ") and "at 1k" in long["skipped"] and "not extrapolated" in long["skipped"]
+
+
+def test_predicted_over_budget_rule(throughput):
+    import models_bench
+
+    row: dict = {}
+    assert not models_bench.predicted_over_budget(row, None, 10**6, 15)  # nothing measured yet: run it
+    assert not models_bench.predicted_over_budget(row, (16_000, 0.4, "16k"), 10**6, 15) and row == {}  # 25 s <= 30
+    assert models_bench.predicted_over_budget(row, (16_000, 0.6, "16k"), 10**6, 15)  # 37.5 s > 2 x 15
+    assert row["skipped"].startswith("predicted 38 s from 0.6 s at 16k")
+
+
 def test_mamba_stock_runs_the_prefix_then_single_tokens(throughput, tmp_path, capsys):
     """Mamba stock with a prefix shorter than the input takes the per-token path and still answers as fast does."""
     out = tmp_path / "bench.json"
@@ -134,3 +159,15 @@ def test_step_kernels_counts(tmp_path, capsys):
             assert per_block == {"hf": 17, "lean": 10}
         assert per_block["hf"] - per_block["lean"] == 7
         assert rows[3][model, "lean"]["by_op"]["aten.gelu.default"] == 3
+
+
+def test_device_check_model_runs_parse(throughput):
+    """Every model run of the device check is a valid throughput.py command line; a run's own flags win."""
+    spec = importlib.util.spec_from_file_location("device_check_under_test", os.path.join(BENCH, "device_check.py"))
+    dc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dc)
+    for name, extra, cap in dc.MODEL_RUNS:
+        args = throughput.parse_args(["--dtype", "bfloat16", "--budget-s", "15", "--json", "x.json", *extra])
+        assert cap > 0 and args.models, name
+        if name == "mamba":
+            assert args.models == "mamba" and args.budget_s == 40  # its stock prefix outlasts the common 15 s
