@@ -624,7 +624,8 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
     for r in done:
         label = f"{r['model'].upper()} {r['mode']}"
         if r["mode"] == "fast" and len(fast_labels[r["model"]]) > 1:
-            label += f" [{_backend_label(r) if _backend_label(r) != '-' else r.get('step', '-')}]"
+            backend = _backend_label(r)
+            label += f" [{backend if backend != '-' else r.get('step', '-')}]"
         if several_b:
             label += f", B={r['batch']}"
         lines.setdefault(label, []).append(r)

@@ -458,8 +458,13 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     print(f"\nwrote {json_path}")
     mem_method = next((r["mem_method"] for r in rows if "mem_method" in r), "cuda" if gpu else "vmhwm")
     if not args.no_plot:
-        title = (f"babilong_fast: {' / '.join(m.upper() for m in models)}, "
-                 f"{'GPT-2 small / Mamba-130m' if big else 'tiny GPT-2 / tiny Mamba'}, {dtype_name}, {env['device']}")
+        backbones = []  # only the backbones of the models that ran
+        if {"rmt", "armt"} & set(models):
+            backbones.append("GPT-2 small" if big else "tiny GPT-2")
+        if "mamba" in models:
+            backbones.append("Mamba-130m" if big else "tiny Mamba")
+        title = (f"babilong_fast: {' / '.join(m.upper() for m in models)}, {' / '.join(backbones)}, "
+                 f"{dtype_name}, {env['device']}")
         why = mb.plot(rows, png_path, title, {"cuda": "device memory", "vmhwm": "process RSS",
                                               "sampled": "process RSS"}[mem_method])
         print(f"wrote {png_path}" if why is None else f"no plot: {why}")
