@@ -71,9 +71,9 @@ class _RecurrentAdapter:
             return self.compiled(ids, state)
         return stream_step(self.model, ids, state, self.workspace)
 
-    def enable_compile(self) -> None:
+    def enable_compile(self, regional: bool = True) -> None:
         """Full segments after the first through ``torch.compile`` (see ``models.compiled_step.CompiledStep``)."""
-        self.compiled = CompiledStep(self.model, self.workspace)
+        self.compiled = CompiledStep(self.model, self.workspace, regional=regional)
 
     def decode(self, last_ids: torch.Tensor, state: Any, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         return self.model.generate_from_state(last_ids, state, max_new_tokens, eos_token_id)

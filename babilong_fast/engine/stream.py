@@ -107,9 +107,10 @@ class StreamRunner:
             warns once and the stream goes on eagerly.
         graph_warmup: eager segments before recording (default 2).
         compile: ARMT/RMT only: run full segments after the first through ``torch.compile``
-            (:mod:`babilong_fast.models.compiled_step`: the step as one traced function, elementwise kernels
-            fused; the associative ops by their torch references, whatever ``model.backend``). Compiling takes
-            tens of seconds on the first such segment; the CUDA graph then records the compiled step.
+            (:mod:`babilong_fast.models.compiled_step`: elementwise kernels fused; the associative ops by their
+            torch references, whatever ``model.backend``). With CUDA graphs one layer graph serves every layer
+            and the CUDA graph records the compiled step; without, the whole step is one graph (compiling
+            takes longer, steps run faster). Compiling takes tens of seconds on the first such segment.
 
     Examples::
         >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -146,10 +147,8 @@ class StreamRunner:
                     f"segment_size={segment_size} does not match the model's segment_size="
                     f"{self.adapter.segment_size}; streaming must segment as the model was trained and generates"
                 )
-        if compile:
-            if not hasattr(self.adapter, "enable_compile"):
-                raise ValueError(f"compile=True runs ARMT and RMT steps; {type(model).__name__} has no compiled step")
-            self.adapter.enable_compile()
+        if compile and not hasattr(self.adapter, "enable_compile"):
+            raise ValueError(f"compile=True runs ARMT and RMT steps; {type(model).__name__} has no compiled step")
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         self.model = model.eval()
@@ -160,6 +159,8 @@ class StreamRunner:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
         if not isinstance(graph_warmup, int) or isinstance(graph_warmup, bool) or graph_warmup < 1:
             raise ValueError(f"graph_warmup must be an integer >= 1, got {graph_warmup!r}")
+        if compile:  # per-layer graphs where a CUDA graph replays the step (cheap compiles), else one graph
+            self.adapter.enable_compile(regional=bool(cuda_graphs))
         self._steps = StepRunner(lambda ids, st: self.adapter.step(ids, st), enabled=bool(cuda_graphs), warmup=graph_warmup)
         self.progress = progress
         self.state: StreamState | None = None

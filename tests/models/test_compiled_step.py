@@ -19,9 +19,9 @@ def eager(fn):
     return fn
 
 
-def run_pair(model, ids, compile_fn):
+def run_pair(model, ids, compile_fn, regional=True):
     """stream_step's states and CompiledStep's, segment by segment, each chain fed by its own states."""
-    step = CompiledStep(model, SegmentWorkspace(), compile_fn)
+    step = CompiledStep(model, SegmentWorkspace(), compile_fn, regional=regional)
     ws = SegmentWorkspace()
     pairs = []
     with torch.inference_mode():
@@ -41,12 +41,13 @@ def check_pairs(pairs, rtol=1e-5):
             assert_close(f"segment {k} tensor {i}", r, f, rtol)
 
 
+@pytest.mark.parametrize("regional", [True, False], ids=["regional", "whole"])
 @pytest.mark.parametrize("B", [1, 3], ids=["B1", "B3"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["armt", "rmt"])
-def test_step_math_matches_stream_step(kind, attn, B):
+def test_step_math_matches_stream_step(kind, attn, B, regional):
     model = make_model(kind, attn)
-    step, pairs = run_pair(model, torch.randint(0, VOCAB, (B, N_TOKENS)), eager)
+    step, pairs = run_pair(model, torch.randint(0, VOCAB, (B, N_TOKENS)), eager, regional)
     assert len(pairs) == 7 and step.compiled_calls == 5  # not the first segment, not the short last one
     check_pairs(pairs)
 
@@ -61,11 +62,20 @@ def test_step_math_bfloat16(kind):
 
 
 @pytest.mark.parametrize("kind", ["armt", "rmt"])
-def test_torch_compile_whole_step(kind):
-    """torch.compile(fullgraph=True): a graph break would fail here; the states match the eager step's."""
+@pytest.mark.parametrize("regional", [True, False], ids=["regional", "whole"])
+def test_torch_compile(kind, regional):
+    """torch.compile(fullgraph=True): a graph break would fail here; regional: one layer graph serves every
+    layer; whole: the step is one graph. The states match the eager step's."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     model = make_model(kind, "sdpa")
-    step, pairs = run_pair(model, torch.randint(0, VOCAB, (2, 4 * SEG)), None)
+    assert len(model.backbone.transformer.h) >= 2
+    step, pairs = run_pair(model, torch.randint(0, VOCAB, (2, 4 * SEG)), None, regional=regional)
     assert step.compiled_calls == 3
+    # regional RMT: the block input, the block, ln_f on the write rows; ARMT: the block input, the layer
+    assert counters["stats"]["unique_graphs"] == ((3 if kind == "rmt" else 2) if regional else 1)
     check_pairs(pairs)
 
 
@@ -101,6 +111,7 @@ def test_stream_runner_compile():
     runner = StreamRunner(model, progress=False, compile=True)
     got = runner.run([ctx], question, **kw)
     assert torch.equal(got, want) and runner.adapter.compiled.compiled_calls >= 3
+    assert runner.adapter.compiled.regional is False  # no CUDA graph to hide the calls between the parts
     from transformers import MambaConfig, MambaForCausalLM
 
     mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4))
@@ -123,5 +134,6 @@ def test_compiled_step_in_a_cuda_graph(kind):
     got = runner.run([ctx], question, **kw)
     assert torch.equal(got.cpu(), want.cpu())
     assert runner.adapter.compiled.compiled_calls >= 2 and runner._steps.graphed_steps >= 3
+    assert runner.adapter.compiled.regional is True  # per-layer graphs, recorded in the step's CUDA graph
     for i, (w, g) in enumerate(zip(state_tensors(plain.state.model_state), state_tensors(runner.state.model_state))):
         assert_close(f"state tensor {i}", w, g, 1e-4)
