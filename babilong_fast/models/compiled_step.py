@@ -29,24 +29,27 @@ from babilong_fast.ops.assoc_write import assoc_write_ref
 from babilong_fast.ops.segment_io import rows_layer_norm_ref, segment_embed_rows
 
 
-def lean_block(block: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """One GPT-2 block ``[B, T, d] -> [B, T, d]`` by :func:`gpt2_block_infer` (the caller checked it applies)."""
-    return gpt2_block_infer(block, h, check=False)
+def lean_block(block: torch.nn.Module, h: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    """One GPT-2 block ``[B, T, d] -> [B, T or last, d]`` by :func:`gpt2_block_infer` (the caller checked it
+    applies); ``last``: only the output's last rows."""
+    return gpt2_block_infer(block, h, check=False, last=last)
 
 
 def armt_layer_math(
     block: torch.nn.Module, layer: torch.nn.Module, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor,
-    *, nu: int, correction: bool, L: int, M: int,
+    *, nu: int, correction: bool, L: int, M: int, last_layer: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One ARMT layer after the first segment: the read, the block, the write from rows ``[L, L + M)``.
 
-    ``h`` ``[B, T, d]``, ``A`` ``[B, F, d]`` and ``z`` ``[B, F]`` float32; returns ``(h, A, z)`` new.
+    ``h`` ``[B, L + M, d]``, ``A`` ``[B, F, d]`` and ``z`` ``[B, F]`` float32; returns ``(h, A, z)`` new.
+    ``last_layer``: the block computes the memory rows only (nothing after it reads the others); ``h`` is then
+    those ``[B, M, d]``.
     """
     h = assoc_read_ref(h, layer.W_q.weight, A, z, nu, EPS)
-    h = lean_block(block, h)
+    h = lean_block(block, h, M if last_layer else None)
     A, z = assoc_write_ref(
-        h[:, L : L + M], layer.W_k.weight, layer.W_v.weight, layer.W_b.weight, layer.W_b.bias, A, z,
-        nu=nu, eps=EPS, correction=correction, first_segment=False,
+        h if last_layer else h[:, L : L + M], layer.W_k.weight, layer.W_v.weight, layer.W_b.weight, layer.W_b.bias,
+        A, z, nu=nu, eps=EPS, correction=correction, first_segment=False,
     )
     return h, A, z
 
@@ -65,10 +68,11 @@ def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor, parts: St
     """RMT's next memory ``[B, M, d]`` float32 from ``ids [B, L]`` and the memory ``[B, M, d]``."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
     h = parts.embed(ids, tr.wte.weight, tr.wpe.weight, memory, memory)
-    for block in tr.h:
-        h = parts.block(block, h)
+    n = len(tr.h)
+    for i, block in enumerate(tr.h):
+        h = parts.block(block, h, M if i == n - 1 else None)  # the last block: the write rows only
     ln = tr.ln_f
-    return parts.rows_norm(h, M + L, M, ln.weight, ln.bias, ln.eps)
+    return parts.rows_norm(h, M + L if n == 0 else 0, M, ln.weight, ln.bias, ln.eps)
 
 
 def armt_step_math(
@@ -78,8 +82,11 @@ def armt_step_math(
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
     h = parts.embed(ids, tr.wte.weight, tr.wpe.weight, None, model.memory.unsqueeze(0))
     new_A, new_z = [], []
+    n = len(tr.h)
     for i, (block, layer) in enumerate(zip(tr.h, model.layers, strict=True)):
-        h, a, b = parts.armt_layer(block, layer, h, A[i], z[i], nu=model.nu, correction=model.correction, L=L, M=M)
+        h, a, b = parts.armt_layer(
+            block, layer, h, A[i], z[i], nu=model.nu, correction=model.correction, L=L, M=M, last_layer=i == n - 1
+        )
         new_A.append(a)
         new_z.append(b)
     return new_A, new_z

@@ -62,7 +62,7 @@ def attention_scale(block: nn.Module) -> float:
     return scale
 
 
-def gpt2_block_infer(block: nn.Module, h: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+def gpt2_block_infer(block: nn.Module, h: torch.Tensor, *, check: bool = True, last: int | None = None) -> torch.Tensor:
     """``block(h)`` with causal self-attention and no mask, in fewer kernels (eval mode, no dropout).
 
     Args:
@@ -70,12 +70,16 @@ def gpt2_block_infer(block: nn.Module, h: torch.Tensor, *, check: bool = True) -
         h: ``[B, T, d]`` hidden states in the block's dtype.
         check: check ``block`` and ``h`` first; False for a caller that has already asked
             :func:`lean_block_unsupported` (the streaming step, once per block and segment).
+        last: compute only the last ``last`` rows of the output (``block(h)[:, T - last:]``): keys and values
+            of every row, queries, attention output and MLP of those rows alone. The streaming step's last
+            block needs only the memory rows it writes from. None: all ``T`` rows.
 
     Returns:
-        ``[B, T, d]``, a new tensor (``h`` is not written).
+        ``[B, T, d]`` (``[B, last, d]`` with ``last``), a new tensor (``h`` is not written).
 
     Raises:
-        ValueError: ``block`` is not one this function runs (call the block itself, with a causal mask).
+        ValueError: ``block`` is not one this function runs (call the block itself, with a causal mask), or
+            ``last`` is not in ``[1, T]``.
     """
     if check:
         why = lean_block_unsupported(block)
@@ -83,15 +87,23 @@ def gpt2_block_infer(block: nn.Module, h: torch.Tensor, *, check: bool = True) -
             raise ValueError(f"gpt2_block_infer cannot run this block: {why}")
         if h.dim() != 3 or h.shape[-1] != block.ln_1.normalized_shape[0]:
             raise ValueError(f"h must be [B, T, {block.ln_1.normalized_shape[0]}], got {tuple(h.shape)}")
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= h.shape[1]):
+            raise ValueError(f"last must be an integer in [1, {h.shape[1]}] (the rows of h), got {last!r}")
     B, T, d = h.shape
+    R = T if last is None else last  # output rows: the last R of T
     attn, mlp, ln1, ln2 = block.attn, block.mlp, block.ln_1, block.ln_2
     H, D = attn.num_heads, attn.head_dim
     x = F.layer_norm(h, (d,), ln1.weight, ln1.bias, ln1.eps).view(B * T, d)
     qkv = torch.addmm(attn.c_attn.bias, x, attn.c_attn.weight).view(B, T, 3, H, D)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, D] views, as HF's split/view/transpose
-    a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=attention_scale(block))
-    a = a.transpose(1, 2).reshape(B * T, H * D)  # a view where SDPA returns [B, T, H, D] memory (CPU, flash)
-    h = torch.addmm(attn.c_proj.bias, a, attn.c_proj.weight).view(B, T, d).add_(h)
-    x = F.layer_norm(h, (d,), ln2.weight, ln2.bias, ln2.eps).view(B * T, d)
+    if R == T:
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=attention_scale(block))
+    else:  # query row r sits at position T - R + r: it sees keys 0 .. T - R + r (SDPA's is_causal aligns top-left)
+        visible = torch.ones(R, T, dtype=torch.bool, device=h.device).tril_(T - R)
+        a = F.scaled_dot_product_attention(q[:, :, T - R :], k, v, attn_mask=visible, scale=attention_scale(block))
+        h = h[:, T - R :]
+    a = a.transpose(1, 2).reshape(B * R, H * D)  # a view where SDPA returns [B, R, H, D] memory (CPU, flash)
+    h = torch.addmm(attn.c_proj.bias, a, attn.c_proj.weight).view(B, R, d).add_(h)
+    x = F.layer_norm(h, (d,), ln2.weight, ln2.bias, ln2.eps).view(B * R, d)
     u = mlp_activation(mlp.act)(torch.addmm(mlp.c_fc.bias, x, mlp.c_fc.weight))
-    return torch.addmm(mlp.c_proj.bias, u, mlp.c_proj.weight).view(B, T, d).add_(h)
+    return torch.addmm(mlp.c_proj.bias, u, mlp.c_proj.weight).view(B, R, d).add_(h)

@@ -3,8 +3,9 @@
 :func:`stream_step` equals ``model.segment_forward(ids, None, state, write=True, return_logits=False)[2]`` (the
 same state, float32 round-off aside) but builds the block input with :func:`~babilong_fast.ops.segment_embed`
 in a buffer reused across calls of one shape (:class:`SegmentWorkspace`), calls the GPT-2 blocks of
-``backbone.transformer.h`` directly, and, for RMT, applies ``ln_f`` to the write rows only
-(:func:`~babilong_fast.ops.rows_layer_norm`); ARMT needs no ``ln_f`` at all. ARMT reads before and writes after
+``backbone.transformer.h`` directly, runs the last block for the memory rows the state is made from only
+(their queries, attention and MLP; keys and values of all rows), and, for RMT, applies ``ln_f`` to those
+write rows (:func:`~babilong_fast.ops.rows_layer_norm`); ARMT needs no ``ln_f`` at all. ARMT reads before and writes after
 every block exactly as the hooks of ``ARMT.segment_forward`` do. No logits, no hidden states are kept.
 
 The step has static shapes, no host sync and no branch on tensor values, so
@@ -102,11 +103,15 @@ def _attention_mask(model: ARMT | RMT, T: int, dtype: torch.dtype, ws: SegmentWo
     return ws.causal_mask(T, dtype, tr.wte.weight.device)
 
 
-def _block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, ws: SegmentWorkspace) -> torch.Tensor:
+def _block(
+    block: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, ws: SegmentWorkspace, last: int | None = None
+) -> torch.Tensor:
+    """``block(h)``, or its last ``last`` rows only (all the last block's output that the state uses)."""
     if ws.lean_blocks and lean_block_unsupported(block) is None:
-        return gpt2_block_infer(block, h, check=False)
+        return gpt2_block_infer(block, h, check=False, last=last)
     out = block(h, attention_mask=mask)
-    return out[0] if isinstance(out, tuple) else out
+    out = out[0] if isinstance(out, tuple) else out
+    return out if last is None else out[:, out.shape[1] - last :]
 
 
 def _as_broadcast(memory: torch.Tensor) -> torch.Tensor:
@@ -133,7 +138,8 @@ def _segment_rows(model: ARMT | RMT, ids: torch.Tensor, extra: int) -> tuple[tor
 def rmt_stream_step(
     model: RMT, ids: torch.Tensor, state: RMTState, ws: SegmentWorkspace, backend: Backend = "auto"
 ) -> RMTState:
-    """RMT: ``[mem; wte(ids); mem] + wpe`` in ``ws``'s buffer, the blocks, then ``ln_f`` on the ``M`` write rows."""
+    """RMT: ``[mem; wte(ids); mem] + wpe`` in ``ws``'s buffer, the blocks (the last for the ``M`` write rows
+    only), then ``ln_f`` on those rows."""
     ids, B, L, T = _segment_rows(model, ids, 2 * model.num_mem_tokens)
     state = model._check_state(state, B)
     M, tr = model.num_mem_tokens, model.backbone.transformer
@@ -142,10 +148,12 @@ def rmt_stream_step(
     mem = _as_broadcast(state.memory)
     segment_embed(ids, wte, tr.wpe.weight, h, front=mem, back=mem, backend=backend)
     mask = _attention_mask(model, T, h.dtype, ws)
-    for block in tr.h:
-        h = _block(block, h, mask, ws)
+    n = len(tr.h)
+    for i, block in enumerate(tr.h):
+        h = _block(block, h, mask, ws, last=M if i == n - 1 else None)  # the last block: the write rows only
     ln = tr.ln_f
-    new = rows_layer_norm(h.contiguous(), M + L, M, ln.weight, ln.bias, ln.eps, backend=backend)
+    start = M + L if n == 0 else 0  # with no block, h is still the whole input
+    new = rows_layer_norm(h.contiguous(), start, M, ln.weight, ln.bias, ln.eps, backend=backend)
     return RMTState(new, state.segments_seen + 1)
 
 
@@ -166,11 +174,16 @@ def armt_stream_step(
     mask = _attention_mask(model, T, h.dtype, ws)
     first = state.segments_seen == 0
     new_A, new_z = [], []
+    n = len(tr.h)
     for i, block in enumerate(tr.h):
         if not first:
             h = model.read_layer(i, h, state)
-        h = _block(block, h, mask, ws)
-        A, z = model.write_layer(i, h[:, L : L + M], state, first)
+        if i < n - 1:
+            h = _block(block, h, mask, ws)
+            rows = h[:, L : L + M]
+        else:  # the last block: only the memory rows, which its write reads (the rows [L, L + M) are the last M)
+            rows = _block(block, h, mask, ws, last=M)
+        A, z = model.write_layer(i, rows, state, first)
         new_A.append(A)
         new_z.append(z)
     return ARMTState(new_A, new_z, state.segments_seen + 1)

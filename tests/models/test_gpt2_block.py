@@ -58,6 +58,21 @@ def test_attention_scale_options(config):
     assert_close(str(config), reference(block, h), out, RTOL[torch.float32])
 
 
+@pytest.mark.parametrize("B,T,last", [(1, 1, 1), (2, 9, 1), (3, 33, 5), (2, 17, 17)], ids=str)
+def test_last_rows(B, T, last):
+    """last=R: the block output's last R rows alone (keys and values from all rows), as the full forward gives."""
+    block = make_block(activation_function="gelu_new")
+    h = torch.randn(B, T, 48)
+    before = h.clone()
+    with torch.inference_mode():
+        out = gpt2_block_infer(block, h, last=last)
+    assert out.shape == (B, last, 48) and torch.equal(h, before)
+    assert_close(f"B{B} T{T} last {last}", reference(block, h)[:, T - last :], out, RTOL[torch.float32])
+    for bad in (0, T + 1, True, 2.0):
+        with pytest.raises(ValueError, match="last must be an integer"):
+            gpt2_block_infer(block, h, last=bad)
+
+
 def test_input_not_written():
     block = make_block()
     h = torch.randn(2, 5, 48)
@@ -108,8 +123,10 @@ def test_matches_block_forward_cuda(dtype):
     fast = copy.deepcopy(block).to("cuda", dtype)
     with torch.inference_mode():
         out = gpt2_block_infer(fast, h.to("cuda", dtype))
-    assert out.dtype == dtype
+        tail = gpt2_block_infer(fast, h.to("cuda", dtype), last=10)  # masked SDPA on the GPU's kernels
+    assert out.dtype == tail.dtype == dtype
     # TF32 may be on for float32 matmuls on the GPU: half-precision tolerance unless it is off
     fp32_exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     assert_close(f"cuda {dtype}", ref, out, RTOL[torch.float32] if fp32_exact else 1e-2)
+    assert_close(f"cuda {dtype} last 10", ref[:, -10:], tail, RTOL[torch.float32] if fp32_exact else 1e-2)
 
