@@ -5,8 +5,8 @@ same state, float32 round-off aside) but builds the block input with :func:`~bab
 in a buffer reused across calls of one shape (:class:`SegmentWorkspace`), calls the GPT-2 blocks of
 ``backbone.transformer.h`` directly, runs the last block for the memory rows the state is made from only
 (their queries, attention and MLP; keys and values of all rows), and, for RMT, applies ``ln_f`` to those
-write rows (:func:`~babilong_fast.ops.rows_layer_norm`); ARMT needs no ``ln_f`` at all. ARMT reads before and writes after
-every block exactly as the hooks of ``ARMT.segment_forward`` do. No logits, no hidden states are kept.
+write rows (:func:`~babilong_fast.ops.rows_layer_norm`); ARMT needs no ``ln_f`` at all. ARMT reads before and
+writes after every block exactly as the hooks of ``ARMT.segment_forward`` do. No logits, no hidden states are kept.
 
 The step has static shapes, no host sync and no branch on tensor values, so
 :class:`~babilong_fast.engine.StreamRunner` can record it in a CUDA graph. It runs only for inference (eval
