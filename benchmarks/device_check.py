@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build: {'reused' if built else ('ok' if code == 0 else 'FAILED')} in {secs:.0f}s", flush=True)
 
         if "tests" in parts:
-            # Spread over processes where pytest-xdist is installed (the GPU is shared; tests are small). One line
-            # per test (-v), so a step stopped by its time limit still names what failed and what never ran.
-            xdist = ["-n", "8", "--dist", "loadfile"] if importlib.util.find_spec("xdist") else []
+            # Spread over processes where pytest-xdist is installed (the GPU is shared; tests are small), test by
+            # test: whole files would leave one worker with all of test_compiled_step's compiles. One line per
+            # test (-v), so a step stopped by its time limit still names what failed and what never ran.
+            xdist = ["-n", "8", "--dist", "load"] if importlib.util.find_spec("xdist") else []
             per_test = ["--timeout", "60"] if importlib.util.find_spec("pytest_timeout") else []
             code, text, secs = run([PY, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", *xdist, *per_test,
                                     *GPU_TESTS], log, limit("tests"), env)
