@@ -442,7 +442,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                         return run_stock(model, inputs, cfg.device, watch, cfg.max_new_tokens, cfg.stock_answer)
                     return run_fast(model, inputs, cfg.device, watch, cfg.max_new_tokens, step)
 
-                stop_reason, measured = None, None  # measured: (length, seconds, its name) of the last finished length
+                stop_reason, measured = None, []  # measured: (length, seconds, its name) of each finished length
                 if cfg.warmup:  # one-time costs (allocator, cuBLAS handles, Triton compiles) on a short input
                     try:
                         # Two segments; for stock Mamba (HF's prefix scan is a Python loop, ~1.6 ms a token on an
@@ -474,7 +474,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                         res, out = time_row(call, cfg.device, budget, cfg.repeats, cfg.long_s)
                         row.update(res)
                         row["tokens_per_s"] = B * inputs.total_tokens / res["seconds"]
-                        measured = (length, res["seconds"], row["length_name"])
+                        measured.append((length, res["seconds"], row["length_name"]))
                         row["seconds_per_sample"] = res["seconds"] / B
                         ans = out.detach().cpu()
                         if mode == "stock":
@@ -511,18 +511,23 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
     return rows, info
 
 
-def predicted_over_budget(row: dict, measured: tuple | None, length: int, budget_s: float) -> bool:
-    """Skip a length (and say why) whose run would take over ``PREDICT_SKIP_FACTOR`` times the budget at the
-    rate measured at a shorter length: time taken as linear in tokens, which a short run's fixed costs only
-    overstate by a little. Saves a run that could only be aborted; no time is reported for it."""
-    if measured is None:
+def predicted_over_budget(row: dict, measured: list[tuple], length: int, budget_s: float) -> bool:
+    """Skip a length (and say why) whose run is predicted to take over ``PREDICT_SKIP_FACTOR`` times its budget.
+
+    ``measured``: ``(length, seconds, name)`` of the shorter lengths this variant ran. With two, the time per
+    token between the last two (their fixed costs cancel: the CUDA-graph capture, the answer's decoding); with
+    one, a stock run's time scaled by the tokens (stock loops have no large fixed cost, and cost more per token
+    as they grow); a fast run with one shorter length is always run. No time is reported for a skipped length.
+    """
+    if not measured or (len(measured) == 1 and row["mode"] != "stock"):
         return False
-    shorter, seconds, name = measured
-    predicted = seconds * length / shorter
+    (l1, t1, n1), (l2, t2, n2) = ([(0, 0.0, "")] + measured)[-2:]
+    predicted = t2 + (t2 - t1) / (l2 - l1) * (length - l2)
     if predicted <= PREDICT_SKIP_FACTOR * budget_s:
         return False
-    row["skipped"] = (f"predicted {predicted:.0f} s from {seconds:.3g} s at {name} (linear in tokens), over "
-                      f"{PREDICT_SKIP_FACTOR:g}x the {budget_s:g} s budget; not run, not extrapolated")
+    basis = f"{t2:.3g} s at {n2}" if len(measured) == 1 else f"{t1:.3g} s at {n1} and {t2:.3g} s at {n2}"
+    row["skipped"] = (f"predicted {predicted:.0f} s from {basis} (linear in tokens), over {PREDICT_SKIP_FACTOR:g}x "
+                      f"the {budget_s:g} s budget: not run, no time reported")
     return True
 
 

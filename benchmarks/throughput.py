@@ -19,8 +19,9 @@ repeat only while a run stays under ``--long-s``), median seconds, synchronised 
 batch x input tokens / seconds; peak memory = device memory on a GPU (``max_memory_allocated``), peak RSS
 on a CPU. A run past its wall-clock budget (``--budget-s`` for stock, ``--fast-budget-s`` for fast) is
 aborted and reported as skipped, never extrapolated, and longer lengths of that model/mode/batch are then
-skipped too; so is a length that would take over twice its budget at the rate of the last shorter one
-(not run, no time reported); a GPU run that runs out of memory is reported as failed the same way. Writes a table with
+skipped too; so is a length predicted to take over twice its budget (linear in tokens through the last two
+shorter lengths, or for stock through the one shorter length; not run, no time reported); a GPU run that
+runs out of memory is reported as failed the same way. Writes a table with
 fast/stock ratios, a JSON file (environment, configs, every row) and a PNG plot (with matplotlib) into
 ``--out`` (default ``benchmarks/results`` on a GPU, a fresh temporary folder on a CPU so that a local run
 leaves the repository clean).

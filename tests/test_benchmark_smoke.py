@@ -72,29 +72,51 @@ def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsy
     assert "shorter length exceeded" in rows[1]["skipped"]
 
 
-def test_length_predicted_over_budget_is_skipped_not_run(throughput, tmp_path, capsys):
-    """A length whose run, at the rate of the shorter one, would take over twice the budget is not attempted."""
+def test_length_predicted_over_budget_is_skipped_not_run(throughput, tmp_path, capsys, monkeypatch):
+    """The suite's prediction with set timings: each run "takes" the next of these seconds (no model runs)."""
+    import models_bench
+    import torch
+
+    seconds = iter([20.0, 1.0, 1.5, 4.5])  # stock 1k; fast 1k, 2k, 8k
+
+    def fake_time_row(fn, device, budget_s, repeats, long_s):
+        t = next(seconds)
+        return {"seconds": t, "runs_s": [t], "peak_mem_bytes": 1, "start_mem_bytes": 0, "peak_above_start_bytes": 1,
+                "mem_method": "vmhwm"}, torch.zeros(1, 2, dtype=torch.long)
+
+    monkeypatch.setattr(models_bench, "time_row", fake_time_row)
     out = tmp_path / "bench.json"
-    code = throughput.main([  # fast mode: a CPU stock row at 10M is skipped by its memory estimate first
-        "--device", "cpu", "--config", "tiny", "--models", "rmt", "--modes", "fast", "--lengths", "1k,10M",
-        "--repeats", "1", "--no-warmup", "--fast-budget-s", "10", "--json", str(out), "--no-plot",
+    code = throughput.main([
+        "--device", "cpu", "--config", "tiny", "--models", "rmt", "--lengths", "1k,2k,8k,10M", "--repeats", "1",
+        "--no-warmup", "--budget-s", "15", "--fast-budget-s", "100", "--json", str(out), "--no-plot",
     ])
     capsys.readouterr()
     assert code == 0
-    short, long = json.loads(out.read_text())["rows"]
-    assert short["seconds"] > 0 and "skipped" not in short
-    assert long["length"] == 10_000_000 and "seconds" not in long and "input_tokens" not in long
-    assert long["skipped"].startswith("predicted ") and "at 1k" in long["skipped"] and "not extrapolated" in long["skipped"]
+    rows = {(r["mode"], r["length_name"]): r for r in json.loads(out.read_text())["rows"]}
+    # stock, one shorter length: 20 s x 2 = 40 s > 2 x 15 s; 8k likewise from 1k
+    assert rows["stock", "1k"]["seconds"] == 20.0
+    assert rows["stock", "2k"]["skipped"].startswith("predicted 40 s from 20 s at 1k (linear in tokens)")
+    assert rows["stock", "8k"]["skipped"].startswith("predicted 160 s from 20 s at 1k")
+    # fast: one shorter length always runs; then 0.5 s per 1k tokens between the last two: 10M ~ 5000 s
+    assert [rows["fast", n]["seconds"] for n in ("1k", "2k", "8k")] == [1.0, 1.5, 4.5]
+    assert rows["fast", "10M"]["skipped"].startswith("predicted 5000 s from 1.5 s at 2k and 4.5 s at 8k")
+    assert "seconds" not in rows["fast", "10M"] and "input_tokens" not in rows["fast", "10M"]
+    assert "no time reported" in rows["fast", "10M"]["skipped"]
 
 
 def test_predicted_over_budget_rule(throughput):
     import models_bench
 
-    row: dict = {}
-    assert not models_bench.predicted_over_budget(row, None, 10**6, 15)  # nothing measured yet: run it
-    assert not models_bench.predicted_over_budget(row, (16_000, 0.4, "16k"), 10**6, 15) and row == {}  # 25 s <= 30
-    assert models_bench.predicted_over_budget(row, (16_000, 0.6, "16k"), 10**6, 15)  # 37.5 s > 2 x 15
-    assert row["skipped"].startswith("predicted 38 s from 0.6 s at 16k")
+    stock, fast = {"mode": "stock"}, {"mode": "fast"}
+    assert not models_bench.predicted_over_budget(stock, [], 10**6, 15)  # nothing measured yet: run it
+    assert not models_bench.predicted_over_budget(fast, [(16_000, 5.0, "16k")], 10**6, 15)  # one fast point: run
+    assert not models_bench.predicted_over_budget(stock, [(16_000, 0.4, "16k")], 10**6, 15)  # 25 s <= 30
+    assert models_bench.predicted_over_budget(stock, [(16_000, 0.6, "16k")], 10**6, 15)  # 37.5 s > 2 x 15
+    assert stock["skipped"].startswith("predicted 38 s from 0.6 s at 16k")
+    # the H100's RMT fast rows: 0.483 s at 16k (mostly fixed costs), 2.46 s at 1M -> 10M ~ 22 s, not 300 s
+    two = [(16_000, 0.483, "16k"), (10**6, 2.46, "1M")]
+    assert not models_bench.predicted_over_budget(fast, two, 10**7, 11.5)
+    assert models_bench.predicted_over_budget(fast, two, 10**7, 10)  # 20.5 s > 2 x 10 s
 
 
 def test_mamba_stock_runs_the_prefix_then_single_tokens(throughput, tmp_path, capsys):

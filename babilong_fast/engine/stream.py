@@ -108,9 +108,9 @@ class StreamRunner:
         graph_warmup: eager segments before recording (default 2).
         compile: ARMT/RMT only: run full segments after the first through ``torch.compile``
             (:mod:`babilong_fast.models.compiled_step`: elementwise kernels fused; the associative ops by their
-            torch references, whatever ``model.backend``). With CUDA graphs one layer graph serves every layer
-            and the CUDA graph records the compiled step; without, the whole step is one graph (compiling
-            takes longer, steps run faster). Compiling takes tens of seconds on the first such segment.
+            torch references, whatever ``model.backend``). With CUDA graphs one graph serves every layer but
+            the last and the CUDA graph records the compiled step; without, the whole step is one graph
+            (compiling takes longer, steps run faster). Compiling takes tens of seconds on the first such segment.
 
     Examples::
         >>> from transformers import GPT2Config, GPT2LMHeadModel

@@ -14,13 +14,14 @@ segment, a short last one, training, unsupported blocks).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from babilong_fast.models.armt import EPS, ARMT
-from babilong_fast.models.gpt2_block import gpt2_block_infer, lean_block_unsupported
+from babilong_fast.models.gpt2_block import attention_scale, gpt2_block_infer, lean_block_unsupported
 from babilong_fast.models.rmt import RMT
 from babilong_fast.models.state import ARMTState, RMTState
 from babilong_fast.models.stream_step import SegmentWorkspace, fast_step_unsupported, stream_step
@@ -29,38 +30,58 @@ from babilong_fast.ops.assoc_write import assoc_write_ref
 from babilong_fast.ops.segment_io import rows_layer_norm_ref, segment_embed_rows
 
 
-def lean_block(block: torch.nn.Module, h: torch.Tensor, last: int | None = None) -> torch.Tensor:
-    """One GPT-2 block ``[B, T, d] -> [B, T or last, d]`` by :func:`gpt2_block_infer` (the caller checked it
-    applies); ``last``: only the output's last rows."""
-    return gpt2_block_infer(block, h, check=False, last=last)
+def lean_block(block: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One GPT-2 block ``[B, T, d] -> [B, T, d]`` by :func:`gpt2_block_infer` (the caller checked it applies)."""
+    return gpt2_block_infer(block, h, check=False)
+
+
+def lean_last_block(block: torch.nn.Module, h: torch.Tensor, rows: int) -> torch.Tensor:
+    """The last block, for the last ``rows`` rows only: ``[B, T, d] -> [B, rows, d]``. A function of its own
+    (not ``lean_block`` with an argument), so that dynamo keeps its graph apart from the other layers' and the
+    two do not share one recompile limit."""
+    return gpt2_block_infer(block, h, check=False, last=rows)
+
+
+def _armt_write(
+    layer: torch.nn.Module, rows: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, correction: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return assoc_write_ref(
+        rows, layer.W_k.weight, layer.W_v.weight, layer.W_b.weight, layer.W_b.bias, A, z,
+        nu=nu, eps=EPS, correction=correction, first_segment=False,
+    )
 
 
 def armt_layer_math(
     block: torch.nn.Module, layer: torch.nn.Module, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor,
-    *, nu: int, correction: bool, L: int, M: int, last_layer: bool = False,
+    *, nu: int, correction: bool, L: int, M: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One ARMT layer after the first segment: the read, the block, the write from rows ``[L, L + M)``.
 
     ``h`` ``[B, L + M, d]``, ``A`` ``[B, F, d]`` and ``z`` ``[B, F]`` float32; returns ``(h, A, z)`` new.
-    ``last_layer``: the block computes the memory rows only (nothing after it reads the others); ``h`` is then
-    those ``[B, M, d]``.
     """
-    h = assoc_read_ref(h, layer.W_q.weight, A, z, nu, EPS)
-    h = lean_block(block, h, M if last_layer else None)
-    A, z = assoc_write_ref(
-        h if last_layer else h[:, L : L + M], layer.W_k.weight, layer.W_v.weight, layer.W_b.weight, layer.W_b.bias,
-        A, z, nu=nu, eps=EPS, correction=correction, first_segment=False,
-    )
-    return h, A, z
+    h = lean_block(block, assoc_read_ref(h, layer.W_q.weight, A, z, nu, EPS))
+    return (h, *_armt_write(layer, h[:, L : L + M], A, z, nu, correction))
+
+
+def armt_last_layer_math(
+    block: torch.nn.Module, layer: torch.nn.Module, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor,
+    *, nu: int, correction: bool, L: int, M: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ARMT layer: the read, the block for the ``M`` memory rows only (nothing after it reads the
+    others), the write; returns ``(A, z)`` new."""
+    rows = lean_last_block(block, assoc_read_ref(h, layer.W_q.weight, A, z, nu, EPS), M)
+    return _armt_write(layer, rows, A, z, nu, correction)
 
 
 class StepParts(NamedTuple):
-    """The step math's pieces: :class:`CompiledStep` hands in compiled ones (each traced once, the layer
-    function's graph then serving every layer), the defaults run them as written."""
+    """The step math's pieces: :class:`CompiledStep` hands in compiled ones (each traced on its own, the layer
+    function's graph then serving every layer but the last), the defaults run them as written."""
 
     embed: Callable = segment_embed_rows
     block: Callable = lean_block
+    last_block: Callable = lean_last_block
     armt_layer: Callable = armt_layer_math
+    armt_last_layer: Callable = armt_last_layer_math
     rows_norm: Callable = rows_layer_norm_ref
 
 
@@ -68,11 +89,12 @@ def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor, parts: St
     """RMT's next memory ``[B, M, d]`` float32 from ``ids [B, L]`` and the memory ``[B, M, d]``."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
     h = parts.embed(ids, tr.wte.weight, tr.wpe.weight, memory, memory)
-    n = len(tr.h)
-    for i, block in enumerate(tr.h):
-        h = parts.block(block, h, M if i == n - 1 else None)  # the last block: the write rows only
-    ln = tr.ln_f
-    return parts.rows_norm(h, M + L if n == 0 else 0, M, ln.weight, ln.bias, ln.eps)
+    if len(tr.h) == 0:
+        return parts.rows_norm(h, M + L, M, tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
+    for block in tr.h[:-1]:
+        h = parts.block(block, h)
+    h = parts.last_block(tr.h[-1], h, M)  # the write rows only
+    return parts.rows_norm(h, 0, M, tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
 
 
 def armt_step_math(
@@ -84,9 +106,11 @@ def armt_step_math(
     new_A, new_z = [], []
     n = len(tr.h)
     for i, (block, layer) in enumerate(zip(tr.h, model.layers, strict=True)):
-        h, a, b = parts.armt_layer(
-            block, layer, h, A[i], z[i], nu=model.nu, correction=model.correction, L=L, M=M, last_layer=i == n - 1
-        )
+        kw = dict(nu=model.nu, correction=model.correction, L=L, M=M)
+        if i < n - 1:
+            h, a, b = parts.armt_layer(block, layer, h, A[i], z[i], **kw)
+        else:
+            a, b = parts.armt_last_layer(block, layer, h, A[i], z[i], **kw)
         new_A.append(a)
         new_z.append(b)
     return new_A, new_z
@@ -101,6 +125,11 @@ def compiled_step_unsupported(model: ARMT | RMT) -> str | None:
     return why
 
 
+# dynamo's error when a function's compiled graphs pass its recompile limit under fullgraph=True (both names
+# across torch versions): the step then runs eagerly rather than fail the stream.
+_RECOMPILE_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+
+
 class CompiledStep:
     """``stream_step`` with full segments after the first one run by the ``torch.compile``-d step math.
 
@@ -109,12 +138,15 @@ class CompiledStep:
         workspace: the buffers of the eager steps.
         compile_fn: the compiler (default ``torch.compile(fn, dynamic=False, fullgraph=True)``).
         regional: compile each of :class:`StepParts` on its own (default): the layer function is traced once and
-            its graph serves every layer, so compiling costs about one layer's work instead of the whole depth's
-            (12-layer tiny GPT-2 on a 2-core CPU, cold: RMT 40 s -> 21 s, ARMT 73 s -> 22 s). The calls between
-            the parts cost Python time on each step (about 0.5 ms on that CPU), nothing when a CUDA graph replays
-            the step. ``regional=False`` compiles the whole step as one graph: the fastest eager steps.
+            its graph serves every layer but the last (which has its own), so compiling costs about two layers'
+            work instead of the whole depth's (12-layer tiny GPT-2 on a 2-core CPU, cold: RMT 40 s -> 15 s, ARMT
+            73 s -> 22 s). The calls between the parts cost Python time on each step (about 0.5 ms on that CPU),
+            nothing when a CUDA graph replays the step. ``regional=False`` compiles the whole step as one graph:
+            the fastest eager steps. Blocks whose attention scales differ by layer
+            (``scale_attn_by_inverse_layer_idx``) would need a graph per layer: the whole step is compiled then.
 
-    Compiling happens on the first full segment after the first one; a new batch size recompiles.
+    Compiling happens on the first full segment after the first one; a new batch size or dtype compiles again
+    (dynamo keeps 8 graphs a function: past that, a warning and the eager step from then on).
     ``compiled_calls`` counts the segments run by the compiled math.
     """
 
@@ -129,6 +161,7 @@ class CompiledStep:
         self.regional = regional
         self._compile = compile_fn or (lambda fn: torch.compile(fn, dynamic=False, fullgraph=True))
         self._fn: Callable | None = None
+        self.eager_reason: str | None = None  # set when compiling gave up (the recompile limit)
         self.compiled_calls = 0
 
     def _math(
@@ -142,6 +175,8 @@ class CompiledStep:
         return (*A, *z)
 
     def _make(self) -> Callable:
+        if self.regional and len({attention_scale(b) for b in self.model.backbone.transformer.h}) > 1:
+            self.regional = False  # one graph per layer otherwise (dynamo specialises on the scale)
         if not self.regional:
             return self._compile(self._math)
         parts = StepParts(*(self._compile(fn) for fn in StepParts()))
@@ -150,7 +185,8 @@ class CompiledStep:
     def __call__(self, ids: torch.Tensor, state: ARMTState | RMTState) -> ARMTState | RMTState:
         model = self.model
         if (
-            state.segments_seen == 0
+            self.eager_reason is not None
+            or state.segments_seen == 0
             or ids.dim() != 2
             or ids.shape[1] != model.segment_size
             or ids.dtype != torch.int64
@@ -160,10 +196,19 @@ class CompiledStep:
         state = model._check_state(state, ids.shape[0])
         if self._fn is None:
             self._fn = self._make()
+        ids = ids.contiguous()
+        try:
+            if isinstance(state, RMTState):
+                memory = state.memory.expand(ids.shape[0], -1, -1).contiguous()
+                new: ARMTState | RMTState = RMTState(self._fn(ids, memory)[0], state.segments_seen + 1)
+            else:
+                out, n = self._fn(ids, *state.A, *state.z), len(state.A)
+                new = ARMTState(list(out[:n]), list(out[n:]), state.segments_seen + 1)
+        except Exception as e:  # noqa: BLE001 - only the recompile limit is handled; anything else re-raises
+            if type(e).__name__ not in _RECOMPILE_LIMIT_ERRORS:
+                raise
+            self.eager_reason = f"torch.compile gave up: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            warnings.warn(f"CompiledStep: {self.eager_reason}; the eager step runs from now on", stacklevel=2)
+            return stream_step(model, ids, state, self.workspace)
         self.compiled_calls += 1
-        if isinstance(state, RMTState):
-            memory = state.memory.expand(ids.shape[0], -1, -1).contiguous()
-            return RMTState(self._fn(ids.contiguous(), memory)[0], state.segments_seen + 1)
-        out = self._fn(ids.contiguous(), *state.A, *state.z)
-        n = len(state.A)
-        return ARMTState(list(out[:n]), list(out[n:]), state.segments_seen + 1)
+        return new

@@ -2,9 +2,9 @@
 
 The block's own forward is the reference. Per block it launches ``ln_1``, the QKV GEMM, one SDPA call, the
 output GEMM, the residual add, ``ln_2``, the MLP GEMM, one activation kernel, the second MLP GEMM and the
-residual add: 10 kernels. The HF forward launches 17 with GPT-2's ``gelu_new``, which it
-writes as eight elementwise ops (``pow``, ``tanh``, four ``mul``, two ``add``); here it is one
-``F.gelu(approximate="tanh")``, the same function. ``benchmarks/step_kernels.py`` counts them.
+residual add: 10 kernels (with ``last``, 12: two build the mask). The HF forward launches 17 with GPT-2's
+``gelu_new``, which it writes as eight elementwise ops (``pow``, ``tanh``, four ``mul``, two ``add``); here it
+is one ``F.gelu(approximate="tanh")``, the same function. ``benchmarks/step_kernels.py`` counts them.
 
 For what the fast streaming step needs (:mod:`babilong_fast.models.stream_step`): eval mode (no dropout),
 causal attention, no padding, no cache. Blocks of another class and ``reorder_and_upcast_attn`` are not

@@ -79,6 +79,46 @@ def test_torch_compile(kind, regional):
     check_pairs(pairs)
 
 
+def eager_compile(fn):
+    """torch.compile with dynamo's own checks (fullgraph, recompiles) but no code generation: fast."""
+    return torch.compile(fn, backend="eager", dynamic=False, fullgraph=True)
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_recompile_limit_falls_back_to_eager(kind):
+    """Past dynamo's recompile limit (a graph per batch size) the step warns once and runs eagerly, states right."""
+    torch._dynamo.reset()
+    model = make_model(kind, "sdpa")
+    step, ws = CompiledStep(model, SegmentWorkspace(), eager_compile), SegmentWorkspace()
+    limit = torch._dynamo.config.recompile_limit
+    with torch.inference_mode(), pytest.warns(UserWarning, match="torch.compile gave up") as caught:
+        for B in range(1, limit + 3):
+            ids = torch.randint(0, VOCAB, (B, SEG))
+            first = stream_step(model, ids, model.init_state(B), ws)
+            ref, fast = stream_step(model, ids, first, ws), step(ids, first)
+            assert fast.segments_seen == ref.segments_seen == 2
+            for i, (r, f) in enumerate(zip(state_tensors(ref), state_tensors(fast), strict=True)):
+                assert_close(f"B{B} tensor {i}", r, f, 1e-5)
+    assert len([w for w in caught if "gave up" in str(w.message)]) == 1
+    assert step.compiled_calls == limit
+    assert any(name in step.eager_reason for name in ("RecompileLimit", "CacheLimit")), step.eager_reason
+
+
+def test_layer_dependent_attention_scale_compiles_the_whole_step():
+    """scale_attn_by_inverse_layer_idx: a scale per layer would need a graph per layer, so one graph for the step."""
+    model = make_model("rmt", "sdpa", n_layer=3)
+    for block in model.backbone.transformer.h:
+        block.attn.scale_attn_by_inverse_layer_idx = True
+    with torch.inference_mode():
+        why = compiled_step_unsupported(model)
+    if why is not None:  # transformers 4.4x's SDPA class ignores the option
+        pytest.skip(why)
+    torch._dynamo.reset()
+    step, pairs = run_pair(model, torch.randint(0, VOCAB, (2, 4 * SEG)), eager_compile, regional=True)
+    assert step.regional is False and step.compiled_calls == 3 and step.eager_reason is None
+    check_pairs(pairs)
+
+
 def test_falls_back_where_the_math_does_not_apply():
     model = make_model("armt", "sdpa")
     step = CompiledStep(model, SegmentWorkspace(), eager)
