@@ -58,15 +58,19 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
         assert png.exists() and png.stat().st_size > 1000
 
 
-def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsys):
+def run_tiny_rows(throughput, tmp_path, capsys, *args: str) -> list[dict]:
+    """The models suite on the tiny CPU configs with ``args`` (one repeat, no warm-up, no plot); its rows."""
     out = tmp_path / "bench.json"
-    code = throughput.main([
-        "--device", "cpu", "--config", "tiny", "--models", "rmt", "--modes", "stock", "--lengths", "2k,4k",
-        "--repeats", "1", "--no-warmup", "--budget-s", "0.001", "--json", str(out), "--no-plot",
-    ])
+    code = throughput.main(["--device", "cpu", "--config", "tiny", "--repeats", "1", "--no-warmup", "--no-plot",
+                            "--json", str(out), *args])
     capsys.readouterr()
     assert code == 0
-    rows = json.loads(out.read_text())["rows"]
+    return json.loads(out.read_text())["rows"]
+
+
+def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsys):
+    rows = run_tiny_rows(throughput, tmp_path, capsys, "--models", "rmt", "--modes", "stock", "--lengths", "2k,4k",
+                         "--budget-s", "0.001")
     assert [r["length"] for r in rows] == [2000, 4000]
     assert "exceeded 0.001 s" in rows[0]["skipped"] and "seconds" not in rows[0]
     assert "shorter length exceeded" in rows[1]["skipped"]
@@ -85,14 +89,9 @@ def test_length_predicted_over_budget_is_skipped_not_run(throughput, tmp_path, c
                 "mem_method": "vmhwm"}, torch.zeros(1, 2, dtype=torch.long)
 
     monkeypatch.setattr(models_bench, "time_row", fake_time_row)
-    out = tmp_path / "bench.json"
-    code = throughput.main([
-        "--device", "cpu", "--config", "tiny", "--models", "rmt", "--lengths", "1k,2k,8k,10M", "--repeats", "1",
-        "--no-warmup", "--budget-s", "15", "--fast-budget-s", "100", "--json", str(out), "--no-plot",
-    ])
-    capsys.readouterr()
-    assert code == 0
-    rows = {(r["mode"], r["length_name"]): r for r in json.loads(out.read_text())["rows"]}
+    rows = run_tiny_rows(throughput, tmp_path, capsys, "--models", "rmt", "--lengths", "1k,2k,8k,10M",
+                         "--budget-s", "15", "--fast-budget-s", "100")
+    rows = {(r["mode"], r["length_name"]): r for r in rows}
     # stock, one shorter length: 20 s x 2 = 40 s > 2 x 15 s; 8k likewise from 1k
     assert rows["stock", "1k"]["seconds"] == 20.0
     assert rows["stock", "2k"]["skipped"].startswith("predicted 40 s from 20 s at 1k (linear in tokens)")
