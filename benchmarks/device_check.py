@@ -14,10 +14,11 @@ every CUDA kernel variant; ``micro`` = the pytest-benchmark micro-benchmarks of 
 (Triton scan, 16k / 1M / 10M), RMT and ARMT at 128k with lean, HF and compiled steps, ARMT at 1M per backend
 of its memory ops, RMT and ARMT at batch 8 (16k / 1M); GPT-2 small / Mamba-130m shapes, bfloat16, stock
 where it fits a 15 s budget (Mamba's 40 s), a length predicted past twice its budget not run. ``core`` =
-tests,ops,micro; ``all`` = core,models. The build always runs first. Every step has a time limit and the whole check a deadline (``--deadline-s``, default
-570 s) so that one call fits a 10-minute device session. With a 15-minute device budget, run ``--part core``
-(about 6.5 minutes) and then at once, while the machine is still warm, ``--part models --reuse-build
---deadline-s 380``; the later model runs then get what time is left (``--runs`` picks some of them).
+tests,ops,micro; ``all`` = core,models. The build always runs first. Every step has a time limit and the whole
+check a deadline (``--deadline-s``, default 570 s) so that one call fits a 10-minute device session. With a
+15-minute device budget, run ``--part core`` (about 6.5 minutes) and then at once, while the machine is still
+warm, ``--part models --reuse-build --deadline-s 380``; the later model runs then get what time is left
+(``--runs`` picks some of them).
 """
 from __future__ import annotations
 
@@ -71,8 +72,9 @@ MODEL_RUNS = [
     # (26 s for 16k tokens on the H100), hence its own stock budget; 1M is then skipped by prediction.
     ("mamba", ["--models", "mamba", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "triton",
                "--mamba-prefix", "16384", "--budget-s", "40"], 120),
-    # The fast step: lean GPT-2 blocks (gpt2_block_infer: 10 kernels a block), the whole step under torch.compile
-    # (compiling in the warm-up: tens of seconds per model), the blocks' own forward (17) last: what a cut drops.
+    # The fast step: lean GPT-2 blocks (gpt2_block_infer: 10 kernels a block), the step under torch.compile (one
+    # graph per part, compiled in the warm-up: tens of seconds per model), the blocks' own forward (17) last:
+    # what a cut drops.
     ("steps", ["--models", "rmt,armt", "--modes", "fast", "--lengths", "128k", "--batch", "1", "--backends", "auto",
                "--step", "lean,compiled,hf"], 150),
     # Which kernels speed the model up: ARMT's read and write on each backend (the cuBLAS reference led
@@ -182,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             result["models"] = []
             for name, extra, cap in (r for r in MODEL_RUNS if r[0] in runs):
                 models_json = os.path.join(out_dir, f"{stem}_models_{name}_tmp.json")
-                code, text, secs = run([PY, "benchmarks/throughput.py", "--dtype", "bfloat16", "--budget-s", "15",
-                                        "--fast-budget-s", "90", "--repeats", "2", "--long-s", "15", "--json", models_json,
-                                        "--out", out_dir, "--no-plot", *extra], log, limit(cap), env)  # extra: last wins
+                common = ["--dtype", "bfloat16", "--budget-s", "15", "--fast-budget-s", "90", "--repeats", "2",
+                          "--long-s", "15", "--json", models_json, "--out", out_dir, "--no-plot"]
+                # the run's own flags last: argparse keeps the last value, so they win over the common ones
+                code, text, secs = run([PY, "benchmarks/throughput.py", *common, *extra], log, limit(cap), env)
                 print(text[-5000:], flush=True)
                 summary[f"models_{name}_exit_code"] = code
                 ok &= code == 0

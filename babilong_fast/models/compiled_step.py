@@ -104,9 +104,8 @@ def armt_step_math(
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
     h = parts.embed(ids, tr.wte.weight, tr.wpe.weight, None, model.memory.unsqueeze(0))
     new_A, new_z = [], []
-    n = len(tr.h)
+    n, kw = len(tr.h), dict(nu=model.nu, correction=model.correction, L=L, M=M)
     for i, (block, layer) in enumerate(zip(tr.h, model.layers, strict=True)):
-        kw = dict(nu=model.nu, correction=model.correction, L=L, M=M)
         if i < n - 1:
             h, a, b = parts.armt_layer(block, layer, h, A[i], z[i], **kw)
         else:
