@@ -27,6 +27,33 @@ FAST_DESCRIPTION = (
 STOCK_CHECK_EVERY = 64
 
 
+def scan_tuning() -> list[dict]:
+    """What the Triton selective scan's tuner timed in this process, fastest first per problem size ([] without
+    Triton or when nothing was tuned: on a CPU, or with BABILONG_FAST_SCAN_TUNE=0)."""
+    try:
+        from babilong_fast.kernels.selective_scan import SCAN_TUNER
+    except ImportError:
+        return []
+    return SCAN_TUNER.report()
+
+
+def scan_tuning_lines(report: list[dict]) -> list[str]:
+    """One line per tuned problem size: the pick, its time and the default's (the first candidate)."""
+    lines = []
+    for rec in report:
+        k, secs = rec["key"], rec["seconds"]
+        if not secs:
+            lines.append(f"batch {k['batch']}, dim {k['dim']}, N {k['N']}: every candidate failed: {rec['errors']}")
+            continue
+        default = rec["candidates"][0]  # the default config comes first
+        text = f"batch {k['batch']}, dim {k['dim']}, N {k['N']}, {k['dtype']}: {rec['picked']} "
+        text += f"{secs[rec['picked']] * 1e3:.3f} ms"
+        if default != rec["picked"] and default in secs:
+            text += f" (default {default} {secs[default] * 1e3:.3f} ms)"
+        lines.append(text + f"; {len(secs)} timed, {len(rec['errors'])} failed")
+    return lines
+
+
 def mamba_config(gpu: bool) -> dict:
     """Mamba-130m's shape on a GPU (random weights); a tiny Mamba with the same vocabulary on a CPU."""
     if gpu:

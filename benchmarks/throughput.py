@@ -442,6 +442,7 @@ def run_models(args, env: dict, ops: dict | None) -> int:
             "complete": complete,
             "rows": rows,
             **({"ops": ops} if ops is not None else {}),
+            **({"scan_tuning": tuning} if (tuning := mamba_bench.scan_tuning()) else {}),
         }
 
     def save(rows: list[dict], info: dict, complete: bool) -> None:
@@ -454,6 +455,11 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     if ratios:
         print("\nfast / stock:")
         for line in ratios:
+            print("  " + line)
+    tuned = mamba_bench.scan_tuning_lines(mamba_bench.scan_tuning())
+    if tuned:
+        print("\nselective scan tile, timed on the first long chunk (scan_tuning in the JSON):")
+        for line in tuned:
             print("  " + line)
     save(rows, info, True)
     print(f"\nwrote {json_path}")

@@ -17,15 +17,19 @@ state in registers, so any length runs in constant memory and the last state is 
   a second implementation to compare against).
 
 Offsets are int64 (10M+ token sequences). :data:`DEFAULT_KERNEL` (:data:`INTERPRETER_KERNEL` in Triton's
-interpreter) picks the kernel when the caller does not.
+interpreter) picks the kernel when the caller does not. On a GPU the chunked kernel's tile is picked by timing
+(:data:`SCAN_TUNER`): which tile shape hides the scan's latency best is not known without measuring it.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from babilong_fast.kernels.config_tuner import ConfigTuner
 
 KERNELS = ("chunked", "step")
 DEFAULT_KERNEL = "chunked"
@@ -34,6 +38,14 @@ INTERPRETER_KERNEL = "step"
 """Its default under ``TRITON_INTERPRET=1`` (tensors on the CPU): the interpreter runs ``tl.associative_scan``
 one element at a time in Python (about 0.3 ms per state element), 20-50x slower there than the step kernel's
 whole-tile numpy steps. The chunked kernel is tested by naming it."""
+TUNE_ENV = "BABILONG_FAST_SCAN_TUNE"
+"""``0`` / ``off``: always the default chunked config; ``1`` / ``on``: time the candidates on any device (tests run
+it in the interpreter); unset / ``auto``: on CUDA devices only."""
+TUNE_MIN_STEPS = 1024
+"""Calls with fewer steps use the default config (launch-bound; not worth timing)."""
+SCAN_TUNER = ConfigTuner()
+"""The chunked kernel's measured picks, per problem size and flag set (:func:`chunked_candidates`); its
+``report()`` is what a benchmark records."""
 
 
 @triton.jit
@@ -268,11 +280,12 @@ def default_step_config(batch: int, dim: int, N: int, interpreter: bool = False)
 
 
 def default_chunked_config(batch: int, dim: int, N: int, interpreter: bool = False) -> ChunkedScanConfig:
-    """On a GPU (untuned): tiles of ``BT * BD * BN`` <= 4096 state elements, 32 fp32 values per thread and
-    tensor at 4 warps (the scan keeps about six such tensors live), BT = 32 steps (16 for N > 128), BD = 8
-    channels for N = 16, halved while there are fewer than 256 programs (batch 1 at Mamba-130m's dim 1536
-    has 192 programs of 8) so that more SMs are busy. In the interpreter, which scans element by element:
-    wide channel blocks (fewer programs) and 16 steps (little padding)."""
+    """On a GPU (untimed; see :func:`chunked_candidates` for the measured pick): tiles of ``BT * BD * BN``
+    <= 4096 state elements, 16 fp32 values per thread and tensor (``BT * BD * BN / 512`` warps: the scan keeps
+    about six such tensors live; at 32 per thread ptxas gives the sm_90 kernel 255 registers), BT = 32 steps
+    (16 for N > 128), BD = 8 channels for N = 16, halved while there are fewer than 256 programs (batch 1 at
+    Mamba-130m's dim 1536 has 192 programs of 8) so that more SMs are busy. In the interpreter, which scans
+    element by element: wide channel blocks (fewer programs) and 16 steps (little padding)."""
     BN = triton.next_power_of_2(N)
     if interpreter:
         BT = 16
@@ -281,7 +294,29 @@ def default_chunked_config(batch: int, dim: int, N: int, interpreter: bool = Fal
     BD = max(1, min(8, 4096 // (BT * BN), triton.next_power_of_2(dim)))
     while BD > 4 and batch * triton.cdiv(dim, BD) < 256:
         BD //= 2
-    return ChunkedScanConfig(BD, BT, max(1, min(4, BT * BD * BN // 1024)))
+    return ChunkedScanConfig(BD, BT, _warps(BT * BD * BN))
+
+
+def _warps(elements: int) -> int:
+    """Warps for a tile of ``elements`` state elements: 16 per thread, 1 to 8 warps."""
+    return max(1, min(8, elements // 512))
+
+
+def chunked_candidates(batch: int, dim: int, N: int) -> list[ChunkedScanConfig]:
+    """The configs :data:`SCAN_TUNER` times on a GPU: the default first, then tiles of 1024, 2048 and 4096 state
+    elements (16 per thread, so no spills at sm_90 for N <= 16) with BT from 32 to 128 steps (16 to 128 for
+    N > 64), and as many channels as fill the tile. Few channels per program means more programs (batch 1 at
+    dim 1536: 1536 programs of one channel) but longer scans; which wins is only known by timing."""
+    BN = triton.next_power_of_2(N)
+    out = [default_chunked_config(batch, dim, N)]
+    max_bd = triton.next_power_of_2(dim)
+    for elements in (1024, 2048, 4096):
+        for BT in (16, 32, 64, 128):
+            BD = elements // (BT * BN)
+            if BD < 1 or BD > max_bd or (BT == 16 and BN <= 64):
+                continue
+            out.append(ChunkedScanConfig(BD, BT, _warps(elements)))
+    return list(dict.fromkeys(out))
 
 
 def _b_strides(X: torch.Tensor, dim: int) -> tuple[int, int, int, int]:
@@ -297,6 +332,18 @@ def block_in_one_group(dpg: int, dim: int, BD: int) -> bool:
     """Whether every block of BD channels lies in one group of ``dpg`` channels (``dpg == dim``: one group),
     so the chunked kernel loads a time-varying B or C tile once as ``[BT, N]`` instead of per channel."""
     return dpg == dim or dpg % BD == 0
+
+
+def tuning_wanted(device: torch.device) -> bool:
+    """Whether the chunked kernel times its candidates on ``device`` (:data:`TUNE_ENV`)."""
+    mode = os.environ.get(TUNE_ENV, "auto").strip().lower()
+    if mode in ("0", "off", "false", "no"):
+        return False
+    if mode in ("1", "on", "true", "yes"):
+        return True
+    if mode != "auto":
+        raise ValueError(f"{TUNE_ENV} must be 0/off, 1/on or auto, got {mode!r}")
+    return device.type == "cuda"
 
 
 def pick_kernel(
@@ -336,7 +383,9 @@ def selective_scan_fwd(
     ``[batch, dim, N]`` fp32 contiguous. Checked by the caller.
 
     ``kernel``: ``"chunked"`` or ``"step"`` (default: see :func:`pick_kernel`). ``config`` overrides the
-    kernel's default configuration (benchmark sweeps).
+    kernel's configuration (benchmark sweeps). Without one, the chunked kernel on a CUDA device times
+    :func:`chunked_candidates` on the first call of each problem size with at least :data:`TUNE_MIN_STEPS`
+    steps and keeps the fastest (:data:`SCAN_TUNER`, :data:`TUNE_ENV`); otherwise the default config runs.
 
     Returns ``(out [batch, dim, L] in u's dtype, last_state [batch, dim, N] fp32 or None)``.
     """
@@ -344,16 +393,11 @@ def selective_scan_fwd(
     kernel = pick_kernel(kernel, config, interpreter)
     batch, dim, L = u.shape
     N = A.shape[1]
-    if kernel == "chunked":
-        c = config or default_chunked_config(batch, dim, N, interpreter)
-    else:
-        c = config or default_step_config(batch, dim, N, interpreter)
     out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
     B_dpg, *B_strides = _b_strides(B, dim)
     C_dpg, *C_strides = _b_strides(C, dim)
     dummy = u  # stands in for absent optional tensors; never read
-    grid = (triton.cdiv(dim, c.BD), batch)
     args = (
         u, delta, A, B, C,
         dummy if D is None else D, dummy if z is None else z, dummy if delta_bias is None else delta_bias,
@@ -364,17 +408,33 @@ def selective_scan_fwd(
         *B_strides, *C_strides,
     )
     flags = dict(
-        BD=c.BD, BN=triton.next_power_of_2(N),
+        BN=triton.next_power_of_2(N),
         B_VARYING=B.dim() > 2, C_VARYING=C.dim() > 2,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, STORE_HT=hT is not None,
-        num_warps=c.num_warps,
     )
-    if kernel == "step":
-        _selective_scan_step_fwd_kernel[grid](*args, **flags)
-    else:
-        _selective_scan_chunk_fwd_kernel[grid](
-            *args, BT=c.BT, B_SHARED=block_in_one_group(B_dpg, dim, c.BD),
-            C_SHARED=block_in_one_group(C_dpg, dim, c.BD), **flags,
-        )
+
+    def launch(c: SelectiveScanConfig | ChunkedScanConfig) -> None:
+        grid = (triton.cdiv(dim, c.BD), batch)
+        if kernel == "step":
+            _selective_scan_step_fwd_kernel[grid](*args, BD=c.BD, num_warps=c.num_warps, **flags)
+        else:
+            _selective_scan_chunk_fwd_kernel[grid](
+                *args, BD=c.BD, BT=c.BT, B_SHARED=block_in_one_group(B_dpg, dim, c.BD),
+                C_SHARED=block_in_one_group(C_dpg, dim, c.BD), num_warps=c.num_warps, **flags,
+            )
+
+    c = config
+    if c is None and kernel == "chunked" and L >= TUNE_MIN_STEPS and tuning_wanted(u.device):
+        # One key per problem size and flag set, whatever L (>= TUNE_MIN_STEPS): the tile that wins on one
+        # long chunk wins on the next, and a short last chunk does not measure again inside a timed run.
+        key = dict(device=str(u.device), batch=batch, dim=dim, N=N, dtype=str(u.dtype), B_dtype=str(B.dtype),
+                   C_dtype=str(C.dtype), B_channels_per_group=B_dpg, C_channels_per_group=C_dpg, **flags)
+        if u.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            c = SCAN_TUNER.cached(key)  # no timing inside a CUDA-graph capture
+        else:
+            c = SCAN_TUNER.pick(key, chunked_candidates(batch, dim, N), launch, u.device)
+    if c is None:
+        c = (default_chunked_config if kernel == "chunked" else default_step_config)(batch, dim, N, interpreter)
+    launch(c)
     return out, hT

@@ -133,6 +133,36 @@ def test_mamba_stock_runs_the_prefix_then_single_tokens(throughput, tmp_path, ca
     assert rows["stock"]["input_tokens"] == rows["fast"]["input_tokens"] > 200
 
 
+def test_scan_tuning_is_reported(throughput, tmp_path, capsys, monkeypatch):
+    """What the scan's tuner timed (on a GPU) lands in the JSON and one line per problem size in the terminal;
+    here a tuner with a stand-in timer fills the record."""
+    mamba_bench = sys.modules["mamba_bench"]
+    from babilong_fast.kernels.config_tuner import ConfigTuner
+
+    secs = {"default": 2e-3, "wide": 1e-3, "broken": None}
+    tuner = ConfigTuner(timer=lambda launch, device, repeats: launch())
+
+    def launch(c):
+        if secs[c] is None:
+            raise RuntimeError("out of resources")
+        return secs[c]
+
+    tuner.pick({"batch": 1, "dim": 1536, "N": 16, "dtype": "torch.bfloat16"}, list(secs), launch, None)
+    monkeypatch.setattr(mamba_bench, "scan_tuning", tuner.report)
+    out = tmp_path / "bench.json"
+    code = throughput.main([
+        "--device", "cpu", "--config", "tiny", "--models", "mamba", "--modes", "fast", "--lengths", "300",
+        "--repeats", "1", "--no-warmup", "--max-new-tokens", "1", "--mamba-chunk", "128", "--json", str(out),
+        "--no-plot",
+    ])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    (rec,) = json.loads(out.read_text())["scan_tuning"]
+    assert rec["picked"] == "'wide'" and rec["candidates"] == ["'default'", "'wide'", "'broken'"]
+    assert "batch 1, dim 1536, N 16, torch.bfloat16: 'wide' 1.000 ms (default 'default' 2.000 ms); 2 timed, 1 failed" \
+        in text
+
+
 def test_step_lean_hf_compiled_rows(throughput, tmp_path, capsys):
     """--step lean,hf,compiled: one fast row per step, each giving stock's answer; a bad value is refused."""
     out = tmp_path / "bench.json"

@@ -173,14 +173,110 @@ def test_pick_kernel():
 
 
 def test_default_chunked_config():
-    """The GPU defaults: powers of two, at most 4096 state elements per tile, >= 256 programs where possible."""
+    """The GPU defaults: powers of two, at most 4096 state elements per tile, 16 per thread, >= 256 programs
+    where possible."""
     k = _kernels()
-    assert k.default_chunked_config(1, 1536, 16) == k.ChunkedScanConfig(BD=4, BT=32, num_warps=2)  # Mamba-130m
-    assert k.default_chunked_config(4, 1536, 16) == k.ChunkedScanConfig(BD=8, BT=32, num_warps=4)
+    assert k.default_chunked_config(1, 1536, 16) == k.ChunkedScanConfig(BD=4, BT=32, num_warps=4)  # Mamba-130m
+    assert k.default_chunked_config(4, 1536, 16) == k.ChunkedScanConfig(BD=8, BT=32, num_warps=8)
     for batch, dim, N in ((1, 5, 1), (2, 100, 7), (1, 4096, 64), (1, 64, 256)):
         c = k.default_chunked_config(batch, dim, N)
         BN = 1 << (N - 1).bit_length()
         assert c.BT * c.BD * BN <= 4096 and c.BD & (c.BD - 1) == 0 and c.BT & (c.BT - 1) == 0
+        assert c.num_warps == max(1, min(8, c.BT * c.BD * BN // 512))
+
+
+def test_chunked_candidates():
+    """The default first, no repeats, powers of two, 16 state elements per thread, <= 4096 per tile."""
+    k = _kernels()
+    for batch, dim, N in ((1, 1536, 16), (8, 1536, 16), (1, 5, 1), (2, 100, 7), (1, 1024, 256)):
+        cands = k.chunked_candidates(batch, dim, N)
+        assert cands[0] == k.default_chunked_config(batch, dim, N) and len(set(cands)) == len(cands)
+        BN = 1 << (N - 1).bit_length()
+        for c in cands:
+            assert c.BD & (c.BD - 1) == 0 and c.BT & (c.BT - 1) == 0 and c.BT * c.BD * BN <= 4096
+    assert len(k.chunked_candidates(1, 1536, 16)) == 8
+    assert k.ChunkedScanConfig(1, 128, 4) in k.chunked_candidates(1, 1536, 16)  # one channel per program
+
+
+@pytest.fixture
+def tuner(monkeypatch):
+    """Tuning on here too, from 8 steps, with a fresh record."""
+    k = _kernels()
+    monkeypatch.setenv(k.TUNE_ENV, "1")
+    monkeypatch.setattr(k, "TUNE_MIN_STEPS", 8)
+    monkeypatch.setattr(k, "SCAN_TUNER", k.ConfigTuner(repeats=1))
+    return k.SCAN_TUNER
+
+
+def test_tuned_scan_matches_reference(tuner, monkeypatch):
+    """The measured pick runs every candidate on the call's inputs, then the fastest; the result is the scan's
+    and a second call of the same size reuses the pick (no timing)."""
+    k = _kernels()
+    cands = [k.ChunkedScanConfig(4, 8, 1), k.ChunkedScanConfig(2, 16, 1), k.ChunkedScanConfig(8, 4, 1)]
+    monkeypatch.setattr(k, "chunked_candidates", lambda batch, dim, N: cands)
+    args = make_inputs(2, 6, 21, 4, "grouped", device=DEVICE, groups=2, layout_c="varying")
+    want, want_last = ref64(args)
+    out, last = k.selective_scan_fwd(**args, kernel="chunked")
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+    (rep,) = tuner.report()
+    assert set(rep["seconds"]) == {repr(c) for c in cands} and not rep["errors"]
+    assert rep["picked"] == next(iter(rep["seconds"]))  # the fastest
+    assert rep["key"]["batch"] == 2 and rep["key"]["dim"] == 6 and rep["key"]["N"] == 4 and rep["key"]["HAS_Z"]
+    timed = tuner.timer
+    monkeypatch.setattr(tuner, "timer", lambda *a: pytest.fail("timed again"))
+    args2 = make_inputs(2, 6, 9, 4, "grouped", device=DEVICE, groups=2, layout_c="varying")  # same size, new L
+    assert_close("out (cached pick)", ref64(args2)[0], k.selective_scan_fwd(**args2, kernel="chunked")[0], 1e-5)
+    monkeypatch.setattr(tuner, "timer", timed)
+
+
+def test_tuning_skips_short_calls_explicit_configs_and_the_step_kernel(tuner):
+    k = _kernels()
+    args = make_inputs(1, 4, 7, 4, "varying", device=DEVICE)  # 7 < TUNE_MIN_STEPS
+    k.selective_scan_fwd(**args, kernel="chunked")
+    long = make_inputs(1, 4, 9, 4, "varying", device=DEVICE)
+    k.selective_scan_fwd(**long, config=k.ChunkedScanConfig(4, 8, 1))
+    k.selective_scan_fwd(**long, kernel="step")
+    assert tuner.report() == []
+
+
+def test_tuning_wanted(monkeypatch):
+    k = _kernels()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.delenv(k.TUNE_ENV, raising=False)
+    assert k.tuning_wanted(gpu) and not k.tuning_wanted(cpu)
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(k.TUNE_ENV, off)
+        assert not k.tuning_wanted(gpu)
+    monkeypatch.setenv(k.TUNE_ENV, "on")
+    assert k.tuning_wanted(cpu)
+    monkeypatch.setenv(k.TUNE_ENV, "fast")
+    with pytest.raises(ValueError, match="BABILONG_FAST_SCAN_TUNE must be 0/off, 1/on or auto, got 'fast'"):
+        k.tuning_wanted(gpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_tuned_scan_on_the_gpu(monkeypatch):
+    """The real tuner (CUDA events) on a Mamba-130m-sized layer, two candidates to keep the compiles few; inside
+    a CUDA-graph capture the pick is reused, not timed."""
+    k = _kernels()
+    monkeypatch.setattr(k, "SCAN_TUNER", k.ConfigTuner())
+    monkeypatch.setattr(k, "chunked_candidates", lambda batch, dim, N: [k.default_chunked_config(batch, dim, N),
+                                                                         k.ChunkedScanConfig(1, 128, 4)])
+    args = make_inputs(1, 1536, 1024, 16, "varying", device=DEVICE, dtype=torch.bfloat16)
+    want, want_last = ref64(args)
+    out, last = k.selective_scan_fwd(**args)
+    assert_close("out", want, out, 1e-2)
+    assert_close("last_state", want_last, last, 1e-2)
+    (rep,) = k.SCAN_TUNER.report()
+    assert len(rep["seconds"]) == 2 and all(s > 0 for s in rep["seconds"].values()), rep
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, _ = k.selective_scan_fwd(**args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(g_out, out) and len(k.SCAN_TUNER.report()) == 1
 
 
 # Compile both kernels for an H100 (sm_90) ahead of time, without a GPU: Triton's NVIDIA backend down to a
@@ -217,6 +313,40 @@ AOT_SCRIPT = textwrap.dedent("""
 """)
 
 
+# Every tuning candidate at Mamba-130m's batch-1 shape, through ptxas -v for sm_90: none may spill registers
+# (the chunked kernel's tile tensors are 16 values per thread; at 32 ptxas gives 255 registers and spills).
+SPILL_SCRIPT = textwrap.dedent("""
+    import os, re, subprocess, tempfile
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+    from babilong_fast.kernels import selective_scan as k
+
+    fn = k._selective_scan_chunk_fwd_kernel
+    flags = ["B_VARYING", "C_VARYING", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT"]
+    ptrs = dict(u="bf16", delta="bf16", z="bf16", out="bf16", B="bf16", C="bf16", A="fp32", D="fp32",
+                delta_bias="fp32", h0="fp32", hT="fp32")
+    consts_all = set(flags) | {"BT", "BD", "BN", "B_SHARED", "C_SHARED"}
+    sig = {n: "constexpr" if n in consts_all else ("*" + ptrs[n]) if n in ptrs else
+           "i64" if n.startswith("stride") else "i32" for n in fn.arg_names}
+    ptxas = get_ptxas(90).path
+    for c in k.chunked_candidates(1, 1536, 16):
+        consts = dict({f: True for f in flags}, BT=c.BT, BD=c.BD, BN=16, B_SHARED=True, C_SHARED=True)
+        ck = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": c.num_warps})
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "k.ptx")
+            open(src, "w").write(ck.asm["ptx"])
+            info = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                                  capture_output=True, text=True, check=True).stderr
+        spills = int(re.search(r"(\\d+) bytes spill stores", info).group(1))
+        regs = int(re.search(r"Used (\\d+) registers", info).group(1))
+        print(c, "registers", regs, "spills", spills)
+""")
+
+
 def _has_nvidia_backend() -> bool:
     if not HAS_TRITON:
         return False
@@ -237,3 +367,15 @@ def test_kernels_compile_for_sm90():
                          cwd=root, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     assert res.stdout.count(" ok") == 12, res.stdout
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
+def test_tuning_candidates_do_not_spill_on_sm90():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", SPILL_SCRIPT], capture_output=True, text=True, timeout=300,
+                         cwd=root, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    lines = res.stdout.splitlines()
+    assert len(lines) == 8 and all(ln.endswith(" spills 0") for ln in lines), res.stdout
