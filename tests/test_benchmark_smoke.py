@@ -58,14 +58,20 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
         assert png.exists() and png.stat().st_size > 1000
 
 
-def run_tiny_rows(throughput, tmp_path, capsys, *args: str) -> list[dict]:
-    """The models suite on the tiny CPU configs with ``args`` (one repeat, no warm-up, no plot); its rows."""
+def run_tiny(throughput, tmp_path, capsys, *args: str) -> tuple[dict, str]:
+    """The models suite on the tiny CPU configs with ``args`` (one repeat, no warm-up, no plot): its JSON and
+    what it printed."""
     out = tmp_path / "bench.json"
     code = throughput.main(["--device", "cpu", "--config", "tiny", "--repeats", "1", "--no-warmup", "--no-plot",
                             "--json", str(out), *args])
-    capsys.readouterr()
-    assert code == 0
-    return json.loads(out.read_text())["rows"]
+    text = capsys.readouterr().out
+    assert code == 0, text
+    return json.loads(out.read_text()), text
+
+
+def run_tiny_rows(throughput, tmp_path, capsys, *args: str) -> list[dict]:
+    """:func:`run_tiny`'s rows."""
+    return run_tiny(throughput, tmp_path, capsys, *args)[0]["rows"]
 
 
 def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsys):
@@ -149,15 +155,9 @@ def test_scan_tuning_is_reported(throughput, tmp_path, capsys, monkeypatch):
 
     tuner.pick({"batch": 1, "dim": 1536, "N": 16, "dtype": "torch.bfloat16"}, list(secs), launch, None)
     monkeypatch.setattr(mamba_bench, "scan_tuning", tuner.report)
-    out = tmp_path / "bench.json"
-    code = throughput.main([
-        "--device", "cpu", "--config", "tiny", "--models", "mamba", "--modes", "fast", "--lengths", "300",
-        "--repeats", "1", "--no-warmup", "--max-new-tokens", "1", "--mamba-chunk", "128", "--json", str(out),
-        "--no-plot",
-    ])
-    text = capsys.readouterr().out
-    assert code == 0, text
-    (rec,) = json.loads(out.read_text())["scan_tuning"]
+    res, text = run_tiny(throughput, tmp_path, capsys, "--models", "mamba", "--modes", "fast", "--lengths", "300",
+                         "--max-new-tokens", "1", "--mamba-chunk", "128")
+    (rec,) = res["scan_tuning"]
     assert rec["picked"] == "'wide'" and rec["candidates"] == ["'default'", "'wide'", "'broken'"]
     assert "batch 1, dim 1536, N 16, torch.bfloat16: 'wide' 1.000 ms (default 'default' 2.000 ms); 2 timed, 1 failed" \
         in text

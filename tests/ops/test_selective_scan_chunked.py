@@ -358,24 +358,24 @@ def _has_nvidia_backend() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
-def test_kernels_compile_for_sm90():
+def run_compiler_script(script: str) -> str:
+    """``script`` in a fresh Python without the interpreter flag (Triton's NVIDIA backend); its stdout."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, timeout=300,
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=root, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert res.stdout.count(" ok") == 12, res.stdout
+    return res.stdout
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
+def test_kernels_compile_for_sm90():
+    out = run_compiler_script(AOT_SCRIPT)
+    assert out.count(" ok") == 12, out
 
 
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
 def test_tuning_candidates_do_not_spill_on_sm90():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", SPILL_SCRIPT], capture_output=True, text=True, timeout=300,
-                         cwd=root, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    lines = res.stdout.splitlines()
-    assert len(lines) == 8 and all(ln.endswith(" spills 0") for ln in lines), res.stdout
+    lines = run_compiler_script(SPILL_SCRIPT).splitlines()
+    assert len(lines) == 8 and all(ln.endswith(" spills 0") for ln in lines), lines
