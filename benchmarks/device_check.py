@@ -70,7 +70,7 @@ MODEL_RUNS = [
     ("b1", ["--models", "rmt,armt", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "auto"], 200),
     # Stock prefix 16k: without mamba_ssm, HF scans a prefix in a Python loop that no budget can interrupt
     # (26 s for 16k tokens on the H100), hence its own stock budget; 1M is then skipped by prediction. The fast
-    # warm-up also times the scan's eight candidate tiles (about 8 compiles), hence 140 s.
+    # warm-up also times the scan's eleven candidate tiles (about 11 compiles), hence 140 s.
     ("mamba", ["--models", "mamba", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "triton",
                "--mamba-prefix", "16384", "--budget-s", "40"], 140),
     # The fast step: lean GPT-2 blocks (gpt2_block_infer: 10 kernels a block), the step under torch.compile (one

@@ -6,19 +6,22 @@ Recurrence per channel d and state index n (Gu & Dao 2023, https://arxiv.org/abs
     x_t  = exp(dt_t A) x_{t-1} + dt_t B_t u_t,     x_{-1} = initial_state
     y_t  = (C_t . x_t + D u_t) * silu(z_t)
 
-Two kernels, both with one program per (batch row, block of BD channels) holding that block's ``[BD, N]``
+Three kernels, each with one program per (batch row, block of BD channels) holding that block's ``[BD, N]``
 state in registers, so any length runs in constant memory and the last state is the register tile at the end:
 
 - ``chunked`` (:func:`_selective_scan_chunk_fwd_kernel`, the default): walks the sequence in tiles of BT steps.
   Each tile's u, delta, z (``[BT, BD]``) and B, C (``[BT, N]``) are loaded at once, the ``[BT, BD, N]`` pairs
   ``(exp(dt A), dt B u)`` are scanned along the steps with ``tl.associative_scan`` and the state carried from
   the previous tile is added as ``cumprod(exp(dt A)) * h_prev``. L / BT dependent steps instead of L.
+- ``statewise`` (``babilong_fast.kernels.selective_scan_statewise``): the same tiles, scanned as ``[BT, BD]``
+  once per state index n (N times smaller scans, N of them per tile).
 - ``step`` (:func:`_selective_scan_step_fwd_kernel`): one step at a time (latency-bound on a GPU; kept as
   a second implementation to compare against).
 
 Offsets are int64 (10M+ token sequences). :data:`DEFAULT_KERNEL` (:data:`INTERPRETER_KERNEL` in Triton's
-interpreter) picks the kernel when the caller does not. On a GPU the chunked kernel's tile is picked by timing
-(:data:`SCAN_TUNER`): which tile shape hides the scan's latency best is not known without measuring it.
+interpreter) picks the kernel when the caller does not. On a GPU the tiled kernel and its tile are picked by
+timing (:data:`SCAN_TUNER`): which order and tile shape hide the scan's latency best is not known without
+measuring it.
 """
 from __future__ import annotations
 
@@ -30,8 +33,15 @@ import triton
 import triton.language as tl
 
 from babilong_fast.kernels.config_tuner import ConfigTuner
+from babilong_fast.kernels.scan_math import scan_combine, softplus
+from babilong_fast.kernels.selective_scan_statewise import (
+    StatewiseScanConfig,
+    statewise_scan_fwd_kernel,
+    default_statewise_config,
+    statewise_candidates,
+)
 
-KERNELS = ("chunked", "step")
+KERNELS = ("chunked", "statewise", "step")
 DEFAULT_KERNEL = "chunked"
 """The kernel :func:`selective_scan_fwd` runs on a GPU when neither ``kernel`` nor ``config`` says."""
 INTERPRETER_KERNEL = "step"
@@ -46,16 +56,6 @@ TUNE_MIN_STEPS = 1024
 SCAN_TUNER = ConfigTuner()
 """The chunked kernel's measured picks, per problem size and flag set (:func:`chunked_candidates`); its
 ``report()`` is what a benchmark records."""
-
-
-@triton.jit
-def _softplus(x):
-    # log1p(exp(x)) for x <= 20, x above (torch's threshold); log1p(e) = log(w) * e / (w - 1), w = 1 + e, is exact
-    # to a few ulps where log(1 + e) would round e away.
-    e = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + e
-    lp = tl.where(w == 1.0, e, tl.log(w) * (e / tl.where(w == 1.0, 1.0, w - 1.0)))
-    return tl.where(x <= 20.0, lp, x)
 
 
 @triton.jit(do_not_specialize=["L"])
@@ -108,7 +108,7 @@ def _selective_scan_step_fwd_kernel(
         if HAS_DELTA_BIAS:
             b_dt += b_db
         if DELTA_SOFTPLUS:
-            b_dt = _softplus(b_dt)
+            b_dt = softplus(b_dt)
         if B_VARYING:
             b_B = tl.load(p_B + t, mask=m_dn, other=0.0).to(tl.float32)  # [BD, BN]
         if C_VARYING:
@@ -124,12 +124,6 @@ def _selective_scan_step_fwd_kernel(
 
     if STORE_HT:
         tl.store(hT + o_bdn, b_h, mask=m_dn)
-
-
-@triton.jit
-def _scan_combine(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): x -> a2 (a1 x + b1) + b2
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -233,12 +227,12 @@ def _selective_scan_chunk_fwd_kernel(
         if HAS_DELTA_BIAS:
             b_dt += b_db[None, :]
         if DELTA_SOFTPLUS:
-            b_dt = _softplus(b_dt)
+            b_dt = softplus(b_dt)
         b_dt = tl.where(m_td, b_dt, 0.0)  # steps past L: decay 1, no input, so the last row is the state at L
         b_a = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BD, BN]
         b_b = (b_dt * b_u)[:, :, None] * b_B
         # Prefix over the tile's steps from a zero state: b_a = decay since the tile start, b_b = state.
-        b_a, b_b = tl.associative_scan((b_a, b_b), 0, _scan_combine)
+        b_a, b_b = tl.associative_scan((b_a, b_b), 0, scan_combine)
         b_hs = b_a * b_h[None, :, :] + b_b  # [BT, BD, BN]: every step's state
         b_y = tl.sum(b_hs * b_C, axis=2)  # [BT, BD]
         b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), axis=0)  # last row
@@ -303,15 +297,15 @@ def _warps(elements: int) -> int:
 
 
 def chunked_candidates(batch: int, dim: int, N: int) -> list[ChunkedScanConfig]:
-    """The configs :data:`SCAN_TUNER` times on a GPU: the default first, then tiles of 1024, 2048 and 4096 state
-    elements (16 per thread, so no spills at sm_90 for N <= 16) with BT from 32 to 128 steps (16 to 128 for
-    N > 64), and as many channels as fill the tile. Few channels per program means more programs (batch 1 at
-    dim 1536: 1536 programs of one channel) but longer scans; which wins is only known by timing."""
+    """The chunked configs :data:`SCAN_TUNER` times on a GPU: the default first, then tiles of 2048 state elements
+    with BT = 32, 64 or 128 steps and of 4096 with 32 or 64 (16 to 128 for N > 64), as many channels as fill the
+    tile, 16 values per thread (no spills at sm_90 for N <= 16). Few channels per program means more programs
+    (batch 1 at dim 1536: 1536 programs of one channel) but longer scans; which wins is only known by timing."""
     BN = triton.next_power_of_2(N)
     out = [default_chunked_config(batch, dim, N)]
     max_bd = triton.next_power_of_2(dim)
-    for elements in (1024, 2048, 4096):
-        for BT in (16, 32, 64, 128):
+    for elements, steps in ((2048, (16, 32, 64, 128)), (4096, (16, 32, 64))):
+        for BT in steps:
             BD = elements // (BT * BN)
             if BD < 1 or BD > max_bd or (BT == 16 and BN <= 64):
                 continue
@@ -346,18 +340,24 @@ def tuning_wanted(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def pick_kernel(
-    kernel: str | None, config: SelectiveScanConfig | ChunkedScanConfig | None, interpreter: bool
-) -> str:
+ScanConfig = SelectiveScanConfig | ChunkedScanConfig | StatewiseScanConfig
+CONFIG_TYPES = {"chunked": ChunkedScanConfig, "statewise": StatewiseScanConfig, "step": SelectiveScanConfig}
+DEFAULT_CONFIGS = {"chunked": default_chunked_config, "statewise": default_statewise_config,
+                   "step": default_step_config}
+CANDIDATES = {"chunked": chunked_candidates, "statewise": statewise_candidates}
+"""Kernels the tuner chooses among; with no ``kernel`` named it times both families."""
+
+
+def pick_kernel(kernel: str | None, config: ScanConfig | None, interpreter: bool) -> str:
     """The kernel to run: ``kernel`` if given, else the one ``config``'s type belongs to, else
     :data:`INTERPRETER_KERNEL` or :data:`DEFAULT_KERNEL`. Raises on an unknown name or a mismatched config."""
     if kernel is None:
         if config is not None:
-            return "chunked" if isinstance(config, ChunkedScanConfig) else "step"
+            return next(k for k, t in CONFIG_TYPES.items() if isinstance(config, t))
         kernel = INTERPRETER_KERNEL if interpreter else DEFAULT_KERNEL
     if kernel not in KERNELS:
         raise ValueError(f"unknown selective scan kernel {kernel!r}; pick one of {KERNELS}")
-    want = ChunkedScanConfig if kernel == "chunked" else SelectiveScanConfig
+    want = CONFIG_TYPES[kernel]
     if config is not None and not isinstance(config, want):
         raise TypeError(f"the {kernel!r} kernel takes a {want.__name__}, got {type(config).__name__}")
     return kernel
@@ -375,21 +375,23 @@ def selective_scan_fwd(
     delta_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = True,
-    config: SelectiveScanConfig | ChunkedScanConfig | None = None,
+    config: ScanConfig | None = None,
     kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the scan. u, delta, z ``[batch, dim, L]`` (last stride 1, any other strides); A ``[dim, N]`` fp32;
     B, C ``[dim, N]``, ``[batch, N, L]`` or ``[batch, G, N, L]``; D, delta_bias ``[dim]``; initial_state
     ``[batch, dim, N]`` fp32 contiguous. Checked by the caller.
 
-    ``kernel``: ``"chunked"`` or ``"step"`` (default: see :func:`pick_kernel`). ``config`` overrides the
-    kernel's configuration (benchmark sweeps). Without one, the chunked kernel on a CUDA device times
-    :func:`chunked_candidates` on the first call of each problem size with at least :data:`TUNE_MIN_STEPS`
-    steps and keeps the fastest (:data:`SCAN_TUNER`, :data:`TUNE_ENV`); otherwise the default config runs.
+    ``kernel``: ``"chunked"``, ``"statewise"`` or ``"step"`` (default: see :func:`pick_kernel`). ``config``
+    overrides the kernel's configuration (benchmark sweeps). Without one, on a CUDA device, the first call of
+    each problem size with at least :data:`TUNE_MIN_STEPS` steps times the tiled kernels' candidates
+    (:data:`CANDIDATES`: both families when no ``kernel`` is named, else that one's) and keeps the fastest
+    (:data:`SCAN_TUNER`, :data:`TUNE_ENV`); otherwise the kernel's default config runs.
 
     Returns ``(out [batch, dim, L] in u's dtype, last_state [batch, dim, N] fp32 or None)``.
     """
     interpreter = u.device.type == "cpu"
+    named = kernel
     kernel = pick_kernel(kernel, config, interpreter)
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -414,27 +416,29 @@ def selective_scan_fwd(
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, STORE_HT=hT is not None,
     )
 
-    def launch(c: SelectiveScanConfig | ChunkedScanConfig) -> None:
+    def launch(c: ScanConfig) -> None:
         grid = (triton.cdiv(dim, c.BD), batch)
-        if kernel == "step":
+        if isinstance(c, SelectiveScanConfig):
             _selective_scan_step_fwd_kernel[grid](*args, BD=c.BD, num_warps=c.num_warps, **flags)
-        else:
-            _selective_scan_chunk_fwd_kernel[grid](
-                *args, BD=c.BD, BT=c.BT, B_SHARED=block_in_one_group(B_dpg, dim, c.BD),
-                C_SHARED=block_in_one_group(C_dpg, dim, c.BD), num_warps=c.num_warps, **flags,
-            )
+            return
+        fn = statewise_scan_fwd_kernel if isinstance(c, StatewiseScanConfig) else _selective_scan_chunk_fwd_kernel
+        fn[grid](*args, BD=c.BD, BT=c.BT, B_SHARED=block_in_one_group(B_dpg, dim, c.BD),
+                 C_SHARED=block_in_one_group(C_dpg, dim, c.BD), num_warps=c.num_warps, **flags)
 
     c = config
-    if c is None and kernel == "chunked" and L >= TUNE_MIN_STEPS and tuning_wanted(u.device):
+    families = [k for k in CANDIDATES if named in (None, k)] if kernel in CANDIDATES else []
+    if c is None and families and L >= TUNE_MIN_STEPS and tuning_wanted(u.device):
         # One key per problem size and flag set, whatever L (>= TUNE_MIN_STEPS): the tile that wins on one
         # long chunk wins on the next, and a short last chunk does not measure again inside a timed run.
         key = dict(device=str(u.device), batch=batch, dim=dim, N=N, dtype=str(u.dtype), B_dtype=str(B.dtype),
-                   C_dtype=str(C.dtype), B_channels_per_group=B_dpg, C_channels_per_group=C_dpg, **flags)
+                   C_dtype=str(C.dtype), B_channels_per_group=B_dpg, C_channels_per_group=C_dpg,
+                   kernels=",".join(families), **flags)
         if u.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             c = SCAN_TUNER.cached(key)  # no timing inside a CUDA-graph capture
         else:
-            c = SCAN_TUNER.pick(key, chunked_candidates(batch, dim, N), launch, u.device)
+            candidates = [c for k in families for c in CANDIDATES[k](batch, dim, N)]
+            c = SCAN_TUNER.pick(key, candidates, launch, u.device)
     if c is None:
-        c = (default_chunked_config if kernel == "chunked" else default_step_config)(batch, dim, N, interpreter)
+        c = DEFAULT_CONFIGS[kernel](batch, dim, N, interpreter)
     launch(c)
     return out, hT

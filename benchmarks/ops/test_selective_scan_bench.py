@@ -2,9 +2,9 @@
 
 Run: ``python -m pytest benchmarks/ops/test_selective_scan_bench.py`` (pytest-benchmark). GPU: Mamba-130m's
 layer (d_inner 1536, d_state 16) on a 2048-token chunk, batch 1 and 8; CPU: a small layer, torch only.
-``triton`` times the tiled kernel's default tile (its tuner is off here: timing eight tiles per shape and dtype
-would cost the device check's micro step a dozen compiles; the models benchmark records the tuner's timings),
-``triton-step`` the Triton backend's per-token kernel instead.
+``triton`` times the chunked kernel's default tile and ``triton-statewise`` the statewise kernel's (the tuner is
+off here: timing eleven tiles per shape and dtype would cost the device check's micro step two dozen compiles;
+the models benchmark records the tuner's timings), ``triton-step`` the Triton backend's per-token kernel.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ SHAPES = {"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 1
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("variant", ["triton", "triton-step", "torch"])
+@pytest.mark.parametrize("variant", ["triton", "triton-statewise", "triton-step", "torch"])
 def test_selective_scan(benchmark, variant, dtype, shape, monkeypatch):
     backend = variant.split("-")[0]
     skip_unless_timed_here(backend, dtype)
     monkeypatch.setenv("BABILONG_FAST_SCAN_TUNE", "0")
-    if variant == "triton-step":
+    if variant in ("triton-step", "triton-statewise"):
         from babilong_fast.kernels import selective_scan as kernels
 
-        monkeypatch.setattr(kernels, "DEFAULT_KERNEL", "step")
+        monkeypatch.setattr(kernels, "DEFAULT_KERNEL", variant.split("-")[1])
     B, D, L, N = shape
     device = "cuda" if GPU else "cpu"
     u, z = torch.randn(B, D, L, device=device, dtype=dtype), torch.randn(B, D, L, device=device, dtype=dtype)

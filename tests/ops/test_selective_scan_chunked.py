@@ -1,4 +1,5 @@
-"""The ``chunked`` Triton selective-scan kernel (tiles of BT steps, ``tl.associative_scan`` within a tile).
+"""The tiled Triton selective-scan kernels, ``chunked`` and ``statewise`` (tiles of BT steps, ``tl.associative_scan``
+within a tile; statewise scans once per state index), and the tuner that picks between their tiles.
 
 In the interpreter that scan runs element by element in Python (~0.3 ms per scanned state element), so the
 shapes and tiles here are tiny: small BT and BD give many tiles and several channel blocks cheaply.
@@ -30,9 +31,16 @@ def _kernels():
     return k
 
 
-def run_chunk_kernel(args, BD, BT, dtype=torch.float32):
+TILED = ["chunked", "statewise"]
+
+
+def tiled_config(kind, BD, BT):
     k = _kernels()
-    out, last = k.selective_scan_fwd(**args, config=k.ChunkedScanConfig(BD, BT, 1))
+    return (k.ChunkedScanConfig if kind == "chunked" else k.StatewiseScanConfig)(BD, BT, 1)
+
+
+def run_chunk_kernel(args, BD, BT, dtype=torch.float32, kind="chunked"):
+    out, last = _kernels().selective_scan_fwd(**args, config=tiled_config(kind, BD, BT))
     assert out.dtype == dtype and last.dtype == torch.float32
     return out, last
 
@@ -45,12 +53,13 @@ CASES = [
 ] + [pytest.param("varying", "varying", opt, id=f"varying-{opt}") for opt in ("plain", "D", "z", "bias-softplus")]
 
 
+@pytest.mark.parametrize("kind", TILED)
 @pytest.mark.parametrize("layout,layout_c,opt", CASES)
-def test_chunked_kernel_options(layout, layout_c, opt):
+def test_chunked_kernel_options(layout, layout_c, opt, kind):
     """batch 2, dim 6 in blocks of 4 (the second partial), L = 37 in tiles of 8 (the last partial)."""
     args = make_inputs(2, 6, 37, 4, layout, OPTIONS[opt], device=DEVICE, groups=3, layout_c=layout_c)
     want, want_last = ref64(args)
-    out, last = run_chunk_kernel(args, BD=4, BT=8)
+    out, last = run_chunk_kernel(args, BD=4, BT=8, kind=kind)
     assert_close("out", want, out, 1e-5)
     assert_close("last_state", want_last, last, 1e-5)
 
@@ -63,13 +72,14 @@ LENGTHS = [
 ]
 
 
+@pytest.mark.parametrize("kind", TILED)
 @pytest.mark.parametrize("shape", LENGTHS)
-def test_chunked_kernel_lengths(shape):
+def test_chunked_kernel_lengths(shape, kind):
     """Lengths that are and are not multiples of BT, up to 300 steps (19-38 tiles): the carried state."""
     batch, dim, L, N, BD, BT = shape
     args = make_inputs(batch, dim, L, N, "grouped", device=DEVICE, groups=dim, layout_c="varying")
     want, want_last = ref64(args)
-    out, last = run_chunk_kernel(args, BD, BT)
+    out, last = run_chunk_kernel(args, BD, BT, kind=kind)
     assert_close("out", want, out, 1e-5)
     assert_close("last_state", want_last, last, 1e-5)
 
@@ -84,29 +94,31 @@ GROUPINGS = [
 ]
 
 
+@pytest.mark.parametrize("kind", TILED)
 @pytest.mark.parametrize("dim,groups,BD,shared", GROUPINGS)
-def test_chunked_kernel_groups(dim, groups, BD, shared):
+def test_chunked_kernel_groups(dim, groups, BD, shared, kind):
     k = _kernels()
     assert k.block_in_one_group(dim // groups, dim, BD) == shared
     args = make_inputs(2, dim, 19, 3, "grouped", device=DEVICE, groups=groups)
     want, want_last = ref64(args)
-    out, last = k.selective_scan_fwd(**args, config=k.ChunkedScanConfig(BD, 8, 1))
+    out, last = k.selective_scan_fwd(**args, config=tiled_config(kind, BD, 8))
     assert_close("out", want, out, 1e-5)
     assert_close("last_state", want_last, last, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")])
 @pytest.mark.parametrize("layout", ["invariant", "varying", "grouped"])
-def test_chunked_kernel_half(dtype, layout):
+@pytest.mark.parametrize("kind", TILED)
+def test_chunked_kernel_half(dtype, layout, kind):
     args = make_inputs(2, 6, 29, 4, layout, device=DEVICE, dtype=dtype, groups=2)
     want, want_last = ref64(args)
-    out, last = run_chunk_kernel(args, BD=4, BT=8, dtype=dtype)
+    out, last = run_chunk_kernel(args, BD=4, BT=8, dtype=dtype, kind=kind)
     assert_close("out", want, out, RTOL[dtype])
     assert_close("last_state", want_last, last, RTOL[dtype])
 
 
-def test_chunked_and_step_kernels_agree():
-    """Both kernels on one input (default configurations), each against float64 and against each other."""
+def test_all_kernels_agree():
+    """Every kernel on one input (default configurations), each against float64 and against the step kernel."""
     k = _kernels()
     args = make_inputs(1, 6, 40, 5, "grouped", device=DEVICE, groups=2, layout_c="varying")
     want, want_last = ref64(args)
@@ -114,15 +126,16 @@ def test_chunked_and_step_kernels_agree():
     for name, (out, last) in res.items():
         assert_close(f"{name} out", want, out, 1e-5)
         assert_close(f"{name} last_state", want_last, last, 1e-5)
-    assert_close("chunked vs step", res["step"][0], res["chunked"][0], 1e-5)
+    for name in ("chunked", "statewise"):
+        assert_close(f"{name} vs step", res["step"][0], res[name][0], 1e-5)
 
 
-@pytest.fixture
-def chunked_default(monkeypatch):
-    """The op's triton backend running the chunked kernel here too (it does by default on a GPU)."""
+@pytest.fixture(params=TILED)
+def chunked_default(monkeypatch, request):
+    """The op's triton backend running a tiled kernel here too (on a GPU the tuner picks one of them)."""
     k = _kernels()
-    monkeypatch.setattr(k, "INTERPRETER_KERNEL", "chunked")
-    monkeypatch.setattr(k, "DEFAULT_KERNEL", "chunked")
+    monkeypatch.setattr(k, "INTERPRETER_KERNEL", request.param)
+    monkeypatch.setattr(k, "DEFAULT_KERNEL", request.param)
 
 
 def test_chunked_through_the_op(chunked_default):
@@ -165,11 +178,15 @@ def test_pick_kernel():
     assert k.pick_kernel(None, None, interpreter=True) == k.INTERPRETER_KERNEL
     assert k.pick_kernel(None, k.SelectiveScanConfig(8, 1), interpreter=False) == "step"
     assert k.pick_kernel(None, k.ChunkedScanConfig(8, 32, 1), interpreter=True) == "chunked"
+    assert k.pick_kernel(None, k.StatewiseScanConfig(8, 32, 1), interpreter=False) == "statewise"
+    assert k.ChunkedScanConfig(8, 32, 1) != k.StatewiseScanConfig(8, 32, 1)  # the tuner keeps both apart
     assert k.pick_kernel("step", None, interpreter=False) == "step"
     with pytest.raises(ValueError, match="unknown selective scan kernel 'fast'"):
         k.pick_kernel("fast", None, interpreter=False)
     with pytest.raises(TypeError, match="the 'chunked' kernel takes a ChunkedScanConfig"):
         k.pick_kernel("chunked", k.SelectiveScanConfig(8, 1), interpreter=False)
+    with pytest.raises(TypeError, match="the 'statewise' kernel takes a StatewiseScanConfig"):
+        k.pick_kernel("statewise", k.ChunkedScanConfig(8, 32, 1), interpreter=False)
 
 
 def test_default_chunked_config():
@@ -194,8 +211,20 @@ def test_chunked_candidates():
         BN = 1 << (N - 1).bit_length()
         for c in cands:
             assert c.BD & (c.BD - 1) == 0 and c.BT & (c.BT - 1) == 0 and c.BT * c.BD * BN <= 4096
-    assert len(k.chunked_candidates(1, 1536, 16)) == 8
+    assert len(k.chunked_candidates(1, 1536, 16)) == 5
     assert k.ChunkedScanConfig(1, 128, 4) in k.chunked_candidates(1, 1536, 16)  # one channel per program
+
+
+def test_statewise_candidates():
+    """The default first, no repeats, powers of two, 4 [BT, BD] pairs per thread."""
+    k = _kernels()
+    for batch, dim, N in ((1, 1536, 16), (8, 1536, 16), (1, 1, 1), (2, 100, 7)):
+        cands = k.statewise_candidates(batch, dim, N)
+        assert cands[0] == k.default_statewise_config(batch, dim, N) and len(set(cands)) == len(cands)
+        for c in cands:
+            assert c.BD & (c.BD - 1) == 0 and c.BT & (c.BT - 1) == 0 and c.BT * c.BD == 128 * c.num_warps
+            assert c.BD <= max(1, 1 << (dim - 1).bit_length())
+    assert len(k.statewise_candidates(1, 1536, 16)) == 6 and len(k.statewise_candidates(1, 1, 1)) == 2
 
 
 @pytest.fixture
@@ -213,7 +242,7 @@ def test_tuned_scan_matches_reference(tuner, monkeypatch):
     and a second call of the same size reuses the pick (no timing)."""
     k = _kernels()
     cands = [k.ChunkedScanConfig(4, 8, 1), k.ChunkedScanConfig(2, 16, 1), k.ChunkedScanConfig(8, 4, 1)]
-    monkeypatch.setattr(k, "chunked_candidates", lambda batch, dim, N: cands)
+    monkeypatch.setitem(k.CANDIDATES, "chunked", lambda batch, dim, N: cands)
     args = make_inputs(2, 6, 21, 4, "grouped", device=DEVICE, groups=2, layout_c="varying")
     want, want_last = ref64(args)
     out, last = k.selective_scan_fwd(**args, kernel="chunked")
@@ -223,11 +252,27 @@ def test_tuned_scan_matches_reference(tuner, monkeypatch):
     assert set(rep["seconds"]) == {repr(c) for c in cands} and not rep["errors"]
     assert rep["picked"] == next(iter(rep["seconds"]))  # the fastest
     assert rep["key"]["batch"] == 2 and rep["key"]["dim"] == 6 and rep["key"]["N"] == 4 and rep["key"]["HAS_Z"]
+    assert rep["key"]["kernels"] == "chunked"  # a named kernel: its own tiles only
     timed = tuner.timer
     monkeypatch.setattr(tuner, "timer", lambda *a: pytest.fail("timed again"))
     args2 = make_inputs(2, 6, 9, 4, "grouped", device=DEVICE, groups=2, layout_c="varying")  # same size, new L
     assert_close("out (cached pick)", ref64(args2)[0], k.selective_scan_fwd(**args2, kernel="chunked")[0], 1e-5)
     monkeypatch.setattr(tuner, "timer", timed)
+
+
+def test_tuning_times_both_tiled_kernels_when_none_is_named(tuner, monkeypatch):
+    """With no kernel named (the GPU default), chunked and statewise tiles compete; the result is the scan's."""
+    k = _kernels()
+    cands = {"chunked": [k.ChunkedScanConfig(4, 8, 1)], "statewise": [k.StatewiseScanConfig(4, 8, 1)]}
+    for name, c in cands.items():
+        monkeypatch.setitem(k.CANDIDATES, name, lambda batch, dim, N, c=c: c)
+    monkeypatch.setattr(k, "INTERPRETER_KERNEL", "chunked")  # as on a GPU: a tiled kernel by default
+    args = make_inputs(1, 8, 12, 3, "grouped", device=DEVICE, groups=2)
+    out, _ = k.selective_scan_fwd(**args)
+    assert_close("out", ref64(args)[0], out, 1e-5)
+    (rep,) = tuner.report()
+    assert rep["key"]["kernels"] == "chunked,statewise" and len(rep["seconds"]) == 2
+    assert rep["candidates"] == [repr(cands["chunked"][0]), repr(cands["statewise"][0])]
 
 
 def test_tuning_skips_short_calls_explicit_configs_and_the_step_kernel(tuner):
@@ -258,12 +303,12 @@ def test_tuning_wanted(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_tuned_scan_on_the_gpu(monkeypatch):
-    """The real tuner (CUDA events) on a Mamba-130m-sized layer, two candidates to keep the compiles few; inside
-    a CUDA-graph capture the pick is reused, not timed."""
+    """The real tuner (CUDA events) on a Mamba-130m-sized layer, one candidate per tiled kernel to keep the
+    compiles few; inside a CUDA-graph capture the pick is reused, not timed."""
     k = _kernels()
     monkeypatch.setattr(k, "SCAN_TUNER", k.ConfigTuner())
-    monkeypatch.setattr(k, "chunked_candidates", lambda batch, dim, N: [k.default_chunked_config(batch, dim, N),
-                                                                         k.ChunkedScanConfig(1, 128, 4)])
+    monkeypatch.setitem(k.CANDIDATES, "chunked", lambda batch, dim, N: [k.ChunkedScanConfig(1, 128, 4)])
+    monkeypatch.setitem(k.CANDIDATES, "statewise", lambda batch, dim, N: [k.default_statewise_config(batch, dim, N)])
     args = make_inputs(1, 1536, 1024, 16, "varying", device=DEVICE, dtype=torch.bfloat16)
     want, want_last = ref64(args)
     out, last = k.selective_scan_fwd(**args)
@@ -313,8 +358,8 @@ AOT_SCRIPT = textwrap.dedent("""
 """)
 
 
-# Every tuning candidate at Mamba-130m's batch-1 shape, through ptxas -v for sm_90: none may spill registers
-# (the chunked kernel's tile tensors are 16 values per thread; at 32 ptxas gives 255 registers and spills).
+# Every tuning candidate of both tiled kernels at Mamba-130m's batch-1 shape, through ptxas -v for sm_90: none
+# may spill registers (chunked: 16 values per thread and tile tensor; at 32 ptxas gives 255 registers and spills).
 SPILL_SCRIPT = textwrap.dedent("""
     import os, re, subprocess, tempfile
     os.environ.pop("TRITON_INTERPRET", None)
@@ -324,15 +369,16 @@ SPILL_SCRIPT = textwrap.dedent("""
     from triton.compiler import ASTSource
     from babilong_fast.kernels import selective_scan as k
 
-    fn = k._selective_scan_chunk_fwd_kernel
     flags = ["B_VARYING", "C_VARYING", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT"]
     ptrs = dict(u="bf16", delta="bf16", z="bf16", out="bf16", B="bf16", C="bf16", A="fp32", D="fp32",
                 delta_bias="fp32", h0="fp32", hT="fp32")
     consts_all = set(flags) | {"BT", "BD", "BN", "B_SHARED", "C_SHARED"}
-    sig = {n: "constexpr" if n in consts_all else ("*" + ptrs[n]) if n in ptrs else
-           "i64" if n.startswith("stride") else "i32" for n in fn.arg_names}
     ptxas = get_ptxas(90).path
-    for c in k.chunked_candidates(1, 1536, 16):
+    for c in k.chunked_candidates(1, 1536, 16) + k.statewise_candidates(1, 1536, 16):
+        statewise = isinstance(c, k.StatewiseScanConfig)
+        fn = k.statewise_scan_fwd_kernel if statewise else k._selective_scan_chunk_fwd_kernel
+        sig = {n: "constexpr" if n in consts_all else ("*" + ptrs[n]) if n in ptrs else
+               "i64" if n.startswith("stride") else "i32" for n in fn.arg_names}
         consts = dict({f: True for f in flags}, BT=c.BT, BD=c.BD, BN=16, B_SHARED=True, C_SHARED=True)
         ck = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": c.num_warps})
@@ -378,4 +424,4 @@ def test_kernels_compile_for_sm90():
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
 def test_tuning_candidates_do_not_spill_on_sm90():
     lines = run_compiler_script(SPILL_SCRIPT).splitlines()
-    assert len(lines) == 8 and all(ln.endswith(" spills 0") for ln in lines), lines
+    assert len(lines) == 5 + 6 and all(ln.endswith(" spills 0") for ln in lines), lines
