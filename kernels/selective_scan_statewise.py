@@ -20,7 +20,7 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
-from babilong_fast.kernels.scan_math import scan_combine, softplus
+from babilong_fast.kernels.scan_math import channel_block, scan_combine, softplus
 
 
 @triton.jit
@@ -55,24 +55,10 @@ def statewise_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):
-    i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_n = tl.arange(0, BN).to(tl.int64)  # n * stride_n exceeds 2^31 for grouped B at 10M tokens
-    o_t = tl.arange(0, BT)
-    m_d, m_n = o_d < DIM, o_n < N
-    m_dn = m_d[:, None] & m_n[None, :]
+    i_d, i_b, o_d, o_n, m_d, m_n, m_dn, o_bdn, b_A, b_h, b_D, b_db = channel_block(
+        A, D, delta_bias, h0, DIM, N, BD, BN, HAS_D, HAS_DELTA_BIAS, HAS_H0)
     o_dn = o_d[:, None] * N + o_n[None, :]  # [BD, BN] into (dim, N)
-    o_bdn = i_b * DIM * N + o_dn  # [BD, BN] into (batch, dim, N)
-
-    b_A = tl.load(A + o_dn, mask=m_dn, other=0.0).to(tl.float32)  # [BD, BN]
-    if HAS_H0:
-        b_h = tl.load(h0 + o_bdn, mask=m_dn, other=0.0)
-    else:
-        b_h = tl.zeros([BD, BN], dtype=tl.float32)
-    if HAS_D:
-        b_D = tl.load(D + o_d, mask=m_d, other=0.0).to(tl.float32)
-    if HAS_DELTA_BIAS:
-        b_db = tl.load(delta_bias + o_d, mask=m_d, other=0.0).to(tl.float32)
+    o_t = tl.arange(0, BT)
     # B, C: [BD, BN] invariant tiles; the group's base pointer (shared group); [1, BD] channel pointers.
     b_B = 0.0
     b_C = 0.0
