@@ -49,13 +49,17 @@ INTERPRETER_KERNEL = "step"
 one element at a time in Python (about 0.3 ms per state element), 20-50x slower there than the step kernel's
 whole-tile numpy steps. The chunked kernel is tested by naming it."""
 TUNE_ENV = "BABILONG_FAST_SCAN_TUNE"
-"""``0`` / ``off``: always the default chunked config; ``1`` / ``on``: time the candidates on any device (tests run
-it in the interpreter); unset / ``auto``: on CUDA devices only."""
+"""``0`` / ``off``: no timing, the kernel's default config; ``1`` / ``on``: time on any device whenever a tiled
+kernel runs (in the interpreter only where one is named: its default is ``step``); unset / ``auto``: on CUDA
+devices only."""
 TUNE_MIN_STEPS = 1024
 """Calls with fewer steps use the default config (launch-bound; not worth timing)."""
+TUNE_STEPS = 8192
+"""Candidates are timed on the call's first ``min(L, TUNE_STEPS)`` steps (the ranking does not depend on L; a
+10M-step call would otherwise pay ~44 full scans)."""
 SCAN_TUNER = ConfigTuner()
-"""The chunked kernel's measured picks, per problem size and flag set (:func:`chunked_candidates`); its
-``report()`` is what a benchmark records."""
+"""The tiled kernels' measured picks, per problem size and flag set (:data:`CANDIDATES`); its ``report()`` is
+what a benchmark records."""
 
 
 @triton.jit(do_not_specialize=["L"])
@@ -270,8 +274,8 @@ def _warps(elements: int) -> int:
 
 def chunked_candidates(batch: int, dim: int, N: int) -> list[ChunkedScanConfig]:
     """The chunked configs :data:`SCAN_TUNER` times on a GPU: the default first, then tiles of 2048 state elements
-    with BT = 32, 64 or 128 steps and of 4096 with 32 or 64 (16 to 128 for N > 64), as many channels as fill the
-    tile, 16 values per thread (no spills at sm_90 for N <= 16). Few channels per program means more programs
+    with BT = 32, 64 or 128 steps and of 4096 with 32 or 64 (BT = 16 too for N > 64, where fewer fit: one tile
+    at N = 256), as many channels as fill the tile, 16 values per thread (no spills at sm_90 for N <= 16). Few channels per program means more programs
     (batch 1 at dim 1536: 1536 programs of one channel) but longer scans; which wins is only known by timing."""
     BN = triton.next_power_of_2(N)
     out = [default_chunked_config(batch, dim, N)]
@@ -301,7 +305,7 @@ def block_in_one_group(dpg: int, dim: int, BD: int) -> bool:
 
 
 def tuning_wanted(device: torch.device) -> bool:
-    """Whether the chunked kernel times its candidates on ``device`` (:data:`TUNE_ENV`)."""
+    """Whether the tiled kernels' candidates are timed on ``device`` (:data:`TUNE_ENV`)."""
     mode = os.environ.get(TUNE_ENV, "auto").strip().lower()
     if mode in ("0", "off", "false", "no"):
         return False
@@ -372,15 +376,13 @@ def selective_scan_fwd(
     B_dpg, *B_strides = _b_strides(B, dim)
     C_dpg, *C_strides = _b_strides(C, dim)
     dummy = u  # stands in for absent optional tensors; never read
-    args = (
+    pointers = (
         u, delta, A, B, C,
         dummy if D is None else D, dummy if z is None else z, dummy if delta_bias is None else delta_bias,
         dummy if initial_state is None else initial_state, out, out if hT is None else hT,
-        L, dim, N, B_dpg, C_dpg,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-        0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
-        *B_strides, *C_strides,
     )
+    sizes = (dim, N, B_dpg, C_dpg, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+             0 if z is None else z.stride(0), 0 if z is None else z.stride(1), *B_strides, *C_strides)
     flags = dict(
         BN=triton.next_power_of_2(N),
         B_VARYING=B.dim() > 2, C_VARYING=C.dim() > 2,
@@ -388,8 +390,11 @@ def selective_scan_fwd(
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, STORE_HT=hT is not None,
     )
 
-    def launch(c: ScanConfig) -> None:
+    def launch(c: ScanConfig, steps: int = L) -> None:
+        """The first ``steps`` steps (fewer than L only while timing: out's rows are then packed at stride
+        ``steps``, in bounds, and the final launch writes every output again)."""
         grid = (triton.cdiv(dim, c.BD), batch)
+        args = (*pointers, steps, *sizes)
         if isinstance(c, SelectiveScanConfig):
             _selective_scan_step_fwd_kernel[grid](*args, BD=c.BD, num_warps=c.num_warps, **flags)
             return
@@ -406,10 +411,11 @@ def selective_scan_fwd(
                    C_dtype=str(C.dtype), B_channels_per_group=B_dpg, C_channels_per_group=C_dpg,
                    kernels=",".join(families), **flags)
         if u.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            c = SCAN_TUNER.cached(key)  # no timing inside a CUDA-graph capture
+            # no timing inside a CUDA-graph capture; StreamRunner's eager warm-up has cached the pick by then
+            c = SCAN_TUNER.cached(key)
         else:
             candidates = [c for k in families for c in CANDIDATES[k](batch, dim, N)]
-            c = SCAN_TUNER.pick(key, candidates, launch, u.device)
+            c = SCAN_TUNER.pick(key, candidates, lambda c: launch(c, min(L, TUNE_STEPS)), u.device)
     if c is None:
         c = DEFAULT_CONFIGS[kernel](batch, dim, N, interpreter)
     launch(c)

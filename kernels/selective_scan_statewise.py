@@ -8,7 +8,7 @@ fewer live values per thread: more steps or channels per program, or more progra
 per tile instead of one. Which order is faster is for the tuner to measure.
 
 The state ``[BD, BN]`` stays in registers; column n is read and written with a masked reduction (``BD * BN``
-work per n, small beside the scan's ``BT * BD``). Time-varying B and C are loaded per state: one ``[BT]`` row
+work per n: small beside the scan's ``BT * BD`` for Mamba's N = 16, not for N = 256). Time-varying B and C are loaded per state: one ``[BT]`` row
 (contiguous in time) where the program's channels share a group, else ``[BT, BD]``; state n + 1's are loaded
 before state n's scan. (Loading a ``[BT, BN]`` tile at once instead costs ``2 BT BN / threads`` registers:
 255 with spills at BT = 256 on one warp.)
@@ -35,10 +35,11 @@ def _bc_column(tile, p, n, N, stride_n, o_tt, m_t, m_td, o_n, VARYING: tl.conste
     invariant ``[BD, BN]`` tile, or loaded: one ``[BT]`` row of the group all channels share (contiguous in
     time), or ``[BT, BD]`` per channel (``p`` is ``[1, BD]``); steps past L load 0."""
     if VARYING:
+        off = tl.cast(n, tl.int64) * stride_n  # exceeds 2^31 for N = 256 at 8.4M steps; n and stride are i32
         if SHARED:
-            col = tl.load(p + n * stride_n + o_tt, mask=m_t & (n < N), other=0.0).to(tl.float32)[:, None]
+            col = tl.load(p + off + o_tt, mask=m_t & (n < N), other=0.0).to(tl.float32)[:, None]
         else:
-            col = tl.load(p + n * stride_n + o_tt[:, None], mask=m_td & (n < N), other=0.0).to(tl.float32)
+            col = tl.load(p + off + o_tt[:, None], mask=m_td & (n < N), other=0.0).to(tl.float32)
     else:
         col = _column(tile, o_n, n)[None, :]  # [1, BD]
     return col  # one return: Triton checks every return's type, even in branches a constexpr prunes
