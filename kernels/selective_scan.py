@@ -275,8 +275,9 @@ def _warps(elements: int) -> int:
 def chunked_candidates(batch: int, dim: int, N: int) -> list[ChunkedScanConfig]:
     """The chunked configs :data:`SCAN_TUNER` times on a GPU: the default first, then tiles of 2048 state elements
     with BT = 32, 64 or 128 steps and of 4096 with 32 or 64 (BT = 16 too for N > 64, where fewer fit: one tile
-    at N = 256), as many channels as fill the tile, 16 values per thread (no spills at sm_90 for N <= 16). Few channels per program means more programs
-    (batch 1 at dim 1536: 1536 programs of one channel) but longer scans; which wins is only known by timing."""
+    at N = 256), as many channels as fill the tile, 16 values per thread (no spills at sm_90 for N <= 16). Few
+    channels per program means more programs (batch 1 at dim 1536: 1536 programs of one channel) but longer
+    scans; which wins is only known by timing."""
     BN = triton.next_power_of_2(N)
     out = [default_chunked_config(batch, dim, N)]
     max_bd = triton.next_power_of_2(dim)

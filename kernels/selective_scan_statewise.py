@@ -8,10 +8,10 @@ fewer live values per thread: more steps or channels per program, or more progra
 per tile instead of one. Which order is faster is for the tuner to measure.
 
 The state ``[BD, BN]`` stays in registers; column n is read and written with a masked reduction (``BD * BN``
-work per n: small beside the scan's ``BT * BD`` for Mamba's N = 16, not for N = 256). Time-varying B and C are loaded per state: one ``[BT]`` row
-(contiguous in time) where the program's channels share a group, else ``[BT, BD]``; state n + 1's are loaded
-before state n's scan. (Loading a ``[BT, BN]`` tile at once instead costs ``2 BT BN / threads`` registers:
-255 with spills at BT = 256 on one warp.)
+work per n: small beside the scan's ``BT * BD`` for Mamba's N = 16, not for N = 256). Time-varying B and C are
+loaded per state: one ``[BT]`` row (contiguous in time) where the program's channels share a group, else
+``[BT, BD]``; state n + 1's are loaded before state n's scan. (Loading a ``[BT, BN]`` tile at once instead
+costs ``2 BT BN / threads`` registers: 255 with spills at BT = 256 on one warp.)
 """
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ def _bc_column(tile, p, n, N, stride_n, o_tt, m_t, m_td, o_n, VARYING: tl.conste
     return col  # one return: Triton checks every return's type, even in branches a constexpr prunes
 
 
+@triton.jit
+def _bc_source(X, i_b, i_d, o_d, o_dn, m_dn, stride_b, stride_g, dpg, BD: tl.constexpr,
+               VARYING: tl.constexpr, SHARED: tl.constexpr):
+    """Where B or C comes from: ``(pointer, tile)``. Time-varying: the group's base pointer (one group for the
+    block) or ``[1, BD]`` channel pointers, tile 0.0; time-invariant: the ``[BD, BN]`` tile, pointer unused."""
+    tile = 0.0
+    if VARYING:
+        if SHARED:
+            p = X + i_b * stride_b + ((i_d * BD) // dpg) * stride_g
+        else:
+            p = X + i_b * stride_b + ((o_d // dpg) * stride_g)[None, :]
+    else:
+        p = X  # unused
+        tile = tl.load(X + o_dn, mask=m_dn, other=0.0).to(tl.float32)
+    return p, tile
+
+
 @triton.jit(do_not_specialize=["L", "N"])
 def statewise_scan_fwd_kernel(
     u, delta, A, B, C, D, z, delta_bias, h0, out, hT,
@@ -60,25 +77,8 @@ def statewise_scan_fwd_kernel(
         A, D, delta_bias, h0, DIM, N, BD, BN, HAS_D, HAS_DELTA_BIAS, HAS_H0)
     o_dn = o_d[:, None] * N + o_n[None, :]  # [BD, BN] into (dim, N)
     o_t = tl.arange(0, BT)
-    # B, C: [BD, BN] invariant tiles; the group's base pointer (shared group); [1, BD] channel pointers.
-    b_B = 0.0
-    b_C = 0.0
-    if B_VARYING:
-        if B_SHARED:
-            p_B = B + i_b * stride_B_b + ((i_d * BD) // B_DPG) * stride_B_g
-        else:
-            p_B = B + i_b * stride_B_b + ((o_d // B_DPG) * stride_B_g)[None, :]
-    else:
-        p_B = B  # unused
-        b_B = tl.load(B + o_dn, mask=m_dn, other=0.0).to(tl.float32)
-    if C_VARYING:
-        if C_SHARED:
-            p_C = C + i_b * stride_C_b + ((i_d * BD) // C_DPG) * stride_C_g
-        else:
-            p_C = C + i_b * stride_C_b + ((o_d // C_DPG) * stride_C_g)[None, :]
-    else:
-        p_C = C  # unused
-        b_C = tl.load(C + o_dn, mask=m_dn, other=0.0).to(tl.float32)
+    p_B, b_B = _bc_source(B, i_b, i_d, o_d, o_dn, m_dn, stride_B_b, stride_B_g, B_DPG, BD, B_VARYING, B_SHARED)
+    p_C, b_C = _bc_source(C, i_b, i_d, o_d, o_dn, m_dn, stride_C_b, stride_C_g, C_DPG, BD, C_VARYING, C_SHARED)
     p_u = u + i_b * stride_u_b + (o_d * stride_u_d)[None, :]  # [1, BD]; + t along the rows
     p_dt = delta + i_b * stride_dt_b + (o_d * stride_dt_d)[None, :]
     p_o = out + ((i_b * DIM + o_d) * L)[None, :]

@@ -89,12 +89,12 @@ def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor, parts: St
     """RMT's next memory ``[B, M, d]`` float32 from ``ids [B, L]`` and the memory ``[B, M, d]``."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
     h = parts.embed(ids, tr.wte.weight, tr.wpe.weight, memory, memory)
-    if len(tr.h) == 0:
-        return parts.rows_norm(h, M + L, M, tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
     for block in tr.h[:-1]:
         h = parts.block(block, h)
-    h = parts.last_block(tr.h[-1], h, M)  # the write rows only
-    return parts.rows_norm(h, 0, M, tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
+    if len(tr.h):
+        h = parts.last_block(tr.h[-1], h, M)  # the write rows only
+    start = 0 if len(tr.h) else M + L  # with no block, h is still the whole input
+    return parts.rows_norm(h, start, M, tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
 
 
 def armt_step_math(

@@ -35,8 +35,7 @@ TILED = ["chunked", "statewise"]
 
 
 def tiled_config(kind, BD, BT):
-    k = _kernels()
-    return (k.ChunkedScanConfig if kind == "chunked" else k.StatewiseScanConfig)(BD, BT, 1)
+    return _kernels().CONFIG_TYPES[kind](BD, BT, 1)
 
 
 def run_chunk_kernel(args, BD, BT, dtype=torch.float32, kind="chunked"):
@@ -327,7 +326,7 @@ def test_tuned_scan_on_the_gpu(monkeypatch):
 
 # Compile both kernels for an H100 (sm_90) ahead of time, without a GPU: Triton's NVIDIA backend down to a
 # cubin with its bundled ptxas. A separate process, since this one runs Triton's interpreter.
-AOT_SCRIPT = textwrap.dedent("""
+COMPILE_PRELUDE = textwrap.dedent("""
     import os
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
@@ -335,17 +334,19 @@ AOT_SCRIPT = textwrap.dedent("""
     from triton.compiler import ASTSource
     from babilong_fast.kernels import selective_scan as k
 
-    def compile(fn, dtype, consts, num_warps):
+    flags = ["B_VARYING", "C_VARYING", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT"]
+
+    def compile(fn, dtype, consts, num_warps, stride="i64"):
         ptrs = dict(u=dtype, delta=dtype, z=dtype, out=dtype, B=dtype, C=dtype, A="fp32", D="fp32",
                     delta_bias="fp32", h0="fp32", hT="fp32")
         sig = {n: "constexpr" if n in consts else ("*" + ptrs[n]) if n in ptrs else
-               "i64" if n.startswith("stride") else "i32" for n in fn.arg_names}
+               stride if n.startswith("stride") else "i32" for n in fn.arg_names}
         c = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                            options={"num_warps": num_warps})
         assert c.asm["cubin"], fn
-        print(fn.__name__, dtype, consts.get("BT"), consts["BD"], consts["BN"], "ok")
-
-    flags = ["B_VARYING", "C_VARYING", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT"]
+        return c
+""")
+AOT_SCRIPT = COMPILE_PRELUDE + textwrap.dedent("""
     on = {f: True for f in flags}
     off = {f: False for f in flags}
     for batch, dim, N in ((1, 1536, 16), (4, 1536, 16), (1, 1024, 256)):
@@ -354,35 +355,26 @@ AOT_SCRIPT = textwrap.dedent("""
         for dtype, fl, shared in (("bf16", on, True), ("fp32", on, False), ("fp16", off, False)):
             consts = dict(fl, BT=c.BT, BD=c.BD, BN=BN, B_SHARED=shared, C_SHARED=shared)
             compile(k._selective_scan_chunk_fwd_kernel, dtype, consts, c.num_warps)
+            print("chunked", dtype, c.BT, c.BD, BN, "ok")
         s = k.default_step_config(batch, dim, N)
         compile(k._selective_scan_step_fwd_kernel, "bf16", dict(on, BD=s.BD, BN=BN), s.num_warps)
+        print("step bf16", s.BD, BN, "ok")
 """)
+
 
 
 # Every tuning candidate of both tiled kernels at Mamba-130m's batch-1 shape, through ptxas -v for sm_90: none
 # may spill registers (chunked: 16 values per thread and tile tensor; at 32 ptxas gives 255 registers and spills).
-SPILL_SCRIPT = textwrap.dedent("""
-    import os, re, subprocess, tempfile
-    os.environ.pop("TRITON_INTERPRET", None)
-    import triton
-    from triton.backends.compiler import GPUTarget
+SPILL_SCRIPT = COMPILE_PRELUDE + textwrap.dedent("""
+    import re, subprocess, tempfile
     from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
-    from babilong_fast.kernels import selective_scan as k
 
-    flags = ["B_VARYING", "C_VARYING", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS", "DELTA_SOFTPLUS", "HAS_H0", "STORE_HT"]
-    ptrs = dict(u="bf16", delta="bf16", z="bf16", out="bf16", B="bf16", C="bf16", A="fp32", D="fp32",
-                delta_bias="fp32", h0="fp32", hT="fp32")
-    consts_all = set(flags) | {"BT", "BD", "BN", "B_SHARED", "C_SHARED"}
     ptxas = get_ptxas(90).path
     for c in k.chunked_candidates(1, 1536, 16) + k.statewise_candidates(1, 1536, 16):
         statewise = isinstance(c, k.StatewiseScanConfig)
         fn = k.statewise_scan_fwd_kernel if statewise else k._selective_scan_chunk_fwd_kernel
-        sig = {n: "constexpr" if n in consts_all else ("*" + ptrs[n]) if n in ptrs else "i32"
-               for n in fn.arg_names}  # i32 strides, as Triton passes any below 2^31
         consts = dict({f: True for f in flags}, BT=c.BT, BD=c.BD, BN=16, B_SHARED=True, C_SHARED=True)
-        ck = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": c.num_warps})
+        ck = compile(fn, "bf16", consts, c.num_warps, stride="i32")  # i32 strides, as Triton passes any below 2^31
         with tempfile.TemporaryDirectory() as d:
             src = os.path.join(d, "k.ptx")
             open(src, "w").write(ck.asm["ptx"])
@@ -392,6 +384,7 @@ SPILL_SCRIPT = textwrap.dedent("""
         regs = int(re.search(r"Used (\\d+) registers", info).group(1))
         print(c, "registers", regs, "spills", spills)
 """)
+
 
 
 def _has_nvidia_backend() -> bool:
