@@ -413,10 +413,8 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
             info[name] = {"attn_implementation": attn, "parameters": sum(p.numel() for p in model.parameters())}
         for B in cfg.batches:
             answers: dict[int, torch.Tensor] = {}
-            if name == "armt":
+            if name in ("armt", "mamba"):  # Mamba's 'cuda': the scan's CUDA kernel, the conv's Triton one
                 fast_backends = cfg.backends
-            elif mamba:  # no CUDA kernel for the scan/conv yet: 'cuda' rows would only fail
-                fast_backends = [b for b in cfg.backends if b != "cuda"] or ["auto"]
             else:
                 fast_backends = ["-"]  # RMT has no backend-dependent op
             # the fast step: lean (gpt2_block_infer), hf (the blocks' own forward), compiled; stock: hf blocks

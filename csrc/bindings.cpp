@@ -17,6 +17,11 @@ void segment_embed_fwd(torch::Tensor input_ids, torch::Tensor wte, torch::Tensor
 void rows_layer_norm_fwd(torch::Tensor x, int64_t start, int64_t count, torch::Tensor weight, torch::Tensor bias,
                          double eps, torch::Tensor out);
 
+std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_fwd(
+    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B, torch::Tensor C,
+    std::optional<torch::Tensor> D, std::optional<torch::Tensor> z, std::optional<torch::Tensor> delta_bias,
+    std::optional<torch::Tensor> initial_state, bool delta_softplus, bool return_last_state);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("assoc_read_fwd", &assoc_read_fwd,
           "Associative-memory read with a DPFP feature map, fused on the GPU.\n\n"
@@ -85,4 +90,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "    eps: > 0. out: (B, count, d) float32. All contiguous CUDA tensors.",
           pybind11::arg("x"), pybind11::arg("start"), pybind11::arg("count"), pybind11::arg("weight"),
           pybind11::arg("bias"), pybind11::arg("eps"), pybind11::arg("out"));
+    m.def("selective_scan_fwd", &selective_scan_fwd,
+          "Mamba-1 selective scan with an initial state (mamba_ssm's selective_scan_fn semantics), on the GPU.\n\n"
+          "x_t = exp(dt_t A) x_{t-1} + dt_t B_t u_t from x_{-1} = initial_state (0 without it), dt_t =\n"
+          "softplus?(delta_t + delta_bias), out_t = (C_t . x_t + D u_t) * silu(z_t). One block per (channel,\n"
+          "batch row) scans tiles of steps with warp shuffles; state and sums in float32, offsets int64.\n\n"
+          "Args:\n"
+          "    u, delta: (batch, dim, L) float32, bfloat16 or float16 CUDA tensors, stride 1 along L.\n"
+          "    A: (dim, N) float32 contiguous, N <= 256.\n"
+          "    B, C: (dim, N) contiguous, (batch, N, L) or (batch, G, N, L) with stride 1 along L, any float dtype.\n"
+          "    D, delta_bias: (dim,) float32 or None. z: like u, or None.\n"
+          "    initial_state: (batch, dim, N) float32 contiguous, or None.\n"
+          "    delta_softplus: apply softplus to delta + delta_bias. return_last_state: also return the last state.\n\n"
+          "Returns:\n"
+          "    (out (batch, dim, L) in u's dtype, last_state (batch, dim, N) float32 or None).",
+          pybind11::arg("u"), pybind11::arg("delta"), pybind11::arg("A"), pybind11::arg("B"), pybind11::arg("C"),
+          pybind11::arg("D") = pybind11::none(), pybind11::arg("z") = pybind11::none(),
+          pybind11::arg("delta_bias") = pybind11::none(), pybind11::arg("initial_state") = pybind11::none(),
+          pybind11::arg("delta_softplus") = false, pybind11::arg("return_last_state") = false);
 }

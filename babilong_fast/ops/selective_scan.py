@@ -2,8 +2,9 @@
 
 Same arguments, layouts and results as ``mamba_ssm.selective_scan_fn``, plus ``initial_state``, so a
 long sequence can be scanned chunk by chunk: feed each chunk's ``last_state`` to the next chunk as
-``initial_state`` and the outputs equal one scan over the whole sequence. Layers: the Triton kernel
-(``babilong_fast.kernels.selective_scan``), :class:`SelectiveScanFunction` and the public
+``initial_state`` and the outputs equal one scan over the whole sequence. Layers: the CUDA kernel
+(``csrc/selective_scan``), the Triton kernels (``babilong_fast.kernels.selective_scan``),
+:class:`SelectiveScanFunction` and the public
 :func:`selective_scan`, the vectorised PyTorch implementation :func:`selective_scan_chunked` (the ``torch``
 backend) and the one-step-at-a-time float reference :func:`selective_scan_ref` beside them.
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from babilong_fast.backends import Backend, resolve_backend
+from babilong_fast.backends import Backend, BackendUnavailableError, load_extension, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
 
-IMPLEMENTED = ("triton", "torch")
+IMPLEMENTED = ("cuda", "triton", "torch")
 MAX_DSTATE = 256
 
 
@@ -284,6 +285,15 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
 
 
 def _fwd(backend: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
+    if backend == "cuda":
+        ext, _ = load_extension()
+        if not hasattr(ext, "selective_scan_fwd"):
+            raise BackendUnavailableError(
+                "babilong_fast._C was built before it had selective_scan_fwd; rebuild it "
+                "(pip install --no-build-isolation -e .)"
+            )
+        return ext.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                      return_last_state)
     if backend == "triton":
         from babilong_fast.kernels.selective_scan import selective_scan_fwd
 
@@ -357,7 +367,9 @@ def selective_scan(
         delta_softplus: apply softplus to ``delta`` (default False).
         initial_state: ``[batch, dim, N]`` float32 contiguous, the state before the first step (default zeros).
         return_last_state: also return the state after the last step.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (no CUDA kernel yet; see :func:`babilong_fast.backends`).
+        backend: ``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (see :func:`babilong_fast.backends`). On CUDA
+            tensors ``"auto"`` picks cuda, then triton, once the op is in
+            :data:`babilong_fast.backends.GPU_VERIFIED_OPS`; until then, and for CPU tensors, torch.
 
     Returns:
         ``out [batch, dim, L]`` in ``u``'s dtype, or ``(out, last_state [batch, dim, N] float32)``.

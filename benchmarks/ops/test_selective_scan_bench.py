@@ -4,7 +4,7 @@ Run: ``python -m pytest benchmarks/ops/test_selective_scan_bench.py`` (pytest-be
 layer (d_inner 1536, d_state 16) on a 2048-token chunk, batch 1 and 8; CPU: a small layer, torch only.
 ``triton`` times the chunked kernel's default tile and ``triton-statewise`` the statewise kernel's (the tuner is
 off here: timing eleven tiles per shape and dtype would cost the device check's micro step two dozen compiles;
-the models benchmark records the tuner's timings), ``triton-step`` the Triton backend's per-token kernel.
+the models benchmark records the tuner's timings), ``triton-step`` the Triton backend's per-token kernel, ``cuda`` the CUDA kernel (csrc/selective_scan).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SHAPES = {"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 1
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("variant", ["triton", "triton-statewise", "triton-step", "torch"])
+@pytest.mark.parametrize("variant", ["cuda", "triton", "triton-statewise", "triton-step", "torch"])
 def test_selective_scan(benchmark, variant, dtype, shape, monkeypatch):
     backend = variant.split("-")[0]
     skip_unless_timed_here(backend, dtype)

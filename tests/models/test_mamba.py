@@ -6,7 +6,7 @@ import torch
 
 from babilong_fast.models import MambaLM, MambaState
 from babilong_fast.models.mamba import mamba_parts, mixer_forward
-from tests.helpers import assert_close, requires_triton
+from tests.helpers import assert_close, requires_ext, requires_triton
 from tests.models.mamba_util import EOS, hf_greedy, prompt, small_mamba
 
 T = 150  # odd w.r.t. every chunk size below
@@ -122,6 +122,20 @@ def test_triton_backend():
     with torch.no_grad():
         got, _ = MambaLM(hf, chunk_size=5, backend="triton")(ids.to(device))
     assert_close("triton logits", want, got, 1e-4)
+
+
+@requires_ext
+@pytest.mark.cuda
+@pytest.mark.ext
+def test_cuda_backend():
+    """backend="cuda": the scan's CUDA kernel (the conv on Triton) on the model's strided operands, across chunks."""
+    hf = small_mamba(hidden_size=16, num_hidden_layers=1, state_size=4, seed=2)
+    ids = prompt(1, 13)
+    want = hf_logits(hf, ids)
+    hf.to("cuda")
+    with torch.no_grad():
+        got, _ = MambaLM(hf, chunk_size=5, backend="cuda")(ids.to("cuda"))
+    assert_close("cuda logits", want, got, 1e-4)
 
 
 def test_bfloat16_model():

@@ -22,7 +22,7 @@ OPTIONS = {
 }
 CHUNKS = (1, 7, 64, None)  # None: the whole sequence in one call
 TIME_ARGS = ("u", "delta", "z")
-BACKENDS = [p for p in backend_params() if p.id in ("torch", "triton")]
+BACKENDS = backend_params()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 # The module itself: babilong_fast.ops exports a function of the same name.
 scan_module = importlib.import_module("babilong_fast.ops.selective_scan")
@@ -100,6 +100,10 @@ def _chunk_cases():
             cases.append(pytest.param("triton", layout, opt, CHUNKS, id=f"triton-{layout}-{opt}", marks=marks))
     for opt in ("D", "z", "bias-softplus"):
         cases.append(pytest.param("triton", "varying", opt, (7,), id=f"triton-varying-{opt}-chunk7", marks=marks))
+    cuda = next(p for p in backend_params() if p.id == "cuda").marks
+    for layout in LAYOUTS:
+        for opt in OPTIONS:
+            cases.append(pytest.param("cuda", layout, opt, CHUNKS, id=f"cuda-{layout}-{opt}", marks=cuda))
     return cases
 
 
@@ -274,8 +278,8 @@ def test_selective_scan_bad_backend():
         selective_scan(**_bad(), backend="jax")
 
 
-def test_selective_scan_no_cuda_backend():
-    with pytest.raises(BackendUnavailableError, match="selective_scan has no 'cuda' backend"):
+def test_selective_scan_cuda_backend_needs_cuda_tensors():
+    with pytest.raises(BackendUnavailableError, match="cuda"):
         selective_scan(**_bad(), backend="cuda")
 
 

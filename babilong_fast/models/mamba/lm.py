@@ -31,7 +31,8 @@ class MambaLM(nn.Module):
         model: transformers ``MambaForCausalLM`` or mamba_ssm ``MambaLMHeadModel`` (an LM head is needed).
         chunk_size: tokens per chunk in :meth:`forward` and :meth:`generate` (default 2048); any value gives
             the same outputs up to rounding.
-        backend: backend of the fused ops (``"auto"``, ``"triton"``, ``"torch"``).
+        backend: backend of the fused ops (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``); ``"cuda"`` runs the
+            scan's CUDA kernel and the causal conv's Triton kernel.
 
     Examples::
         >>> from transformers import MambaConfig, MambaForCausalLM

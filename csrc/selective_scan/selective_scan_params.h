@@ -1,0 +1,114 @@
+#pragma once
+
+// Fills SelectiveScanParams from tensors already checked by the caller (shapes, devices, dtypes): shared by the
+// CUDA binding and the tests' CPU emulation of the kernel.
+#include <optional>
+
+#include <torch/types.h>
+
+#include "selective_scan.h"
+
+namespace bfast {
+
+inline int scan_dtype(const torch::Tensor &x, const char *name) {
+    switch (x.scalar_type()) {
+        case at::ScalarType::Float:
+            return kScanF32;
+        case at::ScalarType::BFloat16:
+            return kScanBF16;
+        case at::ScalarType::Half:
+            return kScanF16;
+        default:
+            TORCH_CHECK(false, "selective_scan_fwd: ", name, " must be float32, bfloat16 or float16, got ",
+                        x.scalar_type());
+    }
+    return kScanF32;
+}
+
+// B or C: (dim, N) contiguous, (batch, N, L) or (batch, G, N, L) with stride 1 along L.
+inline void scan_bc(const torch::Tensor &X, const char *name, const int64_t dim, const void *&ptr, int &type,
+                    bool &varying, int64_t &sb, int64_t &sg, int64_t &sn, int64_t &dpg) {
+    ptr = X.data_ptr();
+    type = scan_dtype(X, name);
+    varying = X.dim() > 2;
+    TORCH_CHECK(X.dim() >= 2 && X.dim() <= 4, "selective_scan_fwd: ", name, " must be 2-D, 3-D or 4-D");
+    if (!varying) {
+        TORCH_CHECK(X.is_contiguous(), "selective_scan_fwd: time-invariant ", name, " must be contiguous");
+        sb = sg = sn = 0;
+        dpg = 1;
+    } else if (X.dim() == 3) {
+        sb = X.stride(0);
+        sg = 0;
+        sn = X.stride(1);
+        dpg = dim;
+    } else {
+        sb = X.stride(0);
+        sg = X.stride(1);
+        sn = X.stride(2);
+        dpg = dim / X.size(1);
+    }
+}
+
+inline SelectiveScanParams make_scan_params(const torch::Tensor &u, const torch::Tensor &delta,
+                                            const torch::Tensor &A, const torch::Tensor &B, const torch::Tensor &C,
+                                            const std::optional<torch::Tensor> &D,
+                                            const std::optional<torch::Tensor> &z,
+                                            const std::optional<torch::Tensor> &delta_bias,
+                                            const std::optional<torch::Tensor> &h0, bool softplus,
+                                            torch::Tensor &out, std::optional<torch::Tensor> &hT) {
+    TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "selective_scan_fwd: u and delta must be (batch, dim, L)");
+    TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1) && A.is_contiguous() &&
+                    A.scalar_type() == at::ScalarType::Float,
+                "selective_scan_fwd: A must be (dim, N) float32 contiguous");
+    TORCH_CHECK(A.size(1) >= 1 && A.size(1) <= kScanMaxN, "selective_scan_fwd: N = A.size(1) must be in [1, ",
+                kScanMaxN, "]");
+    TORCH_CHECK(u.size(2) <= 1 || (u.stride(2) == 1 && delta.stride(2) == 1),
+                "selective_scan_fwd: u and delta need stride 1 along L");
+    TORCH_CHECK(u.size(0) <= 65535, "selective_scan_fwd: batch must be at most 65535 (the grid's y size), got ",
+                u.size(0));
+    SelectiveScanParams p{};
+    p.batch = u.size(0);
+    p.dim = u.size(1);
+    p.L = u.size(2);
+    p.N = A.size(1);
+    p.u = u.data_ptr();
+    p.u_type = scan_dtype(u, "u");
+    p.u_sb = u.stride(0);
+    p.u_sd = u.stride(1);
+    p.delta = delta.data_ptr();
+    p.delta_type = scan_dtype(delta, "delta");
+    p.dt_sb = delta.stride(0);
+    p.dt_sd = delta.stride(1);
+    if (z) {
+        TORCH_CHECK(z->sizes() == u.sizes() && (u.size(2) <= 1 || z->stride(2) == 1),
+                    "selective_scan_fwd: z must be (batch, dim, L) with stride 1 along L");
+        p.z = z->data_ptr();
+        p.z_type = scan_dtype(*z, "z");
+        p.z_sb = z->stride(0);
+        p.z_sd = z->stride(1);
+    }
+    scan_bc(B, "B", p.dim, p.B, p.B_type, p.B_varying, p.B_sb, p.B_sg, p.B_sn, p.B_dpg);
+    scan_bc(C, "C", p.dim, p.C, p.C_type, p.C_varying, p.C_sb, p.C_sg, p.C_sn, p.C_dpg);
+    p.A = A.data_ptr<float>();
+    auto vec = [&](const std::optional<torch::Tensor> &v, const char *name) -> const float * {
+        if (!v) return nullptr;
+        TORCH_CHECK(v->dim() == 1 && v->size(0) == p.dim && v->is_contiguous() &&
+                        v->scalar_type() == at::ScalarType::Float,
+                    "selective_scan_fwd: ", name, " must be (dim,) float32 contiguous");
+        return v->data_ptr<float>();
+    };
+    p.D = vec(D, "D");
+    p.delta_bias = vec(delta_bias, "delta_bias");
+    if (h0) {
+        TORCH_CHECK(h0->sizes() == torch::IntArrayRef({p.batch, p.dim, p.N}) && h0->is_contiguous() &&
+                        h0->scalar_type() == at::ScalarType::Float,
+                    "selective_scan_fwd: initial_state must be (batch, dim, N) float32 contiguous");
+        p.h0 = h0->data_ptr<float>();
+    }
+    p.softplus = softplus;
+    p.out = out.data_ptr();
+    p.hT = hT ? hT->data_ptr<float>() : nullptr;
+    return p;
+}
+
+}  // namespace bfast

@@ -1,0 +1,49 @@
+"""CUDA kernels of ``csrc/`` run on the CPU under thread emulation (``thread_emulation.h``), so their source is
+tested on machines without a GPU. Built with the host C++ compiler as a CPU torch extension; needs the CUDA
+toolkit's headers (for the bf16/fp16 types), not a GPU."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE.parents[2] / "csrc"
+
+
+def cuda_include_dir() -> str | None:
+    """The CUDA toolkit's include folder (``$CUDA_HOME``, ``$CUDA_PATH``, else /usr/local/cuda*), or None."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for home in filter(None, homes):
+        if os.path.isfile(os.path.join(home, "include", "cuda_bf16.h")):
+            return os.path.join(home, "include")
+    return None
+
+
+def missing() -> str | None:
+    """Why the emulator cannot be built here, or None."""
+    if cuda_include_dir() is None:
+        return "no CUDA toolkit headers (set CUDA_HOME)"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no host C++ compiler"
+    if shutil.which("ninja") is None:
+        return "ninja is not on PATH"
+    return None
+
+
+def load_scan_emulator(build_dir: str) -> ModuleType:
+    """Compile (about 40 s on 2 cores) and import the emulated selective scan: ``selective_scan_fwd`` with the
+    CUDA binding's arguments, on CPU tensors."""
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name="babilong_fast_scan_emulator",
+        sources=[str(HERE / "scan_emulator.cpp")],
+        extra_include_paths=[str(CSRC), str(HERE), cuda_include_dir()],
+        extra_cflags=["-std=c++20", "-O1"],
+        extra_ldflags=["-pthread"],
+        build_directory=build_dir,
+    )

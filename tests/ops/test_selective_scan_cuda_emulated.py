@@ -1,0 +1,157 @@
+"""The CUDA selective scan kernel (``csrc/selective_scan``) against the float64 reference, on the CPU.
+
+The kernel's own source runs under thread emulation (``tests/ops/cuda_emulation``): one host thread per CUDA
+thread, real barriers for ``__syncthreads`` and the warp shuffles, the binding's parameter setup, and outputs
+NaN-filled first so an unwritten element fails. Tiles are 1024 steps, so lengths around 1024 and 2048 cross
+tile boundaries. The same cases run on the GPU through ``backend="cuda"`` in test_selective_scan.py.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from tests.helpers import assert_close
+from tests.ops import cuda_emulation
+from tests.ops.test_selective_scan import HALF, LAYOUTS, OPTIONS, RTOL, make_inputs, ref64, time_slice
+
+pytestmark = [
+    pytest.mark.skipif(cuda_emulation.missing() is not None, reason=str(cuda_emulation.missing())),
+    # on a GPU the kernel itself runs these cases (test_selective_scan.py's cuda rows): no 40 s emulator build
+    pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the kernel itself"),
+]
+TILE = 128 * 8  # kScanThreads * kScanStepsPerThread
+ARG_ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    return cuda_emulation.load_scan_emulator(str(tmp_path_factory.mktemp("scan_emulator")))
+
+
+def scan(emu, args, return_last_state=True):
+    pos = [args.get(k) for k in ARG_ORDER]
+    return emu.selective_scan_fwd(*pos, bool(args.get("delta_softplus", False)), return_last_state)
+
+
+def scan_chunked(emu, args, chunk):
+    L = args["u"].shape[-1]
+    state, outs = args.get("initial_state"), []
+    for s in range(0, L, chunk):
+        piece = time_slice(args, s, s + chunk)
+        piece["initial_state"] = state
+        out, state = scan(emu, piece)
+        outs.append(out)
+    return torch.cat(outs, dim=-1), state
+
+
+def check(args, out, last, rtol=1e-5):
+    want, want_last = ref64(args)
+    assert out.dtype == args["u"].dtype and last.dtype == torch.float32
+    assert_close("out", want, out, rtol)
+    assert_close("last_state", want_last, last, rtol)
+
+
+@pytest.mark.parametrize("opt", OPTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_emulated_matches_reference(emu, layout, opt):
+    """Two tiles, the second partial; every B/C layout with every option set."""
+    args = make_inputs(2, 4, TILE + 300, 5, layout, OPTIONS[opt])
+    check(args, *scan(emu, args))
+
+
+@pytest.mark.parametrize("L", [1, 31, TILE - 1, TILE, TILE + 1, 2 * TILE])
+def test_emulated_tile_edges(emu, L):
+    """Lengths inside one warp, one step short of / at / past a tile, and exactly two tiles."""
+    args = make_inputs(1, 2, L, 3, "grouped", groups=2, layout_c="varying")
+    check(args, *scan(emu, args))
+
+
+@pytest.mark.parametrize("chunk", [7, TILE - 3, TILE + 5])
+def test_emulated_chunks_carry_state(emu, chunk):
+    """Chunks carrying last_state into initial_state equal one float64 scan of the whole sequence."""
+    args = make_inputs(1, 3, 2 * TILE + 50, 4, "varying")
+    check(args, *scan_chunked(emu, args, chunk))
+
+
+def test_emulated_single_steps_carry_state(emu):
+    args = make_inputs(1, 2, 12, 3, "grouped", groups=2)
+    check(args, *scan_chunked(emu, args, 1))
+
+
+@pytest.mark.parametrize("N", [1, 16, 256])
+def test_emulated_state_sizes(emu, N):
+    """One state, Mamba's 16 and the largest the kernel holds (256, more than its 128 threads)."""
+    args = make_inputs(1, 2, 70, N, "varying", layout_c="invariant")
+    check(args, *scan(emu, args))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_emulated_half(emu, dtype, layout):
+    args = make_inputs(2, 4, TILE + 40, 5, layout, dtype=dtype)
+    check(args, *scan(emu, args), rtol=RTOL[dtype])
+
+
+def test_emulated_mixed_dtypes_and_strides(emu):
+    """Each tensor in its own dtype, and strided views (stride 1 along L only), read as they are."""
+    args = make_inputs(2, 4, 300, 5, "grouped")
+    big = torch.randn(3, 8, 310)
+    args["u"] = big[1:, ::2, 5:305]  # batch stride 2480, channel stride 620
+    args["delta"] = (0.5 * torch.rand(2, 4, 600))[..., ::2].contiguous().to(torch.float16)
+    args["z"] = args["z"].to(torch.bfloat16)
+    args["B"] = torch.randn(2, 2, 10, 300)[:, :, ::2].to(torch.bfloat16)  # n stride 600
+    args["C"] = args["C"].to(torch.float16)
+    assert args["u"].stride(-1) == 1 and not args["u"].is_contiguous()
+    out, last = scan(emu, args)
+    assert out.dtype == torch.float32
+    want, want_last = ref64(args)
+    assert_close("out", want, out, 2e-3)  # inputs rounded to half are the inputs: only the sums may differ
+    assert_close("last_state", want_last, last, 2e-3)
+
+
+def test_emulated_without_last_state(emu):
+    args = make_inputs(1, 2, 40, 3, "varying")
+    out, last = scan(emu, args, return_last_state=False)
+    assert last is None
+    assert_close("out", ref64(args)[0], out, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        pytest.param("A", lambda a: a.double(), "A must be", id="A-dtype"),
+        pytest.param("A", lambda a: torch.zeros(a.shape[0], 257) - 1, "N = A.size", id="N-too-large"),
+        pytest.param("D", lambda a: torch.randn(5), "D must be", id="D-shape"),
+        pytest.param("initial_state", lambda a: torch.randn(2, 3, 4).transpose(1, 2), "initial_state must be", id="h0-view"),
+        pytest.param("u", lambda a: a.to(torch.int32), "u must be float32", id="u-dtype"),
+    ],
+)
+def test_emulated_binding_rejects_bad_input(emu, key, value, match):
+    """The binding's own checks (shared with the CUDA binding), for callers that bypass the op's."""
+    args = make_inputs(2, 4, 6, 3, "varying")
+    args[key] = value(args[key])
+    with pytest.raises(RuntimeError, match=match):
+        scan(emu, args)
+
+
+def test_cuda_kernel_compiles_for_sm90_without_spills(tmp_path):
+    """nvcc compiles the kernel for sm_90 (the H100), and ptxas keeps it in registers (no local-memory spills)."""
+    nvcc = os.path.join(os.path.dirname(cuda_emulation.cuda_include_dir()), "bin", "nvcc")
+    if not os.path.isfile(nvcc):
+        pytest.skip("no nvcc in the CUDA toolkit")
+    src = tmp_path / "scan_sm90.cu"
+    src.write_text('#include "selective_scan/selective_scan_kernel.cuh"\n'
+                   "template __global__ void bfast::selective_scan_fwd_kernel<bfast::kScanThreads, "
+                   "bfast::kScanStepsPerThread>(const bfast::SelectiveScanParams);\n")
+    res = subprocess.run([nvcc, "-arch=sm_90", "-O3", "-std=c++20", "--resource-usage", "-I", str(cuda_emulation.CSRC),
+                          "-c", str(src), "-o", str(tmp_path / "scan.o")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    usage = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stdout + res.stderr)
+    regs = re.findall(r"Used (\d+) registers", res.stdout + res.stderr)
+    assert usage and regs, res.stdout + res.stderr
+    assert usage == [("0", "0")], f"spills: {usage}"
+    assert int(regs[0]) <= 128, f"{regs[0]} registers: more than __launch_bounds__(128, 4) allows"
