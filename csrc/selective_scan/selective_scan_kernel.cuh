@@ -7,14 +7,19 @@
 //      thread the state before its first step, starting from the carry left by the previous tile;
 //   3. each thread replays its K steps from that state and adds C_t[n] x_t to its outputs; the last thread's
 //      final state is the next tile's carry.
-// Only n-ordered sums, as mamba_ssm's CUDA scan; state and sums in float32. Compiles with nvcc, and with a host
+// A thread's K steps of u, delta, z, B_n, C_n and out move as 16-byte vectors where the row allows (all K steps
+// present, aligned), else one element at a time. State and sums in float32. Compiles with nvcc, and with a host
 // compiler under the tests' thread emulation (threadIdx, __syncthreads and __shfl_up_sync provided there).
+#include <cstdint>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "selective_scan.h"
 
 namespace bfast {
+
+constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float scan_load(const void *p, const int type, const int64_t i) {
     switch (type) {
@@ -27,6 +32,47 @@ __device__ __forceinline__ float scan_load(const void *p, const int type, const 
     }
 }
 
+__device__ __forceinline__ bool aligned16(const void *p, const int type, const int64_t i) {
+    const int64_t bytes = type == kScanF32 ? 4 : 2;
+    return (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(i * bytes)) % 16 == 0;
+}
+
+// Elements i .. i+K-1 of p as float into v; only the first `valid` exist (later ones read as 0). All K present
+// and 16-byte aligned: K * size / 16 vector loads; else one load per element.
+template <int K>
+__device__ __forceinline__ void load_run(const void *p, const int type, const int64_t i, const int64_t valid,
+                                         float (&v)[K]) {
+    static_assert(K % 8 == 0, "K: whole 16-byte vectors of 16-bit and of 32-bit values");
+    if (valid >= K && aligned16(p, type, i)) {
+        if (type == kScanF32) {
+            const float4 *q = reinterpret_cast<const float4 *>(static_cast<const float *>(p) + i);
+#pragma unroll
+            for (int j = 0; j < K / 4; ++j) {
+                const float4 f = q[j];
+                v[4 * j] = f.x;
+                v[4 * j + 1] = f.y;
+                v[4 * j + 2] = f.z;
+                v[4 * j + 3] = f.w;
+            }
+        } else {
+            const uint4 *q = reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(p) + i);
+#pragma unroll
+            for (int j = 0; j < K / 8; ++j) {
+                const uint4 raw = q[j];
+                const uint16_t *h = reinterpret_cast<const uint16_t *>(&raw);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    v[8 * j + e] = type == kScanBF16 ? __bfloat162float(__ushort_as_bfloat16(h[e]))
+                                                     : __half2float(__ushort_as_half(h[e]));
+                }
+            }
+        }
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = k < valid ? scan_load(p, type, i + k) : 0.f;
+}
+
 __device__ __forceinline__ void scan_store(void *p, const int type, const int64_t i, const float v) {
     switch (type) {
         case kScanBF16:
@@ -37,6 +83,37 @@ __device__ __forceinline__ void scan_store(void *p, const int type, const int64_
             break;
         default:
             static_cast<float *>(p)[i] = v;
+    }
+}
+
+// The first `valid` of v into elements i .. of p (as load_run: vector stores when all K fit and are aligned).
+template <int K>
+__device__ __forceinline__ void store_run(void *p, const int type, const int64_t i, const int64_t valid,
+                                          const float (&v)[K]) {
+    if (valid >= K && aligned16(p, type, i)) {
+        if (type == kScanF32) {
+            float4 *q = reinterpret_cast<float4 *>(static_cast<float *>(p) + i);
+#pragma unroll
+            for (int j = 0; j < K / 4; ++j) q[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+        } else {
+            uint4 *q = reinterpret_cast<uint4 *>(static_cast<uint16_t *>(p) + i);
+#pragma unroll
+            for (int j = 0; j < K / 8; ++j) {
+                uint4 raw;
+                uint16_t *h = reinterpret_cast<uint16_t *>(&raw);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    h[e] = type == kScanBF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v[8 * j + e]))
+                                             : __half_as_ushort(__float2half_rn(v[8 * j + e]));
+                }
+                q[j] = raw;
+            }
+        }
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        if (k < valid) scan_store(p, type, i + k, v[k]);
     }
 }
 
@@ -81,35 +158,40 @@ __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const Selecti
     int round_buf = 0;  // warp_a/warp_b buffer of this (tile, n) round
     for (int64_t t0 = 0; t0 < L; t0 += int64_t(NT) * K, tile_buf ^= 1) {
         const int64_t ts = t0 + int64_t(tid) * K;
+        const int64_t valid = L - ts;  // this thread's steps that exist (<= 0 past the end)
         float dt[K], dtu[K], uu[K], y[K];
+        load_run<K>(p.u, p.u_type, u_row + ts, valid, uu);
+        load_run<K>(p.delta, p.delta_type, dt_row + ts, valid, dt);
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const int64_t t = ts + k;
-            y[k] = 0.f;
-            if (t < L) {
-                uu[k] = scan_load(p.u, p.u_type, u_row + t);
-                float v = scan_load(p.delta, p.delta_type, dt_row + t) + bias;
-                dt[k] = p.softplus ? scan_softplus(v) : v;
-            } else {  // past the end: the identity step (decay 1, no input)
-                uu[k] = 0.f;
-                dt[k] = 0.f;
-            }
+            const float v = dt[k] + bias;
+            dt[k] = k < valid ? (p.softplus ? scan_softplus(v) : v) : 0.f;  // past the end: decay 1, no input
             dtu[k] = dt[k] * uu[k];
+            y[k] = 0.f;
         }
         for (int64_t n = 0; n < N; ++n, round_buf ^= 1) {
-            const float An = A_row[n];
-            const int64_t Bn = B_row + n * (p.B_varying ? p.B_sn : 1);
-            const int64_t Cn = C_row + n * (p.C_varying ? p.C_sn : 1);
-            const float B_fixed = p.B_varying ? 0.f : scan_load(p.B, p.B_type, Bn);
-            const float C_fixed = p.C_varying ? 0.f : scan_load(p.C, p.C_type, Cn);
+            const float An = A_row[n] * kLog2e;  // exp(dt A) = exp2(dt A log2(e))
+            float Bv[K], Cv[K];
+            if (p.B_varying) {
+                load_run<K>(p.B, p.B_type, B_row + n * p.B_sn + ts, valid, Bv);
+            } else {
+                const float v = scan_load(p.B, p.B_type, B_row + n);
+#pragma unroll
+                for (int k = 0; k < K; ++k) Bv[k] = v;
+            }
+            if (p.C_varying) {
+                load_run<K>(p.C, p.C_type, C_row + n * p.C_sn + ts, valid, Cv);
+            } else {
+                const float v = scan_load(p.C, p.C_type, C_row + n);
+#pragma unroll
+                for (int k = 0; k < K; ++k) Cv[k] = v;
+            }
             float a[K], bu[K];
             float ta = 1.f, tb = 0.f;  // this thread's K steps composed
 #pragma unroll
             for (int k = 0; k < K; ++k) {
-                const int64_t t = ts + k;
-                const float Bv = !p.B_varying ? B_fixed : (t < L ? scan_load(p.B, p.B_type, Bn + t) : 0.f);
-                a[k] = expf(dt[k] * An);
-                bu[k] = dtu[k] * Bv;
+                a[k] = exp2f(dt[k] * An);
+                bu[k] = dtu[k] * Bv[k];
                 tb = a[k] * tb + bu[k];
                 ta *= a[k];
             }
@@ -140,25 +222,21 @@ __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const Selecti
             h = ea * h + eb;  // the state before this thread's first step
 #pragma unroll
             for (int k = 0; k < K; ++k) {
-                const int64_t t = ts + k;
-                const float Cv = !p.C_varying ? C_fixed : (t < L ? scan_load(p.C, p.C_type, Cn + t) : 0.f);
                 h = a[k] * h + bu[k];
-                y[k] += Cv * h;
+                y[k] += Cv[k] * h;
             }
             if (tid == NT - 1) carry[tile_buf ^ 1][n] = h;  // the tile's last step (padding steps are identities)
         }
+        if (p.z) {
+            float zz[K];
+            load_run<K>(p.z, p.z_type, z_row + ts, valid, zz);
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const int64_t t = ts + k;
-            if (t < L) {
-                float v = y[k] + Dd * uu[k];
-                if (p.z) {
-                    const float zv = scan_load(p.z, p.z_type, z_row + t);
-                    v *= zv / (1.f + expf(-zv));
-                }
-                scan_store(p.out, p.u_type, bd * L + t, v);
-            }
+            for (int k = 0; k < K; ++k) y[k] = (y[k] + Dd * uu[k]) * (zz[k] / (1.f + expf(-zz[k])));
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) y[k] += Dd * uu[k];
         }
+        store_run<K>(p.out, p.u_type, bd * L + ts, valid, y);
     }
     if (p.hT) {
         __syncthreads();

@@ -65,7 +65,8 @@ def test_emulated_matches_reference(emu, layout, opt):
 
 @pytest.mark.parametrize("L", [1, 31, TILE - 1, TILE, TILE + 1, 2 * TILE])
 def test_emulated_tile_edges(emu, L):
-    """Lengths inside one warp, one step short of / at / past a tile, and exactly two tiles."""
+    """Lengths inside one warp, one step short of / at / past a tile, and exactly two tiles. Rows of an odd L are
+    not 16-byte aligned (element loads); of L = 1024, 2048 they are (vector loads)."""
     args = make_inputs(1, 2, L, 3, "grouped", groups=2, layout_c="varying")
     check(args, *scan(emu, args))
 
