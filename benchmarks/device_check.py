@@ -73,7 +73,7 @@ MODEL_RUNS = [
     # warm-up also times the scan's eleven candidate tiles (about 11 compiles), hence 140 s.
     ("mamba", ["--models", "mamba", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "triton",
                "--mamba-prefix", "16384", "--budget-s", "40"], 140),
-    # The scan's CUDA kernel (csrc/selective_scan; the conv stays on Triton), fast rows only: no tuning, no compiles.
+    # Mamba on the CUDA kernels (csrc/selective_scan, csrc/causal_conv1d), fast rows only: no tuning, no compiles.
     ("mamba_cuda", ["--models", "mamba", "--modes", "fast", "--lengths", "1M,10M", "--batch", "1", "--backends", "cuda"],
      70),
     # The fast step: lean GPT-2 blocks (gpt2_block_infer: 10 kernels a block), the step under torch.compile (one

@@ -413,7 +413,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
             info[name] = {"attn_implementation": attn, "parameters": sum(p.numel() for p in model.parameters())}
         for B in cfg.batches:
             answers: dict[int, torch.Tensor] = {}
-            if name in ("armt", "mamba"):  # Mamba's 'cuda': the scan's CUDA kernel, the conv's Triton one
+            if name in ("armt", "mamba"):
                 fast_backends = cfg.backends
             else:
                 fast_backends = ["-"]  # RMT has no backend-dependent op

@@ -22,6 +22,11 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_fwd(
     std::optional<torch::Tensor> D, std::optional<torch::Tensor> z, std::optional<torch::Tensor> delta_bias,
     std::optional<torch::Tensor> initial_state, bool delta_softplus, bool return_last_state);
 
+std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd(torch::Tensor x, torch::Tensor weight,
+                                                                           std::optional<torch::Tensor> bias,
+                                                                           std::optional<torch::Tensor> initial_state,
+                                                                           bool silu, bool return_final_state);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("assoc_read_fwd", &assoc_read_fwd,
           "Associative-memory read with a DPFP feature map, fused on the GPU.\n\n"
@@ -108,4 +113,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           pybind11::arg("D") = pybind11::none(), pybind11::arg("z") = pybind11::none(),
           pybind11::arg("delta_bias") = pybind11::none(), pybind11::arg("initial_state") = pybind11::none(),
           pybind11::arg("delta_softplus") = false, pybind11::arg("return_last_state") = false);
+    m.def("causal_conv1d_fwd", &causal_conv1d_fwd,
+          "Depthwise causal conv1d with the conv state carried between calls, on the GPU.\n\n"
+          "xp = [initial_state (zeros without it), x] along L; out[t] = act(bias + sum_k weight[:, k] xp[t + k]),\n"
+          "act = silu when silu else identity; final_state = the last width - 1 columns of xp. Sums in float32.\n\n"
+          "Args:\n"
+          "    x: (batch, dim, L) float32, bfloat16 or float16 CUDA tensor, stride 1 along L.\n"
+          "    weight: (dim, width) contiguous, width <= 32, any float dtype. bias: (dim,) or None.\n"
+          "    initial_state: (batch, dim, width - 1) contiguous in x's dtype, or None.\n"
+          "    silu: apply silu. return_final_state: also return the final state.\n\n"
+          "Returns:\n"
+          "    (out (batch, dim, L) in x's dtype, final_state (batch, dim, width - 1) in x's dtype or None).",
+          pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
+          pybind11::arg("initial_state") = pybind11::none(), pybind11::arg("silu") = false,
+          pybind11::arg("return_final_state") = false);
 }

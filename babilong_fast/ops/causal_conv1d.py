@@ -3,7 +3,8 @@
 ``causal-conv1d``'s ``causal_conv1d_fn`` semantics on channel-first x, with ``initial_state`` /
 ``return_final_state`` available for that layout too: the state is the last ``width - 1`` inputs,
 so convolving a sequence chunk by chunk, passing each chunk's final state on, equals one call on the
-whole sequence. Layers: the Triton kernel (``babilong_fast.kernels.causal_conv1d``),
+whole sequence. Layers: the CUDA kernel (``csrc/causal_conv1d``), the Triton kernel
+(``babilong_fast.kernels.causal_conv1d``),
 :class:`CausalConv1dFunction` and the public :func:`causal_conv1d`, and the reference :func:`causal_conv1d_ref`.
 """
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from babilong_fast.backends import Backend, resolve_backend
+from babilong_fast.backends import Backend, BackendUnavailableError, load_extension, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
 
-IMPLEMENTED = ("triton", "torch")
+IMPLEMENTED = ("cuda", "triton", "torch")
 ACTIVATIONS = (None, "silu", "swish")
+CUDA_MAX_WIDTH = 32
+"""Widest kernel the CUDA backend takes (Mamba's is 4)."""
 
 
 def causal_conv1d_ref(
@@ -88,6 +91,14 @@ def _check(x, weight, bias, initial_state, activation) -> None:
 
 
 def _fwd(backend: str, x, weight, bias, initial_state, return_final_state: bool, activation):
+    if backend == "cuda":
+        ext, _ = load_extension()
+        if not hasattr(ext, "causal_conv1d_fwd"):
+            raise BackendUnavailableError(
+                "babilong_fast._C was built before it had causal_conv1d_fwd; rebuild it "
+                "(pip install --no-build-isolation -e .)"
+            )
+        return ext.causal_conv1d_fwd(x, weight, bias, initial_state, activation is not None, return_final_state)
     if backend == "triton":
         from babilong_fast.kernels.causal_conv1d import causal_conv1d_fwd
 
@@ -146,7 +157,9 @@ def causal_conv1d(
             (default zeros).
         return_final_state: also return the last ``width - 1`` inputs (taken from ``initial_state`` where L is shorter).
         activation: ``None``, ``"silu"`` or ``"swish"`` (the same).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (no CUDA kernel yet; see :func:`babilong_fast.backends`).
+        backend: ``"auto"``, ``"cuda"`` (width <= 32), ``"triton"`` or ``"torch"`` (see
+            :func:`babilong_fast.backends`). On CUDA tensors ``"auto"`` picks cuda, then triton, once the op is in
+            :data:`babilong_fast.backends.GPU_VERIFIED_OPS`; until then, and for CPU tensors, torch.
 
     Returns:
         ``out [batch, dim, L]`` in x's dtype, or ``(out, final_state [batch, dim, width - 1])``.
@@ -160,6 +173,8 @@ def causal_conv1d(
     """
     _check(x, weight, bias, initial_state, activation)
     chosen = resolve_backend("causal_conv1d", backend, x.device, implemented=IMPLEMENTED)
+    if chosen == "cuda" and weight.shape[1] > CUDA_MAX_WIDTH:
+        raise ValueError(f"the cuda backend takes widths up to {CUDA_MAX_WIDTH}; got width {weight.shape[1]}")
     return_final_state = bool(return_final_state)
     if x.numel() == 0:  # nothing to launch: the reference handles the empty shapes
         chosen = "torch"

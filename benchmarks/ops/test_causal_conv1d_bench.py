@@ -16,7 +16,7 @@ SHAPES = {"mamba130m-B1": (1, 1536, 2048, 4), "mamba130m-B8": (8, 1536, 2048, 4)
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
 def test_causal_conv1d(benchmark, backend, dtype, shape):
     skip_unless_timed_here(backend, dtype)
     B, D, L, W = shape

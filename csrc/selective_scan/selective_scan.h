@@ -13,8 +13,6 @@
 
 namespace bfast {
 
-enum ScanDType : int { kScanF32 = 0, kScanBF16 = 1, kScanF16 = 2 };
-
 struct SelectiveScanParams {
     const void *u;           // (batch, dim, L), u_type
     const void *delta;       // (batch, dim, L), delta_type
@@ -32,7 +30,7 @@ struct SelectiveScanParams {
     int64_t u_sb, u_sd, dt_sb, dt_sd, z_sb, z_sd;  // element strides; stride 1 along L
     int64_t B_sb, B_sg, B_sn, B_dpg;               // time-varying B: batch, group, n strides, channels per group
     int64_t C_sb, C_sg, C_sn, C_dpg;
-    int u_type, delta_type, z_type, B_type, C_type;
+    int u_type, delta_type, z_type, B_type, C_type;  // DTypeCode (common/elem_runs.cuh)
     bool B_varying, C_varying, softplus;
 };
 

@@ -12,110 +12,12 @@
 // compiler under the tests' thread emulation (threadIdx, __syncthreads and __shfl_up_sync provided there).
 #include <cstdint>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "selective_scan.h"
+#include "common/elem_runs.cuh"
+#include "selective_scan/selective_scan.h"
 
 namespace bfast {
 
 constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float scan_load(const void *p, const int type, const int64_t i) {
-    switch (type) {
-        case kScanBF16:
-            return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
-        case kScanF16:
-            return __half2float(static_cast<const __half *>(p)[i]);
-        default:
-            return static_cast<const float *>(p)[i];
-    }
-}
-
-__device__ __forceinline__ bool aligned16(const void *p, const int type, const int64_t i) {
-    const int64_t bytes = type == kScanF32 ? 4 : 2;
-    return (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(i * bytes)) % 16 == 0;
-}
-
-// Elements i .. i+K-1 of p as float into v; only the first `valid` exist (later ones read as 0). All K present
-// and 16-byte aligned: K * size / 16 vector loads; else one load per element.
-template <int K>
-__device__ __forceinline__ void load_run(const void *p, const int type, const int64_t i, const int64_t valid,
-                                         float (&v)[K]) {
-    static_assert(K % 8 == 0, "K: whole 16-byte vectors of 16-bit and of 32-bit values");
-    if (valid >= K && aligned16(p, type, i)) {
-        if (type == kScanF32) {
-            const float4 *q = reinterpret_cast<const float4 *>(static_cast<const float *>(p) + i);
-#pragma unroll
-            for (int j = 0; j < K / 4; ++j) {
-                const float4 f = q[j];
-                v[4 * j] = f.x;
-                v[4 * j + 1] = f.y;
-                v[4 * j + 2] = f.z;
-                v[4 * j + 3] = f.w;
-            }
-        } else {
-            const uint4 *q = reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(p) + i);
-#pragma unroll
-            for (int j = 0; j < K / 8; ++j) {
-                const uint4 raw = q[j];
-                const uint16_t *h = reinterpret_cast<const uint16_t *>(&raw);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    v[8 * j + e] = type == kScanBF16 ? __bfloat162float(__ushort_as_bfloat16(h[e]))
-                                                     : __half2float(__ushort_as_half(h[e]));
-                }
-            }
-        }
-        return;
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) v[k] = k < valid ? scan_load(p, type, i + k) : 0.f;
-}
-
-__device__ __forceinline__ void scan_store(void *p, const int type, const int64_t i, const float v) {
-    switch (type) {
-        case kScanBF16:
-            static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v);
-            break;
-        case kScanF16:
-            static_cast<__half *>(p)[i] = __float2half_rn(v);
-            break;
-        default:
-            static_cast<float *>(p)[i] = v;
-    }
-}
-
-// The first `valid` of v into elements i .. of p (as load_run: vector stores when all K fit and are aligned).
-template <int K>
-__device__ __forceinline__ void store_run(void *p, const int type, const int64_t i, const int64_t valid,
-                                          const float (&v)[K]) {
-    if (valid >= K && aligned16(p, type, i)) {
-        if (type == kScanF32) {
-            float4 *q = reinterpret_cast<float4 *>(static_cast<float *>(p) + i);
-#pragma unroll
-            for (int j = 0; j < K / 4; ++j) q[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
-        } else {
-            uint4 *q = reinterpret_cast<uint4 *>(static_cast<uint16_t *>(p) + i);
-#pragma unroll
-            for (int j = 0; j < K / 8; ++j) {
-                uint4 raw;
-                uint16_t *h = reinterpret_cast<uint16_t *>(&raw);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    h[e] = type == kScanBF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v[8 * j + e]))
-                                             : __half_as_ushort(__float2half_rn(v[8 * j + e]));
-                }
-                q[j] = raw;
-            }
-        }
-        return;
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-        if (k < valid) scan_store(p, type, i + k, v[k]);
-    }
-}
 
 // torch's softplus: log1p(exp(x)), or x above 20.
 __device__ __forceinline__ float scan_softplus(const float x) { return x > 20.f ? x : log1pf(expf(x)); }
@@ -175,14 +77,14 @@ __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const Selecti
             if (p.B_varying) {
                 load_run<K>(p.B, p.B_type, B_row + n * p.B_sn + ts, valid, Bv);
             } else {
-                const float v = scan_load(p.B, p.B_type, B_row + n);
+                const float v = load_elem(p.B, p.B_type, B_row + n);
 #pragma unroll
                 for (int k = 0; k < K; ++k) Bv[k] = v;
             }
             if (p.C_varying) {
                 load_run<K>(p.C, p.C_type, C_row + n * p.C_sn + ts, valid, Cv);
             } else {
-                const float v = scan_load(p.C, p.C_type, C_row + n);
+                const float v = load_elem(p.C, p.C_type, C_row + n);
 #pragma unroll
                 for (int k = 0; k < K; ++k) Cv[k] = v;
             }

@@ -6,30 +6,16 @@
 
 #include <torch/types.h>
 
-#include "selective_scan.h"
+#include "common/dtype_code.h"
+#include "selective_scan/selective_scan.h"
 
 namespace bfast {
-
-inline int scan_dtype(const torch::Tensor &x, const char *name) {
-    switch (x.scalar_type()) {
-        case at::ScalarType::Float:
-            return kScanF32;
-        case at::ScalarType::BFloat16:
-            return kScanBF16;
-        case at::ScalarType::Half:
-            return kScanF16;
-        default:
-            TORCH_CHECK(false, "selective_scan_fwd: ", name, " must be float32, bfloat16 or float16, got ",
-                        x.scalar_type());
-    }
-    return kScanF32;
-}
 
 // B or C: (dim, N) contiguous, (batch, N, L) or (batch, G, N, L) with stride 1 along L.
 inline void scan_bc(const torch::Tensor &X, const char *name, const int64_t dim, const void *&ptr, int &type,
                     bool &varying, int64_t &sb, int64_t &sg, int64_t &sn, int64_t &dpg) {
     ptr = X.data_ptr();
-    type = scan_dtype(X, name);
+    type = dtype_code(X, "selective_scan_fwd", name);
     varying = X.dim() > 2;
     TORCH_CHECK(X.dim() >= 2 && X.dim() <= 4, "selective_scan_fwd: ", name, " must be 2-D, 3-D or 4-D");
     if (!varying) {
@@ -72,18 +58,18 @@ inline SelectiveScanParams make_scan_params(const torch::Tensor &u, const torch:
     p.L = u.size(2);
     p.N = A.size(1);
     p.u = u.data_ptr();
-    p.u_type = scan_dtype(u, "u");
+    p.u_type = dtype_code(u, "selective_scan_fwd", "u");
     p.u_sb = u.stride(0);
     p.u_sd = u.stride(1);
     p.delta = delta.data_ptr();
-    p.delta_type = scan_dtype(delta, "delta");
+    p.delta_type = dtype_code(delta, "selective_scan_fwd", "delta");
     p.dt_sb = delta.stride(0);
     p.dt_sd = delta.stride(1);
     if (z) {
         TORCH_CHECK(z->sizes() == u.sizes() && (u.size(2) <= 1 || z->stride(2) == 1),
                     "selective_scan_fwd: z must be (batch, dim, L) with stride 1 along L");
         p.z = z->data_ptr();
-        p.z_type = scan_dtype(*z, "z");
+        p.z_type = dtype_code(*z, "selective_scan_fwd", "z");
         p.z_sb = z->stride(0);
         p.z_sd = z->stride(1);
     }

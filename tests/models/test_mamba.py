@@ -128,7 +128,7 @@ def test_triton_backend():
 @pytest.mark.cuda
 @pytest.mark.ext
 def test_cuda_backend():
-    """backend="cuda": the scan's CUDA kernel (the conv on Triton) on the model's strided operands, across chunks."""
+    """backend="cuda": the scan's and conv's CUDA kernels on the model's strided operands, across chunks."""
     hf = small_mamba(hidden_size=16, num_hidden_layers=1, state_size=4, seed=2)
     ids = prompt(1, 13)
     want = hf_logits(hf, ids)

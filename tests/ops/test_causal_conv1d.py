@@ -7,7 +7,7 @@ from babilong_fast.backends import BackendUnavailableError
 from babilong_fast.ops import causal_conv1d, causal_conv1d_ref
 from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_triton
 
-BACKENDS = [p for p in backend_params() if p.id in ("torch", "triton")]
+BACKENDS = backend_params()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 HALF = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
@@ -57,6 +57,8 @@ def _chunk_cases():
         pytest.param("triton", *c, (2, 7, 64), id="triton-W{}-bias{}-h0{}-{}-chunks2,7,64".format(*c), marks=marks)
         for c in full[1:]
     ]
+    cuda = next(p for p in backend_params() if p.id == "cuda").marks
+    cases += [pytest.param("cuda", *c, CHUNKS, id="cuda-W{}-bias{}-h0{}-{}".format(*c), marks=cuda) for c in full]
     return cases
 
 
@@ -201,6 +203,6 @@ def test_causal_conv1d_bad_input(overrides, exc, match):
         causal_conv1d(**_bad(**overrides))
 
 
-def test_causal_conv1d_no_cuda_backend():
-    with pytest.raises(BackendUnavailableError, match="causal_conv1d has no 'cuda' backend"):
+def test_causal_conv1d_cuda_backend_needs_cuda_tensors():
+    with pytest.raises(BackendUnavailableError, match="cuda"):
         causal_conv1d(**_bad(), backend="cuda")

@@ -30,8 +30,7 @@ def mixer_forward(
         h: ``[B, T, d_model]`` the normed input.
         conv_state: ``[B, d_inner, d_conv - 1]`` in the conv input's dtype (the model's), or None for zeros.
         ssm_state: ``[B, d_inner, d_state]`` float32, or None for zeros.
-        backend: for :func:`~babilong_fast.ops.causal_conv1d` and :func:`~babilong_fast.ops.selective_scan`;
-            ``"cuda"`` runs the scan's CUDA kernel and the conv's Triton kernel (the conv has no CUDA kernel).
+        backend: for :func:`~babilong_fast.ops.causal_conv1d` and :func:`~babilong_fast.ops.selective_scan`.
 
     Returns:
         ``(out [B, T, d_model], conv_state, ssm_state)``: the new states are new tensors (inputs are not modified).
@@ -50,7 +49,7 @@ def mixer_forward(
         initial_state=conv_state,
         return_final_state=True,
         activation="silu",
-        backend="triton" if backend == "cuda" else backend,
+        backend=backend,
     )
     x_dbl = torch.matmul(mixer.x_proj.weight, x)  # [B, dt_rank + 2 d_state, T]
     dt = torch.matmul(mixer.dt_proj.weight, x_dbl[:, :dt_rank])  # [B, d_inner, T]

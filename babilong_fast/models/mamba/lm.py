@@ -31,8 +31,7 @@ class MambaLM(nn.Module):
         model: transformers ``MambaForCausalLM`` or mamba_ssm ``MambaLMHeadModel`` (an LM head is needed).
         chunk_size: tokens per chunk in :meth:`forward` and :meth:`generate` (default 2048); any value gives
             the same outputs up to rounding.
-        backend: backend of the fused ops (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``); ``"cuda"`` runs the
-            scan's CUDA kernel and the causal conv's Triton kernel.
+        backend: backend of the fused ops (``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"``).
 
     Examples::
         >>> from transformers import MambaConfig, MambaForCausalLM

@@ -34,16 +34,22 @@ def missing() -> str | None:
     return None
 
 
-def load_scan_emulator(build_dir: str) -> ModuleType:
-    """Compile (about 40 s on 2 cores) and import the emulated selective scan: ``selective_scan_fwd`` with the
-    CUDA binding's arguments, on CPU tensors."""
+_LOADED: dict[str, ModuleType] = {}
+
+
+def load_emulator(build_dir: str) -> ModuleType:
+    """Compile (about 45 s on 2 cores; once per process) and import the emulated kernels: ``selective_scan_fwd``
+    and ``causal_conv1d_fwd``, with their CUDA bindings' arguments, on CPU tensors."""
     from torch.utils.cpp_extension import load
 
-    return load(
-        name="babilong_fast_scan_emulator",
-        sources=[str(HERE / "scan_emulator.cpp")],
+    if "module" in _LOADED:
+        return _LOADED["module"]
+    _LOADED["module"] = load(
+        name="babilong_fast_kernels_emulator",
+        sources=[str(HERE / "kernels_emulator.cpp")],
         extra_include_paths=[str(CSRC), str(HERE), cuda_include_dir()],
         extra_cflags=["-std=c++20", "-O1"],
         extra_ldflags=["-pthread"],
         build_directory=build_dir,
     )
+    return _LOADED["module"]
