@@ -1,122 +1,29 @@
-#include <climits>
 #include <tuple>
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/types.h>
 
-#include "assoc_write.h"
-#include "common/dispatch.h"
+#include "assoc_write/assoc_write_host.h"
 
 #define CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), "assoc_write_fwd: " #x " must be a CUDA tensor")
-#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_write_fwd: " #x " must be contiguous")
-#define CHECK_FLOAT(x)                                                                                        \
-    TORCH_CHECK((x).scalar_type() == at::ScalarType::Float, "assoc_write_fwd: " #x " must be float32, got ", \
-                (x).scalar_type())
 #define CHECK_SAME_DEVICE(x)                                                                                  \
     TORCH_CHECK((x).device() == mem.device(), "assoc_write_fwd: " #x " must be on the same device as mem (", \
                 mem.device(), "), got ", (x).device())
-#define CHECK_SHAPE(x, ...)                                                                                    \
-    TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), "assoc_write_fwd: " #x " must have shape (", \
-                torch::IntArrayRef({__VA_ARGS__}), "), got ", (x).sizes())
 
 std::tuple<torch::Tensor, torch::Tensor> assoc_write_fwd(torch::Tensor mem, torch::Tensor w_k, torch::Tensor w_v,
                                                          torch::Tensor w_b, torch::Tensor b_b, torch::Tensor A,
                                                          torch::Tensor z, int64_t nu, double eps, bool correction,
                                                          bool first_segment) {
     CHECK_CUDA(mem);
-    TORCH_CHECK(mem.dim() == 3, "assoc_write_fwd: mem must be 3-D (B, M, d), got ", mem.dim(), " dims");
-    TORCH_CHECK(w_k.dim() == 2, "assoc_write_fwd: w_k must be 2-D (n, d), got ", w_k.dim(), " dims");
-    TORCH_CHECK(A.dim() == 3, "assoc_write_fwd: A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
-    const auto mem_type = mem.scalar_type();
-    TORCH_CHECK(mem_type == at::ScalarType::Float || mem_type == at::ScalarType::BFloat16 ||
-                    mem_type == at::ScalarType::Half,
-                "assoc_write_fwd: mem must be float32, bfloat16 or float16, got ", mem_type);
-    CHECK_FLOAT(w_k);
-    CHECK_FLOAT(w_v);
-    CHECK_FLOAT(w_b);
-    CHECK_FLOAT(b_b);
-    CHECK_FLOAT(A);
-    CHECK_FLOAT(z);
     CHECK_SAME_DEVICE(w_k);
     CHECK_SAME_DEVICE(w_v);
     CHECK_SAME_DEVICE(w_b);
     CHECK_SAME_DEVICE(b_b);
     CHECK_SAME_DEVICE(A);
     CHECK_SAME_DEVICE(z);
-    CHECK_CONTIGUOUS(mem);
-    CHECK_CONTIGUOUS(w_k);
-    CHECK_CONTIGUOUS(w_v);
-    CHECK_CONTIGUOUS(w_b);
-    CHECK_CONTIGUOUS(b_b);
-    CHECK_CONTIGUOUS(A);
-    CHECK_CONTIGUOUS(z);
-
-    const int64_t B = mem.size(0);
-    const int64_t M = mem.size(1);
-    const int64_t d = mem.size(2);
-    const int64_t n = w_k.size(0);
-    TORCH_CHECK(nu >= 1, "assoc_write_fwd: nu must be >= 1, got ", nu);
-    TORCH_CHECK(eps > 0, "assoc_write_fwd: eps must be > 0, got ", eps);
-    TORCH_CHECK(d < INT_MAX / 2 && n < INT_MAX / 2 && (n == 0 || nu <= INT_MAX / (2 * n)),
-                "assoc_write_fwd: d, d_mem or 2*nu*d_mem exceeds the int32 range");
-    const int64_t F = 2 * nu * n;
-    const int64_t Ba = A.size(0);
-    TORCH_CHECK(Ba == B || Ba == 1, "assoc_write_fwd: A.size(0) must be B (", B, ") or 1, got ", Ba);
-    CHECK_SHAPE(w_k, n, d);
-    CHECK_SHAPE(w_v, d, d);
-    CHECK_SHAPE(w_b, 1, d);
-    CHECK_SHAPE(b_b, 1);
-    CHECK_SHAPE(A, Ba, F, d);
-    CHECK_SHAPE(z, Ba, F);
-
     c10::cuda::CUDAGuard device_guard(mem.device());
-    const auto f32 = mem.options().dtype(at::ScalarType::Float);
-    const int64_t R = B * M;
-    if (R == 0 || F == 0 || d == 0) {  // no rows to write (or an empty state): the state, broadcast to B
-        return {A.expand({B, F, d}).clone(at::MemoryFormat::Contiguous),
-                z.expand({B, F}).clone(at::MemoryFormat::Contiguous)};
-    }
-    auto A_new = torch::empty({B, F, d}, f32);
-    auto z_new = torch::empty({B, F}, f32);
-    auto k = torch::empty({R, n}, f32);
-    auto u = torch::empty({R, d}, f32);
-    auto beta = torch::empty({R}, f32);
-    auto gamma = torch::empty({R}, f32);
-
-    AssocWriteParams params;
-    params.mem_ptr = mem.data_ptr();
-    params.wk_ptr = w_k.data_ptr<float>();
-    params.wv_ptr = w_v.data_ptr<float>();
-    params.wb_ptr = w_b.data_ptr<float>();
-    params.bb_ptr = b_b.data_ptr<float>();
-    params.A_ptr = A.data_ptr<float>();
-    params.z_ptr = z.data_ptr<float>();
-    params.A_new_ptr = A_new.data_ptr<float>();
-    params.z_new_ptr = z_new.data_ptr<float>();
-    params.k_ptr = k.data_ptr<float>();
-    params.u_ptr = u.data_ptr<float>();
-    params.beta_ptr = beta.data_ptr<float>();
-    params.gamma_ptr = gamma.data_ptr<float>();
-    params.B = B;
-    params.M = M;
-    params.R = R;
-    params.A_batch_stride = Ba == 1 ? 0 : F * d;
-    params.z_batch_stride = Ba == 1 ? 0 : F;
-    params.d = static_cast<int>(d);
-    params.n = static_cast<int>(n);
-    params.nu = static_cast<int>(nu);
-    params.F = static_cast<int>(F);
-    params.eps = static_cast<float>(eps);
-    params.correction = correction;
-    params.first_segment = first_segment;
-
-    // Same stream as at::cuda::getCurrentCUDAStream(); the three launches run in order on it.
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    bfast::dispatch_float_dtype(mem_type, "assoc_write_fwd", [&](auto type) {
-        assoc_write_proj_launch<typename decltype(type)::type>(params, stream);
-    });
-    assoc_write_recall_launch(params, stream);
-    assoc_write_update_launch(params, stream);
-    return {A_new, z_new};
+    // Same stream as at::cuda::getCurrentCUDAStream().
+    return assoc_write_run(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment,
+                           c10::cuda::getCurrentCUDAStream());
 }

@@ -7,10 +7,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
-#include "assoc_write.h"
+#include "assoc_write/assoc_write.h"
+#include "common/launch.cuh"
 
 // Three launches, all float32 arithmetic (no TF32, no fast math):
 //   proj   (per mem dtype, here):    k, v and beta of every row in one pass over [w_k; w_v; w_b];
@@ -132,9 +132,8 @@ void assoc_write_proj_launch(const AssocWriteParams &params, cudaStream_t stream
     const int64_t grid_y = (static_cast<int64_t>(params.n) + params.d + 1 + kPC - 1) / kPC;
     TORCH_CHECK(grid_x <= INT_MAX, "assoc_write_fwd: too many memory rows (", params.R, ")");
     TORCH_CHECK(grid_y <= 65535, "assoc_write_fwd: d_mem + d = ", params.n + params.d, " is too large");
-    proj_kernel<input_t><<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)), kThreads, 0,
-                           stream>>>(static_cast<const input_t *>(params.mem_ptr), params.wk_ptr, params.wv_ptr,
-                                     params.wb_ptr, params.bb_ptr, params.k_ptr, params.u_ptr, params.beta_ptr,
-                                     params.R, params.d, params.n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(proj_kernel<input_t>, dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)), kThreads,
+                 0, stream, static_cast<const input_t *>(params.mem_ptr), params.wk_ptr, params.wv_ptr, params.wb_ptr,
+                 params.bb_ptr, params.k_ptr, params.u_ptr, params.beta_ptr, params.R, params.d, params.n);
+    BFAST_LAUNCH_CHECK();
 }

@@ -1,6 +1,6 @@
 // The float32 kernels that read and update the state (A, z): recall and update. They do not depend on mem's dtype,
 // so they are compiled once, here.
-#include "assoc_write_kernel.cuh"
+#include "assoc_write/assoc_write_kernel.cuh"
 
 namespace assoc_write {
 
@@ -205,13 +205,12 @@ void assoc_write_recall_launch(const AssocWriteParams &params, cudaStream_t stre
     const int64_t grid_x = (static_cast<int64_t>(params.d) + kRD - 1) / kRD;
     const int64_t grid_y = (params.M + kRM - 1) / kRM;
     check_batch_grid(params, grid_y, "the number of memory rows M");
-    recall_kernel<<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
-                         static_cast<unsigned>(params.B)),
-                    kThreads, 0, stream>>>(params.k_ptr, params.A_ptr, params.z_ptr, params.beta_ptr, params.u_ptr,
-                                           params.gamma_ptr, params.M, params.A_batch_stride, params.z_batch_stride,
-                                           params.d, params.n, params.F, params.eps, params.correction,
-                                           params.first_segment);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(recall_kernel,
+                 dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), static_cast<unsigned>(params.B)),
+                 kThreads, 0, stream, params.k_ptr, params.A_ptr, params.z_ptr, params.beta_ptr, params.u_ptr,
+                 params.gamma_ptr, params.M, params.A_batch_stride, params.z_batch_stride, params.d, params.n, params.F,
+                 params.eps, params.correction, params.first_segment);
+    BFAST_LAUNCH_CHECK();
 }
 
 void assoc_write_update_launch(const AssocWriteParams &params, cudaStream_t stream) {
@@ -219,10 +218,10 @@ void assoc_write_update_launch(const AssocWriteParams &params, cudaStream_t stre
     const int64_t grid_x = (static_cast<int64_t>(params.d) + kUD - 1) / kUD;
     const int64_t grid_y = (static_cast<int64_t>(params.F) + kUF - 1) / kUF;
     check_batch_grid(params, grid_y, "2*nu*d_mem");
-    update_kernel<<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
-                         static_cast<unsigned>(params.B)),
-                    kThreads, 0, stream>>>(params.k_ptr, params.u_ptr, params.gamma_ptr, params.A_ptr, params.z_ptr,
-                                           params.A_new_ptr, params.z_new_ptr, params.M, params.A_batch_stride,
-                                           params.z_batch_stride, params.d, params.n, params.F);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(update_kernel,
+                 dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), static_cast<unsigned>(params.B)),
+                 kThreads, 0, stream, params.k_ptr, params.u_ptr, params.gamma_ptr, params.A_ptr, params.z_ptr,
+                 params.A_new_ptr, params.z_new_ptr, params.M, params.A_batch_stride, params.z_batch_stride, params.d,
+                 params.n, params.F);
+    BFAST_LAUNCH_CHECK();
 }

@@ -1,6 +1,5 @@
-#include <c10/cuda/CUDAException.h>
-
 #include "causal_conv1d/causal_conv1d_kernel.cuh"
+#include "common/launch.cuh"
 
 namespace bfast {
 
@@ -9,8 +8,9 @@ void causal_conv1d_launch(const CausalConvParams &p, cudaStream_t stream) {
     constexpr int64_t tile = int64_t(kConvThreads) * kConvStepsPerThread;
     const int64_t tiles = p.L > 0 ? (p.L + tile - 1) / tile : 1;  // L = 0: one block writes the final state
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.dim), static_cast<unsigned>(p.batch));
-    causal_conv1d_fwd_kernel<kConvThreads, kConvStepsPerThread><<<grid, kConvThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto *kernel = &causal_conv1d_fwd_kernel<kConvThreads, kConvStepsPerThread>;
+    BFAST_LAUNCH(kernel, grid, kConvThreads, 0, stream, p);
+    BFAST_LAUNCH_CHECK();
 }
 
 }  // namespace bfast

@@ -1,9 +1,9 @@
 #pragma once
 
-// Host side of elem_runs.cuh: a tensor's DTypeCode, or an error naming the function and the argument.
+// A torch tensor's DTypeCode (dtype_enum.h), or an error naming the function and the argument.
 #include <torch/types.h>
 
-#include "common/elem_runs.cuh"
+#include "common/dtype_enum.h"
 
 namespace bfast {
 

@@ -1,7 +1,7 @@
 #pragma once
 
 // Element loads and stores of float32 / bfloat16 / float16 tensors whose dtype is known only at run time (a
-// DTypeCode), as float; and "runs": K consecutive elements of one thread, moved as 16-byte vectors where all K
+// DTypeCode, dtype_enum.h), as float; and "runs": K consecutive elements of one thread, moved as 16-byte vectors where all K
 // exist and are aligned, else one element at a time. Compiles with nvcc and with a host compiler (the tests'
 // thread emulation).
 #include <cstdint>
@@ -10,9 +10,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-namespace bfast {
+#include "common/dtype_enum.h"
 
-enum DTypeCode : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+namespace bfast {
 
 __device__ __forceinline__ float load_elem(const void *p, const int type, const int64_t i) {
     switch (type) {

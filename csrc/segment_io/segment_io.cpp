@@ -1,60 +1,16 @@
-// Host side of the segment memory read/write: argument checks, then one launch on the current stream.
+// Host side of the segment memory read/write: device checks, then segment_io_host.h's checks and one launch on
+// the current stream.
 #include <optional>
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/types.h>
 
-#include "segment_io.h"
-#include "common/dispatch.h"
+#include "segment_io/segment_io_host.h"
 
 #define SIO_CHECK_CUDA(fn, x) TORCH_CHECK((x).is_cuda(), fn, ": " #x " must be a CUDA tensor")
-#define SIO_CHECK_CONTIGUOUS(fn, x) TORCH_CHECK((x).is_contiguous(), fn, ": " #x " must be contiguous")
 #define SIO_CHECK_DEVICE(fn, x, ref) \
     TORCH_CHECK((x).device() == (ref).device(), fn, ": " #x " must be on ", (ref).device(), ", got ", (x).device())
-
-namespace {
-
-int float_kind(const torch::Tensor &t, const char *fn, const char *name) {
-    switch (t.scalar_type()) {
-        case at::ScalarType::Float:
-            return kF32;
-        case at::ScalarType::BFloat16:
-            return kBF16;
-        case at::ScalarType::Half:
-            return kF16;
-        case at::ScalarType::Double:
-            return kF64;
-        default:
-            TORCH_CHECK(false, fn, ": ", name, " must be float32, bfloat16, float16 or float64, got ", t.scalar_type());
-    }
-    return kF32;
-}
-
-bool is_half_or_float(at::ScalarType t) {
-    return t == at::ScalarType::Float || t == at::ScalarType::BFloat16 || t == at::ScalarType::Half;
-}
-
-// Checks one memory side ((B or 1, M, d)) and returns (M, batch stride in elements).
-std::pair<int64_t, int64_t> check_memory(const std::optional<torch::Tensor> &m, const char *name,
-                                         const torch::Tensor &out, int &kind) {
-    constexpr const char *fn = "segment_embed_fwd";
-    kind = kF32;
-    if (!m.has_value()) return {0, 0};
-    const auto &t = *m;
-    SIO_CHECK_CUDA(fn, t);
-    SIO_CHECK_DEVICE(fn, t, out);
-    SIO_CHECK_CONTIGUOUS(fn, t);
-    TORCH_CHECK(t.dim() == 3, fn, ": ", name, " must be 3-D (B or 1, M, d), got ", t.dim(), " dims");
-    TORCH_CHECK(t.size(0) == out.size(0) || t.size(0) == 1, fn, ": ", name, ".size(0) must be B (", out.size(0),
-                ") or 1, got ", t.size(0));
-    TORCH_CHECK(t.size(2) == out.size(2), fn, ": ", name, ".size(2) must be d = ", out.size(2), ", got ", t.size(2));
-    kind = float_kind(t, fn, name);
-    const int64_t M = t.size(1);
-    return {M, t.size(0) == 1 ? 0 : M * t.size(2)};
-}
-
-}  // namespace
 
 void segment_embed_fwd(torch::Tensor input_ids, torch::Tensor wte, torch::Tensor wpe, torch::Tensor out,
                        std::optional<torch::Tensor> front, std::optional<torch::Tensor> back) {
@@ -66,57 +22,10 @@ void segment_embed_fwd(torch::Tensor input_ids, torch::Tensor wte, torch::Tensor
     SIO_CHECK_DEVICE(fn, input_ids, out);
     SIO_CHECK_DEVICE(fn, wte, out);
     SIO_CHECK_DEVICE(fn, wpe, out);
-    SIO_CHECK_CONTIGUOUS(fn, out);
-    SIO_CHECK_CONTIGUOUS(fn, input_ids);
-    SIO_CHECK_CONTIGUOUS(fn, wte);
-    SIO_CHECK_CONTIGUOUS(fn, wpe);
-    TORCH_CHECK(input_ids.dim() == 2, fn, ": input_ids must be 2-D (B, L), got ", input_ids.dim(), " dims");
-    TORCH_CHECK(input_ids.scalar_type() == at::ScalarType::Long, fn, ": input_ids must be int64, got ",
-                input_ids.scalar_type());
-    TORCH_CHECK(out.dim() == 3 && wte.dim() == 2 && wpe.dim() == 2, fn,
-                ": out must be 3-D (B, T, d), wte and wpe 2-D (V, d), (P, d)");
-    TORCH_CHECK(is_half_or_float(out.scalar_type()), fn, ": out must be float32, bfloat16 or float16, got ",
-                out.scalar_type());
-    TORCH_CHECK(wte.scalar_type() == out.scalar_type() && wpe.scalar_type() == out.scalar_type(), fn,
-                ": wte and wpe must have out's dtype ", out.scalar_type());
-    const int64_t B = input_ids.size(0);
-    const int64_t L = input_ids.size(1);
-    const int64_t d = out.size(2);
-    TORCH_CHECK(out.size(0) == B, fn, ": out.size(0) must be B = ", B, ", got ", out.size(0));
-    TORCH_CHECK(wte.size(1) == d && wpe.size(1) == d, fn, ": wte and wpe must have d = ", d, " columns");
-    int front_kind = kF32;
-    int back_kind = kF32;
-    const auto [Mf, front_stride] = check_memory(front, "front", out, front_kind);
-    const auto [Mb, back_stride] = check_memory(back, "back", out, back_kind);
-    const int64_t T = Mf + L + Mb;
-    TORCH_CHECK(out.size(1) == T, fn, ": out.size(1) must be Mf + L + Mb = ", T, ", got ", out.size(1));
-    TORCH_CHECK(T <= wpe.size(0), fn, ": the segment has ", T, " rows but wpe only ", wpe.size(0), " positions");
-    TORCH_CHECK(B <= 65535 && T <= INT32_MAX, fn, ": B must be <= 65535 and T < 2^31");
-    if (B == 0 || T == 0 || d == 0) return;
-
-    SegmentEmbedParams p;
-    p.ids = input_ids.data_ptr<int64_t>();
-    p.wte = wte.data_ptr();
-    p.wpe = wpe.data_ptr();
-    p.front = front.has_value() ? front->data_ptr() : nullptr;
-    p.back = back.has_value() ? back->data_ptr() : nullptr;
-    p.out = out.data_ptr();
-    p.B = B;
-    p.L = L;
-    p.V = wte.size(0);
-    p.d = d;
-    p.Mf = Mf;
-    p.Mb = Mb;
-    p.front_batch_stride = front_stride;
-    p.back_batch_stride = back_stride;
-    p.front_kind = front_kind;
-    p.back_kind = back_kind;
-
+    if (front) SIO_CHECK_DEVICE(fn, *front, out);
+    if (back) SIO_CHECK_DEVICE(fn, *back, out);
     c10::cuda::CUDAGuard device_guard(out.device());
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    bfast::dispatch_float_dtype(out.scalar_type(), "segment_embed_fwd", [&](auto type) {
-        segment_embed_launch<typename decltype(type)::type>(p, stream);
-    });
+    segment_embed_run(input_ids, wte, wpe, out, front, back, c10::cuda::getCurrentCUDAStream());
 }
 
 void rows_layer_norm_fwd(torch::Tensor x, int64_t start, int64_t count, torch::Tensor weight, torch::Tensor bias,
@@ -129,44 +38,6 @@ void rows_layer_norm_fwd(torch::Tensor x, int64_t start, int64_t count, torch::T
     SIO_CHECK_DEVICE(fn, weight, x);
     SIO_CHECK_DEVICE(fn, bias, x);
     SIO_CHECK_DEVICE(fn, out, x);
-    SIO_CHECK_CONTIGUOUS(fn, x);
-    SIO_CHECK_CONTIGUOUS(fn, weight);
-    SIO_CHECK_CONTIGUOUS(fn, bias);
-    SIO_CHECK_CONTIGUOUS(fn, out);
-    TORCH_CHECK(x.dim() == 3, fn, ": x must be 3-D (B, T, d), got ", x.dim(), " dims");
-    TORCH_CHECK(is_half_or_float(x.scalar_type()), fn, ": x must be float32, bfloat16 or float16, got ",
-                x.scalar_type());
-    TORCH_CHECK(out.scalar_type() == at::ScalarType::Float, fn, ": out must be float32, got ", out.scalar_type());
-    const int64_t B = x.size(0);
-    const int64_t T = x.size(1);
-    const int64_t d = x.size(2);
-    TORCH_CHECK(start >= 0 && count >= 0 && start + count <= T, fn, ": rows start..start+count-1 must lie in 0..",
-                T - 1, ", got start = ", start, ", count = ", count);
-    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == d && bias.dim() == 1 && bias.size(0) == d, fn,
-                ": weight and bias must be (d) = (", d, ")");
-    TORCH_CHECK(out.dim() == 3 && out.size(0) == B && out.size(1) == count && out.size(2) == d, fn,
-                ": out must be (B, count, d) = (", B, ", ", count, ", ", d, "), got ", out.sizes());
-    TORCH_CHECK(eps > 0, fn, ": eps must be > 0, got ", eps);
-    TORCH_CHECK(B <= 65535 && count <= INT32_MAX, fn, ": B must be <= 65535 and count < 2^31");
-    if (B == 0 || count == 0 || d == 0) return;
-
-    RowsLayerNormParams p;
-    p.x = x.data_ptr();
-    p.w = weight.data_ptr();
-    p.b = bias.data_ptr();
-    p.out = out.data_ptr<float>();
-    p.B = B;
-    p.T = T;
-    p.start = start;
-    p.count = count;
-    p.d = d;
-    p.w_kind = float_kind(weight, fn, "weight");
-    p.b_kind = float_kind(bias, fn, "bias");
-    p.eps = static_cast<float>(eps);
-
     c10::cuda::CUDAGuard device_guard(x.device());
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    bfast::dispatch_float_dtype(x.scalar_type(), "rows_layer_norm_fwd", [&](auto type) {
-        rows_layer_norm_launch<typename decltype(type)::type>(p, stream);
-    });
+    rows_layer_norm_run(x, start, count, weight, bias, eps, out, c10::cuda::getCurrentCUDAStream());
 }

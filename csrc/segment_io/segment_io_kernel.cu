@@ -1,7 +1,7 @@
 // Kernels of the segment memory read/write; see segment_io.h for the math and the layouts.
 #include <cmath>
 
-#include <c10/cuda/CUDAException.h>
+#include "common/launch.cuh"
 
 #include "common/convert.cuh"
 #include "segment_io.h"
@@ -100,15 +100,15 @@ __global__ void rows_layer_norm_kernel(const RowsLayerNormParams p) {
 template <typename out_t>
 void segment_embed_launch(const SegmentEmbedParams &params, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(params.Mf + params.L + params.Mb), static_cast<unsigned>(params.B));
-    segment_embed_kernel<out_t><<<grid, segment_io::kEmbedThreads, 0, stream>>>(params);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(segment_embed_kernel<out_t>, grid, segment_io::kEmbedThreads, 0, stream, params);
+    BFAST_LAUNCH_CHECK();
 }
 
 template <typename x_t>
 void rows_layer_norm_launch(const RowsLayerNormParams &params, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(params.count), static_cast<unsigned>(params.B));
-    rows_layer_norm_kernel<x_t><<<grid, segment_io::kNormThreads, 0, stream>>>(params);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(rows_layer_norm_kernel<x_t>, grid, segment_io::kNormThreads, 0, stream, params);
+    BFAST_LAUNCH_CHECK();
 }
 
 template void segment_embed_launch<float>(const SegmentEmbedParams &, cudaStream_t);

@@ -9,9 +9,16 @@
 
 #include "thread_emulation.h"
 
-#include "causal_conv1d/causal_conv1d_kernel.cuh"
+// The kernels with their launchers (nvcc's translation units), then the bindings' host code.
+#include "assoc_write/assoc_write_kernel.cuh"
+#include "assoc_write/assoc_write_state.cu"
+#include "causal_conv1d/causal_conv1d_launch.cu"
+#include "segment_io/segment_io_kernel.cu"
+#include "selective_scan/selective_scan_launch.cu"
+
+#include "assoc_write/assoc_write_host.h"
 #include "causal_conv1d/causal_conv1d_params.h"
-#include "selective_scan/selective_scan_kernel.cuh"
+#include "segment_io/segment_io_host.h"
 #include "selective_scan/selective_scan_params.h"
 
 namespace {
@@ -33,10 +40,7 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_fwd_emula
     if (return_last_state) hT = torch::empty({u.size(0), u.size(1), A.size(1)}, u.options().dtype(at::kFloat));
     const auto p = bfast::make_scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, out, hT);
     poison(out, hT);
-    if (p.batch > 0 && p.dim > 0) {
-        bf_emu::launch(dim3(static_cast<unsigned>(p.dim), static_cast<unsigned>(p.batch)), bfast::kScanThreads,
-                       bfast::selective_scan_fwd_kernel<bfast::kScanThreads, bfast::kScanStepsPerThread>, p);
-    }
+    bfast::selective_scan_launch(p, nullptr);
     return {out, hT};
 }
 
@@ -49,14 +53,31 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd_emulat
     if (return_final_state) hT = torch::empty({x.size(0), x.size(1), weight.size(1) - 1}, x.options());
     const auto p = bfast::make_conv_params(x, weight, bias, initial_state, silu, out, hT);
     poison(out, hT);
-    if (p.batch > 0 && p.dim > 0) {
-        constexpr int64_t tile = int64_t(bfast::kConvThreads) * bfast::kConvStepsPerThread;
-        const int64_t tiles = p.L > 0 ? (p.L + tile - 1) / tile : 1;
-        bf_emu::launch(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.dim), static_cast<unsigned>(p.batch)),
-                       bfast::kConvThreads,
-                       bfast::causal_conv1d_fwd_kernel<bfast::kConvThreads, bfast::kConvStepsPerThread>, p);
-    }
+    bfast::causal_conv1d_launch(p, nullptr);
     return {out, hT};
+}
+
+// assoc_write_run allocates its outputs and scratch with torch::empty (not poisoned here): every element of
+// A_new and z_new is compared, and the scratch is written before it is read or the comparisons fail.
+std::tuple<torch::Tensor, torch::Tensor> assoc_write_fwd_emulated(torch::Tensor mem, torch::Tensor w_k,
+                                                                  torch::Tensor w_v, torch::Tensor w_b,
+                                                                  torch::Tensor b_b, torch::Tensor A, torch::Tensor z,
+                                                                  int64_t nu, double eps, bool correction,
+                                                                  bool first_segment) {
+    TORCH_CHECK(mem.device().is_cpu(), "the emulated kernels take CPU tensors");
+    return assoc_write_run(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment, nullptr);
+}
+
+void segment_embed_fwd_emulated(torch::Tensor input_ids, torch::Tensor wte, torch::Tensor wpe, torch::Tensor out,
+                                std::optional<torch::Tensor> front, std::optional<torch::Tensor> back) {
+    TORCH_CHECK(out.device().is_cpu(), "the emulated kernel takes CPU tensors");
+    segment_embed_run(input_ids, wte, wpe, out, front, back, nullptr);
+}
+
+void rows_layer_norm_fwd_emulated(torch::Tensor x, int64_t start, int64_t count, torch::Tensor weight,
+                                  torch::Tensor bias, double eps, torch::Tensor out) {
+    TORCH_CHECK(x.device().is_cpu(), "the emulated kernel takes CPU tensors");
+    rows_layer_norm_run(x, start, count, weight, bias, eps, out, nullptr);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -69,4 +90,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
           pybind11::arg("initial_state") = pybind11::none(), pybind11::arg("silu") = false,
           pybind11::arg("return_final_state") = false);
+    m.def("assoc_write_fwd", &assoc_write_fwd_emulated, "csrc's assoc_write kernels, emulated on the CPU",
+          pybind11::arg("mem"), pybind11::arg("w_k"), pybind11::arg("w_v"), pybind11::arg("w_b"),
+          pybind11::arg("b_b"), pybind11::arg("A"), pybind11::arg("z"), pybind11::arg("nu"),
+          pybind11::arg("eps") = 1e-5, pybind11::arg("correction") = true, pybind11::arg("first_segment") = false);
+    m.def("segment_embed_fwd", &segment_embed_fwd_emulated, "csrc's segment_embed kernel, emulated on the CPU",
+          pybind11::arg("input_ids"), pybind11::arg("wte"), pybind11::arg("wpe"), pybind11::arg("out"),
+          pybind11::arg("front") = pybind11::none(), pybind11::arg("back") = pybind11::none());
+    m.def("rows_layer_norm_fwd", &rows_layer_norm_fwd_emulated, "csrc's rows_layer_norm kernel, emulated on the CPU",
+          pybind11::arg("x"), pybind11::arg("start"), pybind11::arg("count"), pybind11::arg("weight"),
+          pybind11::arg("bias"), pybind11::arg("eps"), pybind11::arg("out"));
 }

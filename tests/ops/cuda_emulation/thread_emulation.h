@@ -1,11 +1,14 @@
 #pragma once
 
-// Runs a CUDA kernel's source on the CPU, for tests on machines without a GPU: one std::thread per CUDA thread
-// of a block, the blocks one after another. Provides threadIdx, blockIdx, blockDim, __syncthreads (a barrier of
-// the block's threads) and __shfl_up_sync on floats (a barrier of the warp's 32 threads, so a missing
-// __syncthreads between warps is not hidden by the warp's own exchanges). __shared__ becomes static: one copy
-// shared by the block's threads. Include after the CUDA and torch headers, before the kernel.
+// Runs CUDA kernels' source on the CPU, for tests on machines without a GPU: one std::thread per CUDA thread of
+// a block, the blocks one after another. Provides threadIdx, blockIdx, blockDim, gridDim, __syncthreads (a
+// barrier of the block's threads), __shfl_up_sync / __shfl_xor_sync on floats (a barrier of the warp's 32
+// threads, so a missing __syncthreads between warps is not hidden by the warp's own exchanges), __ldg, and
+// bf_emu::launch for csrc/common/launch.cuh's BFAST_LAUNCH (defines BFAST_EMULATION). __shared__ becomes
+// static: one copy shared by the block's threads (blocks run one at a time). Dynamic shared memory is not
+// supported. Include after the CUDA and torch headers, before csrc's kernels and launchers.
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -28,6 +31,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define BFAST_EMULATION 1
 
 namespace bf_emu {
 
@@ -47,25 +51,41 @@ struct Block {
 inline thread_local dim3 thread_idx;
 inline thread_local dim3 block_idx;
 inline thread_local dim3 block_dim;
+inline thread_local dim3 grid_dim;
+inline thread_local unsigned linear_tid = 0;
 inline thread_local Block *block = nullptr;
 
 inline void sync_threads() { block->bar.arrive_and_wait(); }
 
-inline float shfl_up(unsigned mask, float v, unsigned off) {
-    if (mask != 0xffffffffu) throw std::logic_error("emulated __shfl_up_sync supports the full mask only");
-    const unsigned lane = thread_idx.x % 32;
-    Warp &w = *block->warps[thread_idx.x / 32];
+// One exchange within the warp: every lane publishes v, then reads lane src(lane) (its own v when out of range).
+template <typename Src>
+inline float exchange(unsigned mask, float v, Src src) {
+    if (mask != 0xffffffffu) throw std::logic_error("emulated warp shuffles support the full mask only");
+    const unsigned lane = linear_tid % 32;
+    Warp &w = *block->warps[linear_tid / 32];
     w.slot[lane] = v;
     w.bar.arrive_and_wait();
-    const float r = lane >= off ? w.slot[lane - off] : v;
+    const unsigned from = src(lane);
+    const float r = from < 32 ? w.slot[from] : v;
     w.bar.arrive_and_wait();
     return r;
 }
 
-// kernel<<<grid, threads>>>(args...), with threads a multiple of 32; returns when every block has run.
+inline float shfl_up(unsigned mask, float v, unsigned off) {
+    return exchange(mask, v, [off](unsigned lane) { return lane >= off ? lane - off : 32u; });
+}
+
+inline float shfl_xor(unsigned mask, float v, unsigned bits) {
+    return exchange(mask, v, [bits](unsigned lane) { return lane ^ bits; });
+}
+
+// kernel<<<grid, block, shared_bytes>>>(args...): block.x * block.y * block.z threads in whole warps (linear
+// index x fastest, warps of 32 consecutive indices); returns when every block has run.
 template <typename Kernel, typename... Args>
-void launch(const dim3 grid, const unsigned threads, Kernel kernel, const Args &...args) {
+void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, Kernel kernel, const Args &...args) {
+    const unsigned threads = block_shape.x * block_shape.y * block_shape.z;
     if (threads == 0 || threads % 32) throw std::invalid_argument("emulated launch: threads must be whole warps");
+    if (shared_bytes) throw std::invalid_argument("emulated launch: no dynamic shared memory");
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
@@ -74,9 +94,12 @@ void launch(const dim3 grid, const unsigned threads, Kernel kernel, const Args &
                 pool.reserve(threads);
                 for (unsigned t = 0; t < threads; ++t)
                     pool.emplace_back([&, t] {
-                        thread_idx = dim3(t, 0, 0);
+                        linear_tid = t;
+                        thread_idx = dim3(t % block_shape.x, t / block_shape.x % block_shape.y,
+                                          t / (block_shape.x * block_shape.y));
                         block_idx = dim3(x, y, z);
-                        block_dim = dim3(threads, 1, 1);
+                        block_dim = block_shape;
+                        grid_dim = grid;
                         block = &blk;
                         kernel(args...);
                     });
@@ -86,8 +109,14 @@ void launch(const dim3 grid, const unsigned threads, Kernel kernel, const Args &
 
 }  // namespace bf_emu
 
+// Device math functions with no host declaration.
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+
 #define threadIdx (bf_emu::thread_idx)
 #define blockIdx (bf_emu::block_idx)
 #define blockDim (bf_emu::block_dim)
+#define gridDim (bf_emu::grid_dim)
 #define __syncthreads() bf_emu::sync_threads()
 #define __shfl_up_sync(mask, v, off) bf_emu::shfl_up((mask), (v), (off))
+#define __shfl_xor_sync(mask, v, bits) bf_emu::shfl_xor((mask), (v), (bits))
+#define __ldg(p) (*(p))
