@@ -23,7 +23,8 @@ inline CausalConvParams make_conv_params(const torch::Tensor &x, const torch::Te
     TORCH_CHECK(W >= 1 && W <= kConvMaxWidth, fn, ": width = weight.size(1) must be in [1, ", kConvMaxWidth,
                 "], got ", W);
     TORCH_CHECK(x.size(0) <= 65535 && x.size(1) <= 65535, fn,
-                ": batch and dim must be at most 65535 (the grid's z and y sizes), got ", x.size(0), " and ", x.size(1));
+                ": batch and dim must be at most 65535 (the grid's z and y sizes), got ", x.size(0), " and ",
+                x.size(1));
     CausalConvParams p{};
     p.batch = x.size(0);
     p.dim = x.size(1);

@@ -123,7 +123,8 @@ def test_emulated_without_last_state(emu):
         pytest.param("A", lambda a: a.double(), "A must be", id="A-dtype"),
         pytest.param("A", lambda a: torch.zeros(a.shape[0], 257) - 1, "N = A.size", id="N-too-large"),
         pytest.param("D", lambda a: torch.randn(5), "D must be", id="D-shape"),
-        pytest.param("initial_state", lambda a: torch.randn(2, 3, 4).transpose(1, 2), "initial_state must be", id="h0-view"),
+        pytest.param("initial_state", lambda a: torch.randn(2, 3, 4).transpose(1, 2), "initial_state must be",
+                     id="h0-view"),
         pytest.param("u", lambda a: a.to(torch.int32), "u must be float32", id="u-dtype"),
     ],
 )

@@ -45,8 +45,8 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_fwd_emula
 }
 
 std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd_emulated(
-    torch::Tensor x, torch::Tensor weight, std::optional<torch::Tensor> bias, std::optional<torch::Tensor> initial_state,
-    bool silu, bool return_final_state) {
+    torch::Tensor x, torch::Tensor weight, std::optional<torch::Tensor> bias,
+    std::optional<torch::Tensor> initial_state, bool silu, bool return_final_state) {
     TORCH_CHECK(x.device().is_cpu(), "the emulated kernel takes CPU tensors");
     auto out = torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     std::optional<torch::Tensor> hT;
