@@ -2,8 +2,8 @@
 
 // Element loads and stores of float32 / bfloat16 / float16 tensors whose dtype is known only at run time (a
 // DTypeCode, dtype_enum.h), as float; and "runs": K consecutive elements of one thread, moved as 16-byte vectors
-// where all K exist and are aligned, else one element at a time. Compiles with nvcc and with a host compiler (the tests'
-// thread emulation).
+// where all K exist and are aligned, else one element at a time. Compiles with nvcc and with a host compiler
+// (the tests' thread emulation).
 #include <cstdint>
 
 #include <cuda_bf16.h>
