@@ -59,6 +59,20 @@ def load_extension():
         return None, f"{type(e).__name__}: {e}"
 
 
+def extension_function(name: str):
+    """The compiled extension's function ``name``. Raises :class:`BackendUnavailableError` when the extension is
+    not built, or was built from an older checkout that lacks ``name``."""
+    ext, err = load_extension()
+    if ext is None:
+        raise BackendUnavailableError(f"babilong_fast._C is not built ({err}); {CUDA_INSTALL_HINT}")
+    fn = getattr(ext, name, None)
+    if fn is None:
+        raise BackendUnavailableError(
+            f"babilong_fast._C was built before it had {name}; rebuild it (pip install --no-build-isolation -e .)"
+        )
+    return fn
+
+
 @functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str:
     try:

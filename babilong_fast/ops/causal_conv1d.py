@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from babilong_fast.backends import Backend, BackendUnavailableError, load_extension, resolve_backend
+from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
 
 IMPLEMENTED = ("cuda", "triton", "torch")
@@ -92,13 +92,8 @@ def _check(x, weight, bias, initial_state, activation) -> None:
 
 def _fwd(backend: str, x, weight, bias, initial_state, return_final_state: bool, activation):
     if backend == "cuda":
-        ext, _ = load_extension()
-        if not hasattr(ext, "causal_conv1d_fwd"):
-            raise BackendUnavailableError(
-                "babilong_fast._C was built before it had causal_conv1d_fwd; rebuild it "
-                "(pip install --no-build-isolation -e .)"
-            )
-        return ext.causal_conv1d_fwd(x, weight, bias, initial_state, activation is not None, return_final_state)
+        fn = extension_function("causal_conv1d_fwd")
+        return fn(x, weight, bias, initial_state, activation is not None, return_final_state)
     if backend == "triton":
         from babilong_fast.kernels.causal_conv1d import causal_conv1d_fwd
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from babilong_fast.backends import Backend, BackendUnavailableError, load_extension, resolve_backend
+from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
 
 IMPLEMENTED = ("cuda", "triton", "torch")
@@ -286,14 +286,8 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
 
 def _fwd(backend: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
     if backend == "cuda":
-        ext, _ = load_extension()
-        if not hasattr(ext, "selective_scan_fwd"):
-            raise BackendUnavailableError(
-                "babilong_fast._C was built before it had selective_scan_fwd; rebuild it "
-                "(pip install --no-build-isolation -e .)"
-            )
-        return ext.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                                      return_last_state)
+        fn = extension_function("selective_scan_fwd")
+        return fn(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state)
     if backend == "triton":
         from babilong_fast.kernels.selective_scan import selective_scan_fwd
 

@@ -20,6 +20,8 @@ __device__ __forceinline__ float load_elem(const void *p, const int type, const 
             return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
         case kF16:
             return __half2float(static_cast<const __half *>(p)[i]);
+        case kF64:
+            return static_cast<float>(static_cast<const double *>(p)[i]);
         default:
             return static_cast<const float *>(p)[i];
     }

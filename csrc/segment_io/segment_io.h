@@ -6,9 +6,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-// Element type of an input read as float inside the kernels (memory rows, LayerNorm weight and bias may have
-// a dtype other than the buffer's).
-enum SegmentIoKind : int { kF32 = 0, kBF16 = 1, kF16 = 2, kF64 = 3 };
+#include "common/dtype_enum.h"
+
+// Inputs read as float inside the kernels through a DTypeCode ("kind"): memory rows, LayerNorm weight and bias
+// may have a dtype other than the buffer's (float64 included).
 
 // segment_embed: out[b, t] = src(b, t) + wpe[t] for t < T = Mf + L + Mb, where src is front[b or 0, t]
 // (t < Mf), wte[ids[b, t - Mf]] (t < Mf + L) or back[b or 0, t - Mf - L]; float32 sum, one rounding.

@@ -10,27 +10,12 @@
 #include <torch/types.h>
 
 #include "common/dispatch.h"
+#include "common/dtype_code.h"
 #include "segment_io/segment_io.h"
 
 #define SIO_CHECK_CONTIGUOUS(fn, x) TORCH_CHECK((x).is_contiguous(), fn, ": " #x " must be contiguous")
 
 namespace segment_io_host {
-
-inline int float_kind(const torch::Tensor &t, const char *fn, const char *name) {
-    switch (t.scalar_type()) {
-        case at::ScalarType::Float:
-            return kF32;
-        case at::ScalarType::BFloat16:
-            return kBF16;
-        case at::ScalarType::Half:
-            return kF16;
-        case at::ScalarType::Double:
-            return kF64;
-        default:
-            TORCH_CHECK(false, fn, ": ", name, " must be float32, bfloat16, float16 or float64, got ", t.scalar_type());
-    }
-    return kF32;
-}
 
 inline bool is_half_or_float(at::ScalarType t) {
     return t == at::ScalarType::Float || t == at::ScalarType::BFloat16 || t == at::ScalarType::Half;
@@ -40,7 +25,7 @@ inline bool is_half_or_float(at::ScalarType t) {
 inline std::pair<int64_t, int64_t> check_memory(const std::optional<torch::Tensor> &m, const char *name,
                                                 const torch::Tensor &out, int &kind) {
     constexpr const char *fn = "segment_embed_fwd";
-    kind = kF32;
+    kind = bfast::kF32;
     if (!m.has_value()) return {0, 0};
     const auto &t = *m;
     SIO_CHECK_CONTIGUOUS(fn, t);
@@ -48,7 +33,7 @@ inline std::pair<int64_t, int64_t> check_memory(const std::optional<torch::Tenso
     TORCH_CHECK(t.size(0) == out.size(0) || t.size(0) == 1, fn, ": ", name, ".size(0) must be B (", out.size(0),
                 ") or 1, got ", t.size(0));
     TORCH_CHECK(t.size(2) == out.size(2), fn, ": ", name, ".size(2) must be d = ", out.size(2), ", got ", t.size(2));
-    kind = float_kind(t, fn, name);
+    kind = bfast::dtype_code(t, fn, name, true);
     const int64_t M = t.size(1);
     return {M, t.size(0) == 1 ? 0 : M * t.size(2)};
 }
@@ -78,8 +63,8 @@ inline void segment_embed_run(const torch::Tensor &input_ids, const torch::Tenso
     const int64_t d = out.size(2);
     TORCH_CHECK(out.size(0) == B, fn, ": out.size(0) must be B = ", B, ", got ", out.size(0));
     TORCH_CHECK(wte.size(1) == d && wpe.size(1) == d, fn, ": wte and wpe must have d = ", d, " columns");
-    int front_kind = kF32;
-    int back_kind = kF32;
+    int front_kind = bfast::kF32;
+    int back_kind = bfast::kF32;
     const auto [Mf, front_stride] = check_memory(front, "front", out, front_kind);
     const auto [Mb, back_stride] = check_memory(back, "back", out, back_kind);
     const int64_t T = Mf + L + Mb;
@@ -147,8 +132,8 @@ inline void rows_layer_norm_run(const torch::Tensor &x, int64_t start, int64_t c
     p.start = start;
     p.count = count;
     p.d = d;
-    p.w_kind = float_kind(weight, fn, "weight");
-    p.b_kind = float_kind(bias, fn, "bias");
+    p.w_kind = bfast::dtype_code(weight, fn, "weight", true);
+    p.b_kind = bfast::dtype_code(bias, fn, "bias", true);
     p.eps = static_cast<float>(eps);
 
     bfast::dispatch_float_dtype(x.scalar_type(), "rows_layer_norm_fwd", [&](auto type) {

@@ -4,23 +4,12 @@
 #include "common/launch.cuh"
 
 #include "common/convert.cuh"
+#include "common/elem_runs.cuh"
 #include "segment_io.h"
 
 namespace {
 
-__device__ __forceinline__ float load_float(const void *p, int kind, int64_t i) {
-    switch (kind) {
-        case kF32:
-            return static_cast<const float *>(p)[i];
-        case kBF16:
-            return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
-        case kF16:
-            return __half2float(static_cast<const __half *>(p)[i]);
-        default:
-            return static_cast<float>(static_cast<const double *>(p)[i]);
-    }
-}
-
+using bfast::load_elem;
 using bfast::from_float;
 using bfast::to_float;
 
@@ -36,7 +25,7 @@ __global__ void segment_embed_kernel(const SegmentEmbedParams p) {
     if (t < p.Mf) {
         const int64_t base = b * p.front_batch_stride + t * d;
         for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-            out[i] = from_float<out_t>(load_float(p.front, p.front_kind, base + i) + to_float(pos[i]));
+            out[i] = from_float<out_t>(load_elem(p.front, p.front_kind, base + i) + to_float(pos[i]));
     } else if (t < p.Mf + p.L) {
         const int64_t id = p.ids[b * p.L + (t - p.Mf)];
         if (id < 0 || id >= p.V) {  // out of the vocabulary: a NaN row, nothing read
@@ -49,7 +38,7 @@ __global__ void segment_embed_kernel(const SegmentEmbedParams p) {
     } else {
         const int64_t base = b * p.back_batch_stride + (t - p.Mf - p.L) * d;
         for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-            out[i] = from_float<out_t>(load_float(p.back, p.back_kind, base + i) + to_float(pos[i]));
+            out[i] = from_float<out_t>(load_elem(p.back, p.back_kind, base + i) + to_float(pos[i]));
     }
 }
 
@@ -92,7 +81,7 @@ __global__ void rows_layer_norm_kernel(const RowsLayerNormParams p) {
     }
     const float rstd = rsqrtf(block_sum(v, shm) / static_cast<float>(d) + p.eps);
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-        out[i] = (to_float(x[i]) - mean) * rstd * load_float(p.w, p.w_kind, i) + load_float(p.b, p.b_kind, i);
+        out[i] = (to_float(x[i]) - mean) * rstd * load_elem(p.w, p.w_kind, i) + load_elem(p.b, p.b_kind, i);
 }
 
 }  // namespace

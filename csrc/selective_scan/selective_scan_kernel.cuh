@@ -28,6 +28,20 @@ __device__ __forceinline__ int64_t bc_row(const bool varying, const int64_t b, c
     return varying ? b * sb + (d / dpg) * sg : d * N;
 }
 
+// State n's B (or C) values at a thread's K steps: a run of the time-varying row, or the time-invariant value.
+template <int K>
+__device__ __forceinline__ void bc_run(const void *X, const int type, const bool varying, const int64_t row,
+                                       const int64_t sn, const int64_t n, const int64_t ts, const int64_t valid,
+                                       float (&v)[K]) {
+    if (varying) {
+        load_run<K>(X, type, row + n * sn + ts, valid, v);
+        return;
+    }
+    const float c = load_elem(X, type, row + n);
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = c;
+}
+
 template <int NT, int K>
 __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const SelectiveScanParams p) {
     constexpr int W = NT / 32;
@@ -74,20 +88,8 @@ __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const Selecti
         for (int64_t n = 0; n < N; ++n, round_buf ^= 1) {
             const float An = A_row[n] * kLog2e;  // exp(dt A) = exp2(dt A log2(e))
             float Bv[K], Cv[K];
-            if (p.B_varying) {
-                load_run<K>(p.B, p.B_type, B_row + n * p.B_sn + ts, valid, Bv);
-            } else {
-                const float v = load_elem(p.B, p.B_type, B_row + n);
-#pragma unroll
-                for (int k = 0; k < K; ++k) Bv[k] = v;
-            }
-            if (p.C_varying) {
-                load_run<K>(p.C, p.C_type, C_row + n * p.C_sn + ts, valid, Cv);
-            } else {
-                const float v = load_elem(p.C, p.C_type, C_row + n);
-#pragma unroll
-                for (int k = 0; k < K; ++k) Cv[k] = v;
-            }
+            bc_run<K>(p.B, p.B_type, p.B_varying, B_row, p.B_sn, n, ts, valid, Bv);
+            bc_run<K>(p.C, p.C_type, p.C_varying, C_row, p.C_sn, n, ts, valid, Cv);
             float a[K], bu[K];
             float ta = 1.f, tb = 0.f;  // this thread's K steps composed
 #pragma unroll
