@@ -15,7 +15,7 @@ def test_extension_imports_when_built():
         pytest.skip(f"no CUDA build was requested: {info.REASON}")
     ext = importlib.import_module("babilong_fast._C")
     for fn in ("assoc_read_fwd", "assoc_read_fwd_tc", "assoc_write_fwd", "segment_embed_fwd", "rows_layer_norm_fwd",
-               "selective_scan_fwd"):
+               "selective_scan_fwd", "causal_conv1d_fwd"):
         assert hasattr(ext, fn), fn
     import babilong_fast
 

@@ -19,6 +19,8 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd(torch:
     }
     TORCH_CHECK(weight.device() == x.device(), "causal_conv1d_fwd: weight must be on x's device (", x.device(),
                 "), got ", weight.device());
+    TORCH_CHECK(x.dim() == 3 && weight.dim() == 2 && weight.size(1) >= 1,
+                "causal_conv1d_fwd: x must be (batch, dim, L) and weight (dim, width >= 1)");
     c10::cuda::CUDAGuard device_guard(x.device());
     auto out = torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     std::optional<torch::Tensor> hT;

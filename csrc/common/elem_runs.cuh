@@ -40,7 +40,9 @@ __device__ __forceinline__ void store_elem(void *p, const int type, const int64_
     }
 }
 
+// Whether element i of p starts a 16-byte vector; never for kF64 (runs move 32- and 16-bit values only).
 __device__ __forceinline__ bool aligned16(const void *p, const int type, const int64_t i) {
+    if (type == kF64) return false;
     const int64_t bytes = type == kF32 ? 4 : 2;
     return (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(i * bytes)) % 16 == 0;
 }

@@ -12,14 +12,24 @@
 namespace bfast {
 
 // B or C: (dim, N) contiguous, (batch, N, L) or (batch, G, N, L) with stride 1 along L.
-inline void scan_bc(const torch::Tensor &X, const char *name, const int64_t dim, const void *&ptr, int &type,
-                    bool &varying, int64_t &sb, int64_t &sg, int64_t &sn, int64_t &dpg) {
+inline void scan_bc(const torch::Tensor &X, const char *name, const int64_t batch, const int64_t dim,
+                    const int64_t N, const int64_t L, const void *&ptr, int &type, bool &varying, int64_t &sb,
+                    int64_t &sg, int64_t &sn, int64_t &dpg) {
+    constexpr const char *fn = "selective_scan_fwd";
     ptr = X.data_ptr();
-    type = dtype_code(X, "selective_scan_fwd", name);
+    type = dtype_code(X, fn, name);
     varying = X.dim() > 2;
-    TORCH_CHECK(X.dim() >= 2 && X.dim() <= 4, "selective_scan_fwd: ", name, " must be 2-D, 3-D or 4-D");
+    TORCH_CHECK(X.dim() >= 2 && X.dim() <= 4, fn, ": ", name, " must be 2-D, 3-D or 4-D");
+    if (varying) {
+        const int64_t G = X.dim() == 4 ? X.size(1) : 1;
+        TORCH_CHECK(X.size(0) == batch && X.size(-2) == N && X.size(-1) == L, fn, ": time-varying ", name,
+                    " must be (batch, [G,] N, L) = (", batch, ", [G,] ", N, ", ", L, "), got ", X.sizes());
+        TORCH_CHECK(G >= 1 && dim % G == 0, fn, ": ", name, "'s groups G = ", G, " must divide dim = ", dim);
+        TORCH_CHECK(L <= 1 || X.stride(-1) == 1, fn, ": ", name, " needs stride 1 along L");
+    }
     if (!varying) {
-        TORCH_CHECK(X.is_contiguous(), "selective_scan_fwd: time-invariant ", name, " must be contiguous");
+        TORCH_CHECK(X.sizes() == torch::IntArrayRef({dim, N}) && X.is_contiguous(), fn, ": time-invariant ", name,
+                    " must be (dim, N) = (", dim, ", ", N, ") contiguous, got ", X.sizes());
         sb = sg = sn = 0;
         dpg = 1;
     } else if (X.dim() == 3) {
@@ -73,8 +83,8 @@ inline SelectiveScanParams make_scan_params(const torch::Tensor &u, const torch:
         p.z_sb = z->stride(0);
         p.z_sd = z->stride(1);
     }
-    scan_bc(B, "B", p.dim, p.B, p.B_type, p.B_varying, p.B_sb, p.B_sg, p.B_sn, p.B_dpg);
-    scan_bc(C, "C", p.dim, p.C, p.C_type, p.C_varying, p.C_sb, p.C_sg, p.C_sn, p.C_dpg);
+    scan_bc(B, "B", p.batch, p.dim, p.N, p.L, p.B, p.B_type, p.B_varying, p.B_sb, p.B_sg, p.B_sn, p.B_dpg);
+    scan_bc(C, "C", p.batch, p.dim, p.N, p.L, p.C, p.C_type, p.C_varying, p.C_sb, p.C_sg, p.C_sn, p.C_dpg);
     p.A = A.data_ptr<float>();
     auto vec = [&](const std::optional<torch::Tensor> &v, const char *name) -> const float * {
         if (!v) return nullptr;

@@ -204,5 +204,5 @@ def test_causal_conv1d_bad_input(overrides, exc, match):
 
 
 def test_causal_conv1d_cuda_backend_needs_cuda_tensors():
-    with pytest.raises(BackendUnavailableError, match="cuda"):
+    with pytest.raises(BackendUnavailableError, match="needs CUDA tensors|not built"):
         causal_conv1d(**_bad(), backend="cuda")

@@ -1,9 +1,8 @@
-"""The CUDA causal conv1d kernel (``csrc/causal_conv1d``) against the float64 reference, on the CPU.
+"""The CUDA causal conv1d kernel (``csrc/causal_conv1d``) against the float64 reference.
 
-As test_selective_scan_cuda_emulated.py: the kernel's source under thread emulation, with the binding's
-parameter setup and NaN-filled outputs. A block covers 1024 steps of one row, so lengths around 1024 cross
-block boundaries (each block stages the W-1 inputs before its tile). The same cases run on the GPU through
-``backend="cuda"`` in test_causal_conv1d.py.
+As test_selective_scan_cuda_emulated.py: without a GPU the kernel's source under thread emulation, with the
+binding's parameter setup and NaN-filled outputs; on a GPU the compiled kernel. A block covers 1024 steps of
+one row, so lengths around 1024 cross block boundaries (each block stages the W-1 inputs before its tile).
 """
 from __future__ import annotations
 
@@ -14,16 +13,13 @@ from tests.helpers import assert_close
 from tests.ops import cuda_emulation
 from tests.ops.test_causal_conv1d import HALF, RTOL, make_inputs, ref64
 
-pytestmark = [
-    pytest.mark.skipif(cuda_emulation.missing() is not None, reason=str(cuda_emulation.missing())),
-    pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the kernel itself"),
-]
+pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason=str(cuda_emulation.skip_reason()))
 TILE = 128 * 8  # kConvThreads * kConvStepsPerThread
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    return cuda_emulation.load_emulator(str(tmp_path_factory.mktemp("kernels_emulator")))
+    return cuda_emulation.kernels_under_test(str(tmp_path_factory.mktemp("kernels_emulator")))
 
 
 def conv(emu, args, activation=None, return_final_state=True):

@@ -1,7 +1,7 @@
 """The CUDA kernels of the ARMT/RMT memory ops (``csrc/assoc_write``, ``csrc/segment_io``) against float64
-references, on the CPU: the kernels' and launchers' own source under thread emulation (tests/ops/cuda_emulation),
-with the bindings' host code (checks, scratch, launch order). On a GPU the same kernels run in
-test_assoc_write.py and test_segment_io.py instead.
+references. Without a GPU: the kernels' and launchers' own source under thread emulation
+(tests/ops/cuda_emulation), with the bindings' host code (checks, scratch, launch order); on a GPU the same
+cases run the compiled kernels.
 """
 from __future__ import annotations
 
@@ -14,19 +14,16 @@ from tests.ops.test_assoc_write import CUDA_DTYPES, CUDA_RULES, CUDA_SHAPES, mak
 from tests.ops.test_segment_io import DTYPES, EMBED_SHAPES, ROWS_SHAPES, RTOL, embed_ref64, ln_inputs, make_embed
 from babilong_fast.ops import rows_layer_norm_ref
 
-pytestmark = [
-    pytest.mark.skipif(cuda_emulation.missing() is not None, reason=str(cuda_emulation.missing())),
-    pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the kernels themselves"),
-]
-# ARMT's GPT-2 shapes (d = 768, d_mem = 64): about 5 s each at batch 1 (hundreds of blocks of 256 threads),
-# 40 s at batch 8, so only batch 1 runs here; batch > 1 grids are covered by the small shapes.
+pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason=str(cuda_emulation.skip_reason()))
+# ARMT's GPT-2 shapes (d = 768, d_mem = 64): about 5 s each emulated at batch 1 (hundreds of blocks of 256
+# threads), 40 s at batch 8, so only batch 1 runs here; batch > 1 grids are covered by the small shapes.
 SMALL_SHAPES = [p for p in CUDA_SHAPES if p.values[0][2] != 768]
 GPT2_SHAPES = [p for p in CUDA_SHAPES if p.values[0][2] == 768]
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    return cuda_emulation.load_emulator(str(tmp_path_factory.mktemp("kernels_emulator")))
+    return cuda_emulation.kernels_under_test(str(tmp_path_factory.mktemp("kernels_emulator")))
 
 
 def check_write(emu, shape, dtype, first, correction):

@@ -1,9 +1,10 @@
-"""The CUDA selective scan kernel (``csrc/selective_scan``) against the float64 reference, on the CPU.
+"""The CUDA selective scan kernel (``csrc/selective_scan``) against the float64 reference.
 
-The kernel's own source runs under thread emulation (``tests/ops/cuda_emulation``): one host thread per CUDA
-thread, real barriers for ``__syncthreads`` and the warp shuffles, the binding's parameter setup, and outputs
-NaN-filled first so an unwritten element fails. Tiles are 1024 steps, so lengths around 1024 and 2048 cross
-tile boundaries. The same cases run on the GPU through ``backend="cuda"`` in test_selective_scan.py.
+Without a GPU the kernel's own source runs under thread emulation (``tests/ops/cuda_emulation``): one host
+thread per CUDA thread, real barriers for ``__syncthreads`` and the warp shuffles, the binding's parameter
+setup, and outputs NaN-filled first so an unwritten element fails. On a GPU the same cases run the compiled
+kernel (inputs copied to the GPU, so strided views arrive contiguous there). Tiles are 1024 steps, so lengths
+around 1024 and 2048 cross tile boundaries.
 """
 from __future__ import annotations
 
@@ -14,18 +15,14 @@ from tests.helpers import assert_close
 from tests.ops import cuda_emulation
 from tests.ops.test_selective_scan import HALF, LAYOUTS, OPTIONS, RTOL, make_inputs, ref64, time_slice
 
-pytestmark = [
-    pytest.mark.skipif(cuda_emulation.missing() is not None, reason=str(cuda_emulation.missing())),
-    # on a GPU the kernel itself runs these cases (test_selective_scan.py's cuda rows): no 40 s emulator build
-    pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the kernel itself"),
-]
+pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason=str(cuda_emulation.skip_reason()))
 TILE = 128 * 8  # kScanThreads * kScanStepsPerThread
 ARG_ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    return cuda_emulation.load_emulator(str(tmp_path_factory.mktemp("kernels_emulator")))
+    return cuda_emulation.kernels_under_test(str(tmp_path_factory.mktemp("kernels_emulator")))
 
 
 def scan(emu, args, return_last_state=True):
@@ -126,6 +123,10 @@ def test_emulated_without_last_state(emu):
         pytest.param("initial_state", lambda a: torch.randn(2, 3, 4).transpose(1, 2), "initial_state must be",
                      id="h0-view"),
         pytest.param("u", lambda a: a.to(torch.int32), "u must be float32", id="u-dtype"),
+        pytest.param("B", lambda b: b[..., :5], "time-varying B must be", id="B-length"),
+        pytest.param("C", lambda c: torch.randn(2, 3, 3, 6), "groups G = 3 must divide", id="C-groups"),
+        pytest.param("B", lambda b: torch.randn(2, 6, 3).transpose(1, 2), "stride 1 along L", id="B-stride"),
+        pytest.param("C", lambda c: torch.randn(4, 2), "time-invariant C must be", id="C-invariant-shape"),
     ],
 )
 def test_emulated_binding_rejects_bad_input(emu, key, value, match):

@@ -53,3 +53,59 @@ def load_emulator(build_dir: str) -> ModuleType:
         build_directory=build_dir,
     )
     return _LOADED["module"]
+
+
+class OnGpu:
+    """The compiled extension with the emulator's calling convention: CPU tensors in, CPU tensors out. Tensor
+    arguments are copied to the GPU, and back afterwards (in-place outputs arrive; an input a kernel modified
+    shows as modified), so the emulated tests run the real kernels unchanged on a GPU."""
+
+    def __init__(self, ext: ModuleType) -> None:
+        self._ext = ext
+
+    def __getattr__(self, name: str):
+        import torch
+
+        fn = getattr(self._ext, name)
+
+        def on(x):
+            return x.cuda() if isinstance(x, torch.Tensor) else x
+
+        def back(x):
+            if isinstance(x, torch.Tensor):
+                return x.cpu()
+            if isinstance(x, tuple | list):
+                return type(x)(back(v) for v in x)
+            return x
+
+        def call(*args):
+            moved = [on(a) for a in args]
+            res = fn(*moved)
+            for a, m in zip(args, moved, strict=True):
+                if isinstance(a, torch.Tensor):
+                    a.copy_(m)
+            return back(res)
+
+        return call
+
+
+def kernels_under_test(build_dir: str):
+    """The kernels to test: the real ones on a GPU (through :class:`OnGpu`), else the CPU emulator."""
+    import torch
+
+    if torch.cuda.is_available():
+        from babilong_fast.backends import load_extension
+
+        return OnGpu(load_extension()[0])
+    return load_emulator(build_dir)
+
+
+def skip_reason() -> str | None:
+    """Why the kernel tests cannot run here: no built extension on a GPU machine; no toolchain for the emulator."""
+    import torch
+
+    if torch.cuda.is_available():
+        from babilong_fast.backends import load_extension
+
+        return None if load_extension()[0] is not None else "the GPU is here but babilong_fast._C is not built"
+    return missing()

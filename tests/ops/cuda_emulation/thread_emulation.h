@@ -86,6 +86,8 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
     const unsigned threads = block_shape.x * block_shape.y * block_shape.z;
     if (threads == 0 || threads % 32) throw std::invalid_argument("emulated launch: threads must be whole warps");
     if (shared_bytes) throw std::invalid_argument("emulated launch: no dynamic shared memory");
+    if (threads > 1024 || grid.y > 65535 || grid.z > 65535 || grid.x == 0 || grid.y == 0 || grid.z == 0)
+        throw std::invalid_argument("emulated launch: block or grid outside CUDA's limits");
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
