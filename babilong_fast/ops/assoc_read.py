@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from babilong_fast.backends import Backend, load_extension, resolve_backend
+from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import (
     HALF_AND_FLOAT,
     check_positive_float,
@@ -67,8 +67,7 @@ def _check(h, w_q, A, z, nu, eps) -> tuple[int, float]:
 @torch.library.custom_op("babilong_fast::assoc_read_cuda", mutates_args=(), device_types="cuda")
 def _assoc_read_cuda(h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float) -> torch.Tensor:
     """The CUDA kernels as a torch op, so torch.compile can trace around them. w_q must be float32."""
-    ext, _ = load_extension()
-    return ext.assoc_read_fwd(h, w_q, A, z, nu, eps)
+    return extension_function("assoc_read_fwd")(h, w_q, A, z, nu, eps)
 
 
 @_assoc_read_cuda.register_fake

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from babilong_fast.backends import Backend, load_extension, resolve_backend
+from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import (
     HALF_AND_FLOAT,
     check_positive_float,
@@ -123,8 +123,7 @@ def _assoc_write_cuda(
     A: torch.Tensor, z: torch.Tensor, nu: int, eps: float, correction: bool, first_segment: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CUDA kernels as a torch op, so torch.compile can trace around them. Weights must be float32."""
-    ext, _ = load_extension()
-    return ext.assoc_write_fwd(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
+    return extension_function("assoc_write_fwd")(mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
 
 
 @_assoc_write_cuda.register_fake

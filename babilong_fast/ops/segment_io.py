@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from babilong_fast.backends import Backend, load_extension, resolve_backend
+from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_positive_float, check_same_device, check_tensor
 
 IMPLEMENTED = ("cuda", "triton", "torch")
@@ -101,8 +101,7 @@ def _segment_embed_cuda(
     front: torch.Tensor | None,
     back: torch.Tensor | None,
 ) -> None:
-    ext, _ = load_extension()
-    ext.segment_embed_fwd(input_ids, wte, wpe, out, front, back)
+    extension_function("segment_embed_fwd")(input_ids, wte, wpe, out, front, back)
 
 
 @_segment_embed_cuda.register_fake
@@ -198,8 +197,7 @@ def _check_rows(x, start, count, weight, bias, eps, out) -> float:
 def _rows_layer_norm_cuda(
     x: torch.Tensor, start: int, count: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, out: torch.Tensor
 ) -> None:
-    ext, _ = load_extension()
-    ext.rows_layer_norm_fwd(x, start, count, weight, bias, eps, out)
+    extension_function("rows_layer_norm_fwd")(x, start, count, weight, bias, eps, out)
 
 
 @_rows_layer_norm_cuda.register_fake

@@ -17,11 +17,6 @@ pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason
 TILE = 128 * 8  # kConvThreads * kConvStepsPerThread
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return cuda_emulation.kernels_under_test(str(tmp_path_factory.mktemp("kernels_emulator")))
-
-
 def conv(emu, args, activation=None, return_final_state=True):
     return emu.causal_conv1d_fwd(args["x"], args["weight"], args.get("bias"), args.get("initial_state"),
                                  activation is not None, return_final_state)

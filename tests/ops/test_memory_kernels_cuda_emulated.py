@@ -21,11 +21,6 @@ SMALL_SHAPES = [p for p in CUDA_SHAPES if p.values[0][2] != 768]
 GPT2_SHAPES = [p for p in CUDA_SHAPES if p.values[0][2] == 768]
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return cuda_emulation.kernels_under_test(str(tmp_path_factory.mktemp("kernels_emulator")))
-
-
 def check_write(emu, shape, dtype, first, correction):
     B, M, d, n, nu, Ba = shape
     args = make_inputs(B, M, d, n, nu, batch_state=Ba, z_scale=0.05)

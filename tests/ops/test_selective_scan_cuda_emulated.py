@@ -20,11 +20,6 @@ TILE = 128 * 8  # kScanThreads * kScanStepsPerThread
 ARG_ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return cuda_emulation.kernels_under_test(str(tmp_path_factory.mktemp("kernels_emulator")))
-
-
 def scan(emu, args, return_last_state=True):
     pos = [args.get(k) for k in ARG_ORDER]
     return emu.selective_scan_fwd(*pos, bool(args.get("delta_softplus", False)), return_last_state)

@@ -34,17 +34,13 @@ def missing() -> str | None:
     return None
 
 
-_LOADED: dict[str, ModuleType] = {}
-
-
 def load_emulator(build_dir: str) -> ModuleType:
-    """Compile (about 45 s on 2 cores; once per process) and import the emulated kernels: ``selective_scan_fwd``
-    and ``causal_conv1d_fwd``, with their CUDA bindings' arguments, on CPU tensors."""
+    """Compile (about 45 s on 2 cores) and import the emulated kernels: the CUDA bindings' functions
+    (``selective_scan_fwd``, ``causal_conv1d_fwd``, ``assoc_write_fwd``, ``segment_embed_fwd``,
+    ``rows_layer_norm_fwd``) with their arguments, on CPU tensors."""
     from torch.utils.cpp_extension import load
 
-    if "module" in _LOADED:
-        return _LOADED["module"]
-    _LOADED["module"] = load(
+    return load(
         name="babilong_fast_kernels_emulator",
         sources=[str(HERE / "kernels_emulator.cpp")],
         extra_include_paths=[str(CSRC), str(HERE), cuda_include_dir()],
@@ -52,7 +48,6 @@ def load_emulator(build_dir: str) -> ModuleType:
         extra_ldflags=["-pthread"],
         build_directory=build_dir,
     )
-    return _LOADED["module"]
 
 
 class OnGpu:
