@@ -2,6 +2,7 @@
 
 #include <climits>
 #include <utility>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -10,15 +11,25 @@ struct AssocReadSizes {
     int64_t B, T, d, n, F, Ba;
 };
 
-// Checks the inputs that every CUDA assoc_read kernel takes; errors start with fn (the bound function's name)
-// and name the argument to fix.
-inline AssocReadSizes check_assoc_read_inputs(const char *fn, const torch::Tensor &h, const torch::Tensor &w_q,
-                                              const torch::Tensor &A, const torch::Tensor &z, int64_t nu,
-                                              double eps) {
+// The CUDA bindings' device checks: every input a CUDA tensor on h's device. Errors start with fn (the bound
+// function's name) and name the argument to fix.
+inline void check_assoc_read_devices(const char *fn, const torch::Tensor &h, const torch::Tensor &w_q,
+                                     const torch::Tensor &A, const torch::Tensor &z) {
     const std::pair<const char *, const torch::Tensor *> args[] = {{"h", &h}, {"w_q", &w_q}, {"A", &A}, {"z", &z}};
     for (const auto &[name, t] : args) {
         TORCH_CHECK(t->is_cuda(), fn, ": ", name, " must be a CUDA tensor");
     }
+    for (const auto &[name, t] : args) {
+        TORCH_CHECK(t->device() == h.device(), fn, ": ", name, " must be on the same device as h (", h.device(),
+                    "), got ", t->device());
+    }
+}
+
+// Checks everything else every assoc_read kernel needs (dims, dtypes, contiguity, sizes); errors as above.
+inline AssocReadSizes check_assoc_read_inputs(const char *fn, const torch::Tensor &h, const torch::Tensor &w_q,
+                                              const torch::Tensor &A, const torch::Tensor &z, int64_t nu,
+                                              double eps) {
+    const std::pair<const char *, const torch::Tensor *> args[] = {{"h", &h}, {"w_q", &w_q}, {"A", &A}, {"z", &z}};
     TORCH_CHECK(h.dim() == 3, fn, ": h must be 3-D (B, T, d), got ", h.dim(), " dims");
     TORCH_CHECK(w_q.dim() == 2, fn, ": w_q must be 2-D (n, d), got ", w_q.dim(), " dims");
     TORCH_CHECK(A.dim() == 3, fn, ": A must be 3-D (B or 1, 2*nu*n, d), got ", A.dim(), " dims");
@@ -31,8 +42,6 @@ inline AssocReadSizes check_assoc_read_inputs(const char *fn, const torch::Tenso
         if (t == &h) continue;
         TORCH_CHECK(t->scalar_type() == at::ScalarType::Float, fn, ": ", name, " must be float32, got ",
                     t->scalar_type());
-        TORCH_CHECK(t->device() == h.device(), fn, ": ", name, " must be on the same device as h (", h.device(),
-                    "), got ", t->device());
     }
     for (const auto &[name, t] : args) {
         TORCH_CHECK(t->is_contiguous(), fn, ": ", name, " must be contiguous");

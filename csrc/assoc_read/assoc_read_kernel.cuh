@@ -7,12 +7,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
-#include "assoc_read.h"
+#include "assoc_read/assoc_read.h"
 
 #include "common/convert.cuh"
+#include "common/launch.cuh"
 #include "common/loads.cuh"
 
 namespace assoc_read {
@@ -169,7 +169,7 @@ assoc_read_kernel(const T *__restrict__ h, const float *__restrict__ q_part, con
                   const int64_t tiles_per_group, const int64_t A_group_stride, const int64_t z_group_stride,
                   const int d, const int n, const int F, const int q_splits, const int chunks_per_split,
                   const float eps) {
-    extern __shared__ float smem[];
+    BFAST_DYNAMIC_SMEM(float, smem);
     __shared__ __align__(16) float phi_s[2][kFC][kBT];
     __shared__ __align__(16) float A_s[2][kFC][kBD];
     __shared__ float den_s[kWarps][kBT];
@@ -339,12 +339,12 @@ void assoc_read_qproj_launch(const AssocReadParams &params, cudaStream_t stream)
     TORCH_CHECK(grid_x <= INT_MAX, "assoc_read_fwd: too many tokens (", params.num_tokens, ")");
     TORCH_CHECK(grid_y <= 65535, "assoc_read_fwd: n = ", params.n, " is too large");
     TORCH_CHECK(params.q_splits >= 1 && params.q_splits <= 65535, "assoc_read_fwd: bad q split count");
-    qproj_kernel<input_t><<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
-                                 static_cast<unsigned>(params.q_splits)),
-                            kQThreads, 0, stream>>>(static_cast<const input_t *>(params.h_ptr), params.wq_ptr,
-                                                    params.q_part, params.num_tokens, params.d, params.n,
-                                                    params.q_chunks_per_split);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(qproj_kernel<input_t>,
+                 dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+                      static_cast<unsigned>(params.q_splits)),
+                 kQThreads, 0, stream, static_cast<const input_t *>(params.h_ptr), params.wq_ptr, params.q_part,
+                 params.num_tokens, params.d, params.n, params.q_chunks_per_split);
+    BFAST_LAUNCH_CHECK();
 }
 
 template <typename input_t>
@@ -368,31 +368,29 @@ void assoc_read_main_launch(const AssocReadParams &params, cudaStream_t stream) 
     TORCH_CHECK(2 * static_cast<int64_t>(params.n) * kSStride < 65536, "assoc_read_fwd: n = ", params.n,
                 " is too large (2*n*", kSStride, " must be < 65536)");
     if (dyn_smem + kMainStaticSmem > 48 * 1024) {
-        int device = 0;
-        int optin = 0;
-        C10_CUDA_CHECK(cudaGetDevice(&device));
-        C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        const int optin = bfast::device_smem_optin();
         TORCH_CHECK(dyn_smem + kMainStaticSmem <= static_cast<size_t>(optin), "assoc_read_fwd: n = ", params.n,
                     " and 2*nu*n = ", params.F, " need ", dyn_smem + kMainStaticSmem,
                     " bytes of shared memory per block but the device allows ", optin);
-        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(dyn_smem)));
+        bfast::set_max_dynamic_smem(kernel, dyn_smem);
     }
 
-    kernel<<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
-                  static_cast<unsigned>(params.f_splits)),
-             kThreads, dyn_smem, stream>>>(
-        static_cast<const input_t *>(params.h_ptr), params.q_part, params.A_ptr, params.z_ptr,
-        static_cast<input_t *>(params.out_ptr), params.num_part, params.den_part, params.num_tokens,
-        params.group_len, tiles_per_group, params.A_group_stride, params.z_group_stride, params.d, params.n,
-        params.F, params.q_splits, params.f_chunks_per_split, params.eps);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    BFAST_LAUNCH(kernel,
+                 dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
+                      static_cast<unsigned>(params.f_splits)),
+                 kThreads, dyn_smem, stream, static_cast<const input_t *>(params.h_ptr), params.q_part,
+                 params.A_ptr, params.z_ptr, static_cast<input_t *>(params.out_ptr), params.num_part,
+                 params.den_part, params.num_tokens, params.group_len, tiles_per_group, params.A_group_stride,
+                 params.z_group_stride, params.d, params.n, params.F, params.q_splits, params.f_chunks_per_split,
+                 params.eps);
+    BFAST_LAUNCH_CHECK();
 
     if (split) {
         TORCH_CHECK(params.num_tokens <= INT_MAX, "assoc_read_fwd: too many tokens (", params.num_tokens, ")");
-        finalize_kernel<input_t><<<static_cast<unsigned>(params.num_tokens), 256, 0, stream>>>(
-            static_cast<const input_t *>(params.h_ptr), params.num_part, params.den_part,
-            static_cast<input_t *>(params.out_ptr), params.num_tokens, params.d, params.f_splits, params.eps);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        BFAST_LAUNCH(finalize_kernel<input_t>, dim3(static_cast<unsigned>(params.num_tokens)), 256, 0, stream,
+                     static_cast<const input_t *>(params.h_ptr), params.num_part, params.den_part,
+                     static_cast<input_t *>(params.out_ptr), params.num_tokens, params.d, params.f_splits,
+                     params.eps);
+        BFAST_LAUNCH_CHECK();
     }
 }

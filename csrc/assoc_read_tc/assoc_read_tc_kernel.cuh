@@ -7,12 +7,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
-#include "assoc_read_tc.h"
+#include "assoc_read_tc/assoc_read_tc.h"
 
 #include "common/convert.cuh"
+#include "common/launch.cuh"
 #include "common/loads.cuh"
 
 namespace assoc_read_tc {
@@ -45,9 +45,13 @@ template <> __device__ __forceinline__ void store_pair<__nv_bfloat16>(__nv_bfloa
 
 // Round to TF32 (nearest, ties away); the low 13 mantissa bits of the result are zero.
 __device__ __forceinline__ float tf32_round(float x) {
+#ifdef BFAST_EMULATION
+    return bf_emu::cvt_rna_tf32(x);
+#else
     uint32_t r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return __uint_as_float(r);
+#endif
 }
 
 // 3xTF32 split: x = big + small + O(2^-22 |x|).
@@ -58,11 +62,15 @@ __device__ __forceinline__ void split_tf32(float x, float &big, float &small) {
 
 // d += a * b, one m16n8k8 TF32 tensor-core product with fp32 accumulation.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef BFAST_EMULATION
+    bf_emu::mma_m16n8k8_tf32(d, a, b);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // A staging: thread tid covers rows tid / 32 + 8 * e (e < kAVec) and columns 4 * (tid % 32) + {0..3}.
@@ -94,7 +102,7 @@ assoc_read_tc_kernel(const T *__restrict__ h, const float *__restrict__ q_part, 
                      const int64_t group_len, const int64_t tiles_per_group, const int64_t A_group_stride,
                      const int64_t z_group_stride, const int d, const int n, const int F, const int q_splits,
                      const float eps, const bool vec_a, const bool vec_io) {
-    extern __shared__ __align__(16) float smem[];
+    BFAST_DYNAMIC_SMEM(float, smem);
     float *p_big = smem;                    // [2][kBM][kPStride]
     float *p_small = p_big + 2 * kPTile;    // [2][kBM][kPStride]
     float *a_big = p_small + 2 * kPTile;    // [2][kBK][kAStride]
@@ -294,13 +302,11 @@ void assoc_read_tc_launch(const AssocReadTcParams &params, cudaStream_t stream) 
                         reinterpret_cast<uintptr_t>(params.out_ptr) % (2 * sizeof(input_t)) == 0;
     const size_t smem = smem_floats(params.n) * sizeof(float);
     auto kernel = assoc_read_tc_kernel<input_t>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        static_cast<int>(cudaSharedmemCarveoutMaxShared)));
-    kernel<<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)), kThreads, smem, stream>>>(
-        static_cast<const input_t *>(params.h_ptr), params.q_part, params.A_ptr, params.z_ptr,
-        static_cast<input_t *>(params.out_ptr), params.num_tokens, params.group_len, tiles_per_group,
-        params.A_group_stride, params.z_group_stride, params.d, params.n, params.F, params.q_splits, params.eps,
-        vec_a, vec_io);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    bfast::set_max_dynamic_smem(kernel, smem, /*prefer_shared=*/true);
+    BFAST_LAUNCH(kernel, dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)), kThreads, smem, stream,
+                 static_cast<const input_t *>(params.h_ptr), params.q_part, params.A_ptr, params.z_ptr,
+                 static_cast<input_t *>(params.out_ptr), params.num_tokens, params.group_len, tiles_per_group,
+                 params.A_group_stride, params.z_group_stride, params.d, params.n, params.F, params.q_splits,
+                 params.eps, vec_a, vec_io);
+    BFAST_LAUNCH_CHECK();
 }

@@ -9,6 +9,7 @@
 
 #include "assoc_write/assoc_write.h"
 #include "common/dispatch.h"
+#include "common/new_buffer.h"
 
 #define AW_CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), "assoc_write_fwd: " #x " must be contiguous")
 #define AW_CHECK_FLOAT(x)                                                                                        \
@@ -69,12 +70,12 @@ inline std::tuple<torch::Tensor, torch::Tensor> assoc_write_run(const torch::Ten
         return {A.expand({B, F, d}).clone(at::MemoryFormat::Contiguous),
                 z.expand({B, F}).clone(at::MemoryFormat::Contiguous)};
     }
-    auto A_new = torch::empty({B, F, d}, f32);
-    auto z_new = torch::empty({B, F}, f32);
-    auto k = torch::empty({R, n}, f32);
-    auto u = torch::empty({R, d}, f32);
-    auto beta = torch::empty({R}, f32);
-    auto gamma = torch::empty({R}, f32);
+    auto A_new = bfast::new_buffer({B, F, d}, f32);
+    auto z_new = bfast::new_buffer({B, F}, f32);
+    auto k = bfast::new_buffer({R, n}, f32);
+    auto u = bfast::new_buffer({R, d}, f32);
+    auto beta = bfast::new_buffer({R}, f32);
+    auto gamma = bfast::new_buffer({R}, f32);
 
     AssocWriteParams params;
     params.mem_ptr = mem.data_ptr();
