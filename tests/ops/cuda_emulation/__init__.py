@@ -36,8 +36,10 @@ def missing() -> str | None:
 
 def load_emulator(build_dir: str) -> ModuleType:
     """Compile (about 45 s on 2 cores) and import the emulated kernels: the CUDA bindings' functions
-    (``selective_scan_fwd``, ``causal_conv1d_fwd``, ``assoc_write_fwd``, ``segment_embed_fwd``,
-    ``rows_layer_norm_fwd``) with their arguments, on CPU tensors."""
+    (``assoc_read_fwd``, ``assoc_read_fwd_tc``, ``assoc_write_fwd``, ``segment_embed_fwd``,
+    ``rows_layer_norm_fwd``, ``selective_scan_fwd``, ``causal_conv1d_fwd``) with their arguments, on CPU
+    tensors. The two ``assoc_read`` functions take a last argument ``num_sms`` (default 132, an H100's), the
+    SM count their split plans are made for."""
     from torch.utils.cpp_extension import load
 
     return load(

@@ -1,6 +1,6 @@
 // csrc's CUDA kernels run on the CPU under thread emulation, with the same parameter setup as their CUDA
-// bindings: a CPU torch extension for the tests. Outputs are NaN-filled first, so an element a kernel leaves
-// unwritten fails the comparisons.
+// bindings: a CPU torch extension for the tests. Outputs and scratch are NaN-filled first (here, or by
+// bfast::new_buffer in the host code), so an element a kernel leaves unwritten fails the comparisons.
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -10,12 +10,16 @@
 #include "thread_emulation.h"
 
 // The kernels with their launchers (nvcc's translation units), then the bindings' host code.
+#include "assoc_read/assoc_read_kernel.cuh"
+#include "assoc_read_tc/assoc_read_tc_kernel.cuh"
 #include "assoc_write/assoc_write_kernel.cuh"
 #include "assoc_write/assoc_write_state.cu"
 #include "causal_conv1d/causal_conv1d_launch.cu"
 #include "segment_io/segment_io_kernel.cu"
 #include "selective_scan/selective_scan_launch.cu"
 
+#include "assoc_read/assoc_read_host.h"
+#include "assoc_read_tc/assoc_read_tc_host.h"
 #include "assoc_write/assoc_write_host.h"
 #include "causal_conv1d/causal_conv1d_params.h"
 #include "segment_io/segment_io_host.h"
@@ -57,8 +61,21 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd_emulat
     return {out, hT};
 }
 
-// assoc_write_run allocates its outputs and scratch with torch::empty (not poisoned here): every element of
-// A_new and z_new is compared, and the scratch is written before it is read or the comparisons fail.
+// The emulated device for the split plans: an H100's 132 SMs unless a test asks for fewer (fewer splits).
+constexpr int kEmulatedSms = 132;
+
+torch::Tensor assoc_read_fwd_emulated(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z,
+                                      int64_t nu, double eps, int64_t num_sms) {
+    TORCH_CHECK(h.device().is_cpu(), "the emulated kernels take CPU tensors");
+    return assoc_read_run(h, w_q, A, z, nu, eps, static_cast<int>(num_sms), nullptr);
+}
+
+torch::Tensor assoc_read_fwd_tc_emulated(torch::Tensor h, torch::Tensor w_q, torch::Tensor A, torch::Tensor z,
+                                         int64_t nu, double eps, int64_t num_sms) {
+    TORCH_CHECK(h.device().is_cpu(), "the emulated kernels take CPU tensors");
+    return assoc_read_tc_run(h, w_q, A, z, nu, eps, static_cast<int>(num_sms), bf_emu::kSmemOptin, nullptr);
+}
+
 std::tuple<torch::Tensor, torch::Tensor> assoc_write_fwd_emulated(torch::Tensor mem, torch::Tensor w_k,
                                                                   torch::Tensor w_v, torch::Tensor w_b,
                                                                   torch::Tensor b_b, torch::Tensor A, torch::Tensor z,
@@ -90,6 +107,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
           pybind11::arg("initial_state") = pybind11::none(), pybind11::arg("silu") = false,
           pybind11::arg("return_final_state") = false);
+    m.def("assoc_read_fwd", &assoc_read_fwd_emulated, "csrc's assoc_read kernels, emulated on the CPU",
+          pybind11::arg("h"), pybind11::arg("w_q"), pybind11::arg("A"), pybind11::arg("z"), pybind11::arg("nu"),
+          pybind11::arg("eps") = 1e-5, pybind11::arg("num_sms") = kEmulatedSms);
+    m.def("assoc_read_fwd_tc", &assoc_read_fwd_tc_emulated,
+          "csrc's assoc_read kernels on tensor cores (3xTF32 mma.sync), emulated on the CPU", pybind11::arg("h"),
+          pybind11::arg("w_q"), pybind11::arg("A"), pybind11::arg("z"), pybind11::arg("nu"),
+          pybind11::arg("eps") = 1e-5, pybind11::arg("num_sms") = kEmulatedSms);
     m.def("assoc_write_fwd", &assoc_write_fwd_emulated, "csrc's assoc_write kernels, emulated on the CPU",
           pybind11::arg("mem"), pybind11::arg("w_k"), pybind11::arg("w_v"), pybind11::arg("w_b"),
           pybind11::arg("b_b"), pybind11::arg("A"), pybind11::arg("z"), pybind11::arg("nu"),

@@ -5,12 +5,20 @@
 // barrier of the block's threads), __shfl_up_sync / __shfl_xor_sync on floats (a barrier of the warp's 32
 // threads, so a missing __syncthreads between warps is not hidden by the warp's own exchanges), __ldg, and
 // bf_emu::launch for csrc/common/launch.cuh's BFAST_LAUNCH (defines BFAST_EMULATION). __shared__ becomes
-// static: one copy shared by the block's threads (blocks run one at a time). Dynamic shared memory is not
-// supported. Include after the CUDA and torch headers, before csrc's kernels and launchers.
+// static: one copy shared by the block's threads (blocks run one at a time). Dynamic shared memory
+// (BFAST_DYNAMIC_SMEM) is a per-block buffer filled with NaN bytes, with CUDA's 48 KB default limit and sm_90's
+// opt-in maximum. The tensor-core instructions csrc uses (cvt.rna.tf32.f32, mma.sync m16n8k8 tf32) are
+// emulated from the PTX ISA's definitions and fragment layouts. Include after the CUDA and torch headers,
+// before csrc's kernels and launchers.
 #include <barrier>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -38,15 +46,52 @@ namespace bf_emu {
 struct Warp {
     std::barrier<> bar{32};
     float slot[32] = {};
+    uint32_t mma_a[32][4] = {};
+    uint32_t mma_b[32][2] = {};
 };
 
 struct Block {
-    explicit Block(int threads) : bar(threads), warps(threads / 32) {
+    Block(int threads, size_t shared_bytes)
+        : bar(threads), warps(threads / 32), dyn(shared_bytes ? std::aligned_alloc(16, (shared_bytes + 15) / 16 * 16)
+                                                               : nullptr, &std::free) {
         for (auto &w : warps) w = std::make_unique<Warp>();
+        if (shared_bytes && !dyn) throw std::bad_alloc();
+        if (dyn) std::memset(dyn.get(), 0xff, shared_bytes);  // NaN floats: a read before any write shows
     }
     std::barrier<> bar;
     std::vector<std::unique_ptr<Warp>> warps;
+    std::unique_ptr<void, decltype(&std::free)> dyn;
 };
+
+// Dynamic shared memory limits: CUDA's default per kernel, raised up to sm_90's opt-in maximum. (CUDA's default
+// is 48 KB less the kernel's static shared memory, which is not known here: only the dynamic part counts.)
+constexpr size_t kSmemDefault = 48 * 1024;
+constexpr size_t kSmemOptin = 232448;
+
+inline std::map<const void *, size_t> &dynamic_smem_limits() {
+    static std::map<const void *, size_t> limits;
+    return limits;
+}
+
+inline std::mutex &dynamic_smem_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes).
+template <typename Kernel>
+void set_max_dynamic_smem(Kernel kernel, size_t bytes) {
+    if (bytes > kSmemOptin) throw std::invalid_argument("emulated cudaFuncSetAttribute: above the opt-in maximum");
+    std::lock_guard<std::mutex> lock(dynamic_smem_mutex());
+    dynamic_smem_limits()[reinterpret_cast<const void *>(kernel)] = bytes;
+}
+
+template <typename Kernel>
+size_t max_dynamic_smem(Kernel kernel) {
+    std::lock_guard<std::mutex> lock(dynamic_smem_mutex());
+    const auto it = dynamic_smem_limits().find(reinterpret_cast<const void *>(kernel));
+    return it == dynamic_smem_limits().end() ? kSmemDefault : it->second;
+}
 
 inline thread_local dim3 thread_idx;
 inline thread_local dim3 block_idx;
@@ -56,6 +101,11 @@ inline thread_local unsigned linear_tid = 0;
 inline thread_local Block *block = nullptr;
 
 inline void sync_threads() { block->bar.arrive_and_wait(); }
+
+inline void *dynamic_shared() {
+    if (!block->dyn) throw std::logic_error("emulated kernel uses dynamic shared memory but was launched with none");
+    return block->dyn.get();
+}
 
 // One exchange within the warp: every lane publishes v, then reads lane src(lane) (its own v when out of range).
 template <typename Src>
@@ -79,19 +129,54 @@ inline float shfl_xor(unsigned mask, float v, unsigned bits) {
     return exchange(mask, v, [bits](unsigned lane) { return lane ^ bits; });
 }
 
+// cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest with ties away from zero; the low 13 bits are zero.
+inline float cvt_rna_tf32(float x) {
+    if (!std::isfinite(x)) return x;
+    return std::bit_cast<float>((std::bit_cast<uint32_t>(x) + 0x1000u) & 0xffffe000u);
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 d, a, b, d for the calling lane. Every lane publishes its
+// fragments; then each lane computes its four outputs. PTX ISA fragment layouts (g = lane / 4, t = lane % 4):
+// a[r] holds A[g + 8 * (r % 2)][t + 4 * (r / 2)], b[r] holds B[t + 4 * r][g],
+// d[r] holds D[g + 8 * (r / 2)][2t + r % 2].
+// The tensor cores read only the tf32 bits of a and b (the low 13 bits are dropped here); products are exact
+// and summed in double, then added to d in float (hardware accumulates in fp32 in an unspecified order).
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    const unsigned lane = linear_tid % 32;
+    Warp &w = *block->warps[linear_tid / 32];
+    for (int r = 0; r < 4; ++r) w.mma_a[lane][r] = a[r];
+    for (int r = 0; r < 2; ++r) w.mma_b[lane][r] = b[r];
+    w.bar.arrive_and_wait();
+    auto tf32 = [](uint32_t bits) { return static_cast<double>(std::bit_cast<float>(bits & 0xffffe000u)); };
+    auto a_at = [&](unsigned row, unsigned k) { return tf32(w.mma_a[(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)]); };
+    auto b_at = [&](unsigned k, unsigned col) { return tf32(w.mma_b[col * 4 + k % 4][k / 4]); };
+    const unsigned g = lane / 4;
+    const unsigned t = lane % 4;
+    for (int r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2);
+        const unsigned col = 2 * t + r % 2;
+        double sum = 0.0;
+        for (unsigned k = 0; k < 8; ++k) sum += a_at(row, k) * b_at(k, col);
+        d[r] = static_cast<float>(static_cast<double>(d[r]) + sum);
+    }
+    w.bar.arrive_and_wait();
+}
+
 // kernel<<<grid, block, shared_bytes>>>(args...): block.x * block.y * block.z threads in whole warps (linear
 // index x fastest, warps of 32 consecutive indices); returns when every block has run.
 template <typename Kernel, typename... Args>
 void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, Kernel kernel, const Args &...args) {
     const unsigned threads = block_shape.x * block_shape.y * block_shape.z;
     if (threads == 0 || threads % 32) throw std::invalid_argument("emulated launch: threads must be whole warps");
-    if (shared_bytes) throw std::invalid_argument("emulated launch: no dynamic shared memory");
+    if (shared_bytes > max_dynamic_smem(kernel))
+        throw std::invalid_argument("emulated launch: dynamic shared memory above the kernel's limit "
+                                    "(48 KB unless raised with cudaFuncSetAttribute)");
     if (threads > 1024 || grid.y > 65535 || grid.z > 65535 || grid.x == 0 || grid.y == 0 || grid.z == 0)
         throw std::invalid_argument("emulated launch: block or grid outside CUDA's limits");
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
-                Block blk(static_cast<int>(threads));
+                Block blk(static_cast<int>(threads), shared_bytes);
                 std::vector<std::thread> pool;
                 pool.reserve(threads);
                 for (unsigned t = 0; t < threads; ++t)
@@ -113,6 +198,8 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
 
 // Device math functions with no host declaration.
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline uint32_t __float_as_uint(float x) { return std::bit_cast<uint32_t>(x); }
+inline float __uint_as_float(uint32_t x) { return std::bit_cast<float>(x); }
 
 #define threadIdx (bf_emu::thread_idx)
 #define blockIdx (bf_emu::block_idx)
