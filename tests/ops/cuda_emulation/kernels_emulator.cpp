@@ -3,6 +3,8 @@
 // bfast::new_buffer in the host code), so an element a kernel leaves unwritten fails the comparisons.
 #include <cmath>
 #include <optional>
+#include <string>
+#include <vector>
 #include <tuple>
 
 #include <torch/extension.h>
@@ -97,7 +99,39 @@ void rows_layer_norm_fwd_emulated(torch::Tensor x, int64_t start, int64_t count,
     rows_layer_norm_run(x, start, count, weight, bias, eps, out, nullptr);
 }
 
+// The emulation's own failure paths: a __syncthreads that only odd threads reach (a deadlock), and a read of
+// dynamic shared memory the launch did not give (an exception in the threads). Both must raise, not hang or abort.
+__global__ void divergent_sync_kernel() {
+    if (threadIdx.x % 2) __syncthreads();
+}
+
+__global__ void missing_smem_kernel(float *out) {
+    BFAST_DYNAMIC_SMEM(float, s);
+    out[threadIdx.x] = s[threadIdx.x];
+}
+
+void emulator_self_check(const std::string &kind, int64_t timeout_ms) {
+    const auto saved = bf_emu::deadlock_timeout;
+    bf_emu::deadlock_timeout = std::chrono::milliseconds(timeout_ms);
+    try {
+        if (kind == "divergent_sync") {
+            bf_emu::launch(dim3(1), dim3(64), 0, divergent_sync_kernel);
+        } else if (kind == "missing_smem") {
+            std::vector<float> out(64);
+            bf_emu::launch(dim3(1), dim3(64), 0, missing_smem_kernel, out.data());
+        } else {
+            TORCH_CHECK(false, "unknown self check ", kind);
+        }
+    } catch (...) {
+        bf_emu::deadlock_timeout = saved;
+        throw;
+    }
+    bf_emu::deadlock_timeout = saved;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("emulator_self_check", &emulator_self_check, "runs one of the emulation's failure cases",
+          pybind11::arg("kind"), pybind11::arg("timeout_ms"));
     m.def("selective_scan_fwd", &selective_scan_fwd_emulated, "csrc's selective scan kernel, emulated on the CPU",
           pybind11::arg("u"), pybind11::arg("delta"), pybind11::arg("A"), pybind11::arg("B"), pybind11::arg("C"),
           pybind11::arg("D") = pybind11::none(), pybind11::arg("z") = pybind11::none(),

@@ -4,18 +4,22 @@
 // a block, the blocks one after another. Provides threadIdx, blockIdx, blockDim, gridDim, __syncthreads (a
 // barrier of the block's threads), __shfl_up_sync / __shfl_xor_sync on floats (a barrier of the warp's 32
 // threads, so a missing __syncthreads between warps is not hidden by the warp's own exchanges), __ldg, and
-// bf_emu::launch for csrc/common/launch.cuh's BFAST_LAUNCH (defines BFAST_EMULATION). __shared__ becomes
+// bf_emu::launch for csrc/common/launch.cuh's BFAST_LAUNCH (defines BFAST_EMULATION). A deadlock (threads
+// missing from a barrier) or an exception in any thread becomes an exception of the launch. __shared__ becomes
 // static: one copy shared by the block's threads (blocks run one at a time). Dynamic shared memory
 // (BFAST_DYNAMIC_SMEM) is a per-block buffer filled with NaN bytes, with CUDA's 48 KB default limit and sm_90's
 // opt-in maximum. The tensor-core instructions csrc uses (cvt.rna.tf32.f32, mma.sync m16n8k8 tf32) are
 // emulated from the PTX ISA's definitions and fragment layouts. Include after the CUDA and torch headers,
 // before csrc's kernels and launchers.
-#include <barrier>
+#include <atomic>
 #include <bit>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,8 +47,44 @@
 
 namespace bf_emu {
 
+// Thrown in the threads of a block that another of its threads made fail; launch rethrows the first error.
+struct BlockFailed : std::runtime_error {
+    BlockFailed() : std::runtime_error("emulated block failed in another thread") {}
+};
+
+// A reusable barrier of `count` threads (futex waits) that break_all() opens for good: every wait then throws.
+class Barrier {
+public:
+    explicit Barrier(int count) : count_(count) {}
+
+    void arrive_and_wait() {
+        const uint32_t gen = gen_.load(std::memory_order_acquire);
+        if (broken_.load(std::memory_order_acquire)) throw BlockFailed();
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+            arrived_.store(0, std::memory_order_relaxed);
+            gen_.fetch_add(1, std::memory_order_release);
+            gen_.notify_all();
+            return;
+        }
+        while (gen_.load(std::memory_order_acquire) == gen) gen_.wait(gen, std::memory_order_acquire);
+        if (broken_.load(std::memory_order_acquire)) throw BlockFailed();
+    }
+
+    void break_all() {
+        broken_.store(true, std::memory_order_release);
+        gen_.fetch_add(1, std::memory_order_release);
+        gen_.notify_all();
+    }
+
+private:
+    const int count_;
+    std::atomic<int> arrived_{0};
+    std::atomic<uint32_t> gen_{0};
+    std::atomic<bool> broken_{false};
+};
+
 struct Warp {
-    std::barrier<> bar{32};
+    Barrier bar{32};
     float slot[32] = {};
     uint32_t mma_a[32][4] = {};
     uint32_t mma_b[32][2] = {};
@@ -58,9 +98,21 @@ struct Block {
         if (shared_bytes && !dyn) throw std::bad_alloc();
         if (dyn) std::memset(dyn.get(), 0xff, shared_bytes);  // NaN floats: a read before any write shows
     }
-    std::barrier<> bar;
+    Barrier bar;
     std::vector<std::unique_ptr<Warp>> warps;
     std::unique_ptr<void, decltype(&std::free)> dyn;
+    std::mutex error_mutex;
+    std::exception_ptr error;  // the first error of a thread (not a BlockFailed)
+
+    // A thread failed: keep its error and release every waiting thread of the block.
+    void fail(std::exception_ptr e, bool first_hand) {
+        {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (first_hand && !error) error = e;
+        }
+        bar.break_all();
+        for (auto &w : warps) w->bar.break_all();
+    }
 };
 
 // Dynamic shared memory limits: CUDA's default per kernel, raised up to sm_90's opt-in maximum. (CUDA's default
@@ -162,6 +214,9 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
     w.bar.arrive_and_wait();
 }
 
+// How long a block may run before it counts as deadlocked.
+inline std::chrono::milliseconds deadlock_timeout{120'000};
+
 // kernel<<<grid, block, shared_bytes>>>(args...): block.x * block.y * block.z threads in whole warps (linear
 // index x fastest, warps of 32 consecutive indices); returns when every block has run.
 template <typename Kernel, typename... Args>
@@ -188,9 +243,34 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
                         block_dim = block_shape;
                         grid_dim = grid;
                         block = &blk;
-                        kernel(args...);
+                        try {
+                            kernel(args...);
+                        } catch (const BlockFailed &) {
+                            blk.fail(std::current_exception(), false);
+                        } catch (...) {
+                            blk.fail(std::current_exception(), true);
+                        }
                     });
+                // Threads missing from a barrier or warp exchange (divergent or early-exited threads) would
+                // wait for ever: past deadlock_timeout the block fails instead.
+                std::mutex done_mutex;
+                std::condition_variable done_cv;
+                bool done = false;
+                std::thread watchdog([&] {
+                    std::unique_lock<std::mutex> lock(done_mutex);
+                    if (!done_cv.wait_for(lock, deadlock_timeout, [&] { return done; }))
+                        blk.fail(std::make_exception_ptr(std::runtime_error(
+                                     "emulated kernel deadlock: threads missing from a barrier or warp exchange")),
+                                 true);
+                });
                 for (auto &th : pool) th.join();
+                {
+                    std::lock_guard<std::mutex> lock(done_mutex);
+                    done = true;
+                }
+                done_cv.notify_one();
+                watchdog.join();
+                if (blk.error) std::rethrow_exception(blk.error);
             }
 }
 
