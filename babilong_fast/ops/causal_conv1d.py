@@ -90,10 +90,24 @@ def _check(x, weight, bias, initial_state, activation) -> None:
     check_same_device(**tensors)
 
 
+@torch.library.custom_op("babilong_fast::causal_conv1d_cuda", mutates_args=(), device_types="cuda")
+def _causal_conv1d_cuda(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, initial_state: torch.Tensor | None, silu: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA kernel as a torch op, so torch.compile can trace around it: ``(out, final_state)``."""
+    return extension_function("causal_conv1d_fwd")(x, weight, bias, initial_state, silu, True)
+
+
+@_causal_conv1d_cuda.register_fake
+def _(x, weight, bias, initial_state, silu):
+    final = x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1))
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), final
+
+
 def _fwd(backend: str, x, weight, bias, initial_state, return_final_state: bool, activation):
     if backend == "cuda":
-        fn = extension_function("causal_conv1d_fwd")
-        return fn(x, weight, bias, initial_state, activation is not None, return_final_state)
+        out, final = _causal_conv1d_cuda(x, weight, bias, initial_state, activation is not None)
+        return out, (final if return_final_state else None)
     if backend == "triton":
         from babilong_fast.kernels.causal_conv1d import causal_conv1d_fwd
 

@@ -284,10 +284,28 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     check_same_device(**tensors)
 
 
+@torch.library.custom_op("babilong_fast::selective_scan_cuda", mutates_args=(), device_types="cuda")
+def _selective_scan_cuda(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA kernel as a torch op, so torch.compile can trace around it: ``(out, last_state)``."""
+    fn = extension_function("selective_scan_fwd")
+    return fn(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True)
+
+
+@_selective_scan_cuda.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    return torch.empty(u.shape, dtype=u.dtype, device=u.device), u.new_empty(
+        (u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32
+    )
+
+
 def _fwd(backend: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
     if backend == "cuda":
-        fn = extension_function("selective_scan_fwd")
-        return fn(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state)
+        out, last = _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+        return out, (last if return_last_state else None)
     if backend == "triton":
         from babilong_fast.kernels.selective_scan import selective_scan_fwd
 

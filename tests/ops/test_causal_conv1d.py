@@ -206,3 +206,17 @@ def test_causal_conv1d_bad_input(overrides, exc, match):
 def test_causal_conv1d_cuda_backend_needs_cuda_tensors():
     with pytest.raises(BackendUnavailableError, match="needs CUDA tensors|not built"):
         causal_conv1d(**_bad(), backend="cuda")
+
+
+def test_causal_conv1d_cuda_op_fake_shapes():
+    """The CUDA op's fake (meta) implementation gives torch.compile the right outputs, without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from babilong_fast.ops.causal_conv1d import _causal_conv1d_cuda
+
+    with FakeTensorMode():
+        x = torch.empty(2, 6, 20, device="cuda", dtype=torch.float16)
+        weight, bias = torch.empty(6, 4, device="cuda", dtype=torch.float16), None
+        out, final = _causal_conv1d_cuda(x, weight, bias, None, True)
+    assert out.shape == x.shape and out.dtype == torch.float16
+    assert final.shape == (2, 6, 3) and final.dtype == torch.float16 and final.device.type == "cuda"

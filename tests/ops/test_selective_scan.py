@@ -342,3 +342,19 @@ def test_selective_scan_chunked_large_decay():
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
     assert_close("out", want, out, 1e-5)
     assert_close("last_state", want_last, last, 1e-5)
+
+
+def test_selective_scan_cuda_op_fake_shapes():
+    """The CUDA op's fake (meta) implementation gives torch.compile the right outputs, without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from babilong_fast.ops.selective_scan import _selective_scan_cuda
+
+    with FakeTensorMode():
+        u = torch.empty(2, 6, 20, device="cuda", dtype=torch.bfloat16)
+        delta, z = torch.empty_like(u), torch.empty_like(u)
+        A = torch.empty(6, 5, device="cuda")
+        B, C = torch.empty(2, 5, 20, device="cuda"), torch.empty(2, 5, 20, device="cuda")
+        out, last = _selective_scan_cuda(u, delta, A, B, C, None, z, None, None, True)
+    assert out.shape == u.shape and out.dtype == torch.bfloat16 and out.is_contiguous()
+    assert last.shape == (2, 6, 5) and last.dtype == torch.float32 and last.device.type == "cuda"
