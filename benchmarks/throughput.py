@@ -242,8 +242,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "float32,bfloat16 on GPU); "
                         "models: one of them (default float32)")
     p.add_argument("--backends", default=None,
-                   help="ops: comma list of cuda,triton,torch (default all); models: ARMT's and Mamba's backends in fast "
-                        "mode, one fast row each (default auto; stock always uses torch)")
+                   help="ops: comma list of cuda,triton,torch (default all); models: ARMT's and Mamba's backends in "
+                        "fast mode, one fast row each (default auto; stock always uses torch)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs, median reported (ops: default 50 GPU / 5 CPU; models: default 3)")
     p.add_argument("--json", default=None, help="ops: write the environment, ceilings and every row here; "

@@ -4,7 +4,8 @@ Run: ``python -m pytest benchmarks/ops/test_selective_scan_bench.py`` (pytest-be
 layer (d_inner 1536, d_state 16) on a 2048-token chunk, batch 1 and 8; CPU: a small layer, torch only.
 ``triton`` times the chunked kernel's default tile and ``triton-statewise`` the statewise kernel's (the tuner is
 off here: timing eleven tiles per shape and dtype would cost the device check's micro step two dozen compiles;
-the models benchmark records the tuner's timings), ``triton-step`` the Triton backend's per-token kernel, ``cuda`` the CUDA kernel (csrc/selective_scan).
+the models benchmark records the tuner's timings), ``triton-step`` the Triton backend's per-token kernel,
+``cuda`` the CUDA kernel (csrc/selective_scan).
 """
 from __future__ import annotations
 

@@ -19,13 +19,7 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd(torch:
     }
     TORCH_CHECK(weight.device() == x.device(), "causal_conv1d_fwd: weight must be on x's device (", x.device(),
                 "), got ", weight.device());
-    TORCH_CHECK(x.dim() == 3 && weight.dim() == 2 && weight.size(1) >= 1,
-                "causal_conv1d_fwd: x must be (batch, dim, L) and weight (dim, width >= 1)");
     c10::cuda::CUDAGuard device_guard(x.device());
-    auto out = torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    std::optional<torch::Tensor> hT;
-    if (return_final_state) hT = torch::empty({x.size(0), x.size(1), weight.size(1) - 1}, x.options());
-    const auto p = bfast::make_conv_params(x, weight, bias, initial_state, silu, out, hT);
-    bfast::causal_conv1d_launch(p, c10::cuda::getCurrentCUDAStream());
-    return {out, hT};
+    return bfast::causal_conv1d_run(x, weight, bias, initial_state, silu, return_final_state,
+                                    c10::cuda::getCurrentCUDAStream());
 }

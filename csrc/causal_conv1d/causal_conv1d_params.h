@@ -1,12 +1,15 @@
 #pragma once
 
-// Fills CausalConvParams from tensors: shared by the CUDA binding and the tests' CPU emulation of the kernel.
+// Host side of causal_conv1d_fwd past the device checks: the parameters from the tensors (with their checks), the
+// outputs and the launch. Shared by the CUDA binding and the tests' CPU emulation of the kernel.
 #include <optional>
+#include <tuple>
 
 #include <torch/types.h>
 
 #include "causal_conv1d/causal_conv1d.h"
 #include "common/dtype_code.h"
+#include "common/new_buffer.h"
 
 namespace bfast {
 
@@ -52,6 +55,22 @@ inline CausalConvParams make_conv_params(const torch::Tensor &x, const torch::Te
     p.out = out.data_ptr();
     p.hT = hT && W > 1 ? hT->data_ptr() : nullptr;
     return p;
+}
+
+// out (contiguous, x's dtype) and, when asked for, the final state (batch, dim, width - 1) in x's dtype.
+inline std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_run(
+    const torch::Tensor &x, const torch::Tensor &weight, const std::optional<torch::Tensor> &bias,
+    const std::optional<torch::Tensor> &initial_state, bool silu, bool return_final_state, cudaStream_t stream) {
+    TORCH_CHECK(x.dim() == 3 && weight.dim() == 2 && weight.size(1) >= 1,
+                "causal_conv1d_fwd: x must be (batch, dim, L) and weight (dim, width >= 1)");
+    auto out = torch::empty(x.sizes(), x.options());
+    std::optional<torch::Tensor> hT;
+    if (return_final_state) hT = torch::empty({x.size(0), x.size(1), weight.size(1) - 1}, x.options());
+    const auto p = make_conv_params(x, weight, bias, initial_state, silu, out, hT);
+    poison(out);  // after the checks: x's dtype may not be a float one
+    if (hT) poison(*hT);
+    causal_conv1d_launch(p, stream);
+    return {out, hT};
 }
 
 }  // namespace bfast

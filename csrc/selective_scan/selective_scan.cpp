@@ -21,12 +21,7 @@ std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_fwd(
         TORCH_CHECK(!*t || (*t)->device() == u.device(), "selective_scan_fwd: every tensor must be on u's device (",
                     u.device(), "), got one on ", (*t)->device());
     }
-    TORCH_CHECK(u.dim() == 3 && A.dim() == 2, "selective_scan_fwd: u must be (batch, dim, L) and A (dim, N)");
     c10::cuda::CUDAGuard device_guard(u.device());
-    auto out = torch::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
-    std::optional<torch::Tensor> hT;
-    if (return_last_state) hT = torch::empty({u.size(0), u.size(1), A.size(1)}, u.options().dtype(at::kFloat));
-    const auto p = bfast::make_scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, out, hT);
-    bfast::selective_scan_launch(p, c10::cuda::getCurrentCUDAStream());
-    return {out, hT};
+    return bfast::selective_scan_run(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                     return_last_state, c10::cuda::getCurrentCUDAStream());
 }

@@ -1,12 +1,14 @@
 #pragma once
 
-// Fills SelectiveScanParams from tensors already checked by the caller (shapes, devices, dtypes): shared by the
-// CUDA binding and the tests' CPU emulation of the kernel.
+// Host side of selective_scan_fwd past the device checks: the parameters from the tensors (with their checks),
+// the outputs and the launch. Shared by the CUDA binding and the tests' CPU emulation of the kernel.
 #include <optional>
+#include <tuple>
 
 #include <torch/types.h>
 
 #include "common/dtype_code.h"
+#include "common/new_buffer.h"
 #include "selective_scan/selective_scan.h"
 
 namespace bfast {
@@ -105,6 +107,23 @@ inline SelectiveScanParams make_scan_params(const torch::Tensor &u, const torch:
     p.out = out.data_ptr();
     p.hT = hT ? hT->data_ptr<float>() : nullptr;
     return p;
+}
+
+// out (contiguous, u's dtype) and, when asked for, the last state (batch, dim, N) float32.
+inline std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_run(
+    const torch::Tensor &u, const torch::Tensor &delta, const torch::Tensor &A, const torch::Tensor &B,
+    const torch::Tensor &C, const std::optional<torch::Tensor> &D, const std::optional<torch::Tensor> &z,
+    const std::optional<torch::Tensor> &delta_bias, const std::optional<torch::Tensor> &initial_state,
+    bool delta_softplus, bool return_last_state, cudaStream_t stream) {
+    TORCH_CHECK(u.dim() == 3 && A.dim() == 2, "selective_scan_fwd: u must be (batch, dim, L) and A (dim, N)");
+    auto out = torch::empty(u.sizes(), u.options());
+    std::optional<torch::Tensor> hT;
+    if (return_last_state) hT = torch::empty({u.size(0), u.size(1), A.size(1)}, u.options().dtype(at::kFloat));
+    const auto p = make_scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, out, hT);
+    poison(out);  // after the checks: u's dtype may not be a float one
+    if (hT) poison(*hT);
+    selective_scan_launch(p, stream);
+    return {out, hT};
 }
 
 }  // namespace bfast

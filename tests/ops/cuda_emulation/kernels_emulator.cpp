@@ -1,6 +1,6 @@
 // csrc's CUDA kernels run on the CPU under thread emulation, with the same parameter setup as their CUDA
-// bindings: a CPU torch extension for the tests. Outputs and scratch are NaN-filled first (here, or by
-// bfast::new_buffer in the host code), so an element a kernel leaves unwritten fails the comparisons.
+// bindings: a CPU torch extension for the tests. Outputs and scratch are NaN-filled first (bfast::new_buffer in
+// the host code), so an element a kernel leaves unwritten fails the comparisons.
 #include <cmath>
 #include <optional>
 #include <string>
@@ -27,40 +27,20 @@
 #include "segment_io/segment_io_host.h"
 #include "selective_scan/selective_scan_params.h"
 
-namespace {
-
-void poison(torch::Tensor &out, std::optional<torch::Tensor> &state) {
-    out.fill_(NAN);
-    if (state) state->fill_(NAN);
-}
-
-}  // namespace
-
 std::tuple<torch::Tensor, std::optional<torch::Tensor>> selective_scan_fwd_emulated(
     torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B, torch::Tensor C,
     std::optional<torch::Tensor> D, std::optional<torch::Tensor> z, std::optional<torch::Tensor> delta_bias,
     std::optional<torch::Tensor> initial_state, bool delta_softplus, bool return_last_state) {
     TORCH_CHECK(u.device().is_cpu(), "the emulated kernel takes CPU tensors");
-    auto out = torch::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
-    std::optional<torch::Tensor> hT;
-    if (return_last_state) hT = torch::empty({u.size(0), u.size(1), A.size(1)}, u.options().dtype(at::kFloat));
-    const auto p = bfast::make_scan_params(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, out, hT);
-    poison(out, hT);
-    bfast::selective_scan_launch(p, nullptr);
-    return {out, hT};
+    return bfast::selective_scan_run(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                     return_last_state, nullptr);
 }
 
 std::tuple<torch::Tensor, std::optional<torch::Tensor>> causal_conv1d_fwd_emulated(
     torch::Tensor x, torch::Tensor weight, std::optional<torch::Tensor> bias,
     std::optional<torch::Tensor> initial_state, bool silu, bool return_final_state) {
     TORCH_CHECK(x.device().is_cpu(), "the emulated kernel takes CPU tensors");
-    auto out = torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    std::optional<torch::Tensor> hT;
-    if (return_final_state) hT = torch::empty({x.size(0), x.size(1), weight.size(1) - 1}, x.options());
-    const auto p = bfast::make_conv_params(x, weight, bias, initial_state, silu, out, hT);
-    poison(out, hT);
-    bfast::causal_conv1d_launch(p, nullptr);
-    return {out, hT};
+    return bfast::causal_conv1d_run(x, weight, bias, initial_state, silu, return_final_state, nullptr);
 }
 
 // The emulated device for the split plans: an H100's 132 SMs unless a test asks for fewer (fewer splits).

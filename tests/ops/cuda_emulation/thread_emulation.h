@@ -104,11 +104,11 @@ struct Block {
     std::mutex error_mutex;
     std::exception_ptr error;  // the first error of a thread (not a BlockFailed)
 
-    // A thread failed: keep its error and release every waiting thread of the block.
-    void fail(std::exception_ptr e, bool first_hand) {
+    // A thread failed: keep its error (none for a BlockFailed) and release every waiting thread of the block.
+    void fail(std::exception_ptr e) {
         {
             std::lock_guard<std::mutex> lock(error_mutex);
-            if (first_hand && !error) error = e;
+            if (e && !error) error = e;
         }
         bar.break_all();
         for (auto &w : warps) w->bar.break_all();
@@ -246,9 +246,9 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
                         try {
                             kernel(args...);
                         } catch (const BlockFailed &) {
-                            blk.fail(std::current_exception(), false);
+                            blk.fail(nullptr);
                         } catch (...) {
-                            blk.fail(std::current_exception(), true);
+                            blk.fail(std::current_exception());
                         }
                     });
                 // Threads missing from a barrier or warp exchange (divergent or early-exited threads) would
@@ -260,8 +260,7 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
                     std::unique_lock<std::mutex> lock(done_mutex);
                     if (!done_cv.wait_for(lock, deadlock_timeout, [&] { return done; }))
                         blk.fail(std::make_exception_ptr(std::runtime_error(
-                                     "emulated kernel deadlock: threads missing from a barrier or warp exchange")),
-                                 true);
+                            "emulated kernel deadlock: threads missing from a barrier or warp exchange")));
                 });
                 for (auto &th : pool) th.join();
                 {
