@@ -34,12 +34,20 @@ def missing() -> str | None:
     return None
 
 
+def default_schedule() -> str:
+    """How the emulated blocks run their threads unless a test says otherwise: ``$BFAST_EMU_SCHEDULE``, else
+    ``threads`` (all at once, as host threads). ``forward`` / ``reverse``: one at a time in thread order or reverse
+    order, from one sync point to the next (tests/ops/test_cuda_races_emulated.py)."""
+    return os.environ.get("BFAST_EMU_SCHEDULE", "threads")
+
+
 def load_emulator(build_dir: str) -> ModuleType:
     """Compile (about 45 s on 2 cores) and import the emulated kernels: the CUDA bindings' functions
     (``assoc_read_fwd``, ``assoc_read_fwd_tc``, ``assoc_write_fwd``, ``segment_embed_fwd``,
     ``rows_layer_norm_fwd``, ``selective_scan_fwd``, ``causal_conv1d_fwd``) with their arguments, on CPU
     tensors. The two ``assoc_read`` functions take a last argument ``num_sms`` (default 132, an H100's), the
-    SM count their split plans are made for."""
+    SM count their split plans are made for. ``set_schedule(name)`` sets how blocks run their threads
+    (:func:`default_schedule`)."""
     from torch.utils.cpp_extension import load
 
     return load(
@@ -94,7 +102,9 @@ def kernels_under_test(build_dir: str):
         from babilong_fast.backends import load_extension
 
         return OnGpu(load_extension()[0])
-    return load_emulator(build_dir)
+    kernels = load_emulator(build_dir)
+    kernels.set_schedule(default_schedule())
+    return kernels
 
 
 def skip_reason() -> str | None:

@@ -90,6 +90,35 @@ __global__ void missing_smem_kernel(float *out) {
     out[threadIdx.x] = s[threadIdx.x];
 }
 
+// A shared-memory race: each thread writes its slot, then reads its neighbour's, with or without the barrier
+// between. Without it the serial schedules read the neighbour's slot before it is written (NaN), forward for all
+// but the last thread, reverse for the last.
+__global__ void neighbour_kernel(float *out, bool sync) {
+    __shared__ float slot[64];
+    slot[threadIdx.x] = static_cast<float>(threadIdx.x);
+    if (sync) __syncthreads();
+    out[threadIdx.x] = slot[(threadIdx.x + 1) % 64];
+}
+
+torch::Tensor emulator_neighbour_read(bool sync) {
+    auto out = torch::empty({64}, torch::kFloat32);
+    bf_emu::launch(dim3(1), dim3(64), 0, neighbour_kernel, out.data_ptr<float>(), sync);
+    return out;
+}
+
+// The schedule of the emulated blocks' threads for the launches that follow: "threads", "forward" or "reverse".
+void set_schedule(const std::string &name) {
+    if (name == "threads") {
+        bf_emu::schedule = bf_emu::Schedule::threads;
+    } else if (name == "forward") {
+        bf_emu::schedule = bf_emu::Schedule::forward;
+    } else if (name == "reverse") {
+        bf_emu::schedule = bf_emu::Schedule::reverse;
+    } else {
+        TORCH_CHECK(false, "schedule must be 'threads', 'forward' or 'reverse', got '", name, "'");
+    }
+}
+
 void emulator_self_check(const std::string &kind, int64_t timeout_ms) {
     const auto saved = bf_emu::deadlock_timeout;
     bf_emu::deadlock_timeout = std::chrono::milliseconds(timeout_ms);
@@ -112,6 +141,11 @@ void emulator_self_check(const std::string &kind, int64_t timeout_ms) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("emulator_self_check", &emulator_self_check, "runs one of the emulation's failure cases",
           pybind11::arg("kind"), pybind11::arg("timeout_ms"));
+    m.def("emulator_neighbour_read", &emulator_neighbour_read,
+          "a block of 64 threads that reads its neighbour's shared slot, with or without __syncthreads",
+          pybind11::arg("sync"));
+    m.def("set_schedule", &set_schedule, "how emulated blocks run their threads: threads, forward or reverse",
+          pybind11::arg("name"));
     m.def("selective_scan_fwd", &selective_scan_fwd_emulated, "csrc's selective scan kernel, emulated on the CPU",
           pybind11::arg("u"), pybind11::arg("delta"), pybind11::arg("A"), pybind11::arg("B"), pybind11::arg("C"),
           pybind11::arg("D") = pybind11::none(), pybind11::arg("z") = pybind11::none(),

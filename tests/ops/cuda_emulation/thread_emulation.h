@@ -6,7 +6,11 @@
 // threads, so a missing __syncthreads between warps is not hidden by the warp's own exchanges), __ldg, and
 // bf_emu::launch for csrc/common/launch.cuh's BFAST_LAUNCH (defines BFAST_EMULATION). A deadlock (threads
 // missing from a barrier) or an exception in any thread becomes an exception of the launch. __shared__ becomes
-// static: one copy shared by the block's threads (blocks run one at a time). Dynamic shared memory
+// static, in a section of its own: one copy shared by the block's threads (blocks run one at a time), filled with
+// NaN bytes before each block, as CUDA leaves it uninitialised. Under a serial schedule (bf_emu::schedule) the
+// block's threads take turns, in thread order or in reverse, one running from a sync point to the next, so a
+// shared-memory race (a read of what another thread writes between the same two sync points) shows as a wrong
+// result in one of the two orders instead of depending on the host's interleaving. Dynamic shared memory
 // (BFAST_DYNAMIC_SMEM) is a per-block buffer filled with NaN bytes, with CUDA's 48 KB default limit and sm_90's
 // opt-in maximum. The tensor-core instructions csrc uses (cvt.rna.tf32.f32, mma.sync m16n8k8 tf32) are
 // emulated from the PTX ISA's definitions and fragment layouts. Include after the CUDA and torch headers,
@@ -23,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -41,7 +46,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static __attribute__((section("bf_emu_shared")))
 #define __launch_bounds__(...)
 #define BFAST_EMULATION 1
 
@@ -52,12 +57,99 @@ struct BlockFailed : std::runtime_error {
     BlockFailed() : std::runtime_error("emulated block failed in another thread") {}
 };
 
-// A reusable barrier of `count` threads (futex waits) that break_all() opens for good: every wait then throws.
+// How a block's threads run: all at once (host threads, interleaved as the OS schedules them), or one at a time
+// in thread order (forward) or in reverse order, each from one sync point to the next.
+enum class Schedule { threads, forward, reverse };
+inline Schedule schedule = Schedule::threads;
+
+// Fails the block: kernel threads missing from a barrier or warp exchange.
+struct Deadlock : std::runtime_error {
+    Deadlock() : std::runtime_error("emulated kernel deadlock: threads missing from a barrier or warp exchange") {}
+};
+
+// The turn of a serial schedule: exactly one thread of the block runs. A thread waiting at a barrier is blocked;
+// when the last one arrives the barrier's threads are runnable again and the turn goes to the first runnable thread
+// in the schedule's order. The turn passes through semaphores, which also order the threads' memory accesses.
+class Turns {
+public:
+    Turns(int count, bool reverse) : reverse_(reverse), runnable_(count, 1) {
+        for (int t = 0; t < count; ++t) sem_.push_back(std::make_unique<std::counting_semaphore<>>(0));
+    }
+
+    void begin() { sem_[next_after(-1)]->release(); }  // before the threads start: the first one's turn
+    void wait(int me) {
+        sem_[me]->acquire();
+        if (broken_.load(std::memory_order_acquire)) throw BlockFailed();
+    }
+    // `me` waits at a barrier (`opened`: it arrived last, releasing `waiters`), then runs when its turn comes.
+    void arrive(int me, bool opened, const std::vector<int> &waiters) {
+        if (opened) {
+            for (int t : waiters) runnable_[t] = 1;
+        } else {
+            runnable_[me] = 0;
+        }
+        pass(me, next_after(opened ? -1 : me));
+    }
+    // `me` returned from the kernel. False when threads are left waiting with none to release them.
+    bool finish(int me) {
+        runnable_[me] = 0;
+        done_ += 1;
+        const int next = next_after(me);
+        if (next >= 0) sem_[next]->release();
+        return next >= 0 || done_ == static_cast<int>(runnable_.size());
+    }
+    void break_all() {
+        broken_.store(true, std::memory_order_release);
+        for (auto &s : sem_) s->release();
+    }
+
+private:
+    // The first runnable thread after `me` in the schedule's order, wrapping around (me = -1: from the start).
+    int next_after(int me) const {
+        const int n = static_cast<int>(runnable_.size());
+        const int start = me < 0 ? -1 : (reverse_ ? n - 1 - me : me);  // me's position in the order
+        for (int i = 1; i <= n; ++i) {
+            const int pos = (start + i) % n;
+            const int t = reverse_ ? n - 1 - pos : pos;
+            if (runnable_[t]) return t;
+        }
+        return -1;
+    }
+    void pass(int me, int next) {
+        if (next < 0) throw Deadlock();
+        if (next == me) return;
+        sem_[next]->release();
+        wait(me);
+    }
+
+    const bool reverse_;
+    std::vector<char> runnable_;
+    std::vector<std::unique_ptr<std::counting_semaphore<>>> sem_;
+    int done_ = 0;
+    std::atomic<bool> broken_{false};
+};
+
+inline thread_local unsigned linear_tid = 0;
+
+// A reusable barrier of `count` threads (futex waits, or the turns of a serial schedule) that break_all() opens
+// for good: every wait then throws.
 class Barrier {
 public:
-    explicit Barrier(int count) : count_(count) {}
+    Barrier(int count, Turns *turns) : count_(count), turns_(turns) {}
 
     void arrive_and_wait() {
+        if (turns_) {  // serial: only the thread with the turn runs here
+            const bool opened = static_cast<int>(waiters_.size()) + 1 == count_;
+            if (opened) {
+                std::vector<int> released;
+                released.swap(waiters_);
+                turns_->arrive(static_cast<int>(linear_tid), true, released);
+            } else {
+                waiters_.push_back(static_cast<int>(linear_tid));
+                turns_->arrive(static_cast<int>(linear_tid), false, {});
+            }
+            return;
+        }
         const uint32_t gen = gen_.load(std::memory_order_acquire);
         if (broken_.load(std::memory_order_acquire)) throw BlockFailed();
         if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
@@ -78,13 +170,16 @@ public:
 
 private:
     const int count_;
+    Turns *const turns_;
+    std::vector<int> waiters_;  // serial schedules
     std::atomic<int> arrived_{0};
     std::atomic<uint32_t> gen_{0};
     std::atomic<bool> broken_{false};
 };
 
 struct Warp {
-    Barrier bar{32};
+    explicit Warp(Turns *turns) : bar(32, turns) {}
+    Barrier bar;
     float slot[32] = {};
     uint32_t mma_a[32][4] = {};
     uint32_t mma_b[32][2] = {};
@@ -92,12 +187,15 @@ struct Warp {
 
 struct Block {
     Block(int threads, size_t shared_bytes)
-        : bar(threads), warps(threads / 32), dyn(shared_bytes ? std::aligned_alloc(16, (shared_bytes + 15) / 16 * 16)
-                                                               : nullptr, &std::free) {
-        for (auto &w : warps) w = std::make_unique<Warp>();
+        : turns(schedule == Schedule::threads ? nullptr
+                                               : std::make_unique<Turns>(threads, schedule == Schedule::reverse)),
+          bar(threads, turns.get()), warps(threads / 32),
+          dyn(shared_bytes ? std::aligned_alloc(16, (shared_bytes + 15) / 16 * 16) : nullptr, &std::free) {
+        for (auto &w : warps) w = std::make_unique<Warp>(turns.get());
         if (shared_bytes && !dyn) throw std::bad_alloc();
         if (dyn) std::memset(dyn.get(), 0xff, shared_bytes);  // NaN floats: a read before any write shows
     }
+    std::unique_ptr<Turns> turns;  // serial schedules only
     Barrier bar;
     std::vector<std::unique_ptr<Warp>> warps;
     std::unique_ptr<void, decltype(&std::free)> dyn;
@@ -112,6 +210,7 @@ struct Block {
         }
         bar.break_all();
         for (auto &w : warps) w->bar.break_all();
+        if (turns) turns->break_all();
     }
 };
 
@@ -149,7 +248,6 @@ inline thread_local dim3 thread_idx;
 inline thread_local dim3 block_idx;
 inline thread_local dim3 block_dim;
 inline thread_local dim3 grid_dim;
-inline thread_local unsigned linear_tid = 0;
 inline thread_local Block *block = nullptr;
 
 inline void sync_threads() { block->bar.arrive_and_wait(); }
@@ -214,6 +312,15 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
     w.bar.arrive_and_wait();
 }
 
+// The section of static __shared__ arrays (weak: none when a program declares none).
+extern "C" __attribute__((weak)) char __start_bf_emu_shared[];
+extern "C" __attribute__((weak)) char __stop_bf_emu_shared[];
+
+// Static shared memory before a block runs: NaN bytes, so a read before any write of the block shows.
+inline void poison_static_shared() {
+    if (__start_bf_emu_shared) std::memset(__start_bf_emu_shared, 0xff, __stop_bf_emu_shared - __start_bf_emu_shared);
+}
+
 // How long a block may run before it counts as deadlocked.
 inline std::chrono::milliseconds deadlock_timeout{120'000};
 
@@ -231,6 +338,7 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
+                poison_static_shared();
                 Block blk(static_cast<int>(threads), shared_bytes);
                 std::vector<std::thread> pool;
                 pool.reserve(threads);
@@ -244,13 +352,16 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
                         grid_dim = grid;
                         block = &blk;
                         try {
+                            if (blk.turns) blk.turns->wait(static_cast<int>(t));
                             kernel(args...);
+                            if (blk.turns && !blk.turns->finish(static_cast<int>(t))) throw Deadlock();
                         } catch (const BlockFailed &) {
                             blk.fail(nullptr);
                         } catch (...) {
                             blk.fail(std::current_exception());
                         }
                     });
+                if (blk.turns) blk.turns->begin();
                 // Threads missing from a barrier or warp exchange (divergent or early-exited threads) would
                 // wait for ever: past deadlock_timeout the block fails instead.
                 std::mutex done_mutex;
@@ -259,8 +370,7 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
                 std::thread watchdog([&] {
                     std::unique_lock<std::mutex> lock(done_mutex);
                     if (!done_cv.wait_for(lock, deadlock_timeout, [&] { return done; }))
-                        blk.fail(std::make_exception_ptr(std::runtime_error(
-                            "emulated kernel deadlock: threads missing from a barrier or warp exchange")));
+                        blk.fail(std::make_exception_ptr(Deadlock()));
                 });
                 for (auto &th : pool) th.join();
                 {
