@@ -38,15 +38,20 @@ def serial(emu, request):
 
 def test_schedule_shows_a_race(emu):
     """The emulator's own check: reading a neighbour's shared slot without ``__syncthreads`` reads it unwritten
-    (NaN) in each serial order; with the barrier every order reads the written values."""
+    (NaN) in each serial order; with the barrier every order reads the written values. Likewise a block reading
+    the global slot of the next block (blocks run in reverse under the reverse schedule)."""
     want = torch.arange(1, 65, dtype=torch.float32) % 64
     try:
-        for name, stale in (("forward", slice(0, 63)), ("reverse", slice(63, 64))):
+        for name, stale, stale_blocks in (("forward", slice(0, 63), slice(0, 3)),
+                                          ("reverse", slice(63, 64), slice(3, 4))):
             emu.set_schedule(name)
             racy = emu.emulator_neighbour_read(False)
             assert racy[stale].isnan().all(), name
             assert torch.equal(racy[~racy.isnan()], want[~racy.isnan()]), name
             assert torch.equal(emu.emulator_neighbour_read(True), want), name
+            blocks = emu.emulator_neighbour_block_read()  # across blocks, through global memory
+            assert blocks[stale_blocks].isnan().all(), name
+            assert torch.equal(blocks[~blocks.isnan()], want[:4][~blocks.isnan()] % 4), name
     finally:
         emu.set_schedule(cuda_emulation.default_schedule())
     with pytest.raises(RuntimeError, match="schedule must be"):

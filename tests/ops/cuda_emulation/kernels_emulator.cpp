@@ -106,6 +106,21 @@ torch::Tensor emulator_neighbour_read(bool sync) {
     return out;
 }
 
+// The same across blocks: block b writes its slot of global memory, then reads block b + 1's (a race on a GPU,
+// where blocks have no order). Forward, blocks 0..2 read an unwritten slot (NaN); reverse, block 3 does.
+__global__ void neighbour_block_kernel(float *slots, float *out) {
+    if (threadIdx.x != 0) return;
+    slots[blockIdx.x] = static_cast<float>(blockIdx.x);
+    out[blockIdx.x] = slots[(blockIdx.x + 1) % gridDim.x];
+}
+
+torch::Tensor emulator_neighbour_block_read() {
+    auto slots = torch::full({4}, NAN, torch::kFloat32);
+    auto out = torch::empty({4}, torch::kFloat32);
+    bf_emu::launch(dim3(4), dim3(32), 0, neighbour_block_kernel, slots.data_ptr<float>(), out.data_ptr<float>());
+    return out;
+}
+
 // The schedule of the emulated blocks' threads for the launches that follow: "threads", "forward" or "reverse".
 void set_schedule(const std::string &name) {
     if (name == "threads") {
@@ -144,6 +159,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("emulator_neighbour_read", &emulator_neighbour_read,
           "a block of 64 threads that reads its neighbour's shared slot, with or without __syncthreads",
           pybind11::arg("sync"));
+    m.def("emulator_neighbour_block_read", &emulator_neighbour_block_read,
+          "4 blocks, each reading the global slot the next block writes");
     m.def("set_schedule", &set_schedule, "how emulated blocks run their threads: threads, forward or reverse",
           pybind11::arg("name"));
     m.def("selective_scan_fwd", &selective_scan_fwd_emulated, "csrc's selective scan kernel, emulated on the CPU",

@@ -10,7 +10,8 @@
 // NaN bytes before each block, as CUDA leaves it uninitialised. Under a serial schedule (bf_emu::schedule) the
 // block's threads take turns, in thread order or in reverse, one running from a sync point to the next, so a
 // shared-memory race (a read of what another thread writes between the same two sync points) shows as a wrong
-// result in one of the two orders instead of depending on the host's interleaving. Dynamic shared memory
+// result in one of the two orders instead of depending on the host's interleaving (the reverse schedule also runs
+// the blocks in reverse, for reads of what another block of the launch writes). Dynamic shared memory
 // (BFAST_DYNAMIC_SMEM) is a per-block buffer filled with NaN bytes, with CUDA's 48 KB default limit and sm_90's
 // opt-in maximum. The tensor-core instructions csrc uses (cvt.rna.tf32.f32, mma.sync m16n8k8 tf32) are
 // emulated from the PTX ISA's definitions and fragment layouts. Include after the CUDA and torch headers,
@@ -335,9 +336,15 @@ void launch(const dim3 grid, const dim3 block_shape, const size_t shared_bytes, 
                                     "(48 KB unless raised with cudaFuncSetAttribute)");
     if (threads > 1024 || grid.y > 65535 || grid.z > 65535 || grid.x == 0 || grid.y == 0 || grid.z == 0)
         throw std::invalid_argument("emulated launch: block or grid outside CUDA's limits");
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
+    // Blocks one at a time, in grid order; the reverse schedule runs them in reverse too, so a block reading what
+    // a later block of the same launch writes (no order on a GPU) also differs between the two orders.
+    const bool reverse_blocks = schedule == Schedule::reverse;
+    for (unsigned zi = 0; zi < grid.z; ++zi)
+        for (unsigned yi = 0; yi < grid.y; ++yi)
+            for (unsigned xi = 0; xi < grid.x; ++xi) {
+                const unsigned x = reverse_blocks ? grid.x - 1 - xi : xi;
+                const unsigned y = reverse_blocks ? grid.y - 1 - yi : yi;
+                const unsigned z = reverse_blocks ? grid.z - 1 - zi : zi;
                 poison_static_shared();
                 Block blk(static_cast<int>(threads), shared_bytes);
                 std::vector<std::thread> pool;
