@@ -288,23 +288,25 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
 def _selective_scan_cuda(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None, delta_softplus: bool,
+    initial_state: torch.Tensor | None, delta_softplus: bool, return_last_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CUDA kernel as a torch op, so torch.compile can trace around it: ``(out, last_state)``."""
+    """The CUDA kernel as a torch op, so torch.compile can trace around it: ``(out, last_state)``, the state
+    [batch, dim, N] float32, or an empty tensor when not asked for (the kernel then does not write it)."""
     fn = extension_function("selective_scan_fwd")
-    return fn(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True)
+    out, last = fn(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state)
+    return out, (last if last is not None else u.new_empty(0, dtype=torch.float32))
 
 
 @_selective_scan_cuda.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
-    return torch.empty(u.shape, dtype=u.dtype, device=u.device), u.new_empty(
-        (u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32
-    )
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
+    last_shape = (u.shape[0], u.shape[1], A.shape[1]) if return_last_state else (0,)
+    return torch.empty(u.shape, dtype=u.dtype, device=u.device), u.new_empty(last_shape, dtype=torch.float32)
 
 
 def _fwd(backend: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
     if backend == "cuda":
-        out, last = _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+        out, last = _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                         return_last_state)
         return out, (last if return_last_state else None)
     if backend == "triton":
         from babilong_fast.kernels.selective_scan import selective_scan_fwd

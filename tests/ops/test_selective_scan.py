@@ -150,6 +150,9 @@ def test_selective_scan_odd_sizes(backend, device, shape):
         out, last = selective_scan(**args, return_last_state=True, backend=backend)
         assert_close("out", want, out, 1e-5)
         assert_close("last_state", want_last, last, 1e-5)
+    out_only = selective_scan(**args, backend=backend)  # no last state asked for (CUDA: not written)
+    assert isinstance(out_only, torch.Tensor)
+    assert_close("out without last_state", want, out_only, 1e-5)
 
 
 @requires_triton
@@ -355,6 +358,8 @@ def test_selective_scan_cuda_op_fake_shapes():
         delta, z = torch.empty_like(u), torch.empty_like(u)
         A = torch.empty(6, 5, device="cuda")
         B, C = torch.empty(2, 5, 20, device="cuda"), torch.empty(2, 5, 20, device="cuda")
-        out, last = _selective_scan_cuda(u, delta, A, B, C, None, z, None, None, True)
+        out, last = _selective_scan_cuda(u, delta, A, B, C, None, z, None, None, True, True)
+        out_only, no_last = _selective_scan_cuda(u, delta, A, B, C, None, z, None, None, True, False)
     assert out.shape == u.shape and out.dtype == torch.bfloat16 and out.is_contiguous()
     assert last.shape == (2, 6, 5) and last.dtype == torch.float32 and last.device.type == "cuda"
+    assert out_only.shape == u.shape and no_last.shape == (0,)  # the state is not written when not asked for
