@@ -36,24 +36,27 @@ def serial(emu, request):
     emu.set_schedule(cuda_emulation.default_schedule())
 
 
-def test_schedule_shows_a_race(emu):
+@pytest.mark.parametrize(
+    "serial,stale,stale_blocks",
+    [("forward", slice(0, 63), slice(0, 3)), ("reverse", slice(63, 64), slice(3, 4))],
+    indirect=["serial"],
+)
+def test_schedule_shows_a_race(serial, stale, stale_blocks):
     """The emulator's own check: reading a neighbour's shared slot without ``__syncthreads`` reads it unwritten
     (NaN) in each serial order; with the barrier every order reads the written values. Likewise a block reading
     the global slot of the next block (blocks run in reverse under the reverse schedule)."""
-    want = torch.arange(1, 65, dtype=torch.float32) % 64
-    try:
-        for name, stale, stale_blocks in (("forward", slice(0, 63), slice(0, 3)),
-                                          ("reverse", slice(63, 64), slice(3, 4))):
-            emu.set_schedule(name)
-            racy = emu.emulator_neighbour_read(False)
-            assert racy[stale].isnan().all(), name
-            assert torch.equal(racy[~racy.isnan()], want[~racy.isnan()]), name
-            assert torch.equal(emu.emulator_neighbour_read(True), want), name
-            blocks = emu.emulator_neighbour_block_read()  # across blocks, through global memory
-            assert blocks[stale_blocks].isnan().all(), name
-            assert torch.equal(blocks[~blocks.isnan()], want[:4][~blocks.isnan()] % 4), name
-    finally:
-        emu.set_schedule(cuda_emulation.default_schedule())
+    want = torch.arange(1, 65, dtype=torch.float32) % 64  # thread t reads slot t + 1
+    racy = serial.emulator_neighbour_read(False)
+    assert racy[stale].isnan().all()
+    assert torch.equal(racy[~racy.isnan()], want[~racy.isnan()])
+    assert torch.equal(serial.emulator_neighbour_read(True), want)
+    blocks = serial.emulator_neighbour_block_read()  # across blocks, through global memory
+    want_blocks = torch.tensor([1.0, 2.0, 3.0, 0.0])  # block b reads slot b + 1 of 4
+    assert blocks[stale_blocks].isnan().all()
+    assert torch.equal(blocks[~blocks.isnan()], want_blocks[~blocks.isnan()])
+
+
+def test_unknown_schedule_raises(emu):
     with pytest.raises(RuntimeError, match="schedule must be"):
         emu.set_schedule("backwards")
 

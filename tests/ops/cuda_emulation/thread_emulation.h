@@ -82,14 +82,18 @@ public:
         sem_[me]->acquire();
         if (broken_.load(std::memory_order_acquire)) throw BlockFailed();
     }
-    // `me` waits at a barrier (`opened`: it arrived last, releasing `waiters`), then runs when its turn comes.
-    void arrive(int me, bool opened, const std::vector<int> &waiters) {
-        if (opened) {
+    // `me` arrives at a barrier of `count` threads, `waiters` those already there: the last to arrive makes them
+    // runnable and the turn starts again from the first in order; otherwise `me` waits and the turn moves on.
+    void arrive(int me, std::vector<int> &waiters, int count) {
+        if (static_cast<int>(waiters.size()) + 1 == count) {
             for (int t : waiters) runnable_[t] = 1;
+            waiters.clear();
+            pass(me, next_after(-1));
         } else {
+            waiters.push_back(me);
             runnable_[me] = 0;
+            pass(me, next_after(me));
         }
-        pass(me, next_after(opened ? -1 : me));
     }
     // `me` returned from the kernel. False when threads are left waiting with none to release them.
     bool finish(int me) {
@@ -140,15 +144,7 @@ public:
 
     void arrive_and_wait() {
         if (turns_) {  // serial: only the thread with the turn runs here
-            const bool opened = static_cast<int>(waiters_.size()) + 1 == count_;
-            if (opened) {
-                std::vector<int> released;
-                released.swap(waiters_);
-                turns_->arrive(static_cast<int>(linear_tid), true, released);
-            } else {
-                waiters_.push_back(static_cast<int>(linear_tid));
-                turns_->arrive(static_cast<int>(linear_tid), false, {});
-            }
+            turns_->arrive(static_cast<int>(linear_tid), waiters_, count_);
             return;
         }
         const uint32_t gen = gen_.load(std::memory_order_acquire);
