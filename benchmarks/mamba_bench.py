@@ -9,6 +9,8 @@ import torch
 
 from babilong_fast.engine import GEN_ID
 from babilong_fast.models import MambaLM
+from babilong_fast.models.mamba import hf_cache
+from babilong_fast.models.mamba.hf_cache import cache_keyword, output_cache
 
 STOCK_DESCRIPTION = (
     "stock (Mamba) = the public BABILong Mamba baseline's way (ARMT repository, baselines/mamba; armt_rmt.md 4): "
@@ -69,18 +71,17 @@ def build_mamba(config: dict, device: torch.device, dtype: torch.dtype, seed: in
 
 
 def _hf_call(model, ids: torch.Tensor, cache, position: int):
-    """One ``MambaForCausalLM`` call continuing ``cache`` (transformers 5: ``cache=``; 4.x: ``cache_params=``)."""
+    """One ``MambaForCausalLM`` call continuing ``cache`` (``cache=`` in later transformers 5, ``cache_params=``
+    before; transformers 4.x also wants ``cache_position``). Its forward takes ``**kwargs``, so a wrong keyword
+    would be ignored, not refused: the keyword comes from the signature."""
     if cache is None:
         return model(ids, use_cache=True)
-    try:
+    if cache_keyword(type(model)) == "cache":
         return model(ids, cache=cache, use_cache=True)
-    except TypeError:  # transformers 4.x
-        pos = torch.arange(position, position + ids.shape[1], device=ids.device)
-        return model(ids, cache_params=cache, use_cache=True, cache_position=pos)
-
-
-def _cache_of(out):
-    return out["cache"] if "cache" in out else out["cache_params"]
+    if hf_cache.linear_cache_supported():
+        return model(ids, cache_params=cache, use_cache=True)
+    pos = torch.arange(position, position + ids.shape[1], device=ids.device)  # transformers 4.x
+    return model(ids, cache_params=cache, use_cache=True, cache_position=pos)
 
 
 def run_stock_mamba(model, inputs, device, watch, max_new_tokens: int, prefix: int) -> torch.Tensor:
@@ -92,13 +93,13 @@ def run_stock_mamba(model, inputs, device, watch, max_new_tokens: int, prefix: i
         P = min(prefix, N)
         watch.total_segments = 1 + (N - P) + max_new_tokens
         out = _hf_call(model, ids[:, :P], None, 0)
-        cache, logits = _cache_of(out), out.logits[:, -1]
+        cache, logits = output_cache(out), out.logits[:, -1]
         del out
         watch.segments = 1
         watch.check()
         for t in range(P, N):
             out = _hf_call(model, ids[:, t:t + 1], cache, t)
-            cache, logits = _cache_of(out), out.logits[:, -1]
+            cache, logits = output_cache(out), out.logits[:, -1]
             if (t - P) % STOCK_CHECK_EVERY == 0:
                 watch.segments = 1 + t - P
                 watch.check()
@@ -108,7 +109,7 @@ def run_stock_mamba(model, inputs, device, watch, max_new_tokens: int, prefix: i
             new.append(token)
             if k + 1 < max_new_tokens:
                 out = _hf_call(model, token, cache, N + k)
-                cache, logits = _cache_of(out), out.logits[:, -1]
+                cache, logits = output_cache(out), out.logits[:, -1]
         return torch.cat(new, 1)
 
 

@@ -12,6 +12,7 @@ import torch
 import babilong_fast
 from babilong_fast.models.mamba import compat
 from babilong_fast.models.mamba import layers as mamba_layers
+from babilong_fast.models.mamba.hf_cache import cache_keyword, conv_state, output_cache, recurrent_state
 from babilong_fast.patch import is_patched, patch, patch_options, unpatch
 from tests.helpers import assert_close
 from tests.models.mamba_util import hf_greedy, prompt, small_mamba
@@ -65,8 +66,9 @@ def test_patch_forward_equals_unpatched(hf, monkeypatch):
     assert isinstance(got_tuple, tuple) and torch.equal(got_tuple[0], got.logits)
     assert max(widths) == 16 and sum(widths) == 4 * T
     for i in range(2):  # the cache written by the patched forward holds the same state as transformers'
-        assert_close(f"ssm {i}", want.cache.get_recurrent_state(i), got.cache.get_recurrent_state(i), 1e-4)
-        assert_close(f"conv {i}", want.cache.get_conv_state(i)[..., 1:], got.cache.get_conv_state(i)[..., 1:], 1e-5)
+        want_c, got_c = output_cache(want), output_cache(got)
+        assert_close(f"ssm {i}", recurrent_state(want_c, i), recurrent_state(got_c, i), 1e-4)
+        assert_close(f"conv {i}", conv_state(want_c, i)[..., 1:], conv_state(got_c, i)[..., 1:], 1e-5)
 
 
 def test_generate_prefills_once_in_chunks(hf, monkeypatch):
@@ -94,17 +96,18 @@ def test_generate_tokens_equal(hf):
 def test_cache_interoperates_with_unpatched(hf):
     """Prefill patched, continue unpatched from the cache (and the reverse): transformers reads our state."""
     ids = prompt(1, 90)
+    kw = cache_keyword(type(hf))  # transformers 5.17: cache_params
     with torch.no_grad():
         want = hf(ids, use_cache=False).logits[:, 60:]
         for first, second in ((True, False), (False, True), (True, True)):
             (patch if first else unpatch)(hf, **({"chunk_size": 16} if first else {}))
-            cache = hf(ids[:, :60], use_cache=True).cache
+            cache = output_cache(hf(ids[:, :60], use_cache=True))
             (patch if second else unpatch)(hf, **({"chunk_size": 16} if second else {}))
-            steps = [hf(ids[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(60, 90)]
+            steps = [hf(ids[:, t : t + 1], use_cache=True, **{kw: cache}).logits for t in range(60, 90)]
             assert_close(f"continued ({first}, {second})", want, torch.cat(steps, 1), 1e-4)
         patch(hf, chunk_size=8)
-        cache = hf(ids[:, :60], use_cache=True).cache
-        assert_close("continued chunk", want, hf(ids[:, 60:], cache=cache).logits, 1e-4)
+        cache = output_cache(hf(ids[:, :60], use_cache=True))
+        assert_close("continued chunk", want, hf(ids[:, 60:], **{kw: cache}).logits, 1e-4)
 
 
 def test_backbone_patch_and_inputs_embeds(hf):
@@ -117,7 +120,7 @@ def test_backbone_patch_and_inputs_embeds(hf):
         got_emb = hf.backbone(inputs_embeds=emb).last_hidden_state
     assert_close("last_hidden_state", want, got.last_hidden_state, 1e-4)
     assert_close("inputs_embeds", want, got_emb, 1e-4)
-    assert got.cache is not None
+    assert output_cache(got) is not None
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         hf.backbone(ids, inputs_embeds=emb)
 

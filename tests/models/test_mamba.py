@@ -6,6 +6,7 @@ import torch
 
 from babilong_fast.models import MambaLM, MambaState
 from babilong_fast.models.mamba import mamba_parts, mixer_forward
+from babilong_fast.models.mamba.hf_cache import conv_state, output_cache, recurrent_state
 from tests.helpers import assert_close, requires_ext, requires_triton
 from tests.models.mamba_util import EOS, hf_greedy, prompt, small_mamba
 
@@ -48,13 +49,13 @@ def test_state_continues_and_matches_hf_cache(hf):
     with torch.no_grad():
         _, st = lm(ids[:, :61], logits="none")
         tail, st_full = lm(ids[:, 61:], st, logits="all")
-        cache = hf(ids, use_cache=True).cache
+        cache = output_cache(hf(ids, use_cache=True))
     assert_close("continued logits", hf_logits(hf, ids)[:, 61:], tail, 1e-4)
     assert st_full.num_tokens == T
     d_conv = hf.config.conv_kernel
     for i in range(hf.config.num_hidden_layers):
-        assert_close(f"ssm {i}", cache.get_recurrent_state(i), st_full.ssm[i], 1e-4)
-        assert_close(f"conv {i}", cache.get_conv_state(i)[..., 1:], st_full.conv[i], 1e-5)
+        assert_close(f"ssm {i}", recurrent_state(cache, i), st_full.ssm[i], 1e-4)
+        assert_close(f"conv {i}", conv_state(cache, i)[..., 1:], st_full.conv[i], 1e-5)
         assert st_full.conv[i].shape == (2, hf.config.intermediate_size, d_conv - 1)
         assert st_full.ssm[i].dtype == torch.float32
 

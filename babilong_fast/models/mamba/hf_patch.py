@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from babilong_fast.models.mamba import hf_cache
 from babilong_fast.models.mamba.layers import forward_chunked
 from babilong_fast.models.mamba.parts import HF_BACKBONE, HF_LM, MambaParts, class_path, mamba_parts
 from babilong_fast.models.mamba.state import MambaState
@@ -23,13 +24,12 @@ from babilong_fast.patch import OPTIONS_ATTR
 def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     """``(module, attribute, function)`` to bind: the LM's and its backbone's ``forward``."""
     import transformers
-    from transformers.cache_utils import Cache
 
     mamba_parts(model)  # fails early on a model it cannot run
-    if not hasattr(Cache, "get_conv_state"):
+    if not hf_cache.linear_cache_supported():
         raise RuntimeError(
-            f"patching Mamba needs transformers' linear-attention cache API (Cache.get_conv_state, transformers 5); "
-            f"found transformers {transformers.__version__}. MambaLM and StreamRunner work without it."
+            f"patching Mamba needs transformers' linear-attention cache (Cache.update_conv_state, transformers 5.17 "
+            f"or later); found transformers {transformers.__version__}. MambaLM and StreamRunner work without it."
         )
     if class_path(model) == HF_LM:
         return [(model, "forward", causal_lm_forward), (model.backbone, "forward", backbone_forward)]
@@ -43,9 +43,9 @@ def _unsupported(backbone: nn.Module, attention_mask, output_hidden_states, cach
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True
     if cache is not None:
-        if not hasattr(cache, "get_conv_state"):
+        if not hf_cache.is_linear_cache(cache):
             return True
-        return any(cache.is_recording_past(i) for i in range(len(backbone.layers)))
+        return any(hf_cache.recording_past(cache, i) for i in range(len(backbone.layers)))
     return False
 
 
@@ -57,7 +57,7 @@ def _state_from_cache(cache, parts: MambaParts, batch: int, device: torch.device
         return zero
     conv, ssm = list(zero.conv), list(zero.ssm)
     for i in range(parts.num_layers):
-        c, s = cache.get_conv_state(i), cache.get_recurrent_state(i)
+        c, s = hf_cache.conv_state(cache, i), hf_cache.recurrent_state(cache, i)
         if c is not None and s is not None:
             conv[i] = c[..., c.shape[-1] - (d.d_conv - 1) :].to(conv_dtype).contiguous()
             ssm[i] = s.float().contiguous()
@@ -91,8 +91,6 @@ def run_backbone(
     Returns:
         ``(hidden [B, k, d_model] after norm_f, cache or None)``.
     """
-    from transformers.modeling_utils import slice_logits_to_keep
-
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     opts = backbone.__dict__[OPTIONS_ATTR]
@@ -105,7 +103,7 @@ def run_backbone(
         parts, state, input_ids, inputs_embeds, chunk_size=opts.chunk_size, keep_last=keep_last, backend=opts.backend
     )
     if isinstance(logits_to_keep, torch.Tensor):
-        hidden = slice_logits_to_keep(hidden, logits_to_keep)
+        hidden = hf_cache.slice_kept(hidden, logits_to_keep)
     if cache is None and use_cache:
         from transformers.cache_utils import DynamicCache
 
@@ -138,12 +136,14 @@ def backbone_forward(
     cache = kwargs.pop("cache_params", None) if cache is None else cache
     if _unsupported(self, attention_mask, output_hidden_states, cache):
         return type(self).forward(
-            self, input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
-            output_hidden_states=output_hidden_states, return_dict=return_dict, attention_mask=attention_mask, **kwargs,
+            self, input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_hidden_states=output_hidden_states, return_dict=return_dict, attention_mask=attention_mask,
+            **{hf_cache.cache_keyword(type(self)): cache}, **kwargs,
         )
     use_cache = _use_cache(self, use_cache)
     hidden, cache = run_backbone(self, input_ids, inputs_embeds, cache, use_cache)
-    out = MambaOutput(last_hidden_state=hidden, cache=cache if use_cache else None, hidden_states=None)
+    field = hf_cache.output_cache_field(MambaOutput)
+    out = MambaOutput(last_hidden_state=hidden, hidden_states=None, **{field: cache if use_cache else None})
     return_dict = return_dict if return_dict is not None else self.config.return_dict
     return out if return_dict else out.to_tuple()
 
@@ -167,9 +167,9 @@ def causal_lm_forward(
     cache = kwargs.pop("cache_params", None) if cache is None else cache
     if _unsupported(self.backbone, attention_mask, output_hidden_states, cache):
         return type(self).forward(
-            self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, cache=cache,
+            self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict, use_cache=use_cache,
-            logits_to_keep=logits_to_keep, **kwargs,
+            logits_to_keep=logits_to_keep, **{hf_cache.cache_keyword(type(self)): cache}, **kwargs,
         )
     use_cache = _use_cache(self.backbone, use_cache)
     hidden, cache = run_backbone(self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep)
@@ -177,6 +177,7 @@ def causal_lm_forward(
     loss = None
     if labels is not None:
         loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-    out = MambaCausalLMOutput(loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=None)
+    field = hf_cache.output_cache_field(MambaCausalLMOutput)
+    out = MambaCausalLMOutput(loss=loss, logits=logits, hidden_states=None, **{field: cache if use_cache else None})
     return_dict = return_dict if return_dict is not None else self.config.return_dict
     return out if return_dict else out.to_tuple()

@@ -1,0 +1,76 @@
+"""transformers' Mamba cache across the 5.x releases that keep it in linear-attention cache layers.
+
+All of them hold layer ``i``'s states in ``cache.layers[i]`` (``conv_states[0]``, ``recurrent_states[0]``,
+``has_previous_state[0]``, ``record_past``) and write them with ``Cache.update_conv_state`` /
+``update_recurrent_state``. Later ones add the readers ``Cache.get_conv_state`` / ``get_recurrent_state`` /
+``is_recording_past`` and rename the models' keyword and output field ``cache_params`` to ``cache``
+(5.17 has neither change, 5.24 both), and ``logits_to_keep`` as a tensor goes through
+``slice_logits_to_keep`` where it exists. These helpers let the patch read and pass the cache on either.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+
+def linear_cache_supported() -> bool:
+    """Whether the installed transformers keeps Mamba's state in linear-attention cache layers."""
+    from transformers import cache_utils
+
+    return hasattr(cache_utils, "LinearAttentionCacheLayerMixin") and hasattr(cache_utils.Cache, "update_conv_state")
+
+
+def is_linear_cache(cache: Any) -> bool:
+    """Whether ``cache`` is such a cache (not, say, 4.x's ``MambaCache``)."""
+    return hasattr(cache, "update_conv_state") and hasattr(cache, "layers")
+
+
+def conv_state(cache: Any, layer: int) -> torch.Tensor | None:
+    """Layer ``layer``'s cached conv inputs ``[B, d_inner, k]`` (the last ``k`` inputs), or None before a prefill."""
+    if hasattr(cache, "get_conv_state"):
+        return cache.get_conv_state(layer)
+    lay = cache.layers[layer]
+    return lay.conv_states[0] if lay.has_previous_state[0] else None
+
+
+def recurrent_state(cache: Any, layer: int) -> torch.Tensor | None:
+    """Layer ``layer``'s cached SSM state ``[B, d_inner, d_state]``, or None before a prefill."""
+    if hasattr(cache, "get_recurrent_state"):
+        return cache.get_recurrent_state(layer)
+    lay = cache.layers[layer]
+    return lay.recurrent_states[0] if lay.has_previous_state[0] else None
+
+
+def recording_past(cache: Any, layer: int) -> bool:
+    """Whether layer ``layer`` keeps past states for a later rollback (speculative decoding)."""
+    if hasattr(cache, "is_recording_past"):
+        return cache.is_recording_past(layer)
+    return bool(getattr(cache.layers[layer], "record_past", False))
+
+
+def cache_keyword(model_cls: type) -> str:
+    """The keyword that ``model_cls.forward`` takes the cache by: ``cache`` or (older) ``cache_params``."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "cache_params"
+
+
+def output_cache_field(output_cls: type) -> str:
+    """The field of a Mamba output class that holds the cache: ``cache`` or (older) ``cache_params``."""
+    return "cache" if "cache" in output_cls.__dataclass_fields__ else "cache_params"
+
+
+def slice_kept(hidden: torch.Tensor, logits_to_keep: torch.Tensor) -> torch.Tensor:
+    """``hidden [B, T, d]`` at the positions a tensor ``logits_to_keep`` names, as the model itself would: through
+    transformers' ``slice_logits_to_keep`` (also 2-D positions and masks), or by indexing the time axis before it."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+    except ImportError:
+        return hidden[:, logits_to_keep, :]
+    return slice_logits_to_keep(hidden, logits_to_keep)
+
+
+def output_cache(out: Any) -> Any:
+    """The cache a Mamba model call returned (None when it returned none)."""
+    return out.get("cache", out.get("cache_params"))
