@@ -82,6 +82,32 @@ def _triton_import_error() -> str:
     return ""
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = (version.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+@functools.lru_cache(maxsize=8)
+def interpreter_error(triton_version: str | None = None, numpy_version: str | None = None) -> str:
+    """Why Triton's interpreter cannot run these kernels here ("" when it can): before Triton 3.7 it takes a
+    loop bound's value with ``int()`` of a one-element array, which numpy 2.4 made an error (triton-lang/triton
+    issue 9171). Versions default to the installed ones."""
+    if triton_version is None:
+        import triton
+
+        triton_version = triton.__version__
+    if numpy_version is None:
+        import numpy
+
+        numpy_version = numpy.__version__
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter fails with numpy {numpy_version} (numpy 2.4 refuses int() of a "
+            "one-element array, which it uses for loop bounds); install triton>=3.7 or numpy<2.4"
+        )
+    return ""
+
+
 def _cuda_status() -> BackendStatus:
     ext, err = load_extension()
     if ext is None:
@@ -98,6 +124,8 @@ def _triton_status() -> BackendStatus:
     if torch.cuda.is_available():
         return BackendStatus("triton", True, f"GPU {torch.cuda.get_device_name()}")
     if triton_interpret():
+        if interpreter_error():
+            return BackendStatus("triton", False, interpreter_error())
         return BackendStatus("triton", True, "interpreter (TRITON_INTERPRET=1), CPU tensors only when asked for")
     return BackendStatus("triton", False, "no CUDA device; set TRITON_INTERPRET=1 to run kernels on CPU tensors")
 
@@ -133,7 +161,8 @@ def _usable(name: str, device: torch.device) -> tuple[bool, str]:
         if device.type == "cuda":
             return True, ""
         if device.type == "cpu" and triton_interpret():
-            return True, ""
+            err = interpreter_error()
+            return not err, err
         return False, (
             f"the triton backend needs CUDA tensors, got {device.type} tensors "
             "(CPU tensors run only under TRITON_INTERPRET=1, set before babilong_fast.kernels is imported)"

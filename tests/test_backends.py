@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -45,6 +46,28 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        resolve_backend("op", "triton", torch.device("cpu"))
+
+
+def test_interpreter_error_names_the_broken_pairs():
+    """Triton < 3.7's interpreter with numpy >= 2.4 (triton-lang/triton#9171) is refused with the fix."""
+    from babilong_fast.backends import interpreter_error
+
+    assert "triton>=3.7 or numpy<2.4" in interpreter_error("3.6.0", "2.4.6")
+    assert "numpy 2.10.1" in interpreter_error("3.2.0", "2.10.1")
+    for ok in (("3.7.0", "2.4.6"), ("3.6.0", "2.3.5"), ("3.8.0+git1a2b", "2.5.2"), ("3.10.0", "2.5.0")):
+        assert interpreter_error(*ok) == "", ok
+
+
+def test_broken_interpreter_is_unavailable_with_the_fix(monkeypatch):
+    pytest.importorskip("triton")
+    bk = importlib.import_module("babilong_fast.backends")  # the package's ``backends`` is the function
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(bk, "interpreter_error", lambda: "Triton 3.6.0's interpreter fails; install triton>=3.7")
+    if not torch.cuda.is_available():
+        assert not bk.backends()["triton"].available and "triton>=3.7" in bk.backends()["triton"].reason
+    with pytest.raises(BackendUnavailableError, match="triton>=3.7"):
         resolve_backend("op", "triton", torch.device("cpu"))
 
 
