@@ -110,6 +110,33 @@ def test_cache_interoperates_with_unpatched(hf):
         assert_close("continued chunk", want, hf(ids[:, 60:], **{kw: cache}).logits, 1e-4)
 
 
+def test_cache_read_without_the_getters(hf, monkeypatch):
+    """transformers 5.5-5.17 have no Cache.get_conv_state / get_recurrent_state / is_recording_past: the patch reads
+    ``cache.layers[i]`` then. Here the getters are taken off the installed Cache to run that path."""
+    from transformers.cache_utils import Cache
+
+    for name in ("get_conv_state", "get_recurrent_state", "is_recording_past"):
+        if hasattr(Cache, name):
+            monkeypatch.delattr(Cache, name)
+    ids = prompt(1, 90)
+    kw = cache_keyword(type(hf))
+    with torch.no_grad():
+        want = hf(ids, use_cache=False).logits[:, 60:]
+        patch(hf, chunk_size=16)
+        cache = output_cache(hf(ids[:, :60], use_cache=True))
+        assert recurrent_state(cache, 0) is not None and conv_state(cache, 1) is not None
+        assert_close("continued from the layers", want, hf(ids[:, 60:], **{kw: cache}).logits, 1e-4)
+
+
+def test_refuses_transformers_without_the_linear_cache(hf, monkeypatch):
+    from babilong_fast.models.mamba import hf_cache
+
+    monkeypatch.setattr(hf_cache, "linear_cache_supported", lambda: False)
+    with pytest.raises(RuntimeError, match="linear-attention cache .*5.5 and later"):
+        patch(hf)
+    assert not is_patched(hf)
+
+
 def test_backbone_patch_and_inputs_embeds(hf):
     ids = prompt(2, 50)
     emb = hf.backbone.embeddings(ids).detach()

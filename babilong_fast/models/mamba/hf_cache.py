@@ -1,4 +1,4 @@
-"""transformers' Mamba cache across the 5.x releases that keep it in linear-attention cache layers.
+"""transformers' Mamba cache across the 5.x releases that keep it in linear-attention cache layers (5.5 on).
 
 All of them hold layer ``i``'s states in ``cache.layers[i]`` (``conv_states[0]``, ``recurrent_states[0]``,
 ``has_previous_state[0]``, ``record_past``) and write them with ``Cache.update_conv_state`` /

@@ -28,8 +28,9 @@ def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     mamba_parts(model)  # fails early on a model it cannot run
     if not hf_cache.linear_cache_supported():
         raise RuntimeError(
-            f"patching Mamba needs transformers' linear-attention cache (Cache.update_conv_state, transformers 5.17 "
-            f"or later); found transformers {transformers.__version__}. MambaLM and StreamRunner work without it."
+            f"patching Mamba needs transformers' linear-attention cache (Cache.update_conv_state, transformers 5.5 "
+            f"and later; tested on 5.17 and 5.24); found transformers {transformers.__version__}. MambaLM and "
+            f"StreamRunner work without it."
         )
     if class_path(model) == HF_LM:
         return [(model, "forward", causal_lm_forward), (model.backbone, "forward", backbone_forward)]
