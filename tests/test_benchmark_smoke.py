@@ -222,3 +222,25 @@ def test_device_check_model_runs_parse(throughput):
         assert cap > 0 and args.models, name
         if name == "mamba":
             assert args.models == "mamba" and args.budget_s == 40  # its stock prefix outlasts the common 15 s
+
+
+def test_stock_mamba_steps_continue_the_cache(throughput):
+    """The stock loop's single-token calls continue the prefix's state: their logits are the full forward's.
+    (Its forward takes ``**kwargs``, so a cache passed by the wrong keyword would be dropped without an error.)"""
+    import torch
+
+    from babilong_fast.models.mamba.hf_cache import output_cache
+    from tests.helpers import assert_close
+    from tests.models.mamba_util import prompt, small_mamba
+
+    mamba_bench = sys.modules["mamba_bench"]
+    model = small_mamba(seed=3)
+    ids = prompt(1, 40)
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits[:, 30:]
+        cache, steps = output_cache(mamba_bench._hf_call(model, ids[:, :30], None, 0)), []
+        for t in range(30, 40):
+            out = mamba_bench._hf_call(model, ids[:, t : t + 1], cache, t)
+            cache = output_cache(out)
+            steps.append(out.logits[:, -1:])
+    assert_close("single-token steps", want, torch.cat(steps, 1), 1e-4)
