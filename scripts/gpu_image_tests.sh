@@ -2,7 +2,8 @@
 # The test suite on this machine, under the versions of the GPU machine's image that benchmarks/device_check.py
 # runs on: Python 3.12, torch 2.11.0 (CUDA 13.0 build), Triton 3.6.0, transformers 5.17.0. A mismatch found here
 # costs no device time (the first such run found three). numpy stays below 2.4 here only because Triton 3.6's
-# interpreter needs that on a CPU; the image has numpy 2.5 and compiles the kernels instead.
+# interpreter needs that on a CPU; the image has numpy 2.5 and compiles the kernels instead. When the image's
+# versions change (a device check's JSON records them under environment), change the pins below.
 #   bash scripts/gpu_image_tests.sh [pytest arguments]     # environment in .venv-gpu-image (about 5 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
