@@ -124,8 +124,9 @@ def _triton_status() -> BackendStatus:
     if torch.cuda.is_available():
         return BackendStatus("triton", True, f"GPU {torch.cuda.get_device_name()}")
     if triton_interpret():
-        if interpreter_error():
-            return BackendStatus("triton", False, interpreter_error())
+        err = interpreter_error()
+        if err:
+            return BackendStatus("triton", False, err)
         return BackendStatus("triton", True, "interpreter (TRITON_INTERPRET=1), CPU tensors only when asked for")
     return BackendStatus("triton", False, "no CUDA device; set TRITON_INTERPRET=1 to run kernels on CPU tensors")
 

@@ -9,8 +9,7 @@ import torch
 
 from babilong_fast.engine import GEN_ID
 from babilong_fast.models import MambaLM
-from babilong_fast.models.mamba import hf_cache
-from babilong_fast.models.mamba.hf_cache import cache_keyword, output_cache
+from babilong_fast.models.mamba.hf_cache import cache_keyword, linear_cache_supported, output_cache
 
 STOCK_DESCRIPTION = (
     "stock (Mamba) = the public BABILong Mamba baseline's way (ARMT repository, baselines/mamba; armt_rmt.md 4): "
@@ -78,7 +77,7 @@ def _hf_call(model, ids: torch.Tensor, cache, position: int):
         return model(ids, use_cache=True)
     if cache_keyword(type(model)) == "cache":
         return model(ids, cache=cache, use_cache=True)
-    if hf_cache.linear_cache_supported():
+    if linear_cache_supported():
         return model(ids, cache_params=cache, use_cache=True)
     pos = torch.arange(position, position + ids.shape[1], device=ids.device)  # transformers 4.x
     return model(ids, cache_params=cache, use_cache=True, cache_position=pos)

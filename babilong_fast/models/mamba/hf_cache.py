@@ -10,12 +10,14 @@ All of them hold layer ``i``'s states in ``cache.layers[i]`` (``conv_states[0]``
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 import torch
 
 
+@functools.lru_cache(maxsize=1)
 def linear_cache_supported() -> bool:
     """Whether the installed transformers keeps Mamba's state in linear-attention cache layers."""
     from transformers import cache_utils
@@ -28,20 +30,21 @@ def is_linear_cache(cache: Any) -> bool:
     return hasattr(cache, "update_conv_state") and hasattr(cache, "layers")
 
 
+def _layer_state(cache: Any, layer: int, getter: str, states: str) -> torch.Tensor | None:
+    if hasattr(cache, getter):
+        return getattr(cache, getter)(layer)
+    lay = cache.layers[layer]
+    return getattr(lay, states)[0] if lay.has_previous_state[0] else None
+
+
 def conv_state(cache: Any, layer: int) -> torch.Tensor | None:
     """Layer ``layer``'s cached conv inputs ``[B, d_inner, k]`` (the last ``k`` inputs), or None before a prefill."""
-    if hasattr(cache, "get_conv_state"):
-        return cache.get_conv_state(layer)
-    lay = cache.layers[layer]
-    return lay.conv_states[0] if lay.has_previous_state[0] else None
+    return _layer_state(cache, layer, "get_conv_state", "conv_states")
 
 
 def recurrent_state(cache: Any, layer: int) -> torch.Tensor | None:
     """Layer ``layer``'s cached SSM state ``[B, d_inner, d_state]``, or None before a prefill."""
-    if hasattr(cache, "get_recurrent_state"):
-        return cache.get_recurrent_state(layer)
-    lay = cache.layers[layer]
-    return lay.recurrent_states[0] if lay.has_previous_state[0] else None
+    return _layer_state(cache, layer, "get_recurrent_state", "recurrent_states")
 
 
 def recording_past(cache: Any, layer: int) -> bool:
@@ -51,8 +54,10 @@ def recording_past(cache: Any, layer: int) -> bool:
     return bool(getattr(cache.layers[layer], "record_past", False))
 
 
+@functools.cache
 def cache_keyword(model_cls: type) -> str:
-    """The keyword that ``model_cls.forward`` takes the cache by: ``cache`` or (older) ``cache_params``."""
+    """The keyword that ``model_cls.forward`` takes the cache by: ``cache`` or (older) ``cache_params``. Cached per
+    class: the stock Mamba loop asks once per token."""
     return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "cache_params"
 
 
