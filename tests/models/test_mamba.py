@@ -140,15 +140,19 @@ def test_cuda_backend():
 
 
 def test_bfloat16_model():
-    """bf16 weights: conv state in bf16, SSM state float32, logits close to the float32 model's."""
+    """bf16 weights: conv state in bf16, SSM state float32, logits against the float64 model within 1.25x the error
+    of transformers' own bf16 forward (the init, hence the error, differs between transformers releases)."""
     hf = small_mamba(seed=3)
     ids = prompt(1, 40)
-    want = hf_logits(hf, ids)
-    lm = MambaLM(hf.to(torch.bfloat16), chunk_size=16)
+    want = hf_logits(hf.double(), ids)
+    hf_bf16 = hf.to(torch.bfloat16)
+    own = hf_logits(hf_bf16, ids).double()
+    err_own = ((own - want).norm() / want.norm()).item()
+    lm = MambaLM(hf_bf16, chunk_size=16)
     with torch.no_grad():
         logits, st = lm(ids)
     assert st.conv[0].dtype == torch.bfloat16 and st.ssm[0].dtype == torch.float32
-    assert_close("bf16 logits", want, logits, 5e-2)
+    assert_close("bf16 logits", want, logits, 1.25 * err_own)
 
 
 def test_mamba_130m_configuration():

@@ -1,11 +1,13 @@
 """transformers' Mamba cache across the 5.x releases that keep it in linear-attention cache layers (5.5 on).
 
-All of them hold layer ``i``'s states in ``cache.layers[i]`` (``conv_states[0]``, ``recurrent_states[0]``,
-``has_previous_state[0]``, ``record_past``) and write them with ``Cache.update_conv_state`` /
-``update_recurrent_state``. Later ones add the readers ``Cache.get_conv_state`` / ``get_recurrent_state`` /
-``is_recording_past`` and rename the models' keyword and output field ``cache_params`` to ``cache``
-(5.17 has neither change, 5.24 both), and ``logits_to_keep`` as a tensor goes through
-``slice_logits_to_keep`` where it exists. These helpers let the patch read and pass the cache on either.
+All of them hold layer ``i``'s states in ``cache.layers[i]`` and write them with ``Cache.update_conv_state`` /
+``update_recurrent_state``. Two layouts: up to 5.13 a layer holds one state (``conv_states``,
+``recurrent_states``, ``has_previous_state`` a bool, the conv width fixed by the first write); from 5.14 it holds
+several, keyed by index (``conv_states[0]``, ``has_previous_state[0]``, ``record_past``). Later releases add the
+readers ``Cache.get_conv_state`` / ``get_recurrent_state`` / ``is_recording_past`` and rename the models' keyword
+and output field ``cache_params`` to ``cache`` (5.17 has neither change, 5.24 both), and ``logits_to_keep`` as a
+tensor goes through ``slice_logits_to_keep`` where it exists. These helpers let the patch read and pass the cache
+on any of them (checked on 5.5, 5.8, 5.10, 5.12, 5.13, 5.14, 5.15, 5.16, 5.17 and 5.24).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def _layer_state(cache: Any, layer: int, getter: str, states: str) -> torch.Tens
     if hasattr(cache, getter):
         return getattr(cache, getter)(layer)
     lay = cache.layers[layer]
-    return getattr(lay, states)[0] if lay.has_previous_state[0] else None
+    started, value = lay.has_previous_state, getattr(lay, states)
+    if isinstance(started, bool):  # up to 5.13: one state per layer
+        return value if started else None
+    return value[0] if started[0] else None
 
 
 def conv_state(cache: Any, layer: int) -> torch.Tensor | None:

@@ -29,7 +29,7 @@ def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     if not hf_cache.linear_cache_supported():
         raise RuntimeError(
             f"patching Mamba needs transformers' linear-attention cache (Cache.update_conv_state, transformers 5.5 "
-            f"and later; tested on 5.17 and 5.24); found transformers {transformers.__version__}. MambaLM and "
+            f"and later); found transformers {transformers.__version__}. MambaLM and "
             f"StreamRunner work without it."
         )
     if class_path(model) == HF_LM:
@@ -66,9 +66,10 @@ def _state_from_cache(cache, parts: MambaParts, batch: int, device: torch.device
 
 
 def _write_cache(cache, state: MambaState, d_conv: int) -> None:
-    # transformers keeps the last d_conv inputs; its conv never reads the oldest, so our d_conv - 1 suffice.
+    # transformers keeps the last d_conv inputs; its conv never reads the oldest, so our d_conv - 1 are written
+    # behind a zero column (up to 5.13 the first write fixes the cache's width, so it must be d_conv).
     for i, (c, s) in enumerate(zip(state.conv, state.ssm, strict=True)):
-        cache.update_conv_state(c, i, conv_kernel_size=d_conv)
+        cache.update_conv_state(nn.functional.pad(c, (1, 0)), i, conv_kernel_size=d_conv)
         cache.update_recurrent_state(s, i)
 
 
