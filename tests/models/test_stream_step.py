@@ -34,15 +34,16 @@ def state_tensors(state: ARMTState | RMTState) -> list[torch.Tensor]:
     return [state.memory] if isinstance(state, RMTState) else [*state.A, *state.z]
 
 
-def run_both(model, ids, backend=None, lean_blocks=True):
-    """segment_forward's states and stream_step's, segment by segment, each chain fed by its own states."""
+def run_both(model, ids, backend=None, lean_blocks=True, teacher_forced=False):
+    """segment_forward's states and stream_step's, segment by segment: each chain fed by its own states, or with
+    ``teacher_forced`` both fed segment_forward's (each step checked alone)."""
     ws = SegmentWorkspace(lean_blocks=lean_blocks)
     with torch.inference_mode():
         ref = fast = model.init_state(ids.shape[0])
         pairs = []
         for a, b in segment_bounds(ids.shape[1], SEG):
+            fast = stream_step(model, ids[:, a:b], ref if teacher_forced else fast, ws, backend=backend)
             ref = model.segment_forward(ids[:, a:b], None, ref, write=True, return_logits=False)[2]
-            fast = stream_step(model, ids[:, a:b], fast, ws, backend=backend)
             pairs.append((ref, fast))
     return pairs
 
@@ -52,15 +53,23 @@ def run_both(model, ids, backend=None, lean_blocks=True):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["armt", "rmt"])
 def test_stream_step_matches_segment_forward(kind, attn, B, lean):
+    """With transformers' blocks the step does segment_forward's arithmetic: the chains agree to 1e-5 (in fact
+    exactly) over eight segments, each fed by its own states. So do RMT's with the lean blocks, whose float32
+    sums are ordered differently (about 3e-7 per step; their arithmetic is checked against float64 in
+    test_gpt2_block.py). ARMT's memory amplifies such differences: on these random models, along a chain up to
+    4e-4 after eight segments, and up to 1.2e-4 in a single step (the worst of 120 draws per transformers
+    release, 5.5 and 5.24). So ARMT's lean steps are checked one by one, each fed segment_forward's state, within
+    1e-3; wiring mistakes are far above it (no causal mask in the last block: 3.7e-2; write rows off by one: 0.43)."""
     model = make_model(kind, attn)
     ids = torch.randint(0, VOCAB, (B, N_TOKENS))
-    pairs = run_both(model, ids, lean_blocks=lean)
+    one_by_one = lean and kind == "armt"
+    pairs = run_both(model, ids, lean_blocks=lean, teacher_forced=one_by_one)
     assert len(pairs) == 8
     for k, (ref, fast) in enumerate(pairs):
         assert type(fast) is type(ref) and fast.segments_seen == ref.segments_seen == k + 1
         for i, (r, f) in enumerate(zip(state_tensors(ref), state_tensors(fast), strict=True)):
             assert f.dtype == torch.float32 and f.shape == r.shape
-            assert_close(f"segment {k} tensor {i}", r, f, 1e-5)
+            assert_close(f"segment {k} tensor {i}", r, f, 1e-3 if one_by_one else 1e-5)
     # The memory really carries information: states differ between segments, and W_v made ARMT's A non-trivial.
     last = state_tensors(pairs[-1][1])[0]
     assert not torch.allclose(last, state_tensors(pairs[-2][1])[0])

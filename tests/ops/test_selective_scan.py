@@ -193,7 +193,7 @@ def test_selective_scan_returns():
     args = make_inputs(2, 4, 6, 3, "varying", options=())
     out = selective_scan(**args)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 6)
-    assert_close("auto = reference", selective_scan_ref(**args), out, 1e-7)
+    assert_close("auto", ref64(args)[0], out, 1e-5)  # on CPU the chunked scan, a different float32 order
 
 
 def test_selective_scan_empty_sequence():
