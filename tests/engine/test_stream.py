@@ -238,7 +238,9 @@ def test_stream_memory_bounded(kind):
     probe_at = {20, 80, 160}
     state = runner.prefill(tracked(stream_of(250, probe, probe_at)))
     assert state.num_tokens == 250 * SEG + 5 and state.num_segments == 250
-    assert set(counts) == probe_at and len(set(counts.values())) == 1, counts
+    # Live tensors do not grow (one kept per segment adds 77 from chunk 20 to 80). They may fall: tensors an
+    # earlier test left (torch.compile's, after tests/models/test_compiled_step.py) can be freed meanwhile.
+    assert set(counts) == probe_at and counts[20] >= counts[80] >= counts[160], counts
 
     traced: dict[int | str, int] = {}
 
