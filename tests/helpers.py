@@ -32,12 +32,18 @@ def backend_params() -> list:
     ]
 
 
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    return ((out64 - ref64).norm() / ref64.norm().clamp_min(1e-300)).item()
+
+
 def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -> None:
     """Relative error ||out - ref|| / ||ref|| <= rtol, with no NaN; prints the worst element on failure."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
     assert not torch.isnan(out64).any(), f"{name}: {int(torch.isnan(out64).sum())} NaN elements (unwritten output?)"
-    err = ((out64 - ref64).norm() / ref64.norm().clamp_min(1e-300)).item()
+    err = rel_err(out64, ref64)
     if err > rtol:
         diff = (out64 - ref64).abs()
         idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))

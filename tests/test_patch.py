@@ -65,8 +65,8 @@ def test_patch_forward_equals_unpatched(hf, monkeypatch):
     assert got_keep.shape == (2, 3, 100) and got.logits.dtype == torch.float32
     assert isinstance(got_tuple, tuple) and torch.equal(got_tuple[0], got.logits)
     assert max(widths) == 16 and sum(widths) == 4 * T
+    want_c, got_c = output_cache(want), output_cache(got)
     for i in range(2):  # the cache written by the patched forward holds the same state as transformers'
-        want_c, got_c = output_cache(want), output_cache(got)
         assert_close(f"ssm {i}", recurrent_state(want_c, i), recurrent_state(got_c, i), 1e-4)
         assert_close(f"conv {i}", conv_state(want_c, i)[..., 1:], conv_state(got_c, i)[..., 1:], 1e-5)
 

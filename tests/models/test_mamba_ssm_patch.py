@@ -37,7 +37,7 @@ from babilong_fast.engine import StreamRunner
 from babilong_fast.models.mamba import compat, parts, ssm_patch
 from babilong_fast.models.mamba import layers as mamba_layers
 from babilong_fast.patch import is_patched, patch, patch_options, unpatch
-from tests.helpers import assert_close
+from tests.helpers import assert_close, rel_err
 
 ENV_SRC = "BABILONG_FAST_MAMBA_SSM_SRC"
 EXTENSION = "selective_scan_cuda"
@@ -200,10 +200,6 @@ def greedy_by_full_forwards(model, ids: torch.Tensor, max_new_tokens: int, eos: 
             if bool(done.all()):
                 break
     return torch.stack(out, 1)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def states(params, num_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -222,9 +222,10 @@ def test_assoc_write_gamma_is_detached():
     # gamma = 1 - phi(k).z / |phi(k)|^2, M equations in 2*nu*n > M unknowns.
     K = phi_spec(base[0] @ base[1].t(), nu)
     target = torch.linspace(0.2, 0.8, M, dtype=torch.float64).expand(B, M)
-    rhs = ((1 - target) * K.square().sum(-1)).unsqueeze(-1)
+    sq = K.square().sum(-1)
+    rhs = ((1 - target) * sq).unsqueeze(-1)
     base[6] = (K.mT @ torch.linalg.solve(K @ K.mT, rhs)).squeeze(-1)  # the least-norm solution of K z = rhs
-    gamma = 1 - (K @ base[6].unsqueeze(-1)).squeeze(-1) / K.square().sum(-1)
+    gamma = 1 - (K @ base[6].unsqueeze(-1)).squeeze(-1) / sq
     assert_close("gamma", target, gamma, 1e-8)
     weights = (torch.randn(B, 2 * nu * n, d, dtype=torch.float64), torch.randn(B, 2 * nu * n, dtype=torch.float64))
 

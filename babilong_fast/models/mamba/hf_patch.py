@@ -29,8 +29,7 @@ def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     if not hf_cache.linear_cache_supported():
         raise RuntimeError(
             f"patching Mamba needs transformers' linear-attention cache (Cache.update_conv_state, transformers 5.5 "
-            f"and later); found transformers {transformers.__version__}. MambaLM and "
-            f"StreamRunner work without it."
+            f"and later); found transformers {transformers.__version__}. MambaLM and StreamRunner work without it."
         )
     if class_path(model) == HF_LM:
         return [(model, "forward", causal_lm_forward), (model.backbone, "forward", backbone_forward)]
