@@ -7,7 +7,7 @@ several, keyed by index (``conv_states[0]``, ``has_previous_state[0]``, ``record
 readers ``Cache.get_conv_state`` / ``get_recurrent_state`` / ``is_recording_past`` and rename the models' keyword
 and output field ``cache_params`` to ``cache`` (5.17 has neither change, 5.24 both), and ``logits_to_keep`` as a
 tensor goes through ``slice_logits_to_keep`` where it exists. These helpers let the patch read and pass the cache
-on any of them (checked on 5.5, 5.8, 5.10, 5.12, 5.13, 5.14, 5.15, 5.16, 5.17 and 5.24).
+on any of them (checked on 5.5, 5.8, 5.10, 5.12, 5.13, 5.14, 5.15, 5.16, 5.17, 5.18, 5.20, 5.22, 5.23 and 5.24).
 """
 
 from __future__ import annotations
