@@ -433,7 +433,8 @@ def from_hub(
             ``"RMT-team/babilong-1k-samples"`` (about 1000 per task; qa1-qa5 beyond 0k) or another set with the
             same convention.
         length: the config, e.g. ``"4k"``.
-        task: a split (``"qa1"``) or list of them; ``None`` = every split of the config.
+        task: a split (``"qa1"``) or list of them, each loaded alone (``split=task``, so only its files are
+            fetched); ``None`` = every split of the config.
         **load_kwargs: passed to ``datasets.load_dataset`` (e.g. ``cache_dir``).
     """
     config = check_length(length)
@@ -445,22 +446,38 @@ def from_hub(
             "from_hub needs the 'datasets' package (pip install datasets) and network access or a warm Hugging Face "
             "cache; to work offline, download the files once and use load_official(folder)"
         ) from e
-    try:
-        loaded = datasets.load_dataset(name, config, **load_kwargs)
-    except Exception as e:
-        raise RuntimeError(
-            f"could not load {name!r} config {config!r} (configs are lengths, splits are tasks): it needs network "
-            f"access or the set in the local Hugging Face cache ({type(e).__name__}: {e})"
-        ) from e
+    if tasks:  # one split at a time, so only the asked tasks' files are fetched (a 10M config is ~4 GB per task)
+        out = []
+        for t in tasks:
+            loaded_split = _load_hub(datasets, name, config, load_kwargs, split=t)
+            where = Path(f"hf:{name}/{config}/{t}")
+            out.extend(_validate(rec, where, i, t, config) for i, rec in enumerate(loaded_split))
+        return out
+    loaded = _load_hub(datasets, name, config, load_kwargs)
     available = sorted(loaded, key=lambda t: int(t[2:]) if _TASK.fullmatch(t) else 0)
-    missing = [t for t in tasks or () if t not in loaded]
-    if missing:
-        raise ValueError(f"{name!r} config {config!r} has no split {', '.join(missing)}; it has {', '.join(available)}")
     out = []
-    for t in tasks or available:
+    for t in available:
         where = Path(f"hf:{name}/{config}/{t}")
         out.extend(_validate(rec, where, i, t, config) for i, rec in enumerate(loaded[t]))
     return out
+
+
+def _load_hub(datasets: Any, name: str, config: str, load_kwargs: dict[str, Any], split: str | None = None) -> Any:
+    """``datasets.load_dataset(name, config[, split=split])`` with errors that say what went wrong."""
+    kwargs = dict(load_kwargs) if split is None else {**load_kwargs, "split": split}
+    try:
+        return datasets.load_dataset(name, config, **kwargs)
+    except ValueError as e:
+        if split is not None and "split" in str(e).lower():
+            raise ValueError(f"{name!r} config {config!r} has no split {split} ({e})") from e
+        raise RuntimeError(_hub_failure(name, config, e)) from e
+    except Exception as e:
+        raise RuntimeError(_hub_failure(name, config, e)) from e
+
+
+def _hub_failure(name: str, config: str, e: Exception) -> str:
+    return (f"could not load {name!r} config {config!r} (configs are lengths, splits are tasks): it needs network "
+            f"access or the set in the local Hugging Face cache ({type(e).__name__}: {e})")
 
 
 def _json_str(text: str) -> str:

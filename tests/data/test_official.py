@@ -287,19 +287,27 @@ def test_from_hub_uses_config_length_split_task(monkeypatch: pytest.MonkeyPatch)
 
     calls = []
 
-    def load_dataset(name, config, **kw):
+    def load_dataset(name, config, **kw):  # as datasets: a dict of splits, or one split when split= is given
         calls.append((name, config, kw))
         if config == "64k":
             raise ConnectionError("offline")
-        return {"qa1": RECORDS[:2], "qa10": RECORDS[2:], "qa2": [{"input": "x", "question": "y"}]}
+        splits = {"qa1": RECORDS[:2], "qa10": RECORDS[2:], "qa2": [{"input": "x", "question": "y"}]}
+        if "split" not in kw:
+            return splits
+        if kw["split"] not in splits:
+            raise ValueError(f'Unknown split "{kw["split"]}". Should be one of {list(splits)}.')
+        return splits[kw["split"]]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     got = from_hub("RMT-team/babilong", 4000, "qa1", cache_dir="/c")
-    assert calls == [("RMT-team/babilong", "4k", {"cache_dir": "/c"})]
+    assert calls == [("RMT-team/babilong", "4k", {"cache_dir": "/c", "split": "qa1"})]  # only qa1's files fetched
     assert got == [OfficialSample(**r, task="qa1", length="4k") for r in RECORDS[:2]]
     assert [s.task for s in load_official("RMT-team/babilong", length="4k", split=["qa1", "qa10"])] == ["qa1"] * 2 + [
         "qa10"]
-    with pytest.raises(ValueError, match="has no split qa5; it has qa1, qa2, qa10"):
+    with pytest.raises(OfficialFormatError, match="4k/qa2: record 0"):  # no task: every split, in task order
+        from_hub("RMT-team/babilong", "4k", cache_dir="/c")
+    assert calls[-1] == ("RMT-team/babilong", "4k", {"cache_dir": "/c"})  # no task: the whole config
+    with pytest.raises(ValueError, match="config '4k' has no split qa5 .*Unknown split"):
         from_hub("RMT-team/babilong", "4k", "qa5")
     with pytest.raises(OfficialFormatError, match="hf:RMT-team/babilong/4k/qa2: record 0 has no field 'target'"):
         from_hub("RMT-team/babilong", "4k", "qa2")
