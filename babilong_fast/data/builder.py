@@ -3,7 +3,8 @@
 Token accounting (BABILong §1.3-1.4), in GPT-2 tokens:
 
 - ``budget = length - margin`` (``margin`` 300 for the LLM prompt, 20 for fine-tuning);
-- each fact is encoded with one leading space; question and answer separately with none;
+- each fact is encoded with one leading space; question and answer separately with none; the question keeps
+  one trailing space, as in the bAbI files and the released data (``"Where is Mary? "``);
 - ``background budget = budget - fact tokens``; the input is facts plus background, exactly ``budget``
   tokens, the last background sentence cut to fit. Length 0 (``"0k"``) gives the facts alone.
 
@@ -53,7 +54,7 @@ class BabilongSample:
         margin: tokens left for the prompt (300) or question (20).
         num_tokens: exact length of the input in GPT-2 tokens: ``length - margin``, or the fact tokens at 0k.
         facts: the bAbI facts, in order.
-        question: the question text (as the bAbI generator gives it).
+        question: the question text with one trailing space, as the released data has it (``"Where is Mary? "``).
         target: the answer text.
         supporting: indices into ``facts`` of the supporting facts.
         seed: the sample seed; the same seed and arguments give the same input.
@@ -195,7 +196,7 @@ class BabilongSample:
         return [list(f) for f in self._fact_ids]
 
     def question_ids(self) -> list[int]:
-        """Ids of the question, encoded alone with no leading space."""
+        """Ids of the question, encoded alone with no leading space (the trailing space is the last id, 220)."""
         return self._tok.encode(self.question)
 
     def target_ids(self) -> list[int]:
@@ -222,7 +223,8 @@ def build_sample(
 
     Args:
         facts: the story's facts in order (at least one).
-        question: question text. answer: the target text.
+        question: question text; stored with one trailing space (as the released data) whether or not it ends
+            in one. answer: the target text.
         length: nominal length, e.g. ``"4k"``, ``"1M"``, ``3333`` (see :func:`~babilong_fast.data.lengths.parse_length`).
         seed: sample seed for the background stream and the fact positions.
         margin: tokens kept free: 300 (LLM prompt, default) or 20 (fine-tuning).
@@ -271,7 +273,7 @@ def build_sample(
     rng = random.Random(f"babilong_fast/fact_offsets/{seed}")
     offsets = sorted(rng.randint(0, background_budget) for _ in fact_ids)
     return BabilongSample(
-        task=task, length=n_tokens, margin=margin, facts=facts, question=question, target=answer,
+        task=task, length=n_tokens, margin=margin, facts=facts, question=question.rstrip() + " ", target=answer,
         supporting=supporting, seed=seed, fact_ids=fact_ids, offsets=offsets,
         background_budget=background_budget, background=BundledNovels("test") if background is None else background,
         min_sentence_tokens=min_sentence_tokens, tokenizer=tok,

@@ -56,10 +56,12 @@ def test_zero_length_is_the_facts_alone() -> None:
         assert sample.fact_positions[0] == 0
 
 
-def test_question_and_target_encoded_without_space() -> None:
+def test_question_keeps_the_released_trailing_space_and_target_has_none() -> None:
     sample = _build("1k")
-    assert sample.question == STORY["question"] and sample.target == STORY["answer"]
-    assert sample.question_ids() == TOK.encode(STORY["question"])
+    assert not STORY["question"].endswith(" ")  # the bAbI generator gives "Where is the football?"
+    assert sample.question == STORY["question"] + " " and sample.target == STORY["answer"]
+    assert sample.question_ids() == TOK.encode(STORY["question"]) + [220]  # as "Where is Mary? " in the HF data
+    assert build_sample(FACTS, "Where is Mary? ", "garden", "1k").question == "Where is Mary? "
     assert TOK.decode(sample.target_ids()) == STORY["answer"]
     assert sample.fact_token_ids()[0] == TOK.encode(" " + FACTS[0])
 

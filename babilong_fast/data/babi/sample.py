@@ -9,7 +9,8 @@ class BabiSample(TypedDict):
 
     Keys:
         facts: the story's statements up to the question, in order (earlier questions removed).
-        question: e.g. ``"Where is Mary?"`` (no trailing space).
+        question: e.g. ``"Where is Mary?"`` (no trailing space; :func:`~babilong_fast.data.builder.build_sample` adds
+            the one the bAbI files and the released data keep).
         answer: one word with bAbI casing (places and objects lower-case, names capitalised).
         supporting: 0-based indices into ``facts`` of the supporting facts, ascending.
     """
