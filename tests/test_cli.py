@@ -73,6 +73,19 @@ def test_data_background_folder(tmp_path: Path) -> None:
     assert entry["background"] == f"folder:{books}"
 
 
+
+@pytest.mark.parametrize("content", [b"", "Caf\xe9 au lait. ".encode("latin-1") * 200], ids=["empty", "latin-1"])
+def test_data_unusable_background_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    content: bytes) -> None:
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "b.txt").write_bytes(content)
+    assert _run(tmp_path / "out", "--background", str(books), tasks="qa1", lengths="1k", n=1) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("babilong-fast: error: ") and "Traceback" not in err
+    assert ("b.txt' is not UTF-8" if content else "empty or too short") in err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="the 1k-samples layout needs pyarrow")
 def test_data_parquet_layout(tmp_path: Path) -> None:
     assert _run(tmp_path, "--layout", "1k-samples", tasks="qa5", lengths="1k", n=2) == 0

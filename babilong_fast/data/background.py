@@ -130,7 +130,8 @@ def background_rounds(
     Arguments as :func:`background_sentences`, which yields the same sentences one by one.
 
     Raises:
-        RuntimeError: if :data:`MAX_EMPTY_ROUNDS` rounds in a row give no usable sentence.
+        ValueError: if :data:`MAX_EMPTY_ROUNDS` rounds in a row give no usable sentence (an empty or too short
+            source).
     """
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars must be positive, got {chunk_chars}")
@@ -153,7 +154,7 @@ def background_rounds(
             ids = np.fromiter((i for e in encoded for i in e), dtype=np.int32, count=int(lengths.sum()))
         empty_rounds = 0 if len(lengths) else empty_rounds + 1
         if empty_rounds >= MAX_EMPTY_ROUNDS:
-            raise RuntimeError(
+            raise ValueError(
                 f"background source {source.name!r} gave no sentence of >= {min_tokens} tokens in "
                 f"{MAX_EMPTY_ROUNDS} rounds; it is empty or too short"
             )
@@ -181,7 +182,8 @@ def background_sentences(
         one ``list[int]`` per sentence, the ids of ``" " + sentence``.
 
     Raises:
-        RuntimeError: if :data:`MAX_EMPTY_ROUNDS` rounds in a row give no usable sentence.
+        ValueError: if :data:`MAX_EMPTY_ROUNDS` rounds in a row give no usable sentence (an empty or too short
+            source).
 
     Examples::
 

@@ -36,11 +36,14 @@ class TextSource(Protocol):
 
 
 def _read_text(path: Path) -> str:
-    """A UTF-8 text file, gunzipped when its name ends in ``.gz``."""
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    return path.read_text(encoding="utf-8")
+    """A UTF-8 text file, gunzipped when its name ends in ``.gz``; ``ValueError`` naming the file if it is not."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, gzip.BadGzipFile) as e:
+        raise ValueError(f"background file {str(path)!r} is not UTF-8 text ({e}); re-encode it as UTF-8") from e
 
 
 class _Files:

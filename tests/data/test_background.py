@@ -80,8 +80,19 @@ def test_text_folder_errors(tmp_path: Path) -> None:
 
 def test_short_sentences_only_raise(tmp_path: Path) -> None:
     source = TextFolder(_folder(tmp_path, ["Too short."] * 50))
-    with pytest.raises(RuntimeError, match="no sentence"):
+    with pytest.raises(ValueError, match="no sentence"):
         next(background_sentences(source, seed=0))
+
+
+def test_empty_or_non_utf8_files_raise_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("")
+    with pytest.raises(ValueError, match="empty or too short"):
+        next(background_sentences(TextFolder(tmp_path / "empty"), seed=0))
+    (tmp_path / "latin1").mkdir()
+    (tmp_path / "latin1" / "book.txt").write_bytes("Caf\xe9 au lait, said the narrator. ".encode("latin-1") * 100)
+    with pytest.raises(ValueError, match=r"book.txt' is not UTF-8 text .*re-encode"):
+        next(background_sentences(TextFolder(tmp_path / "latin1"), seed=0))
 
 
 def test_hf_dataset_without_datasets_is_explicit() -> None:
