@@ -271,8 +271,20 @@ def read_file(path: str | Path, task: str = "", length: str = "") -> Iterator[Of
         records = _iter_json_records(p)
     else:
         raise ValueError(f"{p}: unsupported file type {p.suffix!r}; expected .json, .jsonl or .parquet")
-    for index, rec in enumerate(records):
+    for index, rec in enumerate(_with_named_errors(records, p)):
         yield _validate(rec, p, index, task, length)
+
+
+def _with_named_errors(records: Iterator[Any], path: Path) -> Iterator[Any]:
+    """``records``, with a non-UTF-8 file or an unreadable Parquet file raised as :class:`OfficialFormatError`."""
+    try:
+        yield from records
+    except UnicodeDecodeError as e:
+        raise OfficialFormatError(f"{path}: not UTF-8 JSON ({e})") from e
+    except Exception as e:
+        if type(e).__module__.split(".")[0] != "pyarrow":
+            raise
+        raise OfficialFormatError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
 
 
 def _length_of(name: str) -> str:

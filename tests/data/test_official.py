@@ -253,6 +253,20 @@ def test_malformed_files_name_file_and_record(tmp_path: Path, text: str, pattern
     assert str(path) in str(e.value)
 
 
+def test_undecodable_files_name_the_file(tmp_path: Path) -> None:
+    utf16 = tmp_path / "data" / "qa2" / "4k.json"
+    utf16.parent.mkdir(parents=True)
+    utf16.write_bytes(json.dumps(RECORDS).encode("utf-16"))
+    with pytest.raises(OfficialFormatError, match="4k.json: not UTF-8 JSON"):
+        load_official(utf16)
+    if HAS_PARQUET_READER:
+        corrupt = tmp_path / "1k" / "qa1-00000-of-00001.parquet"
+        corrupt.parent.mkdir()
+        corrupt.write_bytes(b"PAR1 this is not a parquet file")
+        with pytest.raises(OfficialFormatError, match="qa1-00000-of-00001.parquet: not a readable Parquet file"):
+            load_official(corrupt)
+
+
 def test_write_refuses_mismatched_samples(tmp_path: Path) -> None:
     samples = BabilongGenerator("qa1", "1k", seed=0).take(1)
     with pytest.raises(ValueError, match="task 'qa1' but the file is for task 'qa2'"):
