@@ -68,6 +68,9 @@ def compare_answers(
         task: ``"qa1"`` .. ``"qa20"``; selects the label set from :data:`TASK_LABELS`.
         labels: overrides the task's label set.
 
+    Raises:
+        ValueError: ``task`` is not ``"qa1"`` .. ``"qa20"`` and no ``labels`` are given.
+
     Returns:
         With a comma in a target longer than 3 characters (qa8 lists): True iff every sub-answer is among the
         found labels and exactly that many labels are found. Otherwise: True iff the target is the only label
@@ -80,6 +83,8 @@ def compare_answers(
         >>> compare_answers("kitchen or garden", "kitchen", "Where is Mary? ", "qa1")
         False
     """
+    if labels is None and task not in TASK_LABELS:
+        raise ValueError(f"unknown task {task!r}: expected one of qa1..qa20, or pass labels=")
     found = labels_in_output(output, question, TASK_LABELS[task] if labels is None else labels)
     target = target.lower()
     if "," in target and len(target) > 3:

@@ -1,6 +1,10 @@
 """The BABILong leaderboard metric (every rule and quirk) and the fine-tuned models' exact match."""
 from __future__ import annotations
 
+import csv
+import gzip
+from pathlib import Path
+
 import pytest
 
 from babilong_fast.data.metric import (
@@ -98,6 +102,32 @@ def test_accuracy():
     assert accuracy(["bathroom", "kitchen"], ["bathroom", "bathroom"], ["Where is Mary? "] * 2, "qa1") == 50.0
     with pytest.raises(ValueError):
         accuracy(["a"], [], [], "qa1")
+
+
+PREDICTIONS = Path(__file__).parent / "fixtures" / "official_predictions"  # see PROVENANCE.md there
+
+
+@pytest.mark.parametrize(("model", "task", "length", "official"), [
+    ("gemini-3-flash-preview", "qa1", "64k", 75.0), ("gemini-3-flash-preview", "qa1", "1M", 57.0),
+    ("gemini-3-flash-preview", "qa2", "0k", 98.3), ("gemini-3-flash-preview", "qa3", "0k", 87.0),
+    ("Phi-3-mini-128k-instruct", "qa1", "0k", 97.0), ("Phi-3-mini-128k-instruct", "qa1", "1k", 84.8),
+])
+def test_accuracy_rescores_stored_predictions_to_the_official_numbers(model: str, task: str, length: str,
+                                                                       official: float):
+    """Stored outputs (all prompt parts on) scored as the leaderboard scores them; Phi-3 1k gives 84.9 with the
+    laxer 'target in the first sentence' rule."""
+    with gzip.open(PREDICTIONS / f"{model}_{task}_{length}.csv.gz", "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) in (100, 999, 1000)
+    got = accuracy([r["output"] for r in rows], [r["target"] for r in rows], [r["question"] for r in rows], task)
+    assert round(got, 1) == official
+
+
+def test_unknown_task_is_a_clear_error():
+    for task in ("qa21", "QA1", ""):
+        with pytest.raises(ValueError, match=f"unknown task '{task}': expected one of qa1..qa20"):
+            compare_answers("kitchen", "kitchen", "Where is Mary? ", task)
+    assert compare_answers("kitchen", "kitchen", "Where is Mary? ", "custom", labels=["kitchen"])
 
 
 def test_exact_match_finetuned_ids():
