@@ -3,6 +3,7 @@ determinism and train/test disjointness."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
@@ -13,6 +14,7 @@ P5 = "(Bill|Fred|Jeff|Mary)"
 L = "(bathroom|bedroom|garden|hallway|kitchen|office)"
 O = "(apple|football|milk)"
 D = "(north|south|east|west)"
+LOCATIONS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
 OPP = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
 
@@ -186,6 +188,21 @@ def test_answer_casing_and_spread(task_samples):
     expected = {"qa5": {"Bill", "Fred", "Jeff", "Mary", "apple", "football", "milk"}}.get(
         task, {"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"})
     assert answers == expected
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa2", "qa3", "qa5"])
+def test_answers_spread_as_in_the_released_data(task: str):
+    """The released v1.2 test answers (1000 per task): every place 13-22 % in qa1-qa3; in qa5 a third each are
+    givers, receivers and objects. Fixed hidden start places gave qa2 "kitchen" 28 %; five equally likely
+    question forms gave qa5 objects 20 %."""
+    samples = generate(task, 2000, "test", seed=11)
+    share = Counter(s["answer"] for s in samples)
+    if task != "qa5":
+        assert all(0.12 < share[place] / len(samples) < 0.22 for place in LOCATIONS), share
+        return
+    roles = ("giver", "giver", "receiver", "object", "receiver")  # of the QUESTIONS["qa5"] forms, in order
+    role = Counter(roles[next(i for i, q in enumerate(QUESTIONS["qa5"]) if q.match(s["question"]))] for s in samples)
+    assert all(0.28 < n / len(samples) < 0.39 for n in role.values()) and len(role) == 3, role
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -31,7 +31,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_processes_match_one(tmp_path):
-    one = train(tiny_config(micro_batch_size=4, **CFG), tmp_path / "one", progress=False)
+    cfg = tiny_config(micro_batch_size=4, **CFG)
+    one = train(cfg, tmp_path / "one", progress=False)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert len(two["losses"]) == len(one["losses"]) == 4
@@ -42,4 +43,10 @@ def test_two_processes_match_one(tmp_path):
     a = torch.load(tmp_path / "one" / "best.pt")["state_dict"]
     b = torch.load(tmp_path / "two" / "best.pt")["state_dict"]
     for k in a:
+        if k.endswith("attn.c_attn.bias"):
+            # The key bias's gradient is exactly zero in exact arithmetic (it adds q.b_k to every score of a query,
+            # which softmax ignores): AdamW turns the two runs' different rounding noise into steps of up to lr.
+            d = a[k].shape[0] // 3
+            assert (a[k][d:2 * d] - b[k][d:2 * d]).abs().max() <= cfg.lr * len(one["losses"])
+            a[k], b[k] = torch.cat([a[k][:d], a[k][2 * d:]]), torch.cat([b[k][:d], b[k][2 * d:]])
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -102,13 +102,14 @@ def where_was_object(rng: random.Random) -> list[BabiSample]:
 
 
 def _give_question(rng: random.Random, giver: str, obj: str, receiver: str) -> tuple[str, str]:
-    return rng.choice((
-        (f"Who gave the {obj} to {receiver}?", giver),
-        (f"Who gave the {obj}?", giver),
-        (f"Who did {giver} give the {obj} to?", receiver),
-        (f"What did {giver} give to {receiver}?", obj),
-        (f"Who received the {obj}?", receiver),
+    """The asked role (giver, receiver, object) uniformly, then one of its forms: the released qa5 answers are a
+    third objects (a uniform pick among the five forms would give a fifth)."""
+    forms_of_role = rng.choice((
+        ((f"Who gave the {obj} to {receiver}?", giver), (f"Who gave the {obj}?", giver)),
+        ((f"Who did {giver} give the {obj} to?", receiver), (f"Who received the {obj}?", receiver)),
+        ((f"What did {giver} give to {receiver}?", obj),),
     ))
+    return rng.choice(forms_of_role)
 
 
 def who_what_gave(rng: random.Random) -> list[BabiSample]:
