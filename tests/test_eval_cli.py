@@ -219,6 +219,27 @@ def test_eval_bad_arguments_exit_2(args, message, ckpts, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["armt", "mamba"])
+def test_eval_reads_save_pretrained_folders(kind, ckpts, tmp_path):
+    """An ARMT save_pretrained folder and a Hugging Face Mamba folder score exactly as their save_model files."""
+    model = make(kind)
+    model.save_pretrained(tmp_path / "folder")
+    if kind == "mamba":
+        assert json.loads((tmp_path / "folder" / "config.json").read_text())["model_type"] == "mamba"
+    assert _eval(tmp_path / "folder", tmp_path / "a") == 0 and _eval(ckpts[kind], tmp_path / "b") == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
+    assert a["environment"]["kind"] == kind
+    assert [r["outputs"] for r in a["results"]] == [r["outputs"] for r in b["results"]]
+
+
+def test_eval_unknown_folder_says_what_it_accepts(tmp_path, capsys):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text('{"model_type": "gpt2"}')
+    assert _eval(tmp_path / "gpt2", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "neither an ARMT/RMT save_pretrained folder" in err and "from_reference" in err
+
+
 def test_eval_missing_checkpoint_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _eval(tmp_path / "missing.pt", tmp_path / "out")

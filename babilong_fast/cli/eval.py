@@ -1,4 +1,9 @@
-"""``babilong-fast eval``: score a saved ARMT / RMT / Mamba checkpoint on generated BABILong samples.
+"""``babilong-fast eval``: score a saved ARMT / RMT / Mamba model on generated BABILong samples.
+
+The model is a :func:`~babilong_fast.models.save_model` file, an ``ARMT``/``RMT.save_pretrained`` folder or a
+Hugging Face ``MambaForCausalLM`` folder (see :func:`~babilong_fast.models.checkpoint.load_model_path`). A model
+of the public RMT/ARMT repos goes through ``ARMT.from_reference(model)`` / ``RMT.from_reference(model)`` and
+``save_pretrained`` first.
 
 For each task × length, ``n`` samples are generated with ``BabilongGenerator(task, length, split, seed,
 margin=20)`` (the fine-tuning format: context ‖ question ‖ GEN), streamed through
@@ -62,8 +67,9 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint", type=Path, required=True,
-        help="file written by babilong_fast.models.save_model (ARMT, RMT or Hugging Face MambaForCausalLM; "
-             "babilong-fast train writes them)",
+        help="file written by babilong_fast.models.save_model (babilong-fast train writes them), an ARMT/RMT "
+             "save_pretrained folder, or a Hugging Face MambaForCausalLM folder (read offline); for the public "
+             "RMT/ARMT repos' models, save ARMT/RMT.from_reference(model) first",
     )
     p.add_argument("--tasks", type=comma_list, required=True, help=f"comma-separated, from {','.join(TASKS)}")
     p.add_argument(
@@ -98,7 +104,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, FINETUNE_MARGIN, f"the margin of {FINETUNE_MARGIN}")
     args.tasks = list(dict.fromkeys(args.tasks))
-    if not args.checkpoint.is_file():
+    if not args.checkpoint.exists():
         parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,9 +204,9 @@ def write_heatmap(rows: list[dict], tasks: list[str], lengths: list[str], path: 
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from babilong_fast.models.checkpoint import load_model, model_kind
+    from babilong_fast.models.checkpoint import load_model_path, model_kind
 
-    model = load_model(args.checkpoint, map_location="cpu")
+    model = load_model_path(args.checkpoint, map_location="cpu")
     kind = model_kind(model)
     if args.compile and kind == "mamba":
         print("babilong-fast eval: error: --compile runs ARMT and RMT steps; this checkpoint is a Mamba model",

@@ -6,8 +6,8 @@ Subcommands:
   tools written for ``RMT-team/babilong`` read them unchanged. The settings of every file written (task,
   length, split, seed, margin, background, stories skipped) are recorded in ``babilong_fast_manifest.json``
   in the output folder, so a set can be regenerated.
-- ``eval``: score a saved ARMT / RMT checkpoint (``babilong_fast.models.save_model``) on generated samples in the
-  fine-tuning format (margin 20) by exact match; writes ``results.csv``, ``results.json`` and ``heatmap.png``
+- ``eval``: score a saved ARMT / RMT / Mamba model (a ``babilong_fast.models.save_model`` file, an ARMT/RMT
+  ``save_pretrained`` folder or a Hugging Face Mamba folder) on generated samples in the fine-tuning format (margin 20) by exact match; writes ``results.csv``, ``results.json`` and ``heatmap.png``
   (see :mod:`babilong_fast.cli.eval`).
 - ``train``: fine-tune ARMT / RMT / Mamba with the curriculum from a preset (see :mod:`babilong_fast.cli.train`).
 

@@ -144,3 +144,49 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | N
     except RuntimeError as e:
         raise CheckpointError(f"{str(path)!r}: weights do not match the rebuilt model: {e}") from e
     return model.eval()
+
+
+def load_model_path(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
+    """A model from a :func:`save_model` file or a folder, in eval mode; nothing is downloaded.
+
+    Args:
+        path: a file written by :func:`save_model`; a folder written by ``ARMT``/``RMT.save_pretrained``; or a
+            Hugging Face ``MambaForCausalLM`` folder (``save_pretrained``: ``config.json`` with
+            ``model_type: "mamba"`` and its weights), loaded with ``local_files_only=True``.
+        map_location: where the weights are loaded (default ``"cpu"``).
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        CheckpointError: a folder of none of these kinds, or a file that is not a checkpoint.
+    """
+    from babilong_fast.models.recurrent import PRETRAINED_FILE
+
+    path = Path(path)
+    if not path.is_dir():
+        return load_model(path, map_location)
+    if (path / PRETRAINED_FILE).is_file():
+        return load_model(path / PRETRAINED_FILE, map_location)
+    config = path / "config.json"
+    model_type = None
+    if config.is_file():
+        import json
+
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (ValueError, AttributeError) as e:
+            raise CheckpointError(f"{str(config)!r} is not a Hugging Face config: {e}") from e
+    if model_type != "mamba":
+        raise CheckpointError(
+            f"{str(path)!r} is neither an ARMT/RMT save_pretrained folder (no {PRETRAINED_FILE}) nor a Hugging Face "
+            f"Mamba folder (config.json model_type {model_type!r}); for a model of the public RMT/ARMT repos, build "
+            "ours with ARMT.from_reference(model) or RMT.from_reference(model) and save_pretrained it"
+        )
+    from transformers import MambaForCausalLM
+
+    try:
+        model = MambaForCausalLM.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{str(path)!r}: could not load the Hugging Face Mamba model: {e}") from e
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval()
