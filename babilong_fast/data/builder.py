@@ -240,7 +240,7 @@ def build_sample(
 
     Raises:
         FactsTooLongError: the story is too long for the length (only with ``drop_long_stories``).
-        ValueError: an unknown or negative length, no facts, or a budget smaller than the facts.
+        ValueError: an unknown or negative length, a negative margin, no facts, or a budget smaller than the facts.
 
     Examples::
 
@@ -249,6 +249,8 @@ def build_sample(
         (700, 700)
     """
     n_tokens = parse_length(length)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin must be a non-negative int, got {margin!r}")
     if not facts:
         raise ValueError("a sample needs at least one fact")
     tok = tokenizer or get_tokenizer()

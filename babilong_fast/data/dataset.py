@@ -55,6 +55,8 @@ class BabilongGenerator:
         tokenizer: GPT2Tokenizer | None = None,
     ) -> None:
         self.length = parse_length(length)
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"margin must be a non-negative int, got {margin!r}")
         if self.length > 0 and self.length <= margin:
             raise ValueError(f"length {length!r} leaves no tokens after the margin of {margin}")
         next(iter_samples(task, split, seed))

@@ -159,6 +159,9 @@ def test_errors() -> None:
         _build(-100)
     with pytest.raises(ValueError, match="margin"):
         _build(300)
+    for margin in (-5, 2.5):
+        with pytest.raises(ValueError, match="margin must be a non-negative int"):
+            _build("1k", margin=margin)
     with pytest.raises(ValueError, match="too small for the facts"):
         _build(310, drop_long_stories=False)
     with pytest.raises(FactsTooLongError):

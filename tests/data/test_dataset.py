@@ -52,6 +52,8 @@ def test_generator_errors() -> None:
         BabilongGenerator("qa1", "1k", split="dev")
     with pytest.raises(ValueError, match="margin"):
         BabilongGenerator("qa1", 250)
+    with pytest.raises(ValueError, match="margin must be a non-negative int, got -1"):
+        BabilongGenerator("qa1", "1k", margin=-1)  # would give 1001-token samples of a 1k length
     with pytest.raises(ValueError, match="unknown length"):
         BabilongGenerator("qa1", "1 k")
     with pytest.raises(ValueError, match="too long"):
