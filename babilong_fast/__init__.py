@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os as _os
 
-from babilong_fast.backends import BackendStatus, BackendUnavailableError, backends
 from babilong_fast import ops
+from babilong_fast.backends import BackendStatus, BackendUnavailableError, backends
 
 __version__ = "0.1.0"
 

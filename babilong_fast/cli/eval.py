@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from babilong_fast import __version__
+from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.dataset import BabilongGenerator
-from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.data.metric import exact_match_finetuned
 from babilong_fast.data.official import OFFICIAL_LENGTHS
@@ -187,7 +187,8 @@ def write_heatmap(rows: list[dict], tasks: list[str], lengths: list[str], path: 
     acc = np.full((len(tasks), len(lengths)), np.nan)
     for r in rows:
         acc[tasks.index(r["task"]), lengths.index(r["length"])] = r["accuracy"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.9 * len(lengths)), 1.4 + 0.55 * len(tasks)), constrained_layout=True)
+    size = (max(5.0, 1.6 + 0.9 * len(lengths)), 1.4 + 0.55 * len(tasks))
+    fig, ax = plt.subplots(figsize=size, constrained_layout=True)
     im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(lengths)), labels=lengths)
     ax.set_yticks(range(len(tasks)), labels=tasks)
@@ -256,7 +257,8 @@ def run_eval(args: argparse.Namespace) -> int:
     tmp = args.out / "results.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, args.out / "results.json")
-    title = f"{kind.upper()} {args.checkpoint.name}\nexact-match accuracy % ({args.split}, n={args.n}, seed={args.seed})"
+    title = (f"{kind.upper()} {args.checkpoint.name}\n"
+             f"exact-match accuracy % ({args.split}, n={args.n}, seed={args.seed})")
     write_heatmap(rows, args.tasks, args.lengths, args.out / "heatmap.png", title)
     if not args.no_progress:
         print(f"wrote {args.out / 'results.csv'}, results.json, heatmap.png", file=sys.stderr)

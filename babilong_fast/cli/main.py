@@ -7,7 +7,8 @@ Subcommands:
   length, split, seed, margin, background, stories skipped) are recorded in ``babilong_fast_manifest.json``
   in the output folder, so a set can be regenerated.
 - ``eval``: score a saved ARMT / RMT / Mamba model (a ``babilong_fast.models.save_model`` file, an ARMT/RMT
-  ``save_pretrained`` folder or a Hugging Face Mamba folder) on generated samples in the fine-tuning format (margin 20) by exact match; writes ``results.csv``, ``results.json`` and ``heatmap.png``
+  ``save_pretrained`` folder or a Hugging Face Mamba folder) on generated samples in the fine-tuning format
+  (margin 20) by exact match; writes ``results.csv``, ``results.json`` and ``heatmap.png``
   (see :mod:`babilong_fast.cli.eval`).
 - ``train``: fine-tune ARMT / RMT / Mamba with the curriculum from a preset (see :mod:`babilong_fast.cli.train`).
 
@@ -28,10 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from babilong_fast import __version__
+from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.corpora import BundledNovels, TextFolder
 from babilong_fast.data.dataset import BabilongGenerator
-from babilong_fast.cli.args import check_lengths
 from babilong_fast.data.lengths import PROMPT_MARGIN
 from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, write_official
 from babilong_fast.progress_bar import StderrBar

@@ -52,7 +52,8 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init-from", type=Path, default=None, help="start from this model file (same model kind)")
     p.add_argument("--backbone-path", default=None, help="local Hugging Face folder with pretrained backbone weights")
-    p.add_argument("--stages", type=_int_list, default=None, help="curriculum, strictly increasing, e.g. 1,2,4 (a first 0: the facts alone)")
+    p.add_argument("--stages", type=_int_list, default=None,
+                   help="curriculum, strictly increasing, e.g. 1,2,4 (a first 0: the facts alone)")
     p.add_argument("--steps", type=_steps, default=None, help="optimizer steps per stage (one value or one per stage)")
     p.add_argument("--segment-size", type=positive_int, default=None)
     p.add_argument("--num-mem-tokens", type=positive_int, default=None)

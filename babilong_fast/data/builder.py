@@ -225,7 +225,8 @@ def build_sample(
         facts: the story's facts in order (at least one).
         question: question text; stored with one trailing space (as the released data) whether or not it ends
             in one. answer: the target text.
-        length: nominal length, e.g. ``"4k"``, ``"1M"``, ``3333`` (see :func:`~babilong_fast.data.lengths.parse_length`).
+        length: nominal length, e.g. ``"4k"``, ``"1M"``, ``3333``
+            (see :func:`~babilong_fast.data.lengths.parse_length`).
         seed: sample seed for the background stream and the fact positions.
         margin: tokens kept free: 300 (LLM prompt, default) or 20 (fine-tuning).
         background: background source; default ``BundledNovels("test")``.

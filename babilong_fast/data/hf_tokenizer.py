@@ -28,7 +28,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
 def _split_in_two(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:

@@ -99,7 +99,7 @@ def accuracy(outputs: Sequence[str], targets: Sequence[str], questions: Sequence
         raise ValueError(f"length mismatch: {len(outputs)} outputs, {len(targets)} targets, {len(questions)} questions")
     if not outputs:
         raise ValueError("no rows to score")
-    hits = sum(compare_answers(o, t, q, task) for o, t, q in zip(outputs, targets, questions))
+    hits = sum(compare_answers(o, t, q, task) for o, t, q in zip(outputs, targets, questions, strict=True))
     return 100.0 * hits / len(outputs)
 
 

@@ -5,7 +5,7 @@ Both backends give identical ids (tests check this). BABILong counts lengths in 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -94,7 +94,7 @@ class GPT2Tokenizer:
         return len(self.encode(text))
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_tokenizer(backend: Literal["auto", "tiktoken", "python"] = "auto") -> GPT2Tokenizer:
     """Shared :class:`GPT2Tokenizer` per backend, built once."""
     return GPT2Tokenizer(backend)

@@ -15,9 +15,9 @@ from torch import nn
 
 from babilong_fast.backends import Backend
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
+from babilong_fast.models.compiled_step import CompiledStep
 from babilong_fast.models.mamba import DEFAULT_CHUNK_SIZE, MambaLM, MambaState
 from babilong_fast.models.mamba.parts import HF_LM, SSM_LM
-from babilong_fast.models.compiled_step import CompiledStep
 from babilong_fast.models.stream_step import SegmentWorkspace, stream_step
 
 

@@ -19,8 +19,8 @@ import torch
 
 from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.tokenizer import EOS_ID
-from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.adapters import SegmentAdapter, make_adapter
+from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.progress import Progress
 
 GEN_ID = 35353
@@ -161,7 +161,8 @@ class StreamRunner:
             raise ValueError(f"graph_warmup must be an integer >= 1, got {graph_warmup!r}")
         if compile:  # per-layer graphs where a CUDA graph replays the step (cheap compiles), else one graph
             self.adapter.enable_compile(regional=bool(cuda_graphs))
-        self._steps = StepRunner(lambda ids, st: self.adapter.step(ids, st), enabled=bool(cuda_graphs), warmup=graph_warmup)
+        self._steps = StepRunner(lambda ids, st: self.adapter.step(ids, st), enabled=bool(cuda_graphs),
+                                 warmup=graph_warmup)
         self.progress = progress
         self.state: StreamState | None = None
         self._buf: torch.Tensor | None = None

@@ -97,7 +97,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     version = payload.get("version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{str(path)!r} has checkpoint format version {version!r}; this babilong_fast reads version {FORMAT_VERSION}"
+            f"{str(path)!r} has checkpoint format version {version!r}; "
+            f"this babilong_fast reads version {FORMAT_VERSION}"
         )
     kind = payload.get("kind")
     if kind not in KINDS:
@@ -125,7 +126,8 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | N
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
     payload = read_checkpoint(path, map_location)
     if kind is not None and payload["kind"] != kind:
-        raise CheckpointError(f"{str(path)!r} holds an {payload['kind'].upper()} model, not the {kind.upper()} requested")
+        raise CheckpointError(
+            f"{str(path)!r} holds an {payload['kind'].upper()} model, not the {kind.upper()} requested")
     if payload["kind"] == "mamba":
         from transformers import MambaConfig, MambaForCausalLM
 

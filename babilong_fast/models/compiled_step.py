@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from babilong_fast.models.armt import EPS, ARMT
+from babilong_fast.models.armt import ARMT, EPS
 from babilong_fast.models.gpt2_block import attention_scale, gpt2_block_infer, lean_block_unsupported
 from babilong_fast.models.rmt import RMT
 from babilong_fast.models.state import ARMTState, RMTState
@@ -85,7 +85,10 @@ class StepParts(NamedTuple):
     rows_norm: Callable = rows_layer_norm_ref
 
 
-def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor, parts: StepParts = StepParts()) -> torch.Tensor:
+EAGER_PARTS = StepParts()  # the pieces as written (a NamedTuple: immutable, so one shared default is safe)
+
+
+def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor, parts: StepParts = EAGER_PARTS) -> torch.Tensor:
     """RMT's next memory ``[B, M, d]`` float32 from ``ids [B, L]`` and the memory ``[B, M, d]``."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
     h = parts.embed(ids, tr.wte.weight, tr.wpe.weight, memory, memory)
@@ -98,7 +101,7 @@ def rmt_step_math(model: RMT, ids: torch.Tensor, memory: torch.Tensor, parts: St
 
 
 def armt_step_math(
-    model: ARMT, ids: torch.Tensor, A: list[torch.Tensor], z: list[torch.Tensor], parts: StepParts = StepParts()
+    model: ARMT, ids: torch.Tensor, A: list[torch.Tensor], z: list[torch.Tensor], parts: StepParts = EAGER_PARTS
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """ARMT after its first segment: per layer the read, the block, the write; the new ``(A, z)`` per layer."""
     tr, M, L = model.backbone.transformer, model.num_mem_tokens, ids.shape[1]
@@ -164,7 +167,7 @@ class CompiledStep:
         self.compiled_calls = 0
 
     def _math(
-        self, ids: torch.Tensor, *tensors: torch.Tensor, parts: StepParts = StepParts()
+        self, ids: torch.Tensor, *tensors: torch.Tensor, parts: StepParts = EAGER_PARTS
     ) -> tuple[torch.Tensor, ...]:
         """The step math on flat tensors: RMT ``(memory,) -> (memory,)``, ARMT ``(*A, *z) -> (*A, *z)``."""
         if isinstance(self.model, RMT):

@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from babilong_fast.models._common import check_input_ids, check_mask, check_positive, greedy_loop, lm_loss, segment_bounds
+from babilong_fast.models._common import (
+    check_input_ids,
+    check_mask,
+    check_positive,
+    greedy_loop,
+    lm_loss,
+    segment_bounds,
+)
 
 PRETRAINED_FILE = "babilong_fast_model.pt"
 """File name used by :meth:`RecurrentLM.save_pretrained` inside its folder."""

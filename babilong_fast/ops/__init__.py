@@ -13,7 +13,8 @@ from babilong_fast.ops.segment_io import rows_layer_norm, rows_layer_norm_ref, s
 from babilong_fast.ops.selective_scan import SelectiveScanFunction, selective_scan, selective_scan_ref
 
 __all__ = [
-    "AssocRead", "AssocReadFunction", "AssocWriteFunction", "assoc_read", "assoc_read_ref", "assoc_write", "assoc_write_ref",
+    "AssocRead", "AssocReadFunction", "AssocWriteFunction", "assoc_read", "assoc_read_ref", "assoc_write",
+    "assoc_write_ref",
     "CausalConv1dFunction", "SelectiveScanFunction", "causal_conv1d", "causal_conv1d_ref", "dpfp", "selective_scan",
     "selective_scan_ref", "rows_layer_norm", "rows_layer_norm_ref", "segment_embed", "segment_embed_ref",
 ]

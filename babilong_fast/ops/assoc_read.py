@@ -65,7 +65,9 @@ def _check(h, w_q, A, z, nu, eps) -> tuple[int, float]:
 
 
 @torch.library.custom_op("babilong_fast::assoc_read_cuda", mutates_args=(), device_types="cuda")
-def _assoc_read_cuda(h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float) -> torch.Tensor:
+def _assoc_read_cuda(
+    h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float
+) -> torch.Tensor:
     """The CUDA kernels as a torch op, so torch.compile can trace around them. w_q must be float32."""
     return extension_function("assoc_read_fwd")(h, w_q, A, z, nu, eps)
 
@@ -97,7 +99,8 @@ class AssocReadFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         h, w_q, A, z = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(need) for t, need in zip((h, w_q, A, z), ctx.needs_input_grad[:4])]
+        needs = ctx.needs_input_grad[:4]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip((h, w_q, A, z), needs, strict=True)]
         with torch.enable_grad():
             out = assoc_read_ref(*inputs, ctx.nu, ctx.eps)
             wrt = [t for t in inputs if t.requires_grad]

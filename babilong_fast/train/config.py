@@ -178,7 +178,7 @@ def check_stages(stages: object) -> list[int]:
             raise ValueError(
                 f"stages must hold segment counts >= 1 (0 only first: facts alone), got {s!r} in {list(stages)}"
             )
-    for a, b in zip(stages, stages[1:]):
+    for a, b in zip(stages, stages[1:], strict=False):
         if b <= a:
             raise ValueError(
                 f"curriculum stages must be strictly increasing, got {list(stages)} ({b} after {a}); "

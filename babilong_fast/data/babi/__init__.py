@@ -1,9 +1,17 @@
 """Seeded bAbI generators for BABILong tasks qa1-qa20 (samples: facts, question, answer, supporting)."""
 from __future__ import annotations
 
-from babilong_fast.data.babi.generate import (ALL_STORY_GENERATORS, FACT_RANGE, MORE_STORY_GENERATORS,
-                                              REASONING_STORY_GENERATORS, REST_STORY_GENERATORS, STORY_GENERATORS,
-                                              generate, iter_samples, split_of)
+from babilong_fast.data.babi.generate import (
+    ALL_STORY_GENERATORS,
+    FACT_RANGE,
+    MORE_STORY_GENERATORS,
+    REASONING_STORY_GENERATORS,
+    REST_STORY_GENERATORS,
+    STORY_GENERATORS,
+    generate,
+    iter_samples,
+    split_of,
+)
 from babilong_fast.data.babi.sample import BabiSample
 
 TASKS = tuple(STORY_GENERATORS)  # qa1-qa5

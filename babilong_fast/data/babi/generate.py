@@ -13,12 +13,24 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from babilong_fast.data.babi.more_stories import (counting, indefinite_knowledge, lists_sets, simple_negation,
-                                                  yes_no_location)
+from babilong_fast.data.babi.more_stories import (
+    counting,
+    indefinite_knowledge,
+    lists_sets,
+    simple_negation,
+    yes_no_location,
+)
 from babilong_fast.data.babi.reasoning_stories import path_finding, positional_reasoning, size_reasoning
 from babilong_fast.data.babi.relations import two_arg_relations
-from babilong_fast.data.babi.rest_stories import (agent_motivations, basic_coreference, basic_deduction,
-                                                  basic_induction, compound_coreference, conjunction, time_reasoning)
+from babilong_fast.data.babi.rest_stories import (
+    agent_motivations,
+    basic_coreference,
+    basic_deduction,
+    basic_induction,
+    compound_coreference,
+    conjunction,
+    time_reasoning,
+)
 from babilong_fast.data.babi.sample import BabiSample
 from babilong_fast.data.babi.stories import where_is_actor, where_is_object, where_was_object, who_what_gave
 

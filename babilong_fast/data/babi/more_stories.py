@@ -91,8 +91,9 @@ def simple_negation(rng: random.Random) -> list[BabiSample]:
     """qa9: rounds of two statements (move, "is in", "is no longer in", "is not in") and a yes/no question.
 
     A person's latest statement is the only support. After a positive one (at L), "Is P in the X?" is yes iff
-    X == L; after a negative one about L, only "Is P in the L?" is asked (no); yes about half the time. True state: "no longer in L"
-    is said only of a person at L, who then is at an unstated other place; "not in L" only when not at L.
+    X == L; after a negative one about L, only "Is P in the L?" is asked (no); yes about half the time. True
+    state: "no longer in L" is said only of a person at L, who then is at an unstated other place; "not in L"
+    only when not at L.
     """
     people = vocab.PEOPLE
     where = {p: vocab.PERSON_START[p] for p in people}

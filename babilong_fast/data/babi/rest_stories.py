@@ -132,7 +132,7 @@ def _time_story(rng: random.Random) -> list[BabiSample]:
     for person in rng.sample(vocab.PEOPLE10, rng.randint(2, 4)):
         times = sorted(rng.sample(range(len(TIMES)), rng.randint(2, 4)))
         places = rng.sample(vocab.LOCATIONS10, len(times))
-        events += [(person, t, pl) for t, pl in zip(times, places)]
+        events += [(person, t, pl) for t, pl in zip(times, places, strict=True)]
     rng.shuffle(events)
     facts: list[str] = []
     told: dict[tuple[str, int], tuple[int, str]] = {}  # (person, time) -> (fact index, place)
@@ -147,7 +147,7 @@ def _time_story(rng: random.Random) -> list[BabiSample]:
         if len(facts) < 2 or len(samples) >= QUESTIONS_PER_STORY or rng.random() < 0.4:
             continue
         pairs = []
-        for (p, t2), (i2, pl2) in told.items():
+        for p, t2 in told:
             earlier = [t1 for (q, t1) in told if q == p and t1 < t2]
             every = [t1 for (q, t1, _) in events if q == p and t1 < t2]
             if earlier and max(every) == max(earlier):
