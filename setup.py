@@ -97,7 +97,8 @@ write_build_info(info)
 setup(
     packages=[
         "babilong_fast", "babilong_fast.ops", "babilong_fast.kernels", "babilong_fast.data", "babilong_fast.data.babi",
-        "babilong_fast.models", "babilong_fast.models.mamba", "babilong_fast.engine", "babilong_fast.cli", "babilong_fast.train",
+        "babilong_fast.models", "babilong_fast.models.mamba", "babilong_fast.engine", "babilong_fast.cli",
+        "babilong_fast.train",
     ],
     package_dir={"babilong_fast": "babilong_fast", "babilong_fast.kernels": "kernels"},
     package_data={"babilong_fast.data": ["assets/gpt2.tiktoken", "assets/background/*.txt.gz"]},

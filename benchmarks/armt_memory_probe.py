@@ -113,8 +113,8 @@ def probe(model: ARMT, segments: int, n: int, *, split: str = "test", seed: int 
         M = kn.shape[2]
         within = kn @ kn.transpose(-1, -2)
         b = [bt[i] for bt in betas]
-        fact = torch.cat([bi[f].flatten() for bi, f in zip(b, fact_seg)])
-        none = torch.cat([bi[~f].flatten() for bi, f in zip(b, fact_seg)])
+        fact = torch.cat([bi[f].flatten() for bi, f in zip(b, fact_seg, strict=True)])
+        none = torch.cat([bi[~f].flatten() for bi, f in zip(b, fact_seg, strict=True)])
         table.append(dict(zip(COLUMNS, [
             (kn[:, 1:] * kn[:, :-1]).sum(-1).mean().item(),
             (kn[1:] * kn[:-1]).sum(-1).mean().item(),
@@ -123,7 +123,7 @@ def probe(model: ARMT, segments: int, n: int, *, split: str = "test", seed: int 
             none.mean().item() if none.numel() else float("nan"),
             torch.cat([g[i] for g in gammas]).mean().item(),
             F.cosine_similarity(r[:, 0], r[:, 1], dim=-1).mean().item(),
-        ])))
+        ], strict=True)))
     return table
 
 

@@ -34,7 +34,8 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "backends": {k: {"available": v.available, "reason": v.reason} for k, v in babilong_fast.backends().items()},
     }
     try:
@@ -113,7 +114,7 @@ def measure_ceilings() -> dict:
     out = {}
     src = torch.randn(256 * 1024 * 1024, device="cuda")  # 1 GiB
     dst = torch.empty_like(src)
-    t = time_cuda_eager(lambda i: dst.copy_(src), repeats=10)
+    t = time_cuda_eager(lambda i, dst=dst, src=src: dst.copy_(src), repeats=10)
     out["copy_GBps"] = 2 * src.numel() * 4 / t / 1e9
     del src, dst
     n = 8192
@@ -122,7 +123,7 @@ def measure_ceilings() -> dict:
                               ("bf16_TFLOPs", torch.bfloat16, False)):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
-        t = time_cuda_eager(lambda i: a @ b, repeats=5, warmup=2)
+        t = time_cuda_eager(lambda i, a=a, b=b: a @ b, repeats=5, warmup=2)
         out[name] = 2 * n**3 / t / 1e12
     torch.backends.cuda.matmul.allow_tf32 = old_tf32
     return out

@@ -20,13 +20,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from models_bench import PeakMemory, parse_lengths  # noqa: E402
-
 import torch  # noqa: E402
 
 from babilong_fast import __version__  # noqa: E402
 from babilong_fast.data import BabilongGenerator  # noqa: E402
 from babilong_fast.data.lengths import length_name  # noqa: E402
+from models_bench import PeakMemory, parse_lengths  # noqa: E402
 
 
 def stream(sample, chunk: int) -> tuple[int, float, int, int]:

@@ -8,8 +8,8 @@ then writes ``<date>_<gpu>[_<part>].json`` (environment, build, test counts, eve
 ``.log`` into ``$BABILONG_FAST_RESULTS_DIR`` (default ``benchmarks/results``).
 
 Parts (``--part``, a comma list; default ``all``): ``tests`` = the GPU tests (ops, engine, models, dispatch;
-``tests/data`` and ``tests/train`` are CPU-only and run in CI); ``ops`` = the ``assoc_read`` ops benchmark per backend and
-every CUDA kernel variant; ``micro`` = the pytest-benchmark micro-benchmarks of every op;
+``tests/data`` and ``tests/train`` are CPU-only and run in CI); ``ops`` = the ``assoc_read`` ops benchmark per
+backend and every CUDA kernel variant; ``micro`` = the pytest-benchmark micro-benchmarks of every op;
 ``models`` = the models benchmark in five runs: RMT and ARMT at batch 1 (16k / 1M / 10M tokens), Mamba-130m
 (Triton scan, 16k / 1M / 10M), RMT and ARMT at 128k with lean, HF and compiled steps, ARMT at 1M per backend
 of its memory ops, RMT and ARMT at batch 8 (16k / 1M); GPT-2 small / Mamba-130m shapes, bfloat16, stock
@@ -74,7 +74,8 @@ MODEL_RUNS = [
     ("mamba", ["--models", "mamba", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "triton",
                "--mamba-prefix", "16384", "--budget-s", "40"], 140),
     # Mamba on the CUDA kernels (csrc/selective_scan, csrc/causal_conv1d), fast rows only: no tuning, no compiles.
-    ("mamba_cuda", ["--models", "mamba", "--modes", "fast", "--lengths", "1M,10M", "--batch", "1", "--backends", "cuda"],
+    ("mamba_cuda",
+     ["--models", "mamba", "--modes", "fast", "--lengths", "1M,10M", "--batch", "1", "--backends", "cuda"],
      70),
     # The fast step: lean GPT-2 blocks (gpt2_block_infer: 10 kernels a block), the step under torch.compile (one
     # graph per part, compiled in the warm-up: tens of seconds per model), the blocks' own forward (17) last:
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", default="all", help="all, core or a comma list of " + ", ".join(PARTS))
     ap.add_argument("--deadline-s", type=float, default=570.0, help="the whole check ends by then (default 570)")
     ap.add_argument("--reuse-build", action="store_true",
-                    help="skip the build when an earlier call on this machine installed babilong_fast with its extension")
+                    help="skip the build when an earlier call on this machine installed babilong_fast with its "
+                         "extension")
     ap.add_argument("--runs", default=None,
                     help="models part: a comma list of " + ", ".join(n for n, _, _ in MODEL_RUNS) + " (default all, in "
                          "that order)")
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                     {"name": b["name"], "median_s": b["stats"]["median"], **b.get("extra_info", {})}
                     for b in micro.get("benchmarks", [])
                 ]
-                print(f"micro-benchmarks: exit {code}, {len(result['micro_benchmarks'])} rows in {secs:.0f}s", flush=True)
+                n_rows = len(result["micro_benchmarks"])
+                print(f"micro-benchmarks: exit {code}, {n_rows} rows in {secs:.0f}s", flush=True)
     summary["seconds"] = round(time.time() - start, 1)
     path = os.path.join(out_dir, stem + ".json")
     with open(path, "w") as f:

@@ -17,9 +17,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-import mamba_bench
 import torch
 
+import mamba_bench
 from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name, parse_length
 from babilong_fast.engine import GEN_ID, StreamRunner
 from babilong_fast.models import ARMT, RMT
@@ -117,7 +117,7 @@ def random_chunks(B: int, n: int, vocab: int, seed: int):
 
 def babilong_chunks(samples):
     """The samples' inputs, zipped into ``[B, n]`` chunks (all samples of one length have the same size)."""
-    for parts in zip(*(s.iter_chunks(CHUNK_TOKENS) for s in samples)):
+    for parts in zip(*(s.iter_chunks(CHUNK_TOKENS) for s in samples), strict=True):
         yield torch.tensor(parts, dtype=torch.long)
 
 
@@ -197,7 +197,7 @@ def run_stock(model, inputs: Inputs, device, watch: Watch, max_new_tokens: int, 
             watch.segments = k + 1
             watch.check()
         full_logits = torch.cat(kept_logits, 1)  # process_outputs: full_logits
-        full_hidden = [torch.cat(layer, 1) for layer in zip(*kept_hidden)]  # and full_hidden_states
+        full_hidden = [torch.cat(layer, 1) for layer in zip(*kept_hidden, strict=True)]  # and full_hidden_states
         a, b = bounds[-1]
         if answer == "generate":
             out = model.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=-1)
@@ -429,7 +429,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                     model.backend = backend
                 budget = cfg.budget_s if mode == "stock" else cfg.fast_budget_s
 
-                def fn(watch, inputs=None, mode=mode, backend=backend, model=model, step=step):
+                def fn(watch, inputs=None, mode=mode, backend=backend, model=model, step=step, mamba=mamba, seg=seg):
                     if mamba and mode == "stock":
                         return mamba_bench.run_stock_mamba(
                             model, inputs, cfg.device, watch, cfg.max_new_tokens, wrappers["mamba"]["prefix"])
@@ -465,7 +465,7 @@ def run_suite(cfg: Settings, backbone: dict, wrappers: dict, log=print, on_row=N
                     row.update(input_tokens=inputs.total_tokens, segments=-(-inputs.total_tokens // seg))
                     watch_holder = {}
                     try:
-                        def call(watch, inputs=inputs):
+                        def call(watch, inputs=inputs, watch_holder=watch_holder):
                             watch_holder["w"] = watch
                             return fn(watch, inputs)
 

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                      for i in range(0, len(valid), 100)])
                 model.train()
                 two = torch.tensor([k == 2 for _, k in valid])
-                print(f"step {step:5d}  stories <= {max_facts or 'all'} facts  loss {sum(losses[-args.every:]) / args.every:.3f}"
+                loss = sum(losses[-args.every:]) / args.every
+                print(f"step {step:5d}  stories <= {max_facts or 'all'} facts  loss {loss:.3f}"
                       f"  valid {100 * hit.float().mean():5.1f} %  (2 facts {100 * hit[two].float().mean():5.1f} %)"
                       f"  {time.perf_counter() - t0:5.0f} s", flush=True)
     return 0

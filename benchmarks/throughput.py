@@ -5,26 +5,25 @@
     python benchmarks/throughput.py --suite ops          # assoc_read per backend (was the default)
     python benchmarks/throughput.py --shape 8,522,768,64 --dtype float32,bfloat16 --json out.json   # ops
 
-Models suite (default). RMT, ARMT and Mamba with random weights, each in two modes on the same input
-(``context ‖ question ‖ GEN`` then 10 greedy tokens): **stock**, the public implementations' way (RMT/ARMT:
-a Python loop of full forwards with full-vocabulary logits and all hidden states kept for every segment,
-then the answer, ``models_bench.STOCK_EMULATION``; Mamba: Hugging Face ``MambaForCausalLM``, one call on a
-prefix then one token per call with its cache, ``mamba_bench.STOCK_DESCRIPTION``), and **fast**,
-babilong_fast's ``StreamRunner``. Defaults: on a CPU a tiny GPT-2 (2 layers, d 128, real vocabulary,
-segment 128) and a tiny Mamba (2 layers, d 128, chunk 2048, stock prefix 4096) at 1k, 4k, 16k tokens,
-batch 1 (a few minutes on 2 cores); on a GPU GPT-2 small (12 layers, d 768, segment 512) and Mamba-130m's
-shape (24 layers, d 768, chunk 8192, stock prefix 300k as the public eval script) at 16k, 128k, 1M, 10M
-tokens, batch 1 and 8 (``--lengths ...,50M`` for more). Each row: a short warm-up run per model/mode/batch, then up to ``--repeats`` timed runs (a
-repeat only while a run stays under ``--long-s``), median seconds, synchronised on a GPU; tokens/s =
-batch x input tokens / seconds; peak memory = device memory on a GPU (``max_memory_allocated``), peak RSS
-on a CPU. A run past its wall-clock budget (``--budget-s`` for stock, ``--fast-budget-s`` for fast) is
-aborted and reported as skipped, never extrapolated, and longer lengths of that model/mode/batch are then
-skipped too; so is a length predicted to take over twice its budget (linear in tokens through the last two
-shorter lengths, or for stock through the one shorter length; not run, no time reported); a GPU run that
-runs out of memory is reported as failed the same way. Writes a table with
-fast/stock ratios, a JSON file (environment, configs, every row) and a PNG plot (with matplotlib) into
-``--out`` (default ``benchmarks/results`` on a GPU, a fresh temporary folder on a CPU so that a local run
-leaves the repository clean).
+Models suite (default). RMT, ARMT and Mamba with random weights, each in two modes on the same input (``context
+‖ question ‖ GEN`` then 10 greedy tokens): **stock**, the public implementations' way (RMT/ARMT: a Python loop
+of full forwards with full-vocabulary logits and all hidden states kept for every segment, then the answer,
+``models_bench.STOCK_EMULATION``; Mamba: Hugging Face ``MambaForCausalLM``, one call on a prefix then one token
+per call with its cache, ``mamba_bench.STOCK_DESCRIPTION``), and **fast**, babilong_fast's ``StreamRunner``.
+Defaults: on a CPU a tiny GPT-2 (2 layers, d 128, real vocabulary, segment 128) and a tiny Mamba (2 layers, d
+128, chunk 2048, stock prefix 4096) at 1k, 4k, 16k tokens, batch 1 (a few minutes on 2 cores); on a GPU GPT-2
+small (12 layers, d 768, segment 512) and Mamba-130m's shape (24 layers, d 768, chunk 8192, stock prefix 300k as
+the public eval script) at 16k, 128k, 1M, 10M tokens, batch 1 and 8 (``--lengths ...,50M`` for more). Each row:
+a short warm-up run per model/mode/batch, then up to ``--repeats`` timed runs (a repeat only while a run stays
+under ``--long-s``), median seconds, synchronised on a GPU; tokens/s = batch x input tokens / seconds; peak
+memory = device memory on a GPU (``max_memory_allocated``), peak RSS on a CPU. A run past its wall-clock budget
+(``--budget-s`` for stock, ``--fast-budget-s`` for fast) is aborted and reported as skipped, never extrapolated,
+and longer lengths of that model/mode/batch are then skipped too; so is a length predicted to take over twice
+its budget (linear in tokens through the last two shorter lengths, or for stock through the one shorter length;
+not run, no time reported); a GPU run that runs out of memory is reported as failed the same way. Writes a table
+with fast/stock ratios, a JSON file (environment, configs, every row) and a PNG plot (with matplotlib) into
+``--out`` (default ``benchmarks/results`` on a GPU, a fresh temporary folder on a CPU so that a local run leaves
+the repository clean).
 
 Ops suite (``--suite ops``; chosen automatically when ``--shape``, ``--nu`` or ``--sweep`` is given). For each
 backend that can run here: median time per call, tokens/s and, on a GPU, the fraction of the roofline (the
@@ -42,11 +41,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_utils import environment, measure_ceilings, time_cpu, time_cuda_eager, time_cuda_graph  # noqa: E402
-import mamba_bench  # noqa: E402
-
 import babilong_fast  # noqa: E402
+import mamba_bench  # noqa: E402
 from babilong_fast.ops import assoc_read, assoc_read_ref  # noqa: E402
+from bench_utils import environment, measure_ceilings, time_cpu, time_cuda_eager, time_cuda_graph  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -157,7 +155,8 @@ def sweep_triton_assoc_read(shape, nu, dtype, device, repeats) -> list[dict]:
 
 
 def input_sets(shape, nu, dtype, device) -> tuple[list[tuple], torch.Tensor]:
-    """Four random input sets (h, w_q, A, z) of one shape, rotated while timing, and the float64 reference of the first."""
+    """Four random input sets (h, w_q, A, z) of one shape, rotated while timing, and the float64 reference of the
+    first."""
     B, T, d, n = shape
     F = 2 * nu * n
     sets = [(torch.randn(B, T, d, device=device).to(dtype), torch.randn(n, d, device=device) / d**0.5,
@@ -205,19 +204,21 @@ def component_rows(sets, ref, nu, dtype, repeats, shape: dict) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'op':<11}{'backend':<8}{'dtype':<10}{'B,T,d,n':<16}{'time':>11}{'eager':>11}{'tokens/s':>12}{'TFLOP/s':>9}{'GB/s':>8}{'%roof':>7}  bound / note"
+    head = (f"{'op':<11}{'backend':<8}{'dtype':<10}{'B,T,d,n':<16}{'time':>11}{'eager':>11}{'tokens/s':>12}"
+            f"{'TFLOP/s':>9}{'GB/s':>8}{'%roof':>7}  bound / note")
     print(head)
     print("-" * len(head))
     for r in rows:
         shape = f"{r['B']},{r['T']},{r['d']},{r['d_mem']}"
         lead = f"{r['op']:<11}{r['backend']:<8}{r['dtype']:<10}{shape:<16}"
         if "seconds" not in r:
-            print(lead + f"{'-':>11}{'-':>11}{'-':>12}{'-':>9}{'-':>8}{'-':>7}  " + r.get("skipped", r.get("failed", "")))
+            dashes = f"{'-':>11}{'-':>11}{'-':>12}{'-':>9}{'-':>8}{'-':>7}  "
+            print(lead + dashes + r.get("skipped", r.get("failed", "")))
             continue
         eager = f"{r['eager_s'] * 1e6:9.1f}us" if "eager_s" in r else f"{'-':>11}"
         pct = f"{r['pct_roofline']:6.1f}%" if "pct_roofline" in r else f"{'-':>7}"
-        print(lead + f"{r['seconds'] * 1e6:9.1f}us{eager}{r['tokens_per_s']:12.3g}{r['TFLOPs']:9.2f}{r['GBps']:8.0f}{pct}  "
-              + r.get("bound", ""))
+        figures = f"{r['seconds'] * 1e6:9.1f}us{eager}{r['tokens_per_s']:12.3g}{r['TFLOPs']:9.2f}{r['GBps']:8.0f}{pct}"
+        print(lead + figures + "  " + r.get("bound", ""))
     by_key = {(r["dtype"], r["B"], r["T"], r["d"]): {} for r in rows}
     for r in rows:
         if "seconds" in r:
@@ -427,7 +428,8 @@ def run_models(args, env: dict, ops: dict | None) -> int:
         return {
             "suite": "models",
             "environment": env,
-            "settings": {"argv": sys.argv[1:], "models": models, "modes": modes, "lengths": lengths, "batches": batches, "dtype": dtype_name,
+            "settings": {"argv": sys.argv[1:], "models": models, "modes": modes, "lengths": lengths, "batches": batches,
+                         "dtype": dtype_name,
                          "backends": backends, "steps": steps, "device": str(device), "budget_s": cfg.budget_s,
                          "fast_budget_s": cfg.fast_budget_s, "repeats": cfg.repeats, "long_s": cfg.long_s,
                          "max_new_tokens": cfg.max_new_tokens, "eos_disabled": True, "data": args.data,

@@ -104,7 +104,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     budget = 60 * args.minutes
     losses, valid, stage_ends = [], [], []
     shares = [s / sum(args.shares) for s in args.shares]
-    per_stage = zip(cfg.stages, args.max_facts, args.batch, args.micro, args.decay_factor)
+    per_stage = zip(cfg.stages, args.max_facts, args.batch, args.micro, args.decay_factor, strict=True)
     for i, (n, max_facts, batch, micro, decay) in enumerate(per_stage):
         # the facts alone are cheap to generate: always fresh samples there; later stages reuse a pool
         stage_cfg = TrainConfig.from_dict({**cfg.to_dict(), "stages": [n], "steps": [cfg.stage_steps(i)],
@@ -127,7 +127,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
     rows = evaluate(model, kind, "qa1", [k * cfg.segment_size for k in EVAL_SEGMENTS], args.n, split="test", seed=0,
                     batch=args.eval_batch)
     eval_s = time.perf_counter() - t1
-    accuracy = {str(k): r["accuracy"] for k, r in zip(EVAL_SEGMENTS, rows)}
+    accuracy = {str(k): r["accuracy"] for k, r in zip(EVAL_SEGMENTS, rows, strict=True)}
     doc = {
         "tool": f"babilong_fast {__version__} benchmarks/train_proof.py",
         "kind": kind, "task": "qa1", "seed": args.seed,
@@ -199,7 +199,7 @@ def plot(out: Path) -> Path | None:
     ax1.set_yscale("log")
     max_facts = docs[0].get("max_facts_per_stage") or [0] * len(docs[0]["config"]["stages"])
     stages = " -> ".join(f"{n} seg" if n else "facts" + (f" (<= {m})" if m else "")
-                         for n, m in zip(docs[0]["config"]["stages"], max_facts))
+                         for n, m in zip(docs[0]["config"]["stages"], max_facts, strict=True))
     ax1.set_title(f"training loss (answer + EOS), curriculum {stages} (128-token segments)", fontsize=9)
     ax1.legend()
     ax2.set_xticks(range(len(EVAL_SEGMENTS)), labels=[f"{s} seg\n({s * 128} tok)" for s in EVAL_SEGMENTS])
@@ -281,10 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--init-from needs --kind armt or --kind rmt")
     if max(args.stages) > args.max_segments:
         p.error(f"--stages go to {max(args.stages)} segments, over --max-segments {args.max_segments}")
-    args.micro = [min(m, b) for m, b in zip(args.micro, args.batch)]
-    if any(b % m for b, m in zip(args.batch, args.micro)):
+    args.micro = [min(m, b) for m, b in zip(args.micro, args.batch, strict=True)]
+    if any(b % m for b, m in zip(args.batch, args.micro, strict=True)):
         p.error("each --batch must be a multiple of its --micro")
-    if any(b < a for a, b in zip(args.stages, args.stages[1:])):
+    if any(b < a for a, b in zip(args.stages, args.stages[1:], strict=False)):
         p.error("--stages must not decrease (a stage may repeat, e.g. 0,0,2 with --max-facts 2,0,0)")
     if args.baseline:
         print(f"answer = location of the last fact, {args.n} test samples per length: "

@@ -7,8 +7,9 @@ to compile or launch), so a benchmark can report what was picked and by how much
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 

@@ -36,9 +36,9 @@ from babilong_fast.kernels.config_tuner import ConfigTuner
 from babilong_fast.kernels.scan_math import channel_block, scan_combine, softplus
 from babilong_fast.kernels.selective_scan_statewise import (
     StatewiseScanConfig,
-    statewise_scan_fwd_kernel,
     default_statewise_config,
     statewise_candidates,
+    statewise_scan_fwd_kernel,
 )
 
 KERNELS = ("chunked", "statewise", "step")

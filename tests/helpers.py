@@ -48,7 +48,8 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -
         diff = (out64 - ref64).abs()
         idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
         raise AssertionError(
-            f"{name}: relative error {err:.3e} > {rtol:.1e}; worst at {idx}: got {out64[idx]:.6g}, want {ref64[idx]:.6g}"
+            f"{name}: relative error {err:.3e} > {rtol:.1e}; worst at {idx}: "
+            f"got {out64[idx]:.6g}, want {ref64[idx]:.6g}"
         )
 
 

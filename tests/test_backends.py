@@ -77,7 +77,8 @@ def test_import_needs_neither_triton_nor_extension():
         "import torch, babilong_fast\n"
         "r = babilong_fast.backends()\n"
         "assert not r['triton'].available and not r['cuda'].available, r\n"
-        "x = babilong_fast.ops.assoc_read(torch.randn(1, 2, 8), torch.randn(2, 8), torch.rand(1, 12, 8), torch.rand(1, 12))\n"
+        "x = babilong_fast.ops.assoc_read(\n"
+        "    torch.randn(1, 2, 8), torch.randn(2, 8), torch.rand(1, 12, 8), torch.rand(1, 12))\n"
         "print('ok', tuple(x.shape))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

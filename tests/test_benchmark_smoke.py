@@ -40,7 +40,8 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
     assert res["configs"]["backbone"]["vocab_size"] == 50257
     assert res["configs"]["mamba"]["config"]["vocab_size"] == 50280 and res["configs"]["mamba"]["prefix"] == 4096
     assert set(res["modes"]) == {"stock", "fast", "stock_mamba", "fast_mamba"}
-    assert "full-vocabulary logits" in res["modes"]["stock"] and "one call per remaining token" in res["modes"]["stock_mamba"]
+    assert "full-vocabulary logits" in res["modes"]["stock"]
+    assert "one call per remaining token" in res["modes"]["stock_mamba"]
     measured = [r for r in res["rows"] if "seconds" in r]
     assert {(r["model"], r["mode"]) for r in measured} == {
         ("rmt", "stock"), ("rmt", "fast"), ("armt", "stock"), ("armt", "fast"), ("mamba", "stock"), ("mamba", "fast")}
@@ -84,8 +85,9 @@ def test_budget_exceeded_is_skipped_not_extrapolated(throughput, tmp_path, capsy
 
 def test_length_predicted_over_budget_is_skipped_not_run(throughput, tmp_path, capsys, monkeypatch):
     """The suite's prediction with set timings: each run "takes" the next of these seconds (no model runs)."""
-    import models_bench
     import torch
+
+    import models_bench
 
     seconds = iter([20.0, 1.0, 1.5, 4.5])  # stock 1k; fast 1k, 2k, 8k
 

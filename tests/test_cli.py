@@ -35,7 +35,7 @@ def test_data_writes_official_layout(tmp_path: Path) -> None:
             want = BabilongGenerator(task, length, split="test", seed=0, margin=300).take(3)
             got = load_official(tmp_path, length=length, task=task)
             assert [s.record() for s in got] == records
-            for s, w in zip(got, want):
+            for s, w in zip(got, want, strict=True):
                 assert (s.input, s.question, s.target) == (w.text(), w.question, w.target)
                 assert w.num_tokens == (700 if length == "1k" else sum(len(f) for f in w.fact_token_ids()))
                 assert len(w.input_ids()) == w.num_tokens
@@ -127,7 +127,7 @@ def test_data_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
 def test_data_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                    message: str) -> None:
     base = {"--tasks": "qa1", "--lengths": "0k", "--n": "1", "--out": str(tmp_path / "out")}
-    for k, v in zip(args[::2], args[1::2]):
+    for k, v in zip(args[::2], args[1::2], strict=True):
         base[k] = v
     argv = ["data", *(x for kv in base.items() for x in kv)]
     with pytest.raises(SystemExit) as e:

@@ -210,7 +210,7 @@ def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys):
 )
 def test_eval_bad_arguments_exit_2(args, message, ckpts, tmp_path, capsys):
     base = {"--checkpoint": str(ckpts["armt"]), "--tasks": "qa1", "--lengths": "0k", "--n": "1", "--out": str(tmp_path)}
-    for k, v in zip(args[::2], args[1::2]):
+    for k, v in zip(args[::2], args[1::2], strict=True):
         base[k] = v
     argv = ["eval", "--no-progress"] + [x for kv in base.items() for x in kv]
     with pytest.raises(SystemExit) as e:

@@ -11,7 +11,8 @@ import torch
 from babilong_fast.ops import causal_conv1d
 from timed_here import GPU, skip_unless_timed_here
 
-SHAPES = {"mamba130m-B1": (1, 1536, 2048, 4), "mamba130m-B8": (8, 1536, 2048, 4)} if GPU else {"small": (1, 128, 1024, 4)}
+SHAPES = ({"mamba130m-B1": (1, 1536, 2048, 4), "mamba130m-B8": (8, 1536, 2048, 4)} if GPU
+          else {"small": (1, 128, 1024, 4)})
 
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))

@@ -15,7 +15,8 @@ import torch
 from babilong_fast.ops import selective_scan
 from timed_here import GPU, skip_unless_timed_here
 
-SHAPES = {"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 16)} if GPU else {"small": (1, 128, 256, 16)}
+SHAPES = ({"mamba130m-B1": (1, 1536, 2048, 16), "mamba130m-B8": (8, 1536, 2048, 16)} if GPU
+          else {"small": (1, 128, 256, 16)})
 
 
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
@@ -39,7 +40,8 @@ def test_selective_scan(benchmark, variant, dtype, shape, monkeypatch):
     h0 = torch.randn(B, D, N, device=device)
 
     def run():
-        selective_scan(u, delta, A, Bm, Cm, Dv, z, bias, True, initial_state=h0, return_last_state=True, backend=backend)
+        selective_scan(u, delta, A, Bm, Cm, Dv, z, bias, True, initial_state=h0, return_last_state=True,
+                       backend=backend)
         if GPU:
             torch.cuda.synchronize()
 

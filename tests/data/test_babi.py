@@ -12,7 +12,7 @@ from babilong_fast.data.babi import FACT_RANGE, TASKS, generate, iter_samples, s
 P = "(John|Mary|Sandra|Daniel)"
 P5 = "(Bill|Fred|Jeff|Mary)"
 L = "(bathroom|bedroom|garden|hallway|kitchen|office)"
-O = "(apple|football|milk)"
+OBJ = "(apple|football|milk)"
 D = "(north|south|east|west)"
 LOCATIONS = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
 OPP = {"north": "south", "south": "north", "east": "west", "west": "east"}
@@ -21,9 +21,9 @@ OPP = {"north": "south", "south": "north", "east": "west", "west": "east"}
 def _templates(p: str) -> dict[str, re.Pattern]:
     return {
         "move": re.compile(rf"^{p} (?:moved to|went to|journeyed to|travelled to|went back to) the {L}\.$"),
-        "get": re.compile(rf"^{p} (?:got|grabbed|picked up|took) the {O}(?: there)?\.$"),
-        "drop": re.compile(rf"^{p} (?:dropped|discarded|put down|left) the {O}(?: there)?\.$"),
-        "give": re.compile(rf"^{p} (?:gave|passed|handed) the {O} to {p}\.$"),
+        "get": re.compile(rf"^{p} (?:got|grabbed|picked up|took) the {OBJ}(?: there)?\.$"),
+        "drop": re.compile(rf"^{p} (?:dropped|discarded|put down|left) the {OBJ}(?: there)?\.$"),
+        "give": re.compile(rf"^{p} (?:gave|passed|handed) the {OBJ} to {p}\.$"),
     }
 
 
@@ -33,12 +33,12 @@ ALLOWED = {"qa1": {"move"}, "qa2": {"move", "get", "drop"}, "qa3": {"move", "get
 RELATION = re.compile(rf"^The {L} is {D} of the {L}\.$")
 QUESTIONS = {
     "qa1": [re.compile(rf"^Where is {P}\?$")],
-    "qa2": [re.compile(rf"^Where is the {O}\?$")],
-    "qa3": [re.compile(rf"^Where was the {O} before the {L}\?$")],
+    "qa2": [re.compile(rf"^Where is the {OBJ}\?$")],
+    "qa3": [re.compile(rf"^Where was the {OBJ} before the {L}\?$")],
     "qa4": [re.compile(rf"^What is {D} of the {L}\?$"), re.compile(rf"^What is the {L} {D} of\?$")],
-    "qa5": [re.compile(rf"^Who gave the {O} to {P5}\?$"), re.compile(rf"^Who gave the {O}\?$"),
-            re.compile(rf"^Who did {P5} give the {O} to\?$"), re.compile(rf"^What did {P5} give to {P5}\?$"),
-            re.compile(rf"^Who received the {O}\?$")],
+    "qa5": [re.compile(rf"^Who gave the {OBJ} to {P5}\?$"), re.compile(rf"^Who gave the {OBJ}\?$"),
+            re.compile(rf"^Who did {P5} give the {OBJ} to\?$"), re.compile(rf"^What did {P5} give to {P5}\?$"),
+            re.compile(rf"^Who received the {OBJ}\?$")],
 }
 N = {"qa1": 400, "qa2": 400, "qa3": 300, "qa4": 400, "qa5": 300}
 

@@ -14,13 +14,13 @@ P = "(John|Mary|Sandra|Daniel)"
 P10 = "(Bill|Fred|Julie|Mary)"
 L = "(bathroom|bedroom|garden|hallway|kitchen|office)"
 L10 = "(bedroom|cinema|kitchen|office|park|school)"
-O = "(apple|football|milk)"
+OBJ = "(apple|football|milk)"
 MOVE = "(?:moved to|went to|journeyed to|travelled to|went back to)"
 OBJ_T = {
     "move": re.compile(rf"^{P} {MOVE} the {L}\.$"),
-    "get": re.compile(rf"^{P} (?:got|grabbed|picked up|took) the {O}(?: there)?\.$"),
-    "drop": re.compile(rf"^{P} (?:dropped|discarded|put down|left) the {O}(?: there)?\.$"),
-    "give": re.compile(rf"^{P} (?:gave|passed|handed) the {O} to {P}\.$"),
+    "get": re.compile(rf"^{P} (?:got|grabbed|picked up|took) the {OBJ}(?: there)?\.$"),
+    "drop": re.compile(rf"^{P} (?:dropped|discarded|put down|left) the {OBJ}(?: there)?\.$"),
+    "give": re.compile(rf"^{P} (?:gave|passed|handed) the {OBJ} to {P}\.$"),
 }
 NEG_T = {
     "move": OBJ_T["move"],

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from babilong_fast.data.background import background_sentences
 from babilong_fast.data.babi import generate
+from babilong_fast.data.background import background_sentences
 from babilong_fast.data.builder import MIN_CHUNK_CHARS, BabilongSample, FactsTooLongError, build_sample
 from babilong_fast.data.tokenizer import get_tokenizer
 
@@ -27,7 +27,7 @@ def _check_facts(sample: BabilongSample, ids: list[int]) -> None:
     positions = sample.fact_positions
     assert len(positions) == len(sample.facts)
     end = 0
-    for fact, fact_ids, pos in zip(sample.facts, sample.fact_token_ids(), positions):
+    for fact, fact_ids, pos in zip(sample.facts, sample.fact_token_ids(), positions, strict=True):
         assert pos >= end
         assert ids[pos:pos + len(fact_ids)] == fact_ids
         assert TOK.decode(ids[pos:pos + len(fact_ids)]) == " " + fact
@@ -102,12 +102,12 @@ def test_facts_sit_at_first_boundary_after_their_offset(seed: int) -> None:
     sample = _build("2k", seed=seed)
     bounds = _background_boundaries(sample)
     fact_lens = [len(f) for f in sample.fact_token_ids()]
-    for j, (pos, offset) in enumerate(zip(sample.fact_positions, sample._offsets)):
+    for j, (pos, offset) in enumerate(zip(sample.fact_positions, sample._offsets, strict=True)):
         background_offset = pos - sum(fact_lens[:j])
         assert background_offset == min(b for b in bounds if b >= offset)
     ids = sample.input_ids()
     kept = [i for k, i in enumerate(ids)
-            if not any(p <= k < p + n for p, n in zip(sample.fact_positions, fact_lens))]
+            if not any(p <= k < p + n for p, n in zip(sample.fact_positions, fact_lens, strict=True))]
     assert len(kept) == sample.background_budget
 
 
@@ -143,7 +143,7 @@ def test_128k_streaming() -> None:
     fact_ids = sample.fact_token_ids()
     n2, d2, windows = _stream_digest(sample, 1000, sample.fact_positions)
     assert (n2, d2) == (n1, d1)
-    for got, want in zip(windows, fact_ids):
+    for got, want in zip(windows, fact_ids, strict=True):
         assert got[: len(want)] == want
 
 

@@ -10,6 +10,7 @@ import pytest
 from babilong_fast.data.babi import TASKS, generate
 from babilong_fast.data.dataset import BabilongGenerator
 
+
 @pytest.mark.parametrize("task", TASKS)
 def test_generator_samples(task: str) -> None:
     samples = BabilongGenerator(task, "1k", split="test", seed=3).take(3)
@@ -18,7 +19,7 @@ def test_generator_samples(task: str) -> None:
         assert s.task == task and s.num_tokens == 700 == len(s.input_ids())
         assert any(b["facts"] == list(s.facts) and b["answer"] == s.target for b in babi)
         ids = s.input_ids()
-        for pos, f in zip(s.fact_positions, s.fact_token_ids()):
+        for pos, f in zip(s.fact_positions, s.fact_token_ids(), strict=True):
             assert ids[pos:pos + len(f)] == f
 
 

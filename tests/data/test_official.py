@@ -119,7 +119,7 @@ def test_stripped_writer_matches_strip() -> None:
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 6))))
-        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         out: list[str] = []
 
         class F:

@@ -175,5 +175,6 @@ def test_compiled_step_in_a_cuda_graph(kind):
     assert torch.equal(got.cpu(), want.cpu())
     assert runner.adapter.compiled.compiled_calls >= 2 and runner._steps.graphed_steps >= 3
     assert runner.adapter.compiled.regional is True  # per-layer graphs, recorded in the step's CUDA graph
-    for i, (w, g) in enumerate(zip(state_tensors(plain.state.model_state), state_tensors(runner.state.model_state))):
+    want_state, got_state = state_tensors(plain.state.model_state), state_tensors(runner.state.model_state)
+    for i, (w, g) in enumerate(zip(want_state, got_state, strict=True)):
         assert_close(f"state tensor {i}", w, g, 1e-4)

@@ -5,8 +5,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
-from babilong_fast.models._common import segment_bounds
 from babilong_fast.models import stream_step as stream_step_module
+from babilong_fast.models._common import segment_bounds
 from babilong_fast.models.stream_step import SegmentWorkspace, fast_step_unsupported, stream_step
 from tests.helpers import assert_close, make_memory_matter, requires_triton
 from tests.models.naive import EOS, VOCAB

@@ -73,7 +73,8 @@ def test_assoc_read_small_denominator(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"), pytest.param(torch.bfloat16, id="bfloat16")])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"),
+                                   pytest.param(torch.bfloat16, id="bfloat16")])
 def test_assoc_read_grad(backend, device, dtype):
     B, T, d, n, nu = 2, 23, 40, 8, 3
     h, w_q, A, z = make_inputs(B, T, d, n, nu, device)
@@ -83,7 +84,7 @@ def test_assoc_read_grad(backend, device, dtype):
     assoc_read(*leaves, nu=nu, backend=backend).float().backward(grad_out)
     leaves64 = [t.detach().double().requires_grad_() for t in (h, w_q, A, z)]
     assoc_read_ref(*leaves64, nu).backward(grad_out.double())
-    for name, got, want in zip(("h", "w_q", "A", "z"), leaves, leaves64):
+    for name, got, want in zip(("h", "w_q", "A", "z"), leaves, leaves64, strict=True):
         assert_close(f"grad {name}", want.grad, got.grad, 1e-5 if dtype == torch.float32 else 2e-2)
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from babilong_fast.ops import rows_layer_norm_ref
 from tests.helpers import assert_close
 from tests.ops import cuda_emulation
 from tests.ops.test_assoc_write import CUDA_DTYPES, CUDA_RULES, CUDA_SHAPES, make_inputs, ref64
 from tests.ops.test_segment_io import DTYPES, EMBED_SHAPES, ROWS_SHAPES, RTOL, embed_ref64, ln_inputs, make_embed
-from babilong_fast.ops import rows_layer_norm_ref
 
 pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason=str(cuda_emulation.skip_reason()))
 # ARMT's GPT-2 shapes (d = 768, d_mem = 64): about 5 s each emulated at batch 1 (hundreds of blocks of 256

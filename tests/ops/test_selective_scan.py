@@ -5,8 +5,8 @@ import importlib
 import pytest
 import torch
 
-from babilong_fast.ops import selective_scan, selective_scan_ref
 from babilong_fast.backends import BackendUnavailableError
+from babilong_fast.ops import selective_scan, selective_scan_ref
 from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_triton
 
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}

@@ -105,7 +105,8 @@ def test_chunked_kernel_groups(dim, groups, BD, shared, kind):
     assert_close("last_state", want_last, last, 1e-5)
 
 
-@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bfloat16"),
+                                   pytest.param(torch.float16, id="float16")])
 @pytest.mark.parametrize("layout", ["invariant", "varying", "grouped"])
 @pytest.mark.parametrize("kind", TILED)
 def test_chunked_kernel_half(dtype, layout, kind):

@@ -91,7 +91,7 @@ def test_sparse_logits_same_loss_and_grads(kind, model):
     assert sparse["logits"].shape == (int(lm[:, :-1].sum()), 97)
     assert_close("loss", full["loss"], sparse["loss"], 1e-6)
     assert_close("logits", full["logits"][:, :-1][lm[:, :-1]], sparse["logits"], 1e-6)
-    for a, b in zip(g_full, g_sparse):
+    for a, b in zip(g_full, g_sparse, strict=True):
         if a is not None:
             assert_close("grad", a, b, 1e-5)
     with pytest.raises(ValueError, match="needs labels_mask"):

@@ -102,8 +102,8 @@ def test_bad_input(tmp_path):
 
 def test_mamba_kind(tmp_path):
     """HF MambaForCausalLM trained through its own forward; its loss equals the token CE on the answer positions."""
-    from babilong_fast.train.format import collate
     from babilong_fast.train.data import GeneratedData
+    from babilong_fast.train.format import collate
     from babilong_fast.train.kinds import build_model, loss_and_count
 
     cfg = tiny_config("mamba", steps=[2, 1])
@@ -139,7 +139,7 @@ def test_optimizer_is_fused_adamw_with_the_loop_update():
             o.zero_grad()
             m(x).square().sum().backward()
             o.step()
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
