@@ -40,6 +40,15 @@ def check_input_ids(input_ids: object, name: str = "input_ids") -> torch.Tensor:
     return input_ids
 
 
+def check_token_range(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    """ValueError unless every id lies in ``[0, vocab_size)`` (one device sync on a GPU)."""
+    if ids.numel():
+        lo, hi = (int(v) for v in torch.aminmax(ids))
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(
+                f"{name} must lie in [0, {vocab_size}) (the backbone's vocabulary), got ids in [{lo}, {hi}]")
+
+
 def check_mask(mask: object, input_ids: torch.Tensor, name: str) -> torch.Tensor | None:
     """``None`` or a ``[B, N]`` tensor matching ``input_ids``, on its device."""
     if mask is None:

@@ -14,6 +14,7 @@ from babilong_fast.models._common import (
     check_input_ids,
     check_mask,
     check_positive,
+    check_token_range,
     greedy_loop,
     lm_loss,
     segment_bounds,
@@ -33,6 +34,11 @@ class RecurrentLM(nn.Module):
     """
 
     _decode_prefix: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the backbone's token embedding: valid ids are ``[0, vocab_size)``."""
+        return self.backbone.get_input_embeddings().weight.shape[0]
 
     def forward(
         self,
@@ -60,6 +66,7 @@ class RecurrentLM(nn.Module):
             ``{"loss": scalar, "logits": [B, N, V] (or [K, V]), "state": the memory after the last segment}``.
         """
         input_ids = check_input_ids(input_ids)
+        check_token_range(input_ids, self.vocab_size)
         attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
         labels_mask = check_mask(labels_mask, input_ids, "labels_mask")
         if detach_every is not None:
@@ -101,6 +108,7 @@ class RecurrentLM(nn.Module):
             ``[B, <= max_new_tokens]`` the new tokens only.
         """
         input_ids = check_input_ids(input_ids)
+        check_token_range(input_ids, self.vocab_size)
         bounds = segment_bounds(input_ids.shape[1], self.segment_size)
         a, b = bounds[-1]
         self._check_decode_fits(b - a, max_new_tokens)
@@ -135,6 +143,7 @@ class RecurrentLM(nn.Module):
             ``[B, <= max_new_tokens]`` the new tokens only.
         """
         last = check_input_ids(last_ids, "last_ids")
+        check_token_range(last, self.vocab_size, "last_ids")
         self._check_decode_fits(last.shape[1], max_new_tokens)
         state = self._check_state(state, last.shape[0])
 

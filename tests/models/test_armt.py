@@ -222,6 +222,16 @@ def test_armt_bad_input():
         model(ids.float())
     with pytest.raises(ValueError, match="input_ids"):
         model(ids[0])
+    bad = ids.clone()
+    bad[1, 7] = VOCAB  # one past the vocabulary: a clear error, not the embedding's IndexError
+    with pytest.raises(ValueError, match=rf"input_ids must lie in \[0, {VOCAB}\).*\[\d+, {VOCAB}\]"):
+        model(bad)
+    negative = ids.clone()
+    negative[0, 0] = -1
+    with pytest.raises(ValueError, match=r"input_ids must lie in .*\[-1, "):
+        model.generate(negative)
+    with pytest.raises(ValueError, match="last_ids must lie in"):
+        model.generate_from_state(bad[:, :SEG], state)
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=torch.ones(2, 19))
     with pytest.raises(ValueError, match="labels_mask"):

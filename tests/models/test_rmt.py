@@ -132,6 +132,8 @@ def test_rmt_state_helpers_and_bad_input():
     ids = torch.randint(0, VOCAB, (2, 20))
     with pytest.raises(TypeError, match="input_ids"):
         model(ids.tolist())
+    with pytest.raises(ValueError, match=rf"input_ids must lie in \[0, {VOCAB}\)"):
+        model(ids + VOCAB)
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=torch.ones(2, 21))
     with pytest.raises(TypeError, match="state"):
