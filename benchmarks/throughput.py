@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -245,14 +246,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backends", default=None,
                    help="ops: comma list of cuda,triton,torch (default all); models: ARMT's and Mamba's backends in "
                         "fast mode, one fast row each (default auto; stock always uses torch)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_positive(int), default=None,
                    help="timed runs, median reported (ops: default 50 GPU / 5 CPU; models: default 3)")
     p.add_argument("--json", default=None, help="ops: write the environment, ceilings and every row here; "
                                                 "models: the JSON path (default <out>/<date>_<device>_models.json)")
     g = p.add_argument_group("ops suite")
     g.add_argument("--shape", action="append",
                    help=f"B,T,d,d_mem (repeatable); default {CPU_DEFAULT} on CPU, {GPU_DEFAULT} on GPU")
-    g.add_argument("--nu", type=int, default=None, help="DPFP order (default 3)")
+    g.add_argument("--nu", type=_positive(int), default=None, help="DPFP order (default 3)")
     g.add_argument("--sweep", action="store_true", help="GPU only: also time the Triton kernel over launch configs")
     g = p.add_argument_group("models suite")
     g.add_argument("--models", default="rmt,armt,mamba", help="comma list of rmt, armt, mamba (default all three)")
@@ -265,14 +266,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma list of input lengths such as 16k,128k,1M,10M,50M (k = 1000); "
                         "default 1k,4k,16k on CPU, 16k,128k,1M,10M on GPU")
     g.add_argument("--batch", default=None, help="comma list of batch sizes (default 1 on CPU, 1,8 on GPU)")
-    g.add_argument("--budget-s", type=float, default=None,
+    g.add_argument("--budget-s", type=_positive(float), default=None,
                    help="wall-clock budget of one stock run; past it the run is aborted and reported as skipped "
                         "(default 200 on CPU, 300 on GPU)")
-    g.add_argument("--fast-budget-s", type=float, default=None,
+    g.add_argument("--fast-budget-s", type=_positive(float), default=None,
                    help="the same for fast runs (default 120 on CPU, 540 on GPU)")
-    g.add_argument("--long-s", type=float, default=None,
+    g.add_argument("--long-s", type=_positive(float), default=None,
                    help="no further repeat after a run this long (default 10 s on CPU, 30 s on GPU)")
-    g.add_argument("--max-new-tokens", type=int, default=10, help="greedy answer tokens (EOS disabled; default 10)")
+    g.add_argument("--max-new-tokens", type=_positive(int), default=10,
+                   help="greedy answer tokens (EOS disabled; default 10)")
     g.add_argument("--data", choices=("random", "babilong"), default="random",
                    help="random ids (default: model cost only) or qa1 BABILong samples streamed by babilong_fast.data")
     g.add_argument("--stock-answer", choices=("state", "generate"), default="state",
@@ -280,10 +282,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "model.generate over the whole input again (RMT-BL's forward + generate validation)")
     g.add_argument("--config", choices=("auto", "tiny", "small"), default="auto",
                    help="backbone: tiny GPT-2 / tiny Mamba (CPU default) or GPT-2 small / Mamba-130m (GPU default)")
-    g.add_argument("--mamba-prefix", type=int, default=None,
+    g.add_argument("--mamba-prefix", type=_positive(int), default=None,
                    help="Mamba stock: tokens in the first call before one-token steps (the public eval script's "
                         "first_seg_len; default 300000 on GPU, 4096 on CPU)")
-    g.add_argument("--mamba-chunk", type=int, default=None,
+    g.add_argument("--mamba-chunk", type=_positive(int), default=None,
                    help="Mamba fast: tokens per chunk (default 8192 on GPU, 2048 on CPU)")
     g.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (tests only)")
     g.add_argument("--out", default=None,
@@ -295,6 +297,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.suite = "ops" if given & set(OPS_ONLY_FLAGS) else "models"
     args.parser = p
     return args
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above zero."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,11 +340,17 @@ def run_ops(args) -> tuple[list[dict], dict]:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     nu = 3 if args.nu is None else args.nu
-    shapes = [tuple(int(v) for v in s.split(",")) for s in (args.shape or [GPU_DEFAULT if gpu else CPU_DEFAULT])]
+    try:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in (args.shape or [GPU_DEFAULT if gpu else CPU_DEFAULT])]
+    except ValueError:
+        p.error(f"--shape takes four positive integers B,T,d,d_mem; got {args.shape}")
     for s in shapes:
         if len(s) != 4 or min(s) < 1:
             p.error(f"--shape takes four positive integers B,T,d,d_mem; got {s}")
-    dtypes = [DTYPES[name] for name in (args.dtype or ("float32,bfloat16" if gpu else "float32")).split(",")]
+    dtype_names = (args.dtype or ("float32,bfloat16" if gpu else "float32")).split(",")
+    if unknown := [name for name in dtype_names if name not in DTYPES]:
+        p.error(f"--dtype takes a comma list of {', '.join(DTYPES)}; got {', '.join(unknown)}")
+    dtypes = [DTYPES[name] for name in dtype_names]
     backends = [b for b in (args.backends or "cuda,triton,torch").split(",") if b]
     for b in backends:
         if b not in ("cuda", "triton", "torch"):
@@ -481,7 +502,12 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     # Exact in float32 (a failure otherwise); in half precision stock and fast round differently, so a
     # differing greedy token on random weights is reported, not failed.
     bad = [r for r in rows if r.get("answer_matches_stock") is False and r["dtype"] == "float32"]
-    return 1 if bad else 0
+    # A run that raised (or whose warm-up did) is a broken benchmark; running out of device memory is a result.
+    broken = [r for r in rows if not r.get("failed", "out of device memory").startswith("out of device memory")
+              or r.get("skipped", "").startswith("the warm-up failed")]
+    if broken:
+        print(f"{len(broken)} row(s) failed with an error (see above)", file=sys.stderr)
+    return 1 if bad or broken else 0
 
 
 if __name__ == "__main__":

@@ -246,3 +246,27 @@ def test_stock_mamba_steps_continue_the_cache(throughput):
             cache = output_cache(out)
             steps.append(out.logits[:, -1:])
     assert_close("single-token steps", want, torch.cat(steps, 1), 1e-4)
+
+
+@pytest.mark.parametrize("flag", ["--repeats=0", "--max-new-tokens=0", "--mamba-prefix=0", "--budget-s=-5", "--nu=0"])
+def test_bad_numeric_flags_are_refused(throughput, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        throughput.parse_args([flag])
+    assert e.value.code == 2 and "expected a positive" in capsys.readouterr().err
+
+
+def test_a_row_that_raises_makes_the_exit_code_non_zero(throughput, tmp_path, capsys, monkeypatch):
+    """A broken fast run is reported in its row and fails the run (the device check reads the exit code)."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    import models_bench  # on sys.path while the throughput fixture is alive
+
+    monkeypatch.setattr(models_bench, "run_fast", broken)
+    code = throughput.main(["--device", "cpu", "--config", "tiny", "--models", "rmt", "--modes", "fast",
+                            "--lengths", "300", "--repeats", "1", "--no-warmup", "--no-plot",
+                            "--json", str(tmp_path / "b.json")])
+    assert code == 1
+    assert "1 row(s) failed with an error" in capsys.readouterr().err
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["failed"] == "RuntimeError: kernel exploded"
