@@ -141,11 +141,22 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | N
         model = cls(backbone, **payload["kwargs"])
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
+    _match_saved_dtypes(model, payload["state_dict"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{str(path)!r}: weights do not match the rebuilt model: {e}") from e
     return model.eval()
+
+
+def _match_saved_dtypes(model: torch.nn.Module, state_dict: dict[str, Any]) -> None:
+    """Give each floating parameter and buffer the saved tensor's dtype (a bf16 model loads as bf16)."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, t in named:
+        saved = state_dict.get(name)
+        if isinstance(saved, torch.Tensor) and saved.is_floating_point() and t.is_floating_point():
+            if saved.dtype != t.dtype:
+                t.data = t.data.to(saved.dtype)
 
 
 def load_model_path(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
