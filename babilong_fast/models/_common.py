@@ -81,13 +81,22 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: torch.Te
     return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), labels.reshape(-1))
 
 
-def greedy_loop(step, batch_size: int, device: torch.device, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
+def greedy_loop(
+    step, batch_size: int, device: torch.device, max_new_tokens: int, eos_token_id: int | None
+) -> torch.Tensor:
     """Greedy decoding: ``step(generated [B, t]) -> next-token logits [B, V]``.
 
     A row that has produced ``eos_token_id`` keeps producing it (HF's padding with ``pad = eos``);
-    the loop stops when every row has. Returns the new tokens ``[B, <= max_new_tokens]``.
+    the loop stops when every row has. ``eos_token_id=None``: no end token, always ``max_new_tokens``.
+    Returns the new tokens ``[B, <= max_new_tokens]``.
     """
+    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int)):
+        raise TypeError(f"eos_token_id must be an int or None, got {eos_token_id!r}")
     out = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+    if eos_token_id is None:
+        for _ in range(max_new_tokens):
+            out = torch.cat([out, step(out).argmax(-1)[:, None]], 1)
+        return out
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         nxt = step(out).argmax(-1)

@@ -92,7 +92,9 @@ class RecurrentLM(nn.Module):
         return {"loss": lm_loss(logits, input_ids, labels_mask), "logits": logits, "state": state}
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 10, eos_token_id: int = 50256) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, max_new_tokens: int = 10, eos_token_id: int | None = 50256
+    ) -> torch.Tensor:
         """Greedy decoding as the reference wrappers' ``generate`` (armt_rmt.md 1.8 for RMT, 2.8 for ARMT).
 
         All segments but the last write the memory; the last one, followed by the tokens generated so far,
@@ -103,6 +105,7 @@ class RecurrentLM(nn.Module):
             input_ids: ``[B, N]`` prompt ids (equal lengths, no padding).
             max_new_tokens: at most this many tokens are generated.
             eos_token_id: a row stops at this token and is padded with it; decoding stops when all rows have it.
+                None: no end token (always ``max_new_tokens``).
 
         Returns:
             ``[B, <= max_new_tokens]`` the new tokens only.
@@ -127,7 +130,7 @@ class RecurrentLM(nn.Module):
 
     @torch.no_grad()
     def generate_from_state(
-        self, last_ids: torch.Tensor, state: Any, max_new_tokens: int = 10, eos_token_id: int = 50256
+        self, last_ids: torch.Tensor, state: Any, max_new_tokens: int = 10, eos_token_id: int | None = 50256
     ) -> torch.Tensor:
         """The decoding half of :meth:`generate`: greedy tokens after the final segment ``last_ids``.
 

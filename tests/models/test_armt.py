@@ -254,3 +254,13 @@ def test_armt_bad_input():
         ARMT(tiny_gpt2(), d_mem=0)
     with pytest.raises(ValueError, match="A and z"):
         ARMTState((torch.zeros(1, 2, 3),), (), 0)
+
+
+def test_generate_without_eos_token():
+    """eos_token_id=None decodes exactly max_new_tokens, as an id that never occurs does."""
+    model = make_armt()
+    ids = torch.randint(0, VOCAB, (2, 20))
+    out = model.generate(ids, max_new_tokens=3, eos_token_id=None)
+    assert out.shape == (2, 3) and torch.equal(out, model.generate(ids, max_new_tokens=3, eos_token_id=-1))
+    with pytest.raises(TypeError, match="eos_token_id must be an int or None"):
+        model.generate(ids, max_new_tokens=3, eos_token_id=1.5)

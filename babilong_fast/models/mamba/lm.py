@@ -136,7 +136,7 @@ class MambaLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         max_new_tokens: int = 10,
-        eos_token_id: int = 0,
+        eos_token_id: int | None = 0,
         state: MambaState | None = None,
     ) -> torch.Tensor:
         """Greedy decoding after ``input_ids`` (continuing from ``state``), one token per step from the state.
@@ -147,7 +147,8 @@ class MambaLM(nn.Module):
         Args:
             input_ids: ``[B, N]`` the prompt (or its tail after ``state``), ``N >= 1``.
             max_new_tokens: at most this many tokens.
-            eos_token_id: a row stops at it and is padded with it; decoding stops when every row has.
+            eos_token_id: a row stops at it and is padded with it; decoding stops when every row has. None: no
+                end token.
             state: the state before ``input_ids``; None for the start of a sequence.
 
         Returns:
