@@ -181,15 +181,16 @@ def resolve_backend(
     :data:`GPU_VERIFIED_OPS`; other ops stay on torch under ``auto``. On CPU tensors ``auto`` always picks
     torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
     """
-    requested = "auto" if backend is None else backend
+    requested, source = ("auto" if backend is None else backend), "backend"
     if requested == "auto":
-        requested = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
+        requested, source = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto", ENV_BACKEND
     if requested != "auto" and requested not in BACKENDS:
-        raise ValueError(f"unknown backend {requested!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+        raise ValueError(
+            f"unknown backend {requested!r} (from {source}); choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
     if requested == "auto":
         chosen = "torch"
         if (
-            os.environ.get(ENV_DISABLE, "0") not in ("1", "true", "yes")
+            os.environ.get(ENV_DISABLE, "0").strip().lower() not in ("1", "true", "yes", "on")
             and device.type == "cuda"
             and op in GPU_VERIFIED_OPS
         ):

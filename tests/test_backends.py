@@ -32,9 +32,25 @@ def test_env_var_overrides_auto(monkeypatch):
     assert resolve_backend("op", "torch", torch.device("cpu")) == "torch"
 
 
-def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+def test_unknown_backend(monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend 'fast' \\(from backend\\)"):
         resolve_backend("op", "fast", torch.device("cpu"))
+    monkeypatch.setenv("BABILONG_FAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="unknown backend 'bogus' \\(from BABILONG_FAST_BACKEND\\)"):
+        resolve_backend("op", "auto", torch.device("cpu"))
+
+
+def test_disable_env_forces_torch_under_auto(monkeypatch):
+    """Resolution only (nothing runs), so a CUDA device works here without a GPU."""
+    monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("BABILONG_FAST_DISABLE", raising=False)
+    cuda = torch.device("cuda")
+    picked = resolve_backend("assoc_read", "auto", cuda)
+    for value in ("1", "TRUE", "on", " yes "):
+        monkeypatch.setenv("BABILONG_FAST_DISABLE", value)
+        assert resolve_backend("assoc_read", "auto", cuda) == "torch", value
+    monkeypatch.setenv("BABILONG_FAST_DISABLE", "0")
+    assert resolve_backend("assoc_read", "auto", cuda) == picked
 
 
 def test_cuda_backend_on_cpu_tensors_says_how():
