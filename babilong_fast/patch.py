@@ -132,6 +132,8 @@ def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT
     options = _check_options(backend, chunk_size)
     from babilong_fast import patch_recurrent as rec
 
+    if not isinstance(model, nn.Module):
+        _patcher_for(model)  # TypeError listing the supported models
     if rec.is_reference_recurrent(model):  # segment size is the wrapper's own; chunk_size does not apply
         if rec.is_recurrent_patched(model):
             rec.unpatch_recurrent(model)
@@ -155,6 +157,8 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch` on ``model`` (and the submodules it patched); a model not patched is returned as is."""
     from babilong_fast import patch_recurrent as rec
 
+    if not isinstance(model, nn.Module):
+        _patcher_for(model)  # TypeError listing the supported models
     if rec.is_recurrent_patched(model):
         return rec.unpatch_recurrent(model)
     if rec.is_reference_recurrent(model):

@@ -256,6 +256,10 @@ def test_broken_mamba_ssm_warns_once(hf, tmp_path, monkeypatch, fresh_registry):
         assert_close("patched", small_mamba(seed=11)(ids).logits, hf(ids).logits, 1e-4)
     with pytest.raises(TypeError, match="supports MambaForCausalLM, MambaModel models"):
         patch(torch.nn.Linear(2, 2))
+    for not_a_model in (None, "mamba"):  # not even a Module: the same message, not an AttributeError
+        for fn in (patch, unpatch):
+            with pytest.raises(TypeError, match=f"supports MambaForCausalLM.*got {type(not_a_model).__name__}"):
+                fn(not_a_model)
 
 
 def test_mamba_ssm_not_installed_is_silent(monkeypatch, fresh_registry):

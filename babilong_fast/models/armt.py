@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from babilong_fast.backends import Backend
+from babilong_fast.backends import BACKENDS, Backend
 from babilong_fast.models._common import (
     check_backbone,
     check_input_ids,
@@ -242,6 +242,17 @@ class ARMT(RecurrentLM):
         logits = self.backbone.lm_head(hidden) if return_logits else None
         new_state = ARMTState(new_A, new_z, state.segments_seen + 1) if write else state
         return logits, hidden, new_state
+
+    @property
+    def backend(self) -> Backend:
+        """Backend of the memory ops (``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"``); checked when set."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Backend) -> None:
+        if value not in ("auto", *BACKENDS):
+            raise ValueError(f"unknown backend {value!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+        self._backend = value
 
     def extra_repr(self) -> str:
         return (

@@ -1,8 +1,8 @@
 """Fused ops, each with a reference ``<op>_ref`` beside it.
 
-``assoc_read`` has cuda, triton and torch backends (checked on an H100). ``assoc_write``, ``segment_embed`` and
-``rows_layer_norm`` (the segment's memory read/write) have cuda, triton and torch backends; ``selective_scan``
-and ``causal_conv1d`` have triton and torch. Those kernels are tested on CPU (Triton in its interpreter, CUDA
+``assoc_read`` has cuda, triton and torch backends (checked on an H100). ``assoc_write``, ``segment_embed``,
+``rows_layer_norm`` (the segment's memory read/write), ``selective_scan`` and ``causal_conv1d`` have cuda,
+triton and torch backends too. Those kernels are tested on CPU (Triton in its interpreter, CUDA
 compiled) and not yet on a GPU, so ``auto`` keeps them on torch there.
 """
 from babilong_fast.ops.assoc_read import AssocRead, AssocReadFunction, assoc_read, assoc_read_ref

@@ -252,6 +252,8 @@ def test_armt_bad_input():
         ARMT(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="d_mem"):
         ARMT(tiny_gpt2(), d_mem=0)
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):  # at construction, not the first forward
+        ARMT(tiny_gpt2(), backend="bogus")
     with pytest.raises(ValueError, match="A and z"):
         ARMTState((torch.zeros(1, 2, 3),), (), 0)
 
