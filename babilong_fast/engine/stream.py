@@ -268,8 +268,10 @@ class StreamRunner:
         return StreamState(model_state, pending, tokens, segments)
 
     def _suffix(self, question_ids: object, batch_size: int, gen_token_id: int | None) -> torch.Tensor:
+        if isinstance(question_ids, torch.Tensor):  # a few ids: checked on the CPU wherever they live
+            question_ids = question_ids.cpu()
         q = as_chunk(question_ids, self.adapter.vocab_size)
-        q = torch.zeros(1, 0, dtype=torch.long) if q is None else q.to("cpu", torch.long)
+        q = torch.zeros(1, 0, dtype=torch.long) if q is None else q.to(torch.long)
         if q.shape[0] == 1 and batch_size > 1:
             q = q.expand(batch_size, -1)
         elif q.shape[0] != batch_size:
