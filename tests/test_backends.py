@@ -114,3 +114,18 @@ def test_auto_keeps_unverified_ops_on_torch(monkeypatch):
     monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
     assert "assoc_write" not in GPU_VERIFIED_OPS
     assert resolve_backend("assoc_write", "auto", torch.device("cuda"), implemented=("triton", "torch")) == "torch"
+
+
+def test_source_checkout_maps_only_the_kernels_package(tmp_path):
+    """Without an install's finder (python -S reads no .pth file), babilong_fast.kernels comes from ../kernels and
+    nothing else in the checkout root (setup.py) becomes a babilong_fast submodule."""
+    import os
+    import site
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path[:0] = [{root!r}]; sys.path += {site.getsitepackages()!r}\n"
+            "import importlib.util, babilong_fast.kernels as k\n"
+            "print(k.__file__); print(importlib.util.find_spec('babilong_fast.setup'))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [os.path.join(root, "kernels", "__init__.py"), "None"]
