@@ -145,6 +145,13 @@ def backends() -> dict[str, BackendStatus]:
     }
 
 
+def check_backend(backend: object) -> Backend:
+    """``backend`` if it is ``"auto"`` or one of :data:`BACKENDS`, else a ValueError listing them."""
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}: backend must be 'auto', {', '.join(map(repr, BACKENDS))}")
+    return backend  # type: ignore[return-value]
+
+
 def _usable(name: str, device: torch.device) -> tuple[bool, str]:
     if name == "torch":
         return True, ""

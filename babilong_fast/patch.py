@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from babilong_fast.backends import BACKENDS, Backend
+from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models.mamba.lm import DEFAULT_CHUNK_SIZE
 
 Binding = tuple[nn.Module, str, Callable[..., Any]]
@@ -92,8 +92,7 @@ def _patcher_for(model: object) -> Patcher:
 
 
 def _check_options(backend: object, chunk_size: object) -> PatchOptions:
-    if backend not in ("auto", *BACKENDS):
-        raise ValueError(f"backend must be 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    check_backend(backend)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     return PatchOptions(backend, chunk_size)

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from babilong_fast.backends import BACKENDS, Backend
+from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models import ARMT, RMT
 from babilong_fast.models._common import check_input_ids, segment_bounds
 from babilong_fast.models.reference import (
@@ -170,8 +170,7 @@ def patch_recurrent(model: nn.Module, backend: Backend = "auto") -> nn.Module:
         ValueError: an unknown ``backend``.
         ReferenceModelError (a ValueError): a setting babilong_fast does not implement (see ``from_reference``).
     """
-    if backend not in ("auto", *BACKENDS):
-        raise ValueError(f"backend must be 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    check_backend(backend)
     if not is_reference_recurrent(model):
         raise TypeError(
             "patch_recurrent expects a public RMT/ARMT wrapper (AssociativeRecurrentWrapper, RecurrentWrapper, "

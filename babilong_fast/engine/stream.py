@@ -22,6 +22,7 @@ from babilong_fast.data.tokenizer import EOS_ID
 from babilong_fast.engine.adapters import SegmentAdapter, make_adapter
 from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.progress import Progress
+from babilong_fast.models._common import check_token_range
 
 GEN_ID = 35353
 """GPT-2 id of ``"GEN"``, the separator between question and answer in BABILong fine-tuning."""
@@ -79,10 +80,8 @@ def as_chunk(chunk: object, vocab_size: int | None = None) -> torch.Tensor | Non
         t = t.unsqueeze(0)
     elif t.dim() != 2:
         raise ValueError(f"a chunk must be [n] or [B, n], got shape {tuple(t.shape)}")
-    if vocab_size is not None and t.device.type == "cpu" and t.numel():
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"token ids must lie in [0, {vocab_size}), got a chunk with ids in [{lo}, {hi}]")
+    if vocab_size is not None and t.device.type == "cpu":
+        check_token_range(t, vocab_size, "token ids")
     return t
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from babilong_fast.backends import BACKENDS, Backend
+from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models._common import (
     check_backbone,
     check_input_ids,
@@ -250,9 +250,7 @@ class ARMT(RecurrentLM):
 
     @backend.setter
     def backend(self, value: Backend) -> None:
-        if value not in ("auto", *BACKENDS):
-            raise ValueError(f"unknown backend {value!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
-        self._backend = value
+        self._backend = check_backend(value)
 
     def extra_repr(self) -> str:
         return (

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from babilong_fast.backends import BACKENDS, Backend
-from babilong_fast.models._common import check_input_ids, check_positive, greedy_loop
+from babilong_fast.backends import Backend, check_backend
+from babilong_fast.models._common import check_input_ids, check_positive, check_token_range, greedy_loop
 from babilong_fast.models.mamba.layers import forward_chunk, forward_chunked
 from babilong_fast.models.mamba.parts import MambaParts, mamba_parts
 from babilong_fast.models.mamba.state import MambaState
@@ -50,9 +50,7 @@ class MambaLM(nn.Module):
             raise TypeError(f"MambaLM needs a model with an LM head (MambaForCausalLM), got {type(model).__name__}")
         self.model = model
         self.chunk_size = check_positive("chunk_size", chunk_size)
-        if backend not in ("auto", *BACKENDS):
-            raise ValueError(f"backend must be 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.parts: MambaParts = parts  # the modules of self.model (a plain value: registered once, under model)
 
     @property
@@ -168,9 +166,7 @@ class MambaLM(nn.Module):
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         if input_ids.device.type == "cpu":
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got ids in [{lo}, {hi}]")
+            check_token_range(input_ids, self.vocab_size, "token ids")
 
     def extra_repr(self) -> str:
         d = self.parts.dims
