@@ -31,7 +31,7 @@ import numpy as np
 
 from babilong_fast.data.background import MIN_SENTENCE_TOKENS, background_rounds
 from babilong_fast.data.corpora import BundledNovels, TextSource
-from babilong_fast.data.lengths import PROMPT_MARGIN, parse_length
+from babilong_fast.data.lengths import PROMPT_MARGIN, check_margin, parse_length
 from babilong_fast.data.tokenizer import GPT2Tokenizer, get_tokenizer
 
 MAX_FACT_LINE_FRACTION = 8
@@ -250,8 +250,7 @@ def build_sample(
         (700, 700)
     """
     n_tokens = parse_length(length)
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
-        raise ValueError(f"margin must be a non-negative int, got {margin!r}")
+    check_margin(margin)
     if not facts:
         raise ValueError("a sample needs at least one fact")
     tok = tokenizer or get_tokenizer()

@@ -8,7 +8,7 @@ from babilong_fast.data.babi import iter_samples
 from babilong_fast.data.background import MIN_SENTENCE_TOKENS
 from babilong_fast.data.builder import BabilongSample, FactsTooLongError, build_sample
 from babilong_fast.data.corpora import BundledNovels, Split, TextSource
-from babilong_fast.data.lengths import PROMPT_MARGIN, parse_length
+from babilong_fast.data.lengths import PROMPT_MARGIN, check_margin, parse_length
 from babilong_fast.data.tokenizer import GPT2Tokenizer, get_tokenizer
 
 MAX_SKIPPED_IN_A_ROW = 1000
@@ -55,8 +55,7 @@ class BabilongGenerator:
         tokenizer: GPT2Tokenizer | None = None,
     ) -> None:
         self.length = parse_length(length)
-        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
-            raise ValueError(f"margin must be a non-negative int, got {margin!r}")
+        check_margin(margin)
         if self.length > 0 and self.length <= margin:
             raise ValueError(f"length {length!r} leaves no tokens after the margin of {margin}")
         next(iter_samples(task, split, seed))

@@ -56,6 +56,13 @@ def length_name(tokens: int) -> str:
     return str(tokens)
 
 
+def check_margin(margin: object) -> int:
+    """``margin`` (tokens kept free after the input) if it is a non-negative int, else a ValueError."""
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin must be a non-negative int, got {margin!r}")
+    return margin
+
+
 def input_budget(length: str | int, margin: int = PROMPT_MARGIN) -> int:
     """Tokens for facts plus background: the nominal length minus ``margin`` (300 for the LLM prompt, 20 for
     fine-tuning). Can be zero or negative for short lengths (``"0k"``)."""
