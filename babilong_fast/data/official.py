@@ -459,18 +459,14 @@ def from_hub(
             "cache; to work offline, download the files once and use load_official(folder)"
         ) from e
     if tasks:  # one split at a time, so only the asked tasks' files are fetched (a 10M config is ~4 GB per task)
-        out = []
-        for t in tasks:
-            loaded_split = _load_hub(datasets, name, config, load_kwargs, split=t)
-            where = Path(f"hf:{name}/{config}/{t}")
-            out.extend(_validate(rec, where, i, t, config) for i, rec in enumerate(loaded_split))
-        return out
-    loaded = _load_hub(datasets, name, config, load_kwargs)
-    available = sorted(loaded, key=lambda t: int(t[2:]) if _TASK.fullmatch(t) else 0)
+        splits = ((t, _load_hub(datasets, name, config, load_kwargs, split=t)) for t in tasks)
+    else:
+        loaded = _load_hub(datasets, name, config, load_kwargs)
+        splits = ((t, loaded[t]) for t in sorted(loaded, key=lambda t: int(t[2:]) if _TASK.fullmatch(t) else 0))
     out = []
-    for t in available:
+    for t, records in splits:
         where = Path(f"hf:{name}/{config}/{t}")
-        out.extend(_validate(rec, where, i, t, config) for i, rec in enumerate(loaded[t]))
+        out.extend(_validate(rec, where, i, t, config) for i, rec in enumerate(records))
     return out
 
 
@@ -479,17 +475,13 @@ def _load_hub(datasets: Any, name: str, config: str, load_kwargs: dict[str, Any]
     kwargs = dict(load_kwargs) if split is None else {**load_kwargs, "split": split}
     try:
         return datasets.load_dataset(name, config, **kwargs)
-    except ValueError as e:
-        if split is not None and "split" in str(e).lower():
-            raise ValueError(f"{name!r} config {config!r} has no split {split} ({e})") from e
-        raise RuntimeError(_hub_failure(name, config, e)) from e
     except Exception as e:
-        raise RuntimeError(_hub_failure(name, config, e)) from e
-
-
-def _hub_failure(name: str, config: str, e: Exception) -> str:
-    return (f"could not load {name!r} config {config!r} (configs are lengths, splits are tasks): it needs network "
-            f"access or the set in the local Hugging Face cache ({type(e).__name__}: {e})")
+        if split is not None and isinstance(e, ValueError) and "split" in str(e).lower():
+            raise ValueError(f"{name!r} config {config!r} has no split {split} ({e})") from e
+        raise RuntimeError(
+            f"could not load {name!r} config {config!r} (configs are lengths, splits are tasks): it needs network "
+            f"access or the set in the local Hugging Face cache ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _json_str(text: str) -> str:
