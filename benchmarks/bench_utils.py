@@ -41,19 +41,18 @@ def environment() -> dict:
         else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "backends": {k: {"available": v.available, "reason": v.reason} for k, v in babilong_fast.backends().items()},
     }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        info["transformers"] = None
+    info["triton"], info["transformers"] = installed_version("triton"), installed_version("transformers")
     return info
+
+
+def installed_version(package: str) -> str | None:
+    """Installed version of ``package`` (None when it is not installed), without importing it."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def time_cpu(fn: Callable[[int], object], repeats: int, warmup: int = 1) -> float:

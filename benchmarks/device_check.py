@@ -148,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1", BABILONG_FAST_FORCE_CUDA_BUILD="1")
     env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
-    from bench_utils import git_commit
+    from bench_utils import git_commit, installed_version
 
     summary: dict = {"gpu": gpu, "capability": f"{major}.{minor}", "arch_list": env["TORCH_CUDA_ARCH_LIST"],
                      "parts": parts, "runs": runs, "commit": git_commit(), "python": sys.version.split()[0],
                      "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-                     "triton": _version("triton"), "transformers": _version("transformers")}
+                     "triton": installed_version("triton"), "transformers": installed_version("transformers")}
     result: dict = {}
     ok = True
 
@@ -239,16 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"summary": summary, **result}, f, indent=2)
     print(f"wrote {path} in {summary['seconds']:.0f}s")
     return 0 if ok else 1
-
-
-def _version(package: str) -> str | None:
-    """Installed version of ``package`` (None when it is not installed)."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _pop_json(path: str) -> dict:
