@@ -1,4 +1,4 @@
-"""babilong_fast throughput: the models (RMT, ARMT; stock vs fast) over input lengths, and the ops per backend.
+"""babilong_fast throughput: the models (RMT, ARMT, Mamba; stock vs fast) over input lengths, and ops per backend.
 
     python benchmarks/throughput.py                      # models, default sizes for this machine
     python benchmarks/throughput.py --lengths 16k,1M --batch 1,8 --dtype bfloat16 --out results/
@@ -289,7 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Mamba fast: tokens per chunk (default 8192 on GPU, 2048 on CPU)")
     g.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (tests only)")
     g.add_argument("--out", default=None,
-                   help="output folder (default benchmarks/results on GPU, a temp folder on CPU)")
+                   help="output folder when --json is not given (default benchmarks/results on GPU, a temp folder "
+                        "on CPU)")
     g.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     given = set(a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv))
@@ -426,11 +427,14 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     if prefix < 1 or chunk < 1:
         p.error("--mamba-prefix and --mamba-chunk take positive integers")
     wrappers["mamba"] = {"config": mamba_bench.mamba_config(big), "chunk_size": chunk, "prefix": prefix}
-    out_dir = args.out or (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results") if gpu
-                           else tempfile.mkdtemp(prefix="babilong_fast_bench_"))
-    os.makedirs(out_dir, exist_ok=True)
-    stem = f"{datetime.date.today().isoformat()}_{re.sub(r'[^A-Za-z0-9]+', '_', env['device']).strip('_')}_models"
-    json_path = args.json or os.path.join(out_dir, stem + ".json")
+    if args.json:  # no folder of our own then: a temporary one would be left behind empty
+        json_path = args.json
+    else:
+        out_dir = args.out or (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results") if gpu
+                               else tempfile.mkdtemp(prefix="babilong_fast_bench_"))
+        stem = f"{datetime.date.today().isoformat()}_{re.sub(r'[^A-Za-z0-9]+', '_', env['device']).strip('_')}_models"
+        json_path = os.path.join(out_dir, stem + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     png_path = os.path.splitext(json_path)[0] + ".png"
     print(f"backbone {'GPT-2 small' if big else 'tiny GPT-2'} {backbone}; "
           f"rmt {wrappers['rmt']}; armt {wrappers['armt']}")

@@ -270,3 +270,17 @@ def test_a_row_that_raises_makes_the_exit_code_non_zero(throughput, tmp_path, ca
     assert "1 row(s) failed with an error" in capsys.readouterr().err
     row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
     assert row["failed"] == "RuntimeError: kernel exploded"
+
+
+def test_json_path_needs_no_temporary_folder(throughput, tmp_path, capsys, monkeypatch):
+    """With ``--json`` (in a folder not made yet) the run writes there and leaves no empty temporary folder."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "new" / "bench.json"
+    code = throughput.main(["--device", "cpu", "--config", "tiny", "--models", "rmt", "--modes", "fast", "--lengths",
+                            "300", "--repeats", "1", "--no-warmup", "--no-plot", "--json", str(out)])
+    assert code == 0, capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"] and list(scratch.iterdir()) == []
