@@ -186,7 +186,7 @@ def resolve_backend(
     An explicit ``backend`` wins; ``"auto"`` (or None) defers to ``BABILONG_FAST_BACKEND``, then
     tries cuda, triton, torch in that order, among the backends ``op`` has (``implemented``), for ops in
     :data:`GPU_VERIFIED_OPS`; other ops stay on torch under ``auto``. On CPU tensors ``auto`` always picks
-    torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``.
+    torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``, whatever ``BABILONG_FAST_BACKEND`` says.
     """
     requested, source = ("auto" if backend is None else backend), "backend"
     if requested == "auto":
@@ -194,10 +194,13 @@ def resolve_backend(
     if requested != "auto" and requested not in BACKENDS:
         raise ValueError(
             f"unknown backend {requested!r} (from {source}); choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    disabled = os.environ.get(ENV_DISABLE, "0").strip().lower() in ("1", "true", "yes", "on")
+    if source == ENV_BACKEND and disabled:
+        requested = "torch"  # the kill switch wins over the other variable; only a backend= argument beats it
     if requested == "auto":
         chosen = "torch"
         if (
-            os.environ.get(ENV_DISABLE, "0").strip().lower() not in ("1", "true", "yes", "on")
+            not disabled
             and device.type == "cuda"
             and op in GPU_VERIFIED_OPS
         ):

@@ -53,6 +53,21 @@ def test_disable_env_forces_torch_under_auto(monkeypatch):
     assert resolve_backend("assoc_read", "auto", cuda) == picked
 
 
+def test_disable_env_wins_over_backend_env(monkeypatch):
+    """The kill switch beats ``BABILONG_FAST_BACKEND``; an explicit ``backend=`` argument beats both."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("BABILONG_FAST_BACKEND", "triton")
+    cpu = torch.device("cpu")
+    assert resolve_backend("op", "auto", cpu) == "triton"
+    monkeypatch.setenv("BABILONG_FAST_DISABLE", "1")
+    assert resolve_backend("op", "auto", cpu) == "torch"
+    assert resolve_backend("op", "triton", cpu) == "triton"
+    monkeypatch.setenv("BABILONG_FAST_BACKEND", "bogus")  # still checked
+    with pytest.raises(ValueError, match="from BABILONG_FAST_BACKEND"):
+        resolve_backend("op", "auto", cpu)
+
+
 def test_cuda_backend_on_cpu_tensors_says_how():
     with pytest.raises(BackendUnavailableError, match="cuda"):
         assoc_read(torch.randn(1, 2, 8), torch.randn(2, 8), torch.rand(1, 12, 8), torch.rand(1, 12), backend="cuda")
