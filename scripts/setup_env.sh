@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment $VENV (default .venv), install torch and the test and
 # benchmark tools, then build and install babilong_fast in editable mode. The CUDA extension is
-# built, and must build, when nvcc is found; otherwise the package installs without it.
+# built, and must build, when nvcc and a CUDA build of torch are found; otherwise the package
+# installs without it.
 # Source this file (it activates the environment).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -19,7 +19,7 @@ def check_lengths(parser: argparse.ArgumentParser, lengths: list[str], margin: i
         except ValueError:
             parser.error(
                 f"unknown length {length!r} in --lengths; accepted: {', '.join(OFFICIAL_LENGTHS)} "
-                "or any <digits>k / <digits>M (k = 1000)"
+                "or any <digits>, <digits>k or <digits>M (k = 1000)"
             )
         tokens = parse_length(name)
         if 0 < tokens <= margin:

@@ -1,7 +1,8 @@
 """``babilong-fast train``: fine-tune ARMT, RMT or Mamba on BABILong with the curriculum (:mod:`babilong_fast.train`).
 
 A preset gives the published recipe (``rmt``, ``armt``, ``mamba-130m``) or a laptop-sized run (``tiny``);
-any field can be overridden. Several processes: ``torchrun --nproc-per-node N -m babilong_fast.cli.main train ...``.
+most fields can be overridden (``--help`` lists them).
+Several processes: ``torchrun --nproc-per-node N -m babilong_fast.cli.main train ...``.
 
 Examples::
 
