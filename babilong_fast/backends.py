@@ -9,6 +9,7 @@ import functools
 import importlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,6 +109,37 @@ def interpreter_error(triton_version: str | None = None, numpy_version: str | No
     return ""
 
 
+_KERNELS_PREFIX = "babilong_fast.kernels."
+
+
+def _compiled_kernel_modules() -> list[str]:
+    """The imported ``babilong_fast.kernels`` modules whose kernels were made for the GPU, not the interpreter
+    (``triton.jit`` decides when the module is imported)."""
+    from triton.runtime.jit import JITFunction
+
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if name.startswith(_KERNELS_PREFIX) and mod is not None:
+            for obj in vars(mod).values():
+                for _ in range(4):  # through autotuner / heuristics wrappers
+                    if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
+                        break
+                    obj = obj.fn
+                if isinstance(obj, JITFunction):
+                    out.append(name.removeprefix(_KERNELS_PREFIX))
+                    break
+    return out
+
+
+def _interpreter_problem() -> str:
+    """Why the kernels cannot run in the interpreter now ("" when they can)."""
+    compiled = _compiled_kernel_modules()
+    if compiled:
+        return (f"babilong_fast.kernels ({', '.join(compiled)}) was imported before TRITON_INTERPRET=1 was set, "
+                "so its kernels take only CUDA tensors; set it before the first import (or start a new process)")
+    return interpreter_error()
+
+
 def _cuda_status() -> BackendStatus:
     ext, err = load_extension()
     if ext is None:
@@ -124,7 +156,7 @@ def _triton_status() -> BackendStatus:
     if torch.cuda.is_available():
         return BackendStatus("triton", True, f"GPU {torch.cuda.get_device_name()}")
     if triton_interpret():
-        err = interpreter_error()
+        err = _interpreter_problem()
         if err:
             return BackendStatus("triton", False, err)
         return BackendStatus("triton", True, "interpreter (TRITON_INTERPRET=1), CPU tensors only when asked for")
@@ -169,7 +201,7 @@ def _usable(name: str, device: torch.device) -> tuple[bool, str]:
         if device.type == "cuda":
             return True, ""
         if device.type == "cpu" and triton_interpret():
-            err = interpreter_error()
+            err = _interpreter_problem()
             return not err, err
         return False, (
             f"the triton backend needs CUDA tensors, got {device.type} tensors "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -78,6 +79,29 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
         resolve_backend("op", "triton", torch.device("cpu"))
+
+
+def test_interpreter_set_after_the_kernels_were_imported_is_refused():
+    """Kernels imported without ``TRITON_INTERPRET=1`` were made for the GPU (``triton.jit`` decides at import):
+    setting it later gives a clear error, not Triton's "0 active drivers" from inside a launch."""
+    pytest.importorskip("triton")
+    code = (
+        "import os, torch\n"
+        "import babilong_fast, babilong_fast.kernels.assoc_read\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "print(babilong_fast.backends()['triton'].reason)\n"
+        "from babilong_fast.ops import assoc_read\n"
+        "h, w, A, z = torch.randn(1, 5, 16), torch.randn(4, 16), torch.randn(1, 24, 16), torch.rand(1, 24)\n"
+        "try:\n"
+        "    assoc_read(h, w, A, z, backend='triton')\n"
+        "except babilong_fast.BackendUnavailableError as e:\n"
+        "    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("(assoc_read) was imported before TRITON_INTERPRET=1" in ln for ln in lines), lines
 
 
 def test_interpreter_error_names_the_broken_pairs():
