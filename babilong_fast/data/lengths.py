@@ -66,6 +66,4 @@ def check_margin(margin: object) -> int:
 def input_budget(length: str | int, margin: int = PROMPT_MARGIN) -> int:
     """Tokens for facts plus background: the nominal length minus ``margin`` (300 for the LLM prompt, 20 for
     fine-tuning). Can be zero or negative for short lengths (``"0k"``)."""
-    if margin < 0:
-        raise ValueError(f"margin must be non-negative, got {margin}")
-    return parse_length(length) - margin
+    return parse_length(length) - check_margin(margin)

@@ -31,5 +31,6 @@ def test_input_budget() -> None:
     assert input_budget("128k") == 127_700
     assert input_budget("16k", margin=20) == 15_980
     assert input_budget("0k") == -300
-    with pytest.raises(ValueError):
-        input_budget("1k", margin=-1)
+    for bad in (-1, 2.5, True, "20"):
+        with pytest.raises(ValueError, match="margin must be a non-negative int"):
+            input_budget("1k", margin=bad)
