@@ -44,8 +44,9 @@ def _roll_index(m: int, nu: int, device: torch.device) -> torch.Tensor:
     idx = _ROLL_INDEX.get(key)
     if idx is None:
         with torch.inference_mode(False):
-            i, j = torch.arange(m), torch.arange(nu).unsqueeze(1)
-            idx = ((i - j - 1) % m).to(device)
+            # made on the device: under torch.compile a host-made index would be a host copy in every call
+            i, j = torch.arange(m, device=device), torch.arange(nu, device=device).unsqueeze(1)
+            idx = (i - j - 1) % m
         if not torch.compiler.is_compiling() and type(idx) is torch.Tensor:
             _ROLL_INDEX[key] = idx
     return idx
