@@ -77,7 +77,7 @@ class CudaGraphBackend:
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads' CUDA calls are theirs
             out = fn()
         return out, graph.replay
 
@@ -147,7 +147,7 @@ class StepRunner:
             except Exception as e:  # noqa: BLE001 - any capture failure: keep streaming eagerly
                 self.enabled = False
                 warnings.warn(
-                    f"CUDA graph capture of the segment step failed ({type(e).__name__}: {e}); "
+                    f"CUDA graph capture of the segment step failed ({_failure(e)}); "
                     "continuing without graphs (StreamRunner(cuda_graphs=False) silences this)",
                     RuntimeWarning,
                     stacklevel=3,
@@ -155,3 +155,15 @@ class StepRunner:
                 return self.step(buf, state)
         self.graphed_steps += 1
         return graph(buf, state)
+
+
+def _failure(e: BaseException) -> str:
+    """``e`` after the errors it was raised while handling, first error first: an error inside
+    ``torch.cuda.graph`` is followed by capture_end's "operation failed due to a previous error during capture",
+    which alone says nothing."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return "; then ".join(reversed(parts))

@@ -164,17 +164,20 @@ class StreamRunner:
                                  warmup=graph_warmup)
         self.progress = progress
         self.state: StreamState | None = None
-        self._buf: torch.Tensor | None = None
+        self._bufs: dict[int, torch.Tensor] = {}
 
     @property
     def segment_size(self) -> int:
         return self.adapter.segment_size
 
     def _workspace(self, batch_size: int) -> torch.Tensor:
-        """The static ``[B, segment_size]`` input buffer (reused across calls of the same batch size)."""
-        if self._buf is None or self._buf.shape[0] != batch_size:
-            self._buf = torch.zeros(batch_size, self.segment_size, dtype=torch.long, device=self.device)
-        return self._buf
+        """The static ``[B, segment_size]`` input buffer of this batch size (one each, kept: a CUDA graph recorded
+        for a batch size reads its buffer, so alternating batch sizes reuse their graphs instead of recording more)."""
+        buf = self._bufs.get(batch_size)
+        if buf is None:
+            buf = self._bufs[batch_size] = torch.zeros(batch_size, self.segment_size, dtype=torch.long,
+                                                       device=self.device)
+        return buf
 
     def init_state(self, batch_size: int = 1) -> StreamState:
         """An empty stream of ``batch_size`` rows (the model's initial memory, nothing pending)."""

@@ -40,8 +40,13 @@ class ReplayOnCPU:
 
 
 class FailingRecorder:
+    """Fails as ``torch.cuda.graph`` does: the step's error, then capture_end's, raised while handling it."""
+
     def capture(self, fn):
-        raise RuntimeError("operation not permitted when stream is capturing")
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        finally:
+            raise RuntimeError("operation failed due to a previous error during capture")
 
 
 def make(kind: str):
@@ -83,7 +88,20 @@ def test_capture_failure_warns_once_and_streams_eagerly():
     with pytest.warns(RuntimeWarning, match="CUDA graph capture of the segment step failed") as rec:
         runner, _, first, again = stream("armt", FailingRecorder(), enabled=True)
     assert len(rec) == 1 and not runner._steps.enabled and runner._steps.graphed_steps == 0
+    assert ("(RuntimeError: operation not permitted when stream is capturing; then RuntimeError: operation failed "
+            "due to a previous error during capture)") in str(rec[0].message)  # the first error, not only the last
     assert torch.equal(first, eager) and torch.equal(again, eager)
+
+
+def test_alternating_batch_sizes_reuse_their_graphs():
+    """One input buffer per batch size, kept: streams of batch 2, 1, 2, 1 record two graphs, not four."""
+    recorder = ReplayOnCPU()
+    runner = StreamRunner(make_rmt(), progress=False)
+    runner._steps = StepRunner(runner.adapter.step, enabled=True, backend=recorder)
+    gen = torch.Generator().manual_seed(5)
+    for batch in (2, 1, 2, 1):
+        runner.prefill(torch.randint(0, VOCAB - 2, (batch, 16 * 5 + 1), generator=gen))
+    assert recorder.captures == 2 and len(runner._steps.graphs) == 2
 
 
 @pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
