@@ -8,17 +8,15 @@ where both are compared.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from babilong_fast.ops import selective_scan, selective_scan_ref
-from tests.helpers import HAS_CUDA, HAS_TRITON, assert_close, requires_triton
+from tests.helpers import HAS_CUDA, assert_close, requires_triton
 from tests.ops.test_selective_scan import OPTIONS, make_inputs, ref64, run_chunked
+from tests.ops.triton_aot import has_nvidia_backend, run_compiler_script
 
 pytestmark = [pytest.mark.triton, requires_triton]
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -325,8 +323,7 @@ def test_tuned_scan_on_the_gpu(monkeypatch):
     assert torch.equal(g_out, out) and len(k.SCAN_TUNER.report()) == 1
 
 
-# Compile both kernels for an H100 (sm_90) ahead of time, without a GPU: Triton's NVIDIA backend down to a
-# cubin with its bundled ptxas. A separate process, since this one runs Triton's interpreter.
+# Compile both kernels for an H100 (sm_90) ahead of time, without a GPU (tests/ops/triton_aot.py).
 COMPILE_PRELUDE = textwrap.dedent("""
     import os
     os.environ.pop("TRITON_INTERPRET", None)
@@ -388,35 +385,13 @@ SPILL_SCRIPT = COMPILE_PRELUDE + textwrap.dedent("""
 
 
 
-def _has_nvidia_backend() -> bool:
-    if not HAS_TRITON:
-        return False
-    try:
-        from triton.backends import backends
-
-        return "nvidia" in backends
-    except ImportError:
-        return False
-
-
-def run_compiler_script(script: str) -> str:
-    """``script`` in a fresh Python without the interpreter flag (Triton's NVIDIA backend); its stdout."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         cwd=root, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res.stdout
-
-
-@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
+@pytest.mark.skipif(not has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
 def test_kernels_compile_for_sm90():
     out = run_compiler_script(AOT_SCRIPT)
     assert out.count(" ok") == 12, out
 
 
-@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
+@pytest.mark.skipif(not has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
 def test_tuning_candidates_do_not_spill_on_sm90():
     """The chunked tiles (the default kernel) spill nothing; a statewise tile at most 8 bytes (two registers):
     Triton 3.8 spills none, 3.6 (the GPU image's) 4 bytes in two of them."""
