@@ -77,6 +77,7 @@ class Watch:
     budget_s: float
     segments: int = 0
     total_segments: int = 0
+    graphs: dict | None = None  # fast runs: whether the step replayed from CUDA graphs (a failed capture runs eagerly)
 
     def check(self) -> None:
         if time.perf_counter() > self.deadline:
@@ -228,7 +229,9 @@ def run_streamed(
         watch.check()
 
     watch.total_segments = -(-inputs.total_tokens // segment_size)
-    return runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
+    out = runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
+    watch.graphs = {"cuda_graphs": runner._steps.enabled, "graphed_steps": runner._steps.graphed_steps}
+    return out
 
 
 def run_fast(
@@ -351,7 +354,7 @@ def time_row(fn, device, budget_s: float, repeats: int, long_s: float):
     A run past ``budget_s`` is aborted (BudgetExceeded). Further repeats are made only while the previous run
     took under ``long_s`` seconds, so long lengths are measured once.
     """
-    times, peaks, out, base, method = [], [], None, 0, None  # base, method: of the last run
+    times, peaks, out, base, method, graphs = [], [], None, 0, None, None  # of the last run
     for _ in range(repeats):
         watch = Watch(time.perf_counter() + budget_s, budget_s)
         with PeakMemory(device) as mem:
@@ -364,12 +367,13 @@ def time_row(fn, device, budget_s: float, repeats: int, long_s: float):
             raise BudgetExceeded(f"exceeded {budget_s:g} s")
         times.append(t)
         peaks.append(mem.peak)
-        base, method = mem.base, mem.method
+        base, method, graphs = mem.base, mem.method, watch.graphs
         del mem
         if t >= long_s:
             break
     return {"seconds": statistics.median(times), "runs_s": times, "peak_mem_bytes": max(peaks),
-            "start_mem_bytes": base, "peak_above_start_bytes": max(peaks) - base, "mem_method": method}, out
+            "start_mem_bytes": base, "peak_above_start_bytes": max(peaks) - base, "mem_method": method,
+            **(graphs or {})}, out
 
 
 @dataclass
@@ -572,6 +576,8 @@ def format_row(r: dict) -> str:
     note = ""
     if "answer_matches_stock" in r:
         note = "answer = stock" if r["answer_matches_stock"] else "ANSWER DIFFERS FROM STOCK"
+    if r.get("mem_method") == "cuda" and r.get("cuda_graphs") is False:
+        note = (note + "; " if note else "") + "EAGER: CUDA graph capture failed (see the warning)"
     return (lead + f"{r['tokens_per_s']:12.4g}{r['seconds_per_sample']:11.3g}s{_mem(r['peak_mem_bytes']):>12}"
             f"{_mem(r['peak_above_start_bytes']):>12}{len(r['runs_s']):>6}  {note}")
 

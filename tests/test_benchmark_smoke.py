@@ -51,6 +51,7 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
         assert r["seconds_per_sample"] == pytest.approx(r["seconds"])
         if r["mode"] == "fast":
             assert r["answer_matches_stock"] is True  # float32: the fast engine gives the stock tokens
+            assert r["cuda_graphs"] is False and r["graphed_steps"] == 0  # recorded: on a CPU, no graphs
     assert "fast/stock speed" in text and "mamba B=1 300 (auto)" in text
     png = out.with_suffix(".png")
     if importlib.util.find_spec("matplotlib") is None:
