@@ -323,6 +323,22 @@ def test_tuned_scan_on_the_gpu(monkeypatch):
     assert torch.equal(g_out, out) and len(k.SCAN_TUNER.report()) == 1
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_every_tuning_candidate_on_the_gpu():
+    """Each tile the tuner may pick at Mamba-130m's shape gives the float64 answer on the GPU (the interpreter
+    ignores num_warps, so multi-warp tiles are checked only here); about 11 compiles."""
+    k = _kernels()
+    args = make_inputs(1, 1536, 1024, 16, "varying", device=DEVICE, dtype=torch.bfloat16)
+    want, want_last = ref64(args)
+    configs = k.chunked_candidates(1, 1536, 16) + k.statewise_candidates(1, 1536, 16)
+    assert len(configs) == 11
+    for c in configs:
+        out, last = k.selective_scan_fwd(**args, config=c)
+        assert_close(f"out {c}", want, out, 1e-2)
+        assert_close(f"last_state {c}", want_last, last, 1e-2)
+
+
 # Compile both kernels for an H100 (sm_90) ahead of time, without a GPU (tests/ops/triton_aot.py).
 COMPILE_PRELUDE = textwrap.dedent("""
     import os
