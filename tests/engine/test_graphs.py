@@ -127,11 +127,8 @@ def test_cuda_graphs_need_cuda():
     assert not StreamRunner(make_armt(), progress=False)._steps.enabled  # off by default on a CPU
 
 
-@requires_cuda
-@pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
-def test_real_cuda_graph_equals_eager(kind):
-    torch.manual_seed(0)
-    model = make(kind).cuda()
+def check_real_graph_equals_eager(model) -> None:
+    """On a GPU: ``model`` streamed with its step replayed from a CUDA graph gives the eager answer and state."""
     ids = torch.randint(0, VOCAB - 2, (2, 16 * 9 + 3), device="cuda")
     q = torch.tensor([[5, 6, 7]] * 2)
     outs, states = [], []
@@ -146,26 +143,19 @@ def test_real_cuda_graph_equals_eager(kind):
     assert torch.equal(outs[0], outs[1])
     for a, b in zip(state_tensors(states[0]), state_tensors(states[1]), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
+def test_real_cuda_graph_equals_eager(kind):
+    torch.manual_seed(0)
+    check_real_graph_equals_eager(make(kind).cuda())
 
 
 @requires_ext
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_real_cuda_graph_of_the_mamba_step_on_its_kernels(backend):
-    """On a GPU: the Mamba step recorded with the scan and conv kernels (not only the torch reference, which
-    ``auto`` picks until a device check verifies them) gives the eager step's state and answer."""
+    """The Mamba step recorded with the scan and conv kernels (not only the torch reference, which ``auto``
+    picks until a device check verifies them)."""
     torch.manual_seed(0)
-    model = MambaLM(small_mamba(vocab_size=VOCAB), chunk_size=16, backend=backend).cuda()
-    ids = torch.randint(0, VOCAB - 2, (2, 16 * 9 + 3), device="cuda")
-    q = torch.tensor([[5, 6, 7]] * 2)
-    outs, states = [], []
-    for graphs in (False, True):
-        runner = StreamRunner(model, progress=False, cuda_graphs=graphs)
-        state = runner.prefill(ids)
-        outs.append(runner.answer(q, state=state, max_new_tokens=6, eos_token_id=EOS, gen_token_id=GEN))
-        states.append(state.model_state)
-        if graphs:
-            assert runner._steps.enabled, "capture failed (see the warning)"
-            assert runner._steps.graphed_steps >= 6
-    assert torch.equal(outs[0], outs[1])
-    for a, b in zip(state_tensors(states[0]), state_tensors(states[1]), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    check_real_graph_equals_eager(MambaLM(small_mamba(vocab_size=VOCAB), chunk_size=16, backend=backend).cuda())
