@@ -16,7 +16,7 @@ import torch
 from babilong_fast.ops import selective_scan, selective_scan_ref
 from tests.helpers import HAS_CUDA, assert_close, requires_triton
 from tests.ops.test_selective_scan import OPTIONS, make_inputs, ref64, run_chunked
-from tests.ops.triton_aot import has_nvidia_backend, run_compiler_script
+from tests.ops.triton_aot import PTXAS_STATS, has_nvidia_backend, run_compiler_script
 
 pytestmark = [pytest.mark.triton, requires_triton]
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -379,23 +379,13 @@ AOT_SCRIPT = COMPILE_PRELUDE + textwrap.dedent("""
 
 # Every tuning candidate of both tiled kernels at Mamba-130m's batch-1 shape, through ptxas -v for sm_90: none
 # may spill registers (chunked: 16 values per thread and tile tensor; at 32 ptxas gives 255 registers and spills).
-SPILL_SCRIPT = COMPILE_PRELUDE + textwrap.dedent("""
-    import re, subprocess, tempfile
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptxas = get_ptxas(90).path
+SPILL_SCRIPT = COMPILE_PRELUDE + PTXAS_STATS + textwrap.dedent("""
     for c in k.chunked_candidates(1, 1536, 16) + k.statewise_candidates(1, 1536, 16):
         statewise = isinstance(c, k.StatewiseScanConfig)
         fn = k.statewise_scan_fwd_kernel if statewise else k._selective_scan_chunk_fwd_kernel
         consts = dict({f: True for f in flags}, BT=c.BT, BD=c.BD, BN=16, B_SHARED=True, C_SHARED=True)
         ck = compile(fn, "bf16", consts, c.num_warps, stride="i32")  # i32 strides, as Triton passes any below 2^31
-        with tempfile.TemporaryDirectory() as d:
-            src = os.path.join(d, "k.ptx")
-            open(src, "w").write(ck.asm["ptx"])
-            info = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
-                                  capture_output=True, text=True, check=True).stderr
-        spills = int(re.search(r"(\\d+) bytes spill stores", info).group(1))
-        regs = int(re.search(r"Used (\\d+) registers", info).group(1))
+        regs, spills = ptxas_stats(ck.asm["ptx"])
         print(c, "registers", regs, "spills", spills)
 """)
 

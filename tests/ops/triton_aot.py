@@ -14,13 +14,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Prepended to a script: a stand-in Triton driver targets sm_90, so every launch through the real op wrappers
 # compiles its kernel (``warmup=True``) and launches nothing; each compiled kernel prints one line
-# ``STATS <kernel> warps <n> registers <n> spills <bytes>`` from ``ptxas -v``.
-COMPILE_ONLY = textwrap.dedent("""
-    import os, re, subprocess, sys, tempfile
+# ``STATS <kernel> warps <n> registers <n> spills <bytes>`` from ``ptxas -v`` (PTXAS_STATS).
+PTXAS_STATS = textwrap.dedent("""
+    import os, re, subprocess, tempfile
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    def ptxas_stats(ptx):
+        \"\"\"(registers, spilled bytes) of a kernel's PTX, from ptxas -v for sm_90.\"\"\"
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "k.ptx")
+            with open(src, "w") as f:
+                f.write(ptx)
+            info = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                                  capture_output=True, text=True, check=True).stderr
+        regs = int(re.search(r"Used (\\d+) registers", info).group(1))
+        return regs, int(re.search(r"(\\d+) bytes spill stores", info).group(1))
+""")
+COMPILE_ONLY = PTXAS_STATS + textwrap.dedent("""
+    import sys
     os.environ.pop("TRITON_INTERPRET", None)
     import torch
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
@@ -36,14 +50,7 @@ COMPILE_ONLY = textwrap.dedent("""
     def _compile_only(self, *args, grid, warmup, **kwargs):
         kernel = _run(self, *args, grid=grid, warmup=True, **kwargs)
         assert kernel is not None and kernel.asm.get("cubin"), self.fn.__name__
-        with tempfile.TemporaryDirectory() as d:
-            src = os.path.join(d, "k.ptx")
-            with open(src, "w") as f:
-                f.write(kernel.asm["ptx"])
-            info = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
-                                  capture_output=True, text=True, check=True).stderr
-        spills = int(re.search(r"(\\d+) bytes spill stores", info).group(1))
-        regs = int(re.search(r"Used (\\d+) registers", info).group(1))
+        regs, spills = ptxas_stats(kernel.asm["ptx"])
         print("STATS", self.fn.__name__, "warps", kernel.metadata.num_warps, "registers", regs, "spills", spills)
         return kernel
 
