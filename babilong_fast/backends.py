@@ -114,21 +114,12 @@ _KERNELS_PREFIX = "babilong_fast.kernels."
 
 def _compiled_kernel_modules() -> list[str]:
     """The imported ``babilong_fast.kernels`` modules whose kernels were made for the GPU, not the interpreter
-    (``triton.jit`` decides when the module is imported)."""
+    (``triton.jit`` decides when the module is imported; the kernels are plain ``triton.jit`` functions)."""
     from triton.runtime.jit import JITFunction
 
-    out = []
-    for name, mod in list(sys.modules.items()):
-        if name.startswith(_KERNELS_PREFIX) and mod is not None:
-            for obj in vars(mod).values():
-                for _ in range(4):  # through autotuner / heuristics wrappers
-                    if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
-                        break
-                    obj = obj.fn
-                if isinstance(obj, JITFunction):
-                    out.append(name.removeprefix(_KERNELS_PREFIX))
-                    break
-    return out
+    return [name.removeprefix(_KERNELS_PREFIX) for name, mod in list(sys.modules.items())
+            if name.startswith(_KERNELS_PREFIX) and mod is not None
+            and any(isinstance(obj, JITFunction) for obj in vars(mod).values())]
 
 
 def _interpreter_problem() -> str:
