@@ -20,9 +20,11 @@ BACKENDS: tuple[str, ...] = ("cuda", "triton", "torch")
 ENV_BACKEND = "BABILONG_FAST_BACKEND"
 ENV_DISABLE = "BABILONG_FAST_DISABLE"
 
-# Ops whose fused kernels have passed their tests on a GPU (benchmarks/results/). Under ``auto`` the others
-# stay on the torch reference until a device check has run them; ``backend="triton"`` still selects them.
-GPU_VERIFIED_OPS: frozenset[str] = frozenset({"assoc_read"})
+# Per op, the fused backends whose kernels, as they are now, have passed their tests on a GPU
+# (benchmarks/results/). Under ``auto`` the others stay on the torch reference until a device check has run
+# them; ``backend="triton"`` still selects them. (assoc_read's Triton kernel passed on the H100 and was
+# rewritten since, without a GPU.)
+GPU_VERIFIED_BACKENDS: dict[str, frozenset[str]] = {"assoc_read": frozenset({"cuda"})}
 
 _log = logging.getLogger("babilong_fast")
 _logged: set[tuple[str, str, str]] = set()
@@ -207,9 +209,10 @@ def resolve_backend(
     """Pick the backend for one call of ``op`` on tensors on ``device``.
 
     An explicit ``backend`` wins; ``"auto"`` (or None) defers to ``BABILONG_FAST_BACKEND``, then
-    tries cuda, triton, torch in that order, among the backends ``op`` has (``implemented``), for ops in
-    :data:`GPU_VERIFIED_OPS`; other ops stay on torch under ``auto``. On CPU tensors ``auto`` always picks
-    torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``, whatever ``BABILONG_FAST_BACKEND`` says.
+    tries cuda, triton, torch in that order, among the backends ``op`` has (``implemented``) that
+    :data:`GPU_VERIFIED_BACKENDS` lists for it; others stay on torch under ``auto``. On CPU tensors ``auto``
+    always picks torch. ``BABILONG_FAST_DISABLE=1`` forces torch under ``auto``, whatever
+    ``BABILONG_FAST_BACKEND`` says.
     """
     requested, source = ("auto" if backend is None else backend), "backend"
     if requested == "auto":
@@ -222,12 +225,10 @@ def resolve_backend(
         requested = "torch"  # the kill switch wins over the other variable; only a backend= argument beats it
     if requested == "auto":
         chosen = "torch"
-        if (
-            not disabled
-            and device.type == "cuda"
-            and op in GPU_VERIFIED_OPS
-        ):
-            chosen = next(b for b in BACKENDS if (b in implemented or b == "torch") and _usable(b, device)[0])
+        if not disabled and device.type == "cuda":
+            verified = GPU_VERIFIED_BACKENDS.get(op, frozenset())
+            chosen = next((b for b in BACKENDS if b in verified and b in implemented and _usable(b, device)[0]),
+                          "torch")
     elif requested not in implemented:
         raise BackendUnavailableError(f"{op} has no {requested!r} backend yet; it has {', '.join(implemented)}")
     else:

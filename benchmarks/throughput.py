@@ -177,10 +177,10 @@ def component_rows(sets, ref, nu, dtype, repeats, shape: dict) -> list[dict]:
     from babilong_fast.backends import load_extension
     from babilong_fast.kernels.assoc_read import assoc_query_fwd, assoc_read_main_fwd
 
-    qs = [assoc_query_fwd(s[0], s[1]) for s in sets]
+    ss = [assoc_query_fwd(s[0], s[1]) for s in sets]  # s = [relu(q), relu(-q)]
     pieces = {
         "triton:query": lambda i: assoc_query_fwd(sets[i % 4][0], sets[i % 4][1]),
-        "triton:main": lambda i: assoc_read_main_fwd(sets[i % 4][0], qs[i % 4], *sets[i % 4][2:], nu, 1e-5),
+        "triton:main": lambda i: assoc_read_main_fwd(sets[i % 4][0], ss[i % 4], *sets[i % 4][2:], nu, 1e-5),
     }
     ext, _ = load_extension()
     for name in sorted(n for n in dir(ext) if n.startswith("assoc_read_fwd")) if ext else []:

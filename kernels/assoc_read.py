@@ -1,8 +1,8 @@
 """Triton kernels for the ARMT associative read (see ``babilong_fast.ops.assoc_read``).
 
-Two launches: ``q = h w_q^T`` (float32, ``[B*T, n]``), then one pass that builds the DPFP
-features from ``q`` on the fly, multiplies them with ``A`` and ``z`` together (numerator and
-denominator) and writes ``h + num / (den + eps)``. The features never reach global memory.
+Two launches: ``q = h w_q^T`` written as ``s = [relu(q), relu(-q)]`` (float32, ``[B*T, 2n]``), then one
+pass that builds the DPFP features from ``s`` on the fly, multiplies them with ``A`` and ``z`` together
+(numerator and denominator) and writes ``h + num / (den + eps)``. The features never reach global memory.
 DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s[i] * s[(i-j-1) % 2n]``,
 ``s = [relu(q), relu(-q)]``.
 """
@@ -17,7 +17,7 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["R"])
 def _assoc_query_fwd_kernel(
-    h, w, q, R, D, N,
+    h, w, s, R, D, N,
     BR: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     i_r, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -31,41 +31,42 @@ def _assoc_query_fwd_kernel(
         b_h = tl.load(h + o_r[:, None] * D + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0).to(tl.float32)
         b_w = tl.load(w + o_n[:, None] * D + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
         b_q += tl.dot(b_h, tl.trans(b_w), input_precision="ieee")  # [BR, BN]
-    tl.store(q + o_r[:, None] * N + o_n[None, :], b_q, mask=m_r[:, None] & m_n[None, :])
+    # s = [relu(q), relu(-q)]: row r holds 2n values
+    p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
+    m_rn = m_r[:, None] & m_n[None, :]
+    tl.store(p_s, tl.maximum(b_q, 0.0), mask=m_rn)
+    tl.store(p_s + N, tl.maximum(-b_q, 0.0), mask=m_rn)
 
 
 @triton.jit(do_not_specialize=["T"])
 def _assoc_read_fwd_kernel(
-    h, q, A, z, o, T, D, N, F, stride_ab, stride_zb, eps,
+    h, s, A, z, o, T, D, N2, NU, stride_ab, stride_zb, eps,
     BT: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_t, i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     m_t, m_d = o_t < T, o_d < D
-    N2 = 2 * N
-    p_q = q + (i_b * T + o_t) * N  # row starts, [BT]
+    p_s = s + (i_b * T + o_t) * N2  # row starts, [BT]
     p_a = A + i_b * stride_ab
     p_z = z + i_b * stride_zb
     b_num = tl.zeros([BT, BD], dtype=tl.float32)
     b_den = tl.zeros([BT], dtype=tl.float32)
-    # One flat loop over feature chunks: f = j*2n + i pairs s[i] with s[(i - j - 1) % 2n].
-    for f0 in range(0, F, BI):
-        o_f = f0 + tl.arange(0, BI)
-        m_f = o_f < F
-        o_i = o_f % N2
-        o_p = (o_i + N2 - (o_f // N2 + 1) % N2) % N2
-        m_tf = m_t[:, None] & m_f[None, :]
-        # s[i] = relu(+q[i]) for i < n, relu(-q[i-n]) otherwise; [BT, BI]
-        b_s = tl.load(p_q[:, None] + (o_i % N)[None, :], mask=m_tf, other=0.0)
-        b_s = tl.maximum(tl.where((o_i < N)[None, :], b_s, -b_s), 0.0)
-        b_r = tl.load(p_q[:, None] + (o_p % N)[None, :], mask=m_tf, other=0.0)
-        b_r = tl.maximum(tl.where((o_p < N)[None, :], b_r, -b_r), 0.0)
-        b_phi = b_s * b_r  # [BT, BI]
-        b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_f[:, None] & m_d[None, :], other=0.0)
-        b_z = tl.load(p_z + o_f, mask=m_f, other=0.0)
-        b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BT, BD]
-        b_den += tl.sum(b_phi * b_z[None, :], axis=1)
+    # phi[j*2n + i] = s[i] * s[(i - j - 1) % 2n]: per chunk of i, s[i] is loaded once for all j.
+    for i0 in range(0, N2, BI):
+        o_i = i0 + tl.arange(0, BI)
+        m_i = o_i < N2
+        m_ti = m_t[:, None] & m_i[None, :]
+        b_s = tl.load(p_s[:, None] + o_i[None, :], mask=m_ti, other=0.0)  # [BT, BI]
+        for j in range(0, NU):
+            o_p = o_i - (j + 1) % N2
+            o_p = tl.where(o_p < 0, o_p + N2, o_p)
+            b_phi = b_s * tl.load(p_s[:, None] + o_p[None, :], mask=m_ti, other=0.0)  # [BT, BI]
+            o_f = j * N2 + o_i
+            b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
+            b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
+            b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BT, BD]
+            b_den += tl.sum(b_phi * b_z[None, :], axis=1)
     o_hd = (i_b * T + o_t)[:, None] * D + o_d[None, :]
     m_hd = m_t[:, None] & m_d[None, :]
     b_h = tl.load(h + o_hd, mask=m_hd, other=0.0).to(tl.float32)
@@ -78,17 +79,18 @@ def _pow2_at_least(x: int, lo: int = 16) -> int:
 
 
 def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
-    """``q = h w_q^T`` in float32. h: ``[B, T, d]``, w_q: ``[n, d]``; returns ``[B, T, n]``."""
+    """``s = [relu(q), relu(-q)]``, ``q = h w_q^T``, in float32. h: ``[B, T, d]``, w_q: ``[n, d]``; returns
+    ``[B, T, 2n]``."""
     B, T, D = h.shape
     N = w_q.shape[0]
     R = B * T
-    q = torch.empty(B, T, N, device=h.device, dtype=torch.float32)
+    s = torch.empty(B, T, 2 * N, device=h.device, dtype=torch.float32)
     # Few rows (decoding): narrow output tiles so more programs share the reduction over d.
     BR = 16 if R <= 64 else 32
     BN = min(16 if R <= 64 else 64, _pow2_at_least(N))
     grid = (triton.cdiv(R, BR), triton.cdiv(N, BN))
-    _assoc_query_fwd_kernel[grid](h, w_q, q, R, D, N, BR=BR, BN=BN, BK=64, num_warps=4)
-    return q
+    _assoc_query_fwd_kernel[grid](h, w_q, s, R, D, N, BR=BR, BN=BN, BK=64, num_warps=4)
+    return s
 
 
 class AssocReadConfig(NamedTuple):
@@ -126,17 +128,17 @@ def assoc_read_fwd(
 
 
 def assoc_read_main_fwd(
-    h: torch.Tensor, q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float,
+    h: torch.Tensor, s: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float,
     config: AssocReadConfig | None = None,
 ) -> torch.Tensor:
-    """The fused pass alone, from a precomputed ``q`` ``[B, T, n]`` float32; returns ``[B, T, d]``."""
+    """The fused pass alone, from ``s`` ``[B, T, 2n]`` float32 (:func:`assoc_query_fwd`); returns ``[B, T, d]``."""
     B, T, D = h.shape
-    N = q.shape[-1]
+    N = s.shape[-1] // 2
     c = config or default_config(T, D, N, h.dtype)
     out = torch.empty_like(h)
     grid = (triton.cdiv(T, c.BT), triton.cdiv(D, c.BD), B)
     _assoc_read_fwd_kernel[grid](
-        h, q, A, z, out, T, D, N, 2 * nu * N,
+        h, s, A, z, out, T, D, 2 * N, nu,
         0 if A.shape[0] == 1 else A.stride(0), 0 if z.shape[0] == 1 else z.stride(0), eps,
         BT=c.BT, BD=c.BD, BI=c.BI, PRECISION=c.precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import babilong_fast
-from babilong_fast.backends import GPU_VERIFIED_OPS, BackendUnavailableError, resolve_backend
+from babilong_fast.backends import GPU_VERIFIED_BACKENDS, BackendUnavailableError, resolve_backend
 from babilong_fast.ops import assoc_read
 
 
@@ -151,7 +151,7 @@ def test_op_without_a_backend(monkeypatch):
 def test_auto_keeps_unverified_ops_on_torch(monkeypatch):
     """Ops whose kernels have not passed on a GPU yet stay on the reference under auto, even for CUDA tensors."""
     monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
-    assert "assoc_write" not in GPU_VERIFIED_OPS
+    assert "assoc_write" not in GPU_VERIFIED_BACKENDS
     assert resolve_backend("assoc_write", "auto", torch.device("cuda"), implemented=("triton", "torch")) == "torch"
 
 
@@ -168,3 +168,18 @@ def test_source_checkout_maps_only_the_kernels_package(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [os.path.join(root, "kernels", "__init__.py"), "None"]
+
+
+def test_auto_skips_a_backend_not_verified_for_the_op(monkeypatch):
+    """assoc_read's Triton kernel has not passed on a GPU since its rewrite: without the CUDA extension, auto takes
+    the reference for CUDA tensors, not Triton; with it, the verified CUDA kernels."""
+    monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("BABILONG_FAST_DISABLE", raising=False)
+    be = sys.modules["babilong_fast.backends"]
+    assert GPU_VERIFIED_BACKENDS["assoc_read"] == {"cuda"}
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(be, "_usable", lambda name, device: (name != "cuda", "not built"))
+    assert resolve_backend("assoc_read", "auto", cuda) == "torch"
+    assert resolve_backend("assoc_read", "triton", cuda) == "triton"
+    monkeypatch.setattr(be, "_usable", lambda name, device: (True, ""))
+    assert resolve_backend("assoc_read", "auto", cuda) == "cuda"

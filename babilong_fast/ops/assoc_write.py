@@ -199,8 +199,9 @@ def assoc_write(
         correction: use the ``gamma`` correction for ``z`` (default True; False means ``gamma = 1``).
         first_segment: the memory is empty: no recall (``Vbar = 0``) and ``gamma = 1``.
         backend: ``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (see :func:`babilong_fast.backends`).
-            On CUDA tensors ``"auto"`` picks cuda, then triton, once the op is in
-            :data:`babilong_fast.backends.GPU_VERIFIED_OPS`; until then, and for CPU tensors, the reference.
+            On CUDA tensors ``"auto"`` picks cuda, then triton, each once
+            :data:`babilong_fast.backends.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
+            CPU tensors, the reference.
 
     Returns:
         ``(A_new [B, F, d], z_new [B, F])``, float32.

@@ -167,8 +167,9 @@ def causal_conv1d(
         return_final_state: also return the last ``width - 1`` inputs (taken from ``initial_state`` where L is shorter).
         activation: ``None``, ``"silu"`` or ``"swish"`` (the same).
         backend: ``"auto"``, ``"cuda"`` (width <= 32), ``"triton"`` or ``"torch"`` (see
-            :func:`babilong_fast.backends`). On CUDA tensors ``"auto"`` picks cuda, then triton, once the op is in
-            :data:`babilong_fast.backends.GPU_VERIFIED_OPS`; until then, and for CPU tensors, torch.
+            :func:`babilong_fast.backends`). On CUDA tensors ``"auto"`` picks cuda, then triton, each once
+            :data:`babilong_fast.backends.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
+            CPU tensors, torch.
 
     Returns:
         ``out [batch, dim, L]`` in x's dtype, or ``(out, final_state [batch, dim, width - 1])``.

@@ -382,8 +382,9 @@ def selective_scan(
         initial_state: ``[batch, dim, N]`` float32 contiguous, the state before the first step (default zeros).
         return_last_state: also return the state after the last step.
         backend: ``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (see :func:`babilong_fast.backends`). On CUDA
-            tensors ``"auto"`` picks cuda, then triton, once the op is in
-            :data:`babilong_fast.backends.GPU_VERIFIED_OPS`; until then, and for CPU tensors, torch.
+            tensors ``"auto"`` picks cuda, then triton, each once
+            :data:`babilong_fast.backends.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
+            CPU tensors, torch.
 
     Returns:
         ``out [batch, dim, L]`` in ``u``'s dtype, or ``(out, last_state [batch, dim, N] float32)``.
