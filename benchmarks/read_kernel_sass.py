@@ -70,7 +70,8 @@ def loops(sass: str) -> list[tuple[str, int, collections.Counter, list[str]]]:
             for label, (a, b) in spans.items()]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[tuple]:
+    """Prints, and returns as ``(kernel, label, instructions, opcode counts, inner loops)``, each loop."""
     import base64
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(shape) != 4 or min(shape) < 1:
         p.error(f"--shape must be four positive integers B,T,d,d_mem; got {args.shape!r}")
     out = run_compiler_script(COMPILE_ONLY + DUMP.format(shape=(*shape, args.nu), dtype=args.dtype))
+    found = []
     for line in out.splitlines():
         if line.startswith("STATS "):
             print(line[6:])
@@ -91,9 +93,11 @@ def main(argv: list[str] | None = None) -> None:
             sass = base64.b64decode(blob).decode()
             print(f"  {name}: {sass.count(chr(10))} lines of SASS")
             for label, n, counts, inner in loops(sass):
+                found.append((name, label, n, counts, inner))
                 top = ", ".join(f"{op} {k}" for op, k in counts.most_common(args.top))
                 within = f" (one pass of {', '.join(inner)} included)" if inner else ""
                 print(f"    loop {label}: {n} instructions per iteration{within}: {top}")
+    return found
 
 
 if __name__ == "__main__":
