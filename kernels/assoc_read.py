@@ -13,12 +13,13 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
 
 @triton.jit(do_not_specialize=["R"])
 def _assoc_query_fwd_kernel(
     h, w, s, R, D, N,
-    BR: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BR: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HALF_DOT: tl.constexpr,
 ):
     i_r, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
     o_r = i_r * BR + tl.arange(0, BR)
@@ -28,9 +29,12 @@ def _assoc_query_fwd_kernel(
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
-        b_h = tl.load(h + o_r[:, None] * D + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_w = tl.load(w + o_n[:, None] * D + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_q += tl.dot(b_h, tl.trans(b_w), input_precision="ieee")  # [BR, BN]
+        b_h = tl.load(h + o_r[:, None] * D + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(w + o_n[:, None] * D + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+        if HALF_DOT:  # bf16 x bf16 and fp16 x fp16 products are exact in float32: tensor cores lose nothing
+            b_q += tl.dot(b_h, tl.trans(b_w), out_dtype=tl.float32)  # [BR, BN]
+        else:
+            b_q += tl.dot(b_h.to(tl.float32), tl.trans(b_w.to(tl.float32)), input_precision="ieee")
     # s = [relu(q), relu(-q)]: row r holds 2n values
     p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
     m_rn = m_r[:, None] & m_n[None, :]
@@ -89,7 +93,12 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     BR = 16 if R <= 64 else 32
     BN = min(16 if R <= 64 else 64, _pow2_at_least(N))
     grid = (triton.cdiv(R, BR), triton.cdiv(N, BN))
-    _assoc_query_fwd_kernel[grid](h, w_q, s, R, D, N, BR=BR, BN=BN, BK=64, num_warps=4)
+    # Triton's interpreter multiplies the bit patterns of bf16 dot operands (triton-lang/triton#11584): there bf16
+    # takes the float32 dot (same result; fp16 keeps its half dot, so the interpreter still checks that path).
+    compiled = isinstance(_assoc_query_fwd_kernel, JITFunction)
+    half_dot = h.dtype == w_q.dtype and (h.dtype == torch.float16 or (h.dtype == torch.bfloat16 and compiled))
+    BK = 128 if half_dot else 64  # tensor-core tiles: fewer, longer steps over d (Triton 3.8 spills at 64)
+    _assoc_query_fwd_kernel[grid](h, w_q, s, R, D, N, BR=BR, BN=BN, BK=BK, HALF_DOT=half_dot, num_warps=4)
     return s
 
 

@@ -52,6 +52,32 @@ def test_assoc_read_gpt2_shape(backend, device, dtype):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 70, 130, 24, 2), (2, 522, 768, 64, 3)], ids=["odd", "gpt2"])
+def test_assoc_read_weights_in_h_dtype(backend, device, dtype, shape):
+    """w_q in h's dtype, as in a bf16 / fp16 model (the Triton query projection then runs a half-precision dot)."""
+    B, T, d, n, nu = shape
+    h, w_q, A, z = make_inputs(B, T, d, n, nu, device)
+    h, w_q = h.to(dtype), w_q.to(dtype)
+    assert_close("out", ref64(h, w_q, A, z, nu), assoc_read(h, w_q, A, z, nu=nu, backend=backend), RTOL[dtype])
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_query_is_float32_exact(backend, device, dtype):
+    """The Triton query kernel's s = [relu(q), relu(-q)], q = h w_q^T, matches float64 within 1e-5 for every dtype:
+    products of two bf16 or two fp16 values are exact in float32, so the half-precision dot loses nothing."""
+    from babilong_fast.kernels.assoc_read import assoc_query_fwd
+
+    torch.manual_seed(3)
+    h = torch.randn(2, 37, 300, device=device).to(dtype)
+    w_q = (torch.randn(24, 300, device=device) / 17).to(dtype)
+    q = h.double() @ w_q.double().T
+    assert_close("s", torch.cat([q.clamp(min=0), (-q).clamp(min=0)], -1), assoc_query_fwd(h, w_q), 1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_assoc_read_broadcast_state(backend, device):
     h, w_q, A, z = make_inputs(3, 19, 72, 8, 3, device, batch_a=1)
     assert_close("out", ref64(h, w_q, A, z, 3), assoc_read(h, w_q, A, z, backend=backend), 1e-5)
