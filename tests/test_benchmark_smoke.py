@@ -290,11 +290,11 @@ def test_json_path_needs_no_temporary_folder(throughput, tmp_path, capsys, monke
 
 
 @pytest.mark.skipif(not has_nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas, nvdisasm)")
-def test_read_kernel_sass_counts_the_dot_loop(capsys):
-    """benchmarks/read_kernel_sass.py finds the read's feature loop in its sm_90 code, with the tensor-core dot in
+def test_kernel_sass_counts_the_dot_loop(capsys):
+    """benchmarks/kernel_sass.py finds the read's feature loop in its sm_90 code, with the tensor-core dot in
     it; in bf16 at GPT-2's shape the loop issues under 600 instructions a chunk (the loop before the eighteenth
     session's rewrite: 1383 under Triton 3.6, 778 under 3.8)."""
-    spec = importlib.util.spec_from_file_location("read_sass_under_test", os.path.join(BENCH, "read_kernel_sass.py"))
+    spec = importlib.util.spec_from_file_location("kernel_sass_under_test", os.path.join(BENCH, "kernel_sass.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     loops = [lp for lp in mod.main(["--dtype", "bfloat16"]) if lp[0] == "_assoc_read_fwd_kernel"]
