@@ -182,6 +182,9 @@ def component_rows(sets, ref, nu, dtype, repeats, shape: dict) -> list[dict]:
         "triton:query": lambda i: assoc_query_fwd(sets[i % 4][0], sets[i % 4][1]),
         "triton:main": lambda i: assoc_read_main_fwd(sets[i % 4][0], ss[i % 4], *sets[i % 4][2:], nu, 1e-5),
     }
+    if dtype != torch.float32:  # w_q in h's dtype, as in a half-precision model: the query's tensor-core dot
+        w_half = [s[1].to(dtype) for s in sets]
+        pieces["triton:query_w_in_h_dtype"] = lambda i: assoc_query_fwd(sets[i % 4][0], w_half[i % 4])
     ext, _ = load_extension()
     for name in sorted(n for n in dir(ext) if n.startswith("assoc_read_fwd")) if ext else []:
         fn = getattr(ext, name)
