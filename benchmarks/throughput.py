@@ -124,11 +124,11 @@ def bench_assoc_read(shape, nu, dtype, backends, device, repeats, ceilings) -> l
 
 def sweep_triton_assoc_read(shape, nu, dtype, device, repeats) -> list[dict]:
     """Time the Triton read kernel over launch configurations (tuning data; each checked first)."""
-    from babilong_fast.kernels.assoc_read import AssocReadConfig, assoc_read_fwd, default_config
+    from babilong_fast.kernels.assoc_read import AssocReadConfig, _sm_count, assoc_read_fwd, default_config
 
     B, T, d, n = shape
     sets, ref = input_sets(shape, nu, dtype, device)
-    base = default_config(T, d, n, dtype)
+    base = default_config(T, d, n, dtype, B, _sm_count(torch.device(device)))
     precisions = ["ieee", "tf32x3"] if dtype == torch.float32 else ["tf32", "ieee"]
     configs = {base}
     configs |= {AssocReadConfig(bt, bd, base.BI, w, st, base.precision)

@@ -82,6 +82,20 @@ def _pow2_at_least(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
+def _sm_count(device: torch.device) -> int | None:
+    """Streaming multiprocessors of a CUDA device (None elsewhere: the interpreter runs programs one by one)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+
+
+def _fill_gpu(tiles: list[tuple[int, ...]], programs, sms: int | None) -> tuple[int, ...]:
+    """The first of ``tiles`` (largest first) whose grid, ``programs(*tile)``, has a program for (about) every SM,
+    else the last; the first when ``sms`` is None. Small problems (batch 1) otherwise leave most SMs idle: one
+    wave whose programs each walk the whole reduction. Not tuned by timing (no GPU has run it yet)."""
+    if sms is None:
+        return tiles[0]
+    return next((t for t in tiles if programs(*t) >= 0.9 * sms), tiles[-1])
+
+
 def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     """``s = [relu(q), relu(-q)]``, ``q = h w_q^T``, in float32. h: ``[B, T, d]``, w_q: ``[n, d]``; returns
     ``[B, T, 2n]``."""
@@ -90,8 +104,10 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     R = B * T
     s = torch.empty(B, T, 2 * N, device=h.device, dtype=torch.float32)
     # Few rows (decoding): narrow output tiles so more programs share the reduction over d.
-    BR = 16 if R <= 64 else 32
-    BN = min(16 if R <= 64 else 64, _pow2_at_least(N))
+    tiles = [(16 if R <= 64 else 32, 16 if R <= 64 else 64), (32, 32), (16, 32), (16, 16)]
+    BR, BN = _fill_gpu(tiles, lambda br, bn: triton.cdiv(R, br) * triton.cdiv(N, min(bn, _pow2_at_least(N))),
+                       _sm_count(h.device))
+    BN = min(BN, _pow2_at_least(N))
     grid = (triton.cdiv(R, BR), triton.cdiv(N, BN))
     # Triton's interpreter multiplies the bit patterns of bf16 dot operands (triton-lang/triton#11584): there bf16
     # takes the float32 dot (same result; fp16 keeps its half dot, so the interpreter still checks that path).
@@ -113,15 +129,20 @@ class AssocReadConfig(NamedTuple):
     precision: str
 
 
-def default_config(T: int, D: int, N: int, dtype: torch.dtype) -> AssocReadConfig:
-    """Tiles that fit the sizes; exact float32 products for float32 inputs, TF32 for half inputs."""
+def default_config(T: int, D: int, N: int, dtype: torch.dtype, B: int = 1, sms: int | None = None) -> AssocReadConfig:
+    """Tiles that fit the sizes, smaller ones when the grid would leave some of ``sms`` SMs idle; exact float32
+    products for float32 inputs, TF32 for half inputs."""
     BT = 64 if T > 32 else (32 if T > 16 else 16)
     BD = 128 if D > 64 else (64 if D > 32 else (32 if D > 16 else 16))
     if T <= 16:  # decoding: few token tiles, so spread d over more programs
         BD = min(BD, 32)
+    # Smaller tiles (and warps) for small grids: those that ptxas keeps in registers under Triton 3.6 and 3.8.
+    smaller = ((32, 32, 4),) if dtype == torch.float32 else ((64, 64, 8), (64, 32, 8), (32, 32, 4))
+    tiles = [(BT, BD, 8 if BD * BT >= 8192 else 4)] + [t for t in smaller if t[0] <= BT and t[1] <= BD]
+    BT, BD, warps = _fill_gpu(tiles, lambda bt, bd, _: triton.cdiv(T, bt) * triton.cdiv(D, bd) * B, sms)
     BI = min(64, _pow2_at_least(2 * N))
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    return AssocReadConfig(BT, BD, BI, 8 if BD * BT >= 8192 else 4, 2, precision)
+    return AssocReadConfig(BT, BD, BI, warps, 2, precision)
 
 
 def assoc_read_fwd(
@@ -143,7 +164,7 @@ def assoc_read_main_fwd(
     """The fused pass alone, from ``s`` ``[B, T, 2n]`` float32 (:func:`assoc_query_fwd`); returns ``[B, T, d]``."""
     B, T, D = h.shape
     N = s.shape[-1] // 2
-    c = config or default_config(T, D, N, h.dtype)
+    c = config or default_config(T, D, N, h.dtype, B, _sm_count(h.device))
     out = torch.empty_like(h)
     grid = (triton.cdiv(T, c.BT), triton.cdiv(D, c.BD), B)
     _assoc_read_fwd_kernel[grid](

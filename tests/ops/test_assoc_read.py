@@ -77,6 +77,25 @@ def test_triton_query_is_float32_exact(backend, device, dtype):
     assert_close("s", torch.cat([q.clamp(min=0), (-q).clamp(min=0)], -1), assoc_query_fwd(h, w_q), 1e-5)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_read_tiles_for_small_grids(backend, device, dtype):
+    """On a GPU a grid with fewer programs than SMs takes smaller tiles (batch 1: T = 522 on an H100's 132 SMs);
+    each tile the choice can make gives the float64 result, including [64, 64] for half inputs."""
+    from babilong_fast.kernels.assoc_read import assoc_read_fwd, default_config
+
+    big, b1 = default_config(522, 768, 64, dtype, B=8, sms=132), default_config(522, 768, 64, dtype, B=1, sms=132)
+    assert big == default_config(522, 768, 64, dtype) and (big.BT, big.BD) == (64, 128)
+    assert (b1.BT, b1.BD) == ((32, 32) if dtype == torch.float32 else (64, 32))
+    h, w_q, A, z = make_inputs(1, 70, 130, 24, 2, device)
+    h = h.to(dtype)
+    ref = ref64(h, w_q, A, z, 2)
+    for bt, bd, warps in ((32, 32, 4), (64, 32, 8), (64, 64, 8)):
+        config = big._replace(BT=bt, BD=bd, num_warps=warps)
+        assert_close(f"out {config}", ref, assoc_read_fwd(h, w_q, A, z, 2, 1e-5, config=config), RTOL[dtype])
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_assoc_read_broadcast_state(backend, device):
     h, w_q, A, z = make_inputs(3, 19, 72, 8, 3, device, batch_a=1)

@@ -18,8 +18,11 @@ OPS_SCRIPT = COMPILE_ONLY + textwrap.dedent("""
     from babilong_fast.ops import assoc_read, assoc_write, causal_conv1d, rows_layer_norm, segment_embed
     import babilong_fast.kernels.causal_conv1d as kc
 
+    import babilong_fast.kernels.assoc_read as kr
+
     _conv_config = kc.default_config
     kc.default_config = lambda dim, L, interpreter=False: _conv_config(dim, L)  # the GPU's tiles, not the CPU's
+    kr._sm_count = lambda device: 132  # an H100's SMs: the read picks its tiles to fill them
 
     nu, M = 3, 10
     for dt in (torch.float32, torch.bfloat16, torch.float16):
@@ -36,6 +39,9 @@ OPS_SCRIPT = COMPILE_ONLY + textwrap.dedent("""
             segment_embed(torch.randint(0, V, (B, T)), torch.randn(V, d, dtype=dt), torch.randn(2 * M + T, d, dtype=dt),
                           out, front=torch.randn(1, M, d), back=torch.randn(B, M, d), backend="triton")
             rows_layer_norm(out, M + T, M, torch.randn(d, dtype=dt), torch.randn(d, dtype=dt), backend="triton")
+        print("CASE", "model", dt)  # batch 1: smaller read tiles, so that the grid fills the SMs
+        assoc_read(torch.randn(1, 522, 768, dtype=dt), torch.randn(64, 768, dtype=dt), torch.randn(1, 384, 768),
+                   torch.rand(1, 384), backend="triton")
         for L in (8192, 37):  # Mamba-130m's inner width and chunk; a short odd chunk
             print("CASE", "model" if L == 8192 else "odd", dt)
             causal_conv1d(torch.randn(1, 1536, L, dtype=dt), torch.randn(1536, 4, dtype=dt),
@@ -60,6 +66,7 @@ def test_op_kernels_compile_for_sm90():
             name, _, warps, _, regs, _, spills = line.split()[1:]
             stats.append((case[0], case[1], name, int(warps), int(regs), int(spills)))
     assert {s[2] for s in stats} == KERNELS, stats
-    assert len(stats) == 3 * (2 * 9 + 2), stats  # per dtype: 2 shapes x (2 read, 2 + 3 write, 2 segment io), 2 convs
+    # per dtype: 2 shapes x (2 read, 2 + 3 write, 2 segment io), the batch-1 read (2), 2 convs
+    assert len(stats) == 3 * (2 * 9 + 2 + 2), stats
     spilling = [s for s in stats if s[0] == "model" and s[5] > 0]
     assert not spilling, spilling
