@@ -223,12 +223,17 @@ def resolve_backend(
     disabled = os.environ.get(ENV_DISABLE, "0").strip().lower() in ("1", "true", "yes", "on")
     if source == ENV_BACKEND and disabled:
         requested = "torch"  # the kill switch wins over the other variable; only a backend= argument beats it
+    note = ""
     if requested == "auto":
         chosen = "torch"
         if not disabled and device.type == "cuda":
             verified = GPU_VERIFIED_BACKENDS.get(op, frozenset())
             chosen = next((b for b in BACKENDS if b in verified and b in implemented and _usable(b, device)[0]),
                           "torch")
+            skipped = [b for b in implemented if b != "torch" and b not in verified and _usable(b, device)[0]]
+            if chosen == "torch" and skipped:
+                note = (f" (its {' and '.join(skipped)} kernels have not passed their tests on a GPU yet, so auto "
+                        f"leaves them alone; backend={skipped[0]!r} uses them)")
     elif requested not in implemented:
         raise BackendUnavailableError(f"{op} has no {requested!r} backend yet; it has {', '.join(implemented)}")
     else:
@@ -239,5 +244,5 @@ def resolve_backend(
     key = (op, device.type, chosen)
     if key not in _logged:
         _logged.add(key)
-        _log.info("babilong_fast: %s on %s tensors uses the %s backend", op, device.type, chosen)
+        _log.info("babilong_fast: %s on %s tensors uses the %s backend%s", op, device.type, chosen, note)
     return chosen

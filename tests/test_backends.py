@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import babilong_fast
-from babilong_fast.backends import GPU_VERIFIED_BACKENDS, BackendUnavailableError, resolve_backend
+from babilong_fast.backends import BACKENDS, GPU_VERIFIED_BACKENDS, BackendUnavailableError, resolve_backend
 from babilong_fast.ops import assoc_read
 
 
@@ -183,3 +183,16 @@ def test_auto_skips_a_backend_not_verified_for_the_op(monkeypatch):
     assert resolve_backend("assoc_read", "triton", cuda) == "triton"
     monkeypatch.setattr(be, "_usable", lambda name, device: (True, ""))
     assert resolve_backend("assoc_read", "auto", cuda) == "cuda"
+
+
+def test_auto_says_why_it_leaves_unverified_kernels_alone(monkeypatch, caplog):
+    """The one log line per (op, device, choice) names the usable kernels auto skipped and how to use them."""
+    monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("BABILONG_FAST_DISABLE", raising=False)
+    be = sys.modules["babilong_fast.backends"]
+    monkeypatch.setattr(be, "_usable", lambda name, device: (name != "cuda", "not built"))
+    monkeypatch.setattr(be, "_logged", set())
+    with caplog.at_level("INFO", logger="babilong_fast"):
+        assert resolve_backend("assoc_write", "auto", torch.device("cuda"), implemented=BACKENDS) == "torch"
+    assert "assoc_write on cuda tensors uses the torch backend (its triton kernels have not passed" in caplog.text
+    assert "backend='triton' uses them" in caplog.text
