@@ -3,19 +3,19 @@
 Three launches (two on the first segment), all accumulating in float32:
 
 1. ``_assoc_write_proj_kernel``: the projections of the ``R = B*M`` memory rows. Programs on the
-   first ``cdiv(n, BN)`` column blocks write ``K_raw = mem w_k^T`` ``[R, n]``; the others write
-   ``U = beta * (mem w_v^T)`` ``[R, d]``, with ``beta = sigmoid(mem w_b^T + b_b)`` reduced in the
-   same loop over ``d`` (and stored once, ``[R]``). The weights are read once per row block.
-2. ``_assoc_write_recall_kernel`` (later segments only): per (row block, d block, batch) one flat loop
-   over feature chunks builds ``phi(K)`` from ``K_raw`` on the fly and reduces ``phi A``, ``phi z``
+   first ``cdiv(n, BN)`` column blocks write ``s = [relu(k), relu(-k)]``, ``k = mem w_k^T``, ``[R, 2n]``;
+   the others write ``U = beta * (mem w_v^T)`` ``[R, d]``, with ``beta = sigmoid(mem w_b^T + b_b)``
+   reduced in the same loop over ``d`` (and stored once, ``[R]``). The weights are read once per row block.
+2. ``_assoc_write_recall_kernel`` (later segments only): per (row block, d block, batch) a loop over
+   chunks of ``i``, then over ``j``, builds ``phi(k)`` from ``s`` on the fly and reduces ``phi A``, ``phi z``
    and ``|phi|^2`` over all ``F`` features; then ``U -= beta * (phi A) / (phi z + eps)`` in place and,
    with the correction, ``gamma = clip(1 - delta / (|phi|^2 + eps), 0, 1)`` ``[R]``.
 3. ``_assoc_write_update_kernel``: per (F block, d block, batch) ``A_new = A + phi^T U`` and
    ``z_new = z + phi^T gamma`` (``gamma = 1`` on the first segment or without the correction),
    written out of place, so the recall always sees the pre-update state.
 
-Only ``K_raw`` ``[R, n]``, ``U`` ``[R, d]``, ``beta`` and ``gamma`` ``[R]`` reach global memory;
-``phi(K)`` ``[R, F]`` never does. The recall needs a full reduction over ``F`` before any update,
+Only ``s`` ``[R, 2n]``, ``U`` ``[R, d]``, ``beta`` and ``gamma`` ``[R]`` reach global memory;
+``phi(k)`` ``[R, F]`` never does. The recall needs a full reduction over ``F`` before any update,
 hence two passes over ``A`` (read; read + write). All products use exact float32
 (``input_precision="ieee"``): the operands are float32 after the load, ``A`` is a long-running
 float32 sum, and M = 10 rows make this op memory-bound, so TF32 would buy nothing.
@@ -34,7 +34,7 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["R"])
 def _assoc_write_proj_kernel(
-    mem, w_k, w_v, w_b, b_b, k, u, beta, R, D, N, NBK,
+    mem, w_k, w_v, w_b, b_b, s, u, beta, R, D, N, NBK,
     BR: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     i_r, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -51,7 +51,11 @@ def _assoc_write_proj_kernel(
             b_m = tl.load(p_m[:, None] + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0).to(tl.float32)
             b_w = tl.load(w_k + o_n[:, None] * D + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
             b_k += tl.dot(b_m, tl.trans(b_w.to(tl.float32)), input_precision="ieee")  # [BR, BN]
-        tl.store(k + o_r[:, None] * N + o_n[None, :], b_k, mask=m_r[:, None] & m_n[None, :])
+        # s = [relu(k), relu(-k)]: row r holds 2n values
+        p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
+        m_rn = m_r[:, None] & m_n[None, :]
+        tl.store(p_s, tl.maximum(b_k, 0.0), mask=m_rn)
+        tl.store(p_s + N, tl.maximum(-b_k, 0.0), mask=m_rn)
     else:
         i_v = i_n - NBK
         o_n = i_v * BN + tl.arange(0, BN)
@@ -74,7 +78,7 @@ def _assoc_write_proj_kernel(
 
 @triton.jit
 def _assoc_write_recall_kernel(
-    k, A, z, u, beta, gamma, M, D, N, F, stride_ab, stride_zb, eps,
+    s, A, z, u, beta, gamma, M, D, N2, NU, stride_ab, stride_zb, eps,
     BM: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr, CORRECTION: tl.constexpr,
 ):
     i_m, i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
@@ -82,30 +86,28 @@ def _assoc_write_recall_kernel(
     o_d = i_d * BD + tl.arange(0, BD)
     m_m, m_d = o_m < M, o_d < D
     o_r = i_b * M + o_m  # global rows, [BM]
-    N2 = 2 * N
-    p_k = k + o_r * N  # row starts, [BM]
+    p_s = s + o_r * N2  # row starts, [BM]
     p_a = A + i_b * stride_ab
     p_z = z + i_b * stride_zb
     b_num = tl.zeros([BM, BD], dtype=tl.float32)
     b_den = tl.zeros([BM], dtype=tl.float32)
     b_kk = tl.zeros([BM], dtype=tl.float32)
-    # One flat loop over feature chunks: f = j*2n + i pairs s[i] with s[(i - j - 1) % 2n].
-    for f0 in range(0, F, BI):
-        o_f = f0 + tl.arange(0, BI)
-        m_f = o_f < F
-        o_i = o_f % N2
-        o_p = (o_i + N2 - (o_f // N2 + 1) % N2) % N2
-        m_mf = m_m[:, None] & m_f[None, :]
-        b_s = tl.load(p_k[:, None] + (o_i % N)[None, :], mask=m_mf, other=0.0)
-        b_s = tl.maximum(tl.where((o_i < N)[None, :], b_s, -b_s), 0.0)
-        b_p = tl.load(p_k[:, None] + (o_p % N)[None, :], mask=m_mf, other=0.0)
-        b_p = tl.maximum(tl.where((o_p < N)[None, :], b_p, -b_p), 0.0)
-        b_phi = b_s * b_p  # [BM, BI]
-        b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_f[:, None] & m_d[None, :], other=0.0)
-        b_z = tl.load(p_z + o_f, mask=m_f, other=0.0)
-        b_num += tl.dot(b_phi, b_a, input_precision="ieee")  # [BM, BD]
-        b_den += tl.sum(b_phi * b_z[None, :], axis=1)
-        b_kk += tl.sum(b_phi * b_phi, axis=1)
+    # phi[j*2n + i] = s[i] * s[(i - j - 1) % 2n]: per chunk of i, s[i] is loaded once for all j.
+    for i0 in range(0, N2, BI):
+        o_i = i0 + tl.arange(0, BI)
+        m_i = o_i < N2
+        m_mi = m_m[:, None] & m_i[None, :]
+        b_s = tl.load(p_s[:, None] + o_i[None, :], mask=m_mi, other=0.0)  # [BM, BI]
+        for j in range(0, NU):
+            o_p = o_i - (j + 1) % N2
+            o_p = tl.where(o_p < 0, o_p + N2, o_p)
+            b_phi = b_s * tl.load(p_s[:, None] + o_p[None, :], mask=m_mi, other=0.0)  # [BM, BI]
+            o_f = j * N2 + o_i
+            b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
+            b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
+            b_num += tl.dot(b_phi, b_a, input_precision="ieee")  # [BM, BD]
+            b_den += tl.sum(b_phi * b_z[None, :], axis=1)
+            b_kk += tl.sum(b_phi * b_phi, axis=1)
     b_delta = b_den + eps  # [BM]
     b_beta = tl.load(beta + o_r, mask=m_m, other=0.0)
     o_u = o_r[:, None] * D + o_d[None, :]
@@ -120,15 +122,14 @@ def _assoc_write_recall_kernel(
 
 @triton.jit
 def _assoc_write_update_kernel(
-    k, u, gamma, A, z, A_new, z_new, M, D, N, F, stride_ab, stride_zb,
+    s, u, gamma, A, z, A_new, z_new, M, D, N2, F, stride_ab, stride_zb,
     BF: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, GAMMA_ONE: tl.constexpr,
 ):
     i_f, i_d, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     o_f = i_f * BF + tl.arange(0, BF)
     o_d = i_d * BD + tl.arange(0, BD)
     m_f, m_d = o_f < F, o_d < D
-    N2 = 2 * N
-    o_i = o_f % N2
+    o_i = o_f % N2  # feature f = j*2n + i pairs s[i] with s[(i - j - 1) % 2n]; [BF], once per program
     o_p = (o_i + N2 - (o_f // N2 + 1) % N2) % N2
     m_fd = m_f[:, None] & m_d[None, :]
     b_acc = tl.load(A + i_b * stride_ab + o_f[:, None] * D + o_d[None, :], mask=m_fd, other=0.0)  # [BF, BD]
@@ -139,11 +140,8 @@ def _assoc_write_update_kernel(
         o_r = i_b * M + o_m  # global rows, [BM]
         m_fm = m_f[:, None] & m_m[None, :]
         # phi^T: feature f of row r, [BF, BM]
-        b_s = tl.load(k + o_r[None, :] * N + (o_i % N)[:, None], mask=m_fm, other=0.0)
-        b_s = tl.maximum(tl.where((o_i < N)[:, None], b_s, -b_s), 0.0)
-        b_p = tl.load(k + o_r[None, :] * N + (o_p % N)[:, None], mask=m_fm, other=0.0)
-        b_p = tl.maximum(tl.where((o_p < N)[:, None], b_p, -b_p), 0.0)
-        b_phi = b_s * b_p
+        p_r = s + o_r[None, :] * N2
+        b_phi = tl.load(p_r + o_i[:, None], mask=m_fm, other=0.0) * tl.load(p_r + o_p[:, None], mask=m_fm, other=0.0)
         b_u = tl.load(u + o_r[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
         b_acc += tl.dot(b_phi, b_u, input_precision="ieee")  # [BF, BD]
         if GAMMA_ONE:
@@ -183,7 +181,7 @@ def default_config(B: int, M: int, D: int, N: int) -> AssocWriteConfig:
     BR = 16 if R <= 16 else 32
     BN = 32 if R <= 64 else 64
     BM = min(32, _pow2_at_least(M))
-    BI = min(64, _pow2_at_least(2 * N))
+    BI = min(128, _pow2_at_least(2 * N))  # all 2n values of s at once for n <= 64 (64 spills under Triton 3.8)
     return AssocWriteConfig(BR, BN, 32, BM, 32, BI, 64, 64, 4)
 
 
@@ -204,7 +202,7 @@ def assoc_write_fwd(
     R = B * M
     c = config or default_config(B, M, D, N)
     dev, f32 = mem.device, torch.float32
-    k = torch.empty(B, M, N, device=dev, dtype=f32)
+    s = torch.empty(B, M, 2 * N, device=dev, dtype=f32)  # [relu(k), relu(-k)]
     u = torch.empty(B, M, D, device=dev, dtype=f32)
     beta = torch.empty(B, M, device=dev, dtype=f32)
     use_gamma = correction and not first_segment
@@ -217,17 +215,17 @@ def assoc_write_fwd(
     nbk = triton.cdiv(N, c.BN)
     grid = (triton.cdiv(R, c.BR), nbk + triton.cdiv(D, c.BN))
     _assoc_write_proj_kernel[grid](
-        mem, w_k, w_v, w_b, b_b, k, u, beta, R, D, N, nbk, BR=c.BR, BN=c.BN, BK=c.BK, num_warps=c.num_warps
+        mem, w_k, w_v, w_b, b_b, s, u, beta, R, D, N, nbk, BR=c.BR, BN=c.BN, BK=c.BK, num_warps=c.num_warps
     )
     if not first_segment:
         grid = (triton.cdiv(M, c.BM), triton.cdiv(D, c.BD_RECALL), B)
         _assoc_write_recall_kernel[grid](
-            k, A, z, u, beta, gamma, M, D, N, F, stride_ab, stride_zb, eps,
+            s, A, z, u, beta, gamma, M, D, 2 * N, nu, stride_ab, stride_zb, eps,
             BM=c.BM, BD=c.BD_RECALL, BI=c.BI, CORRECTION=use_gamma, num_warps=c.num_warps,
         )
     grid = (triton.cdiv(F, c.BF), triton.cdiv(D, c.BD_UPDATE), B)
     _assoc_write_update_kernel[grid](
-        k, u, gamma, A, z, A_new, z_new, M, D, N, F, stride_ab, stride_zb,
+        s, u, gamma, A, z, A_new, z_new, M, D, 2 * N, F, stride_ab, stride_zb,
         BF=c.BF, BD=c.BD_UPDATE, BM=c.BM, GAMMA_ONE=not use_gamma, num_warps=c.num_warps,
     )
     return A_new, z_new
