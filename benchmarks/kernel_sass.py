@@ -3,14 +3,15 @@ loop iteration issues, by opcode.
 
     python benchmarks/kernel_sass.py                          # the Triton read at GPT-2 small's ARMT shape, bf16
     python benchmarks/kernel_sass.py --dtype float32 --shape 1,522,768,64
+    python benchmarks/kernel_sass.py --op write                    # the write's three kernels, B=1, M=10
     python benchmarks/kernel_sass.py --cuda 'assoc_read_kernelIf'   # the built extension's kernels matching a regex
 
-Triton: a stand-in driver compiles the real ``assoc_read(..., backend="triton")`` launches for sm_90 and runs
-nothing (``tests/ops/triton_aot.py``), and ``nvdisasm`` (bundled with Triton) prints the SASS. CUDA: ``cuobjdump``
-(bundled with Triton too) reads the sm_90 code of ``babilong_fast._C``. Every backward branch closes a loop,
-counted from its target. No GPU gives timings, so this is a count of work, not a speed: a loop that issues fewer
-instructions per dot instruction (``HGMMA`` / ``HMMA`` on tensor cores, ``FFMA`` for exact float32) has less in
-the way of the dot. ``benchmarks/NOTES.md`` has the numbers.
+Triton: a stand-in driver compiles the real ``assoc_read`` / ``assoc_write(..., backend="triton")`` launches for
+sm_90 and runs nothing (``tests/ops/triton_aot.py``), and ``nvdisasm`` (bundled with Triton) prints the SASS.
+CUDA: ``cuobjdump`` (bundled with Triton too) reads the sm_90 code of ``babilong_fast._C``. Every backward branch
+closes a loop, counted from its target. No GPU gives timings, so this is a count of work, not a speed: a loop that
+issues fewer instructions per dot instruction (``HGMMA`` / ``HMMA`` on tensor cores, ``FFMA`` for exact float32)
+has less in the way of the dot. ``benchmarks/NOTES.md`` has the numbers.
 """
 from __future__ import annotations
 
@@ -45,12 +46,17 @@ def _dump(self, *args, **kwargs):
     return kernel
 
 JITFunction.run = _dump
-from babilong_fast.ops import assoc_read
+from babilong_fast.ops import assoc_read, assoc_write
 B, T, d, n, nu = {shape}
 dt = getattr(torch, "{dtype}")
 A, z = torch.randn(B, 2 * nu * n, d), torch.rand(B, 2 * nu * n)
-assoc_read(torch.randn(B, T, d, dtype=dt), torch.randn(n, d, dtype=dt), A, z, nu=nu, backend="triton")
 """
+CALLS = {
+    "read": 'assoc_read(torch.randn(B, T, d, dtype=dt), torch.randn(n, d, dtype=dt), A, z, nu=nu, backend="triton")',
+    # a later segment's write (projection, recall, update); T is the number of memory rows
+    "write": 'assoc_write(torch.randn(B, T, d, dtype=dt), *[torch.randn(*s, dtype=dt) for s in ((n, d), (d, d), '
+             '(1, d), (1,))], A, z, nu=nu, first_segment=False, backend="triton")',
+}
 
 
 def loops(sass: str) -> list[tuple[str, int, collections.Counter, list[str]]]:
@@ -87,8 +93,8 @@ def print_loops(name: str, sass: str, top: int) -> list[tuple]:
     return found
 
 
-def triton_read(shape: tuple[int, ...], nu: int, dtype: str, top: int) -> list[tuple]:
-    out = run_compiler_script(COMPILE_ONLY + DUMP.format(shape=(*shape, nu), dtype=dtype))
+def triton_op(op: str, shape: tuple[int, ...], nu: int, dtype: str, top: int) -> list[tuple]:
+    out = run_compiler_script(COMPILE_ONLY + DUMP.format(shape=(*shape, nu), dtype=dtype) + CALLS[op])
     found = []
     for line in out.splitlines():
         if line.startswith("STATS "):
@@ -127,7 +133,9 @@ def cuda_kernels(pattern: str, top: int) -> list[tuple]:
 def main(argv: list[str] | None = None) -> list[tuple]:
     """Prints, and returns as ``(kernel, label, instructions, opcode counts, inner loops)``, each loop."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="8,522,768,64", help="B,T,d,d_mem (default: GPT-2 small's ARMT segment)")
+    p.add_argument("--op", choices=tuple(CALLS), default="read", help="the Triton op (default: read)")
+    p.add_argument("--shape", help="B,T,d,d_mem; T = memory rows for the write (default: GPT-2 small's ARMT "
+                   "segment, 8,522,768,64 for the read and 1,10,768,64 for the write)")
     p.add_argument("--nu", type=int, default=3)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     p.add_argument("--cuda", metavar="REGEX", help="read the built extension's kernels matching REGEX instead")
@@ -135,10 +143,14 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     args = p.parse_args(argv)
     if args.cuda:
         return cuda_kernels(args.cuda, args.top)
-    shape = tuple(int(x) for x in args.shape.split(","))
+    text = args.shape or ("8,522,768,64" if args.op == "read" else "1,10,768,64")
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
     if len(shape) != 4 or min(shape) < 1:
-        p.error(f"--shape must be four positive integers B,T,d,d_mem; got {args.shape!r}")
-    return triton_read(shape, args.nu, args.dtype, args.top)
+        p.error(f"--shape must be four positive integers B,T,d,d_mem; got {text!r}")
+    return triton_op(args.op, shape, args.nu, args.dtype, args.top)
 
 
 if __name__ == "__main__":
