@@ -50,6 +50,7 @@ class BackendStatus:
 
 def triton_interpret() -> bool:
     """True when Triton kernels run in the interpreter (``TRITON_INTERPRET=1``) on CPU tensors."""
+    # read as Triton's knobs read it: these four words in any case, no surrounding spaces (" 1" is off there too)
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
