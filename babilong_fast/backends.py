@@ -10,7 +10,9 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 import torch
@@ -24,7 +26,7 @@ ENV_DISABLE = "BABILONG_FAST_DISABLE"
 # (benchmarks/results/). Under ``auto`` the others stay on the torch reference until a device check has run
 # them; ``backend="triton"`` still selects them. (assoc_read's Triton kernel passed on the H100 and was
 # rewritten since, without a GPU.)
-GPU_VERIFIED_BACKENDS: dict[str, frozenset[str]] = {"assoc_read": frozenset({"cuda"})}
+GPU_VERIFIED_BACKENDS: Mapping[str, frozenset[str]] = MappingProxyType({"assoc_read": frozenset({"cuda"})})
 
 _log = logging.getLogger("babilong_fast")
 _logged: set[tuple[str, str, str]] = set()

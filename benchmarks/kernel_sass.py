@@ -46,6 +46,8 @@ def _dump(self, *args, **kwargs):
     return kernel
 
 JITFunction.run = _dump
+import babilong_fast.kernels.assoc_read as _kr
+_kr._sm_count = lambda device: 132  # an H100's SMs: the tiles a GPU would pick (the tensors here are on the CPU)
 from babilong_fast.ops import assoc_read, assoc_write
 B, T, d, n, nu = {shape}
 dt = getattr(torch, "{dtype}")

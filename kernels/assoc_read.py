@@ -88,9 +88,10 @@ def _sm_count(device: torch.device) -> int | None:
 
 
 def _fill_gpu(tiles: list[tuple[int, ...]], programs, sms: int | None) -> tuple[int, ...]:
-    """The first of ``tiles`` (largest first) whose grid, ``programs(*tile)``, has a program for (about) every SM,
-    else the last; the first when ``sms`` is None. Small problems (batch 1) otherwise leave most SMs idle: one
-    wave whose programs each walk the whole reduction. Not tuned by timing (no GPU has run it yet)."""
+    """The first of ``tiles`` (in order of preference, largest grid last) whose grid, ``programs(*tile)``, has a
+    program for (about) every SM, else the last; the first when ``sms`` is None. Small problems (batch 1)
+    otherwise leave most SMs idle: one wave whose programs each walk the whole reduction. Not tuned by timing
+    (no GPU has run it yet)."""
     if sms is None:
         return tiles[0]
     return next((t for t in tiles if programs(*t) >= 0.9 * sms), tiles[-1])
@@ -111,8 +112,11 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     grid = (triton.cdiv(R, BR), triton.cdiv(N, BN))
     # Triton's interpreter multiplies the bit patterns of bf16 dot operands (triton-lang/triton#11584): there bf16
     # takes the float32 dot (same result; fp16 keeps its half dot, so the interpreter still checks that path).
+    # Tensor-core half dots need sm_80 or later here (bf16 has none before; keep older GPUs on the float32 dot).
     compiled = isinstance(_assoc_query_fwd_kernel, JITFunction)
-    half_dot = h.dtype == w_q.dtype and (h.dtype == torch.float16 or (h.dtype == torch.bfloat16 and compiled))
+    ampere = h.device.type != "cuda" or torch.cuda.get_device_capability(h.device) >= (8, 0)
+    half = h.dtype == torch.float16 or (h.dtype == torch.bfloat16 and compiled)
+    half_dot = ampere and h.dtype == w_q.dtype and half
     BK = 128 if half_dot else 64  # tensor-core tiles: fewer, longer steps over d (Triton 3.8 spills at 64)
     _assoc_query_fwd_kernel[grid](h, w_q, s, R, D, N, BR=BR, BN=BN, BK=BK, HALF_DOT=half_dot, num_warps=4)
     return s

@@ -163,7 +163,7 @@ class AssocWriteConfig(NamedTuple):
     BK: int  # projection: reduction chunk over d
     BM: int  # recall and update: memory rows per tile
     BD_RECALL: int  # recall: d columns per program
-    BI: int  # recall: feature chunk
+    BI: int  # recall: chunk of i (of the 2n values of s; each chunk serves all nu features built from it)
     BF: int  # update: features per program
     BD_UPDATE: int  # update: d columns per program
     num_warps: int
@@ -174,7 +174,8 @@ def _pow2_at_least(x: int, lo: int = 16) -> int:
 
 
 def default_config(B: int, M: int, D: int, N: int) -> AssocWriteConfig:
-    """Tiles bounded at [64, 64] float32 (bounded shared memory on Hopper); narrow projection tiles for few rows.
+    """Tiles of at most [64, 64] float32 for the projection and the update and [BM, 128] / [128, BD_RECALL] for the
+    recall (bounded shared memory on Hopper); narrow projection tiles for few rows.
     The projection reduces over d in chunks of 32: with 64, Triton 3.8 spills 240 bytes a thread at GPT-2's shape
     in bf16 (ptxas for sm_90; 3.6 does not), and 32 needs fewer registers under both (96 against 128-166)."""
     R = B * M

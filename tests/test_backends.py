@@ -42,11 +42,13 @@ def test_unknown_backend(monkeypatch):
 
 
 def test_disable_env_forces_torch_under_auto(monkeypatch):
-    """Resolution only (nothing runs), so a CUDA device works here without a GPU."""
+    """Resolution only (nothing runs), so a CUDA device works here without a GPU: every backend counts as usable."""
     monkeypatch.delenv("BABILONG_FAST_BACKEND", raising=False)
     monkeypatch.delenv("BABILONG_FAST_DISABLE", raising=False)
+    monkeypatch.setattr(sys.modules["babilong_fast.backends"], "_usable", lambda name, device: (True, ""))
     cuda = torch.device("cuda")
     picked = resolve_backend("assoc_read", "auto", cuda)
+    assert picked == "cuda"
     for value in ("1", "TRUE", "on", " yes "):
         monkeypatch.setenv("BABILONG_FAST_DISABLE", value)
         assert resolve_backend("assoc_read", "auto", cuda) == "torch", value

@@ -12,7 +12,8 @@ DTYPES = dtype_params(RTOL)
 # (B, T, d, d_mem, nu): odd T and d, B = 1 and B > 1, a single token, ARMT's GPT-2 shape.
 SHAPES = [
     pytest.param(s, id="B{}-T{}-d{}-n{}-nu{}".format(*s))
-    for s in [(1, 1, 64, 64, 3), (2, 37, 100, 5, 3), (1, 70, 130, 24, 2), (3, 65, 40, 16, 1), (1, 3, 33, 3, 9)]
+    for s in [(1, 1, 64, 64, 3), (2, 37, 100, 5, 3), (1, 70, 130, 24, 2), (3, 65, 40, 16, 1), (1, 3, 33, 3, 9),
+              (2, 19, 36, 40, 2)]  # last: 2n = 80 in two chunks of i, the second partial
 ]
 
 
