@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from babilong_fast.kernels.dpfp_math import phi_times_state
+
 
 @triton.jit(do_not_specialize=["R"])
 def _assoc_query_fwd_kernel(
@@ -54,23 +56,7 @@ def _assoc_read_fwd_kernel(
     p_s = s + (i_b * T + o_t) * N2  # row starts, [BT]
     p_a = A + i_b * stride_ab
     p_z = z + i_b * stride_zb
-    b_num = tl.zeros([BT, BD], dtype=tl.float32)
-    b_den = tl.zeros([BT], dtype=tl.float32)
-    # phi[j*2n + i] = s[i] * s[(i - j - 1) % 2n]: per chunk of i, s[i] is loaded once for all j.
-    for i0 in range(0, N2, BI):
-        o_i = i0 + tl.arange(0, BI)
-        m_i = o_i < N2
-        m_ti = m_t[:, None] & m_i[None, :]
-        b_s = tl.load(p_s[:, None] + o_i[None, :], mask=m_ti, other=0.0)  # [BT, BI]
-        for j in range(0, NU):
-            o_p = o_i - (j + 1) % N2
-            o_p = tl.where(o_p < 0, o_p + N2, o_p)
-            b_phi = b_s * tl.load(p_s[:, None] + o_p[None, :], mask=m_ti, other=0.0)  # [BT, BI]
-            o_f = j * N2 + o_i
-            b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
-            b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
-            b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BT, BD]
-            b_den += tl.sum(b_phi * b_z[None, :], axis=1)
+    b_num, b_den, _ = phi_times_state(p_s, m_t, p_a, p_z, o_d, m_d, D, N2, NU, BT, BD, BI, PRECISION, False)
     o_hd = (i_b * T + o_t)[:, None] * D + o_d[None, :]
     m_hd = m_t[:, None] & m_d[None, :]
     b_h = tl.load(h + o_hd, mask=m_hd, other=0.0).to(tl.float32)

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from babilong_fast.kernels.dpfp_math import phi_times_state
+
 
 @triton.jit(do_not_specialize=["R"])
 def _assoc_write_proj_kernel(
@@ -89,25 +91,7 @@ def _assoc_write_recall_kernel(
     p_s = s + o_r * N2  # row starts, [BM]
     p_a = A + i_b * stride_ab
     p_z = z + i_b * stride_zb
-    b_num = tl.zeros([BM, BD], dtype=tl.float32)
-    b_den = tl.zeros([BM], dtype=tl.float32)
-    b_kk = tl.zeros([BM], dtype=tl.float32)
-    # phi[j*2n + i] = s[i] * s[(i - j - 1) % 2n]: per chunk of i, s[i] is loaded once for all j.
-    for i0 in range(0, N2, BI):
-        o_i = i0 + tl.arange(0, BI)
-        m_i = o_i < N2
-        m_mi = m_m[:, None] & m_i[None, :]
-        b_s = tl.load(p_s[:, None] + o_i[None, :], mask=m_mi, other=0.0)  # [BM, BI]
-        for j in range(0, NU):
-            o_p = o_i - (j + 1) % N2
-            o_p = tl.where(o_p < 0, o_p + N2, o_p)
-            b_phi = b_s * tl.load(p_s[:, None] + o_p[None, :], mask=m_mi, other=0.0)  # [BM, BI]
-            o_f = j * N2 + o_i
-            b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
-            b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
-            b_num += tl.dot(b_phi, b_a, input_precision="ieee")  # [BM, BD]
-            b_den += tl.sum(b_phi * b_z[None, :], axis=1)
-            b_kk += tl.sum(b_phi * b_phi, axis=1)
+    b_num, b_den, b_kk = phi_times_state(p_s, m_m, p_a, p_z, o_d, m_d, D, N2, NU, BM, BD, BI, "ieee", CORRECTION)
     b_delta = b_den + eps  # [BM]
     b_beta = tl.load(beta + o_r, mask=m_m, other=0.0)
     o_u = o_r[:, None] * D + o_d[None, :]
