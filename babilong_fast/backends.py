@@ -226,17 +226,12 @@ def resolve_backend(
     disabled = os.environ.get(ENV_DISABLE, "0").strip().lower() in ("1", "true", "yes", "on")
     if source == ENV_BACKEND and disabled:
         requested = "torch"  # the kill switch wins over the other variable; only a backend= argument beats it
-    note = ""
+    verified = GPU_VERIFIED_BACKENDS.get(op, frozenset())
     if requested == "auto":
         chosen = "torch"
         if not disabled and device.type == "cuda":
-            verified = GPU_VERIFIED_BACKENDS.get(op, frozenset())
             chosen = next((b for b in BACKENDS if b in verified and b in implemented and _usable(b, device)[0]),
                           "torch")
-            skipped = [b for b in implemented if b != "torch" and b not in verified and _usable(b, device)[0]]
-            if chosen == "torch" and skipped:
-                note = (f" (its {' and '.join(skipped)} kernels have not passed their tests on a GPU yet, so auto "
-                        f"leaves them alone; backend={skipped[0]!r} uses them)")
     elif requested not in implemented:
         raise BackendUnavailableError(f"{op} has no {requested!r} backend yet; it has {', '.join(implemented)}")
     else:
@@ -245,7 +240,13 @@ def resolve_backend(
             raise BackendUnavailableError(f"{op}: backend {requested!r} is unavailable: {why}")
         chosen = requested
     key = (op, device.type, chosen)
-    if key not in _logged:
+    if key not in _logged:  # once per key: the note's availability checks stay off the per-call path
         _logged.add(key)
+        note = ""
+        if requested == "auto" and chosen == "torch" and not disabled and device.type == "cuda":
+            skipped = [b for b in implemented if b != "torch" and b not in verified and _usable(b, device)[0]]
+            if skipped:
+                note = (f" (its {' and '.join(skipped)} kernels have not passed their tests on a GPU yet, so auto "
+                        f"leaves them alone; backend={skipped[0]!r} uses them)")
         _log.info("babilong_fast: %s on %s tensors uses the %s backend%s", op, device.type, chosen, note)
     return chosen
