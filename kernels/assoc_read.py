@@ -8,6 +8,7 @@ DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -68,9 +69,16 @@ def _pow2_at_least(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
+@functools.cache
+def _cuda_caps(device: torch.device) -> tuple[int, tuple[int, int]]:
+    """(SM count, compute capability) of a CUDA device, read once per device (the wrappers run every layer)."""
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count, (props.major, props.minor)
+
+
 def _sm_count(device: torch.device) -> int | None:
     """Streaming multiprocessors of a CUDA device (None elsewhere: the interpreter runs programs one by one)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+    return _cuda_caps(device)[0] if device.type == "cuda" else None
 
 
 def _fill_gpu(tiles: list[tuple[int, ...]], programs, sms: int | None) -> tuple[int, ...]:
@@ -92,15 +100,14 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     s = torch.empty(B, T, 2 * N, device=h.device, dtype=torch.float32)
     # Few rows (decoding): narrow output tiles so more programs share the reduction over d.
     tiles = [(16 if R <= 64 else 32, 16 if R <= 64 else 64), (32, 32), (16, 32), (16, 16)]
-    BR, BN = _fill_gpu(tiles, lambda br, bn: triton.cdiv(R, br) * triton.cdiv(N, min(bn, _pow2_at_least(N))),
-                       _sm_count(h.device))
-    BN = min(BN, _pow2_at_least(N))
+    tiles = [(br, min(bn, _pow2_at_least(N))) for br, bn in tiles]
+    BR, BN = _fill_gpu(tiles, lambda br, bn: triton.cdiv(R, br) * triton.cdiv(N, bn), _sm_count(h.device))
     grid = (triton.cdiv(R, BR), triton.cdiv(N, BN))
     # Triton's interpreter multiplies the bit patterns of bf16 dot operands (triton-lang/triton#11584): there bf16
     # takes the float32 dot (same result; fp16 keeps its half dot, so the interpreter still checks that path).
     # Tensor-core half dots need sm_80 or later here (bf16 has none before; keep older GPUs on the float32 dot).
     compiled = isinstance(_assoc_query_fwd_kernel, JITFunction)
-    ampere = h.device.type != "cuda" or torch.cuda.get_device_capability(h.device) >= (8, 0)
+    ampere = h.device.type != "cuda" or _cuda_caps(h.device)[1] >= (8, 0)
     half = h.dtype == torch.float16 or (h.dtype == torch.bfloat16 and compiled)
     half_dot = ampere and h.dtype == w_q.dtype and half
     BK = 128 if half_dot else 64  # tensor-core tiles: fewer, longer steps over d (Triton 3.8 spills at 64)
