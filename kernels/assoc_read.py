@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from babilong_fast.kernels.dpfp_math import phi_times_state
+from babilong_fast.kernels.dpfp_math import phi_times_state, store_s
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -38,11 +38,7 @@ def _assoc_query_fwd_kernel(
             b_q += tl.dot(b_h, tl.trans(b_w), out_dtype=tl.float32)  # [BR, BN]
         else:
             b_q += tl.dot(b_h.to(tl.float32), tl.trans(b_w.to(tl.float32)), input_precision="ieee")
-    # s = [relu(q), relu(-q)]: row r holds 2n values
-    p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
-    m_rn = m_r[:, None] & m_n[None, :]
-    tl.store(p_s, tl.maximum(b_q, 0.0), mask=m_rn)
-    tl.store(p_s + N, tl.maximum(-b_q, 0.0), mask=m_rn)
+    store_s(s, b_q, o_r, o_n, m_r, m_n, N)
 
 
 @triton.jit(do_not_specialize=["T"])

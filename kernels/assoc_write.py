@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from babilong_fast.kernels.dpfp_math import phi_times_state
+from babilong_fast.kernels.dpfp_math import phi_times_state, store_s
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -53,11 +53,7 @@ def _assoc_write_proj_kernel(
             b_m = tl.load(p_m[:, None] + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0).to(tl.float32)
             b_w = tl.load(w_k + o_n[:, None] * D + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
             b_k += tl.dot(b_m, tl.trans(b_w.to(tl.float32)), input_precision="ieee")  # [BR, BN]
-        # s = [relu(k), relu(-k)]: row r holds 2n values
-        p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
-        m_rn = m_r[:, None] & m_n[None, :]
-        tl.store(p_s, tl.maximum(b_k, 0.0), mask=m_rn)
-        tl.store(p_s + N, tl.maximum(-b_k, 0.0), mask=m_rn)
+        store_s(s, b_k, o_r, o_n, m_r, m_n, N)
     else:
         i_v = i_n - NBK
         o_n = i_v * BN + tl.arange(0, BN)

@@ -1,5 +1,5 @@
-"""Triton helper shared by the associative read and the write's recall: a block of rows' DPFP features, built on
-the fly from ``s = [relu(x), relu(-x)]``, times the associative state.
+"""Triton helpers shared by the associative read and write: storing ``s = [relu(x), relu(-x)]`` (the projections'
+epilogue) and a block of rows' DPFP features, built on the fly from ``s``, times the associative state.
 
 DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s[i] * s[(i-j-1) % 2n]``,
 ``j < nu``. The loop runs over chunks of ``i`` and then over ``j``, so ``s[i]`` is loaded once for all ``nu``
@@ -10,6 +10,16 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def store_s(s, b_x, o_r, o_n, m_r, m_n, N):
+    """Store ``[relu(x), relu(-x)]`` of the ``[BR, BN]`` tile ``b_x`` (rows ``o_r``, columns ``o_n`` of ``x``) into
+    ``s``, whose rows hold 2 * N values."""
+    p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
+    m = m_r[:, None] & m_n[None, :]
+    tl.store(p_s, tl.maximum(b_x, 0.0), mask=m)
+    tl.store(p_s + N, tl.maximum(-b_x, 0.0), mask=m)
 
 
 @triton.jit
