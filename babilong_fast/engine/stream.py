@@ -6,7 +6,9 @@ memory writes on and no LM head (armt_rmt.md 3.2 items 2-6). The newest 1..``seg
 always held back: whether they are the final segment is only known once the question arrives.
 :meth:`StreamRunner.answer` appends ``question ‖ GEN``, runs the segments that spill over, and decodes
 greedily from the final segment with the model's own generation rule, so the tokens equal
-``model.generate(context ‖ question ‖ GEN)`` exactly while the context is never held whole.
+``model.generate(context ‖ question ‖ GEN)`` while the context is never held whole: exactly in float32; with
+bfloat16 / float16 weights the fused steps round differently (one GELU kernel, sums rounded once), so a
+near-tie between two tokens can go the other way.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ def check_positive(name: str, v: object) -> int:
 
 
 def check_input_ids(input_ids: object, name: str = "input_ids") -> torch.Tensor:
-    """A ``[B, N]`` integer tensor, ``N >= 1``: one row per sample, all of the same length."""
+    """A ``[B, N]`` integer tensor, ``N >= 1``: one row per sample, all of the same length; returned as int64
+    (embedding lookups and the loss take no other id dtype)."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(
             f"{name} must be a [B, N] torch.Tensor of token ids (samples of equal length), "
@@ -37,7 +38,7 @@ def check_input_ids(input_ids: object, name: str = "input_ids") -> torch.Tensor:
         raise TypeError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
         raise ValueError(f"{name} must be [B, N] with B >= 1 and N >= 1, got shape {tuple(input_ids.shape)}")
-    return input_ids
+    return input_ids.long()
 
 
 def check_token_range(ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:

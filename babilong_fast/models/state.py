@@ -37,8 +37,9 @@ class ARMTState:
         cls, num_layers: int, batch_size: int, num_features: int, d_model: int, device: torch.device | str | None = None
     ) -> ARMTState:
         """Empty memory: zeros in float32, ``segments_seen = 0``."""
-        A = tuple(torch.zeros(batch_size, num_features, d_model, device=device) for _ in range(num_layers))
-        z = tuple(torch.zeros(batch_size, num_features, device=device) for _ in range(num_layers))
+        f32 = torch.float32  # whatever torch's default dtype is
+        A = tuple(torch.zeros(batch_size, num_features, d_model, dtype=f32, device=device) for _ in range(num_layers))
+        z = tuple(torch.zeros(batch_size, num_features, dtype=f32, device=device) for _ in range(num_layers))
         return cls(A, z, 0)
 
     @property

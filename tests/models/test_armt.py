@@ -266,3 +266,32 @@ def test_generate_without_eos_token():
     assert out.shape == (2, 3) and torch.equal(out, model.generate(ids, max_new_tokens=3, eos_token_id=-1))
     with pytest.raises(TypeError, match="eos_token_id must be an int or None"):
         model.generate(ids, max_new_tokens=3, eos_token_id=1.5)
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_narrow_integer_ids_run_as_int64(kind):
+    """int32 / int16 / uint8 ids give the int64 results (the loss and the embedding take only int64)."""
+    from babilong_fast.models import RMT
+
+    model = make_armt() if kind == "armt" else RMT(tiny_gpt2(), num_mem_tokens=M, segment_size=SEG).eval()
+    ids = torch.randint(0, VOCAB, (2, 2 * SEG + 5))
+    lm = labels_mask_last(ids)
+    with torch.no_grad():
+        want = model(ids, labels_mask=lm)
+        for dt in (torch.int32, torch.int16, torch.uint8):
+            got = model(ids.to(dt), labels_mask=lm)
+            assert torch.equal(got["logits"], want["logits"]) and torch.equal(got["loss"], want["loss"]), dt
+            sparse = model(ids.to(dt), labels_mask=lm, sparse_logits=True)
+            assert_close("sparse loss", want["loss"], sparse["loss"], 1e-6)
+
+
+def test_armt_state_is_float32_under_another_default_dtype():
+    model = make_armt()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        state = model.init_state(2)
+        assert all(a.dtype == torch.float32 for a in state.A) and all(z.dtype == torch.float32 for z in state.z)
+        assert ARMTState.zeros(2, 1, 6, 4).A[0].dtype == torch.float32
+    finally:
+        torch.set_default_dtype(old)
