@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
+from babilong_fast.ops._autocast import autocast_off
 from babilong_fast.ops._checks import (
     HALF_AND_FLOAT,
     check_positive_float,
@@ -23,7 +24,7 @@ from babilong_fast.ops.dpfp import dpfp
 def assoc_read_ref(
     h: torch.Tensor, w_q: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int = 3, eps: float = 1e-5
 ) -> torch.Tensor:
-    """Pure-PyTorch reference. Computes in float32, or float64 when ``h`` is float64.
+    """Pure-PyTorch reference. Computes in float32, or float64 when ``h`` is float64 (autocast or not).
 
     Args:
         h: ``[B, T, d]``.
@@ -36,9 +37,10 @@ def assoc_read_ref(
     """
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     hf = h.to(acc)
-    phi = dpfp(hf @ w_q.to(acc).t(), nu)  # [B, T, F]
-    num = phi @ A.to(acc)  # [B, T, d]
-    den = phi @ z.to(acc).unsqueeze(-1)  # [B, T, 1]
+    with autocast_off(h.device):
+        phi = dpfp(hf @ w_q.to(acc).t(), nu)  # [B, T, F]
+        num = phi @ A.to(acc)  # [B, T, d]
+        den = phi @ z.to(acc).unsqueeze(-1)  # [B, T, 1]
     return (hf + num / (den + eps)).to(h.dtype)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
+from babilong_fast.ops._autocast import autocast_off
 from babilong_fast.ops._checks import (
     HALF_AND_FLOAT,
     check_positive_float,
@@ -45,7 +46,7 @@ def assoc_write_ref(
     correction: bool = True,
     first_segment: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-PyTorch reference. Computes in float32, or float64 when ``mem`` is float64.
+    """Pure-PyTorch reference. Computes in float32, or float64 when ``mem`` is float64 (autocast or not).
 
     Args:
         mem: ``[B, M, d]`` block outputs at the memory rows.
@@ -61,13 +62,14 @@ def assoc_write_ref(
     acc = torch.float64 if mem.dtype == torch.float64 else torch.float32
     m = mem.to(acc)
     A0, z0 = A.to(acc), z.to(acc)
-    K = dpfp(m @ w_k.to(acc).t(), nu)  # [B, M, F]
-    V = m @ w_v.to(acc).t()  # [B, M, d]
-    beta = torch.sigmoid(m @ w_b.to(acc).t() + b_b.to(acc))  # [B, M, 1]
-    delta, gamma = write_gates(K, z0, eps=eps, correction=correction, first_segment=first_segment)
-    upd = beta * V if first_segment else beta * (V - (K @ A0) / delta)
-    A_new = A0 + K.transpose(1, 2) @ upd  # [B, F, d]
-    z_new = z0 + (K * gamma.unsqueeze(-1)).sum(1)  # [B, F]
+    with autocast_off(mem.device):
+        K = dpfp(m @ w_k.to(acc).t(), nu)  # [B, M, F]
+        V = m @ w_v.to(acc).t()  # [B, M, d]
+        beta = torch.sigmoid(m @ w_b.to(acc).t() + b_b.to(acc))  # [B, M, 1]
+        delta, gamma = write_gates(K, z0, eps=eps, correction=correction, first_segment=first_segment)
+        upd = beta * V if first_segment else beta * (V - (K @ A0) / delta)
+        A_new = A0 + K.transpose(1, 2) @ upd  # [B, F, d]
+        z_new = z0 + (K * gamma.unsqueeze(-1)).sum(1)  # [B, F]
     return A_new, z_new
 
 

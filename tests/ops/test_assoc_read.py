@@ -134,6 +134,24 @@ def test_assoc_read_grad(backend, device, dtype):
         assert_close(f"grad {name}", want.grad, got.grad, 1e-5 if dtype == torch.float32 else 2e-2)
 
 
+def test_assoc_read_ref_is_float32_under_autocast():
+    """bf16 autocast must not turn the reference's float32 products (q, phi A, phi z) into bf16 ones."""
+    h, w_q, A, z = make_inputs(2, 19, 40, 8, 3, "cpu")
+    h = h.to(torch.bfloat16)
+    want = assoc_read(h, w_q, A, z, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = assoc_read(h, w_q, A, z, backend="torch")
+    assert torch.equal(got, want)
+    leaves = [t.clone().requires_grad_() for t in (h, w_q, A, z)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = assoc_read_ref(*leaves, 3)
+    out.float().sum().backward()  # outside, as torch.autocast's docs ask
+    leaves32 = [t.clone().requires_grad_() for t in (h, w_q, A, z)]
+    assoc_read_ref(*leaves32, 3).float().sum().backward()
+    for name, got_t, want_t in zip(("h", "w_q", "A", "z"), leaves, leaves32, strict=True):
+        assert torch.equal(got_t.grad, want_t.grad), name
+
+
 def test_assoc_read_module():
     mod = AssocRead(48, d_mem=8, nu=3)
     h, _, A, z = make_inputs(2, 9, 48, 8, 3, "cpu")

@@ -138,6 +138,27 @@ def test_assoc_write_half_inputs_give_float32_state(backend, device, dtype):
     assert_close("z", z_want, z_new, 1e-5)
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["later", "first"])
+def test_assoc_write_ref_is_float32_under_autocast(first):
+    """bf16 autocast (training on a GPU) must not run the state's update and recall in bf16 (armt_rmt.md 2.7)."""
+    args = make_inputs(2, 10, 40, 8, 3, z_scale=0.05)
+    args = (args[0].to(torch.bfloat16), *args[1:])
+    want = assoc_write(*args, first_segment=first, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = assoc_write(*args, first_segment=first, backend="torch")
+    for name, g, w in zip(("A", "z"), got, want, strict=True):
+        assert g.dtype == torch.float32 and torch.equal(g, w), name
+    leaves = [t.clone().requires_grad_() for t in args]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        A_new, z_new = assoc_write_ref(*leaves, first_segment=first)
+    (A_new.sum() + z_new.sum()).backward()  # outside, as torch.autocast's docs ask
+    leaves32 = [t.clone().requires_grad_() for t in args]
+    A_new, z_new = assoc_write_ref(*leaves32, first_segment=first)
+    (A_new.sum() + z_new.sum()).backward()
+    for i, (g, w) in enumerate(zip(leaves, leaves32, strict=True)):
+        assert torch.equal(g.grad, w.grad), i
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_assoc_write_first_segment_rules(backend, device):
     """Empty memory: A_new = K^T diag(beta) V and z_new = sum_j k_j, whatever the correction flag."""
