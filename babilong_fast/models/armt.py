@@ -4,7 +4,8 @@ The math is ARMT-HEAD's as specified in armt_rmt.md 2.3-2.10: every segment is `
 default positions; before block ``l`` every row reads ``h += (q A_l) / (q z_l + eps)`` (skipped while the
 memory is empty); after block ``l`` the ``M`` memory rows write ``(A_l, z_l)`` with
 :func:`babilong_fast.ops.assoc_write`. The backbone is used unchanged: the read and write run in forward
-hooks that exist only for the duration of one :meth:`ARMT.segment_forward` call.
+hooks that exist only for the duration of one :meth:`ARMT.segment_forward` call (under the backbone's gradient
+checkpointing, outside the checkpointed part: :mod:`babilong_fast.models.checkpointing`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from babilong_fast.models._common import (
     check_mask,
     check_positive,
 )
+from babilong_fast.models.checkpointing import hooks_outside_checkpoints
 from babilong_fast.models.recurrent import RecurrentLM
 from babilong_fast.models.state import ARMTState
 from babilong_fast.ops.assoc_read import assoc_read
@@ -234,7 +236,8 @@ class ARMT(RecurrentLM):
                 if write:
                     handles.append(block.register_forward_hook(post_hook(i), with_kwargs=True))
             positions = torch.arange(T, device=emb.device).unsqueeze(0)
-            out = tr(inputs_embeds=emb, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+            with hooks_outside_checkpoints(tr):
+                out = tr(inputs_embeds=emb, attention_mask=attention_mask, position_ids=positions, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()
