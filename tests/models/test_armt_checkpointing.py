@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.models.test_armt import labels_mask_last, make_armt
 from tests.models.naive import VOCAB
+from tests.models.test_armt import labels_mask_last, make_armt
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_TF = "BABILONG_FAST_REF_TRANSFORMERS"
