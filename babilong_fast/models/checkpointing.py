@@ -16,10 +16,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-try:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-except ImportError:  # transformers < 4.52
-    GradientCheckpointingLayer = None
+def _checkpoints_forward(block: nn.Module) -> bool:
+    try:  # imported here: importing babilong_fast must not import transformers
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # transformers < 4.52
+        return False
+    return isinstance(block, GradientCheckpointingLayer)
 
 
 def _checkpointed_forward(block: nn.Module, checkpoint):
@@ -41,9 +43,7 @@ def hooks_outside_checkpoints(transformer: nn.Module) -> Iterator[None]:
     blocks = list(transformer.h)
     checkpoint = transformer.__dict__.get("_gradient_checkpointing_func")
     active = getattr(transformer, "gradient_checkpointing", False) and transformer.training and torch.is_grad_enabled()
-    if not active or checkpoint is None or (
-        GradientCheckpointingLayer is not None and all(isinstance(b, GradientCheckpointingLayer) for b in blocks)
-    ):
+    if not active or checkpoint is None or all(_checkpoints_forward(b) for b in blocks):
         yield
         return
     saved = [block.__dict__.get("forward") for block in blocks]
