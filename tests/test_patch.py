@@ -14,7 +14,7 @@ from babilong_fast.models.mamba import compat
 from babilong_fast.models.mamba import layers as mamba_layers
 from babilong_fast.models.mamba.hf_cache import cache_keyword, conv_state, output_cache, recurrent_state
 from babilong_fast.patch import is_patched, patch, patch_options, unpatch
-from tests.helpers import assert_close
+from tests.helpers import assert_close, rel_err
 from tests.models.mamba_util import hf_greedy, prompt, small_mamba
 
 T = 131
@@ -153,23 +153,57 @@ def test_backbone_patch_and_inputs_embeds(hf):
 
 
 def test_fallbacks_to_the_models_forward(hf, monkeypatch):
-    """A padding mask with zeros or output_hidden_states run transformers' forward, with its results."""
+    """output_hidden_states runs transformers' forward, with its results."""
     ids = prompt(2, 40)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0
     with torch.no_grad():
-        want = hf(ids).logits
-        want_mask = hf(ids, attention_mask=mask).logits
         want_hidden = hf(ids, output_hidden_states=True).hidden_states
         patch(hf, chunk_size=8)
         widths = spy_chunks(monkeypatch)
-        got_mask = hf(ids, attention_mask=mask).logits
         got_hidden = hf(ids, output_hidden_states=True).hidden_states
-        assert widths == []
+    assert widths == [] and len(got_hidden) == len(want_hidden)
+    for a, b in zip(want_hidden, got_hidden, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_padding_mask_runs_chunked(hf, monkeypatch):
+    """A padding mask with zeros runs our chunks with transformers' masking (mixer input and conv output zeroed);
+    left-padded batched generate gives transformers' tokens; a mask of the wrong shape is a clear error."""
+    ids = prompt(2, 40)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    new = 6
+    with torch.no_grad():
+        want = hf(ids).logits
+        want_mask = hf(ids, attention_mask=mask).logits
+        gen_kw = dict(attention_mask=mask, max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+        want_gen = hf.generate(ids, **gen_kw)[:, -new:]
+        patch(hf, chunk_size=8)
+        forbid_hf_mixer(monkeypatch)
+        widths = spy_chunks(monkeypatch)
+        got_mask = hf(ids, attention_mask=mask).logits
+        assert widths == [8] * 5
         ones = hf(ids, attention_mask=torch.ones_like(ids)).logits
-    assert torch.equal(want_mask, got_mask) and len(got_hidden) == len(want_hidden)
-    assert widths == [8] * 5, "an all-ones mask runs the chunked forward"
+        got_gen = hf.generate(ids, **gen_kw)[:, -new:]
+    assert_close("masked logits", want_mask, got_mask, 1e-4)
     assert_close("all-ones mask", want, ones, 1e-4)
+    assert rel_err(want_mask[1], want[1]) > 1e-3, "the mask must change the padded row"
+    assert torch.equal(got_gen, want_gen)
+    with pytest.raises(ValueError, match=r"attention_mask must be \[batch, length\] = \(2, 40\)"):
+        hf(ids, attention_mask=torch.ones(2, 41, dtype=torch.long))
+
+
+def test_patched_forward_under_autocast(hf):
+    """bf16 autocast in a float32 model: the conv input is bf16, the carried conv state float32. Logits as close to
+    the float32 ones as transformers' own under autocast (2x its error), the state carried across chunks."""
+    ids = prompt(2, 50)
+    with torch.no_grad():
+        want = hf(ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            own = hf(ids).logits
+        patch(hf, chunk_size=8, backend="torch")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = hf(ids).logits
+    assert_close("patched under autocast", want, got, max(2 * rel_err(own, want), 1e-3))
 
 
 def test_training_loss_and_grads_equal(hf):

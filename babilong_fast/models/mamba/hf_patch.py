@@ -3,8 +3,10 @@
 They run :func:`~babilong_fast.models.mamba.forward_chunk` over the input in chunks with the state carried,
 read the starting state from and write the final state to transformers' cache (so ``generate`` prefills
 once, in chunks, then decodes one token per step from the state), and compute logits only at the kept
-positions. A call they do not cover (a padding mask with zeros, ``output_hidden_states``, a cache recording
-past states) runs the model's own forward instead.
+positions. A padding mask zeroes the padded positions' mixer inputs and conv outputs, as transformers does. A
+call they do not cover (``output_hidden_states``, a cache recording past states) runs the model's own forward
+instead; note that transformers' forward restarts the selective scan from zero when it continues a cache with
+more than one token (the patched forward carries the state).
 """
 
 from __future__ import annotations
@@ -37,9 +39,7 @@ def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     return [(model, "forward", backbone_forward)]
 
 
-def _unsupported(backbone: nn.Module, attention_mask, output_hidden_states, cache) -> bool:
-    if attention_mask is not None and not bool(attention_mask.all()):
-        return True
+def _unsupported(backbone: nn.Module, output_hidden_states, cache) -> bool:
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True
     if cache is not None:
@@ -47,6 +47,18 @@ def _unsupported(backbone: nn.Module, attention_mask, output_hidden_states, cach
             return True
         return any(hf_cache.recording_past(cache, i) for i in range(len(backbone.layers)))
     return False
+
+
+def _padding_mask(attention_mask: object, x: torch.Tensor) -> torch.Tensor | None:
+    """The mask to apply: None when there is none or it keeps every position; checked against the input."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != x.shape[:2]:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be [batch, length] = {tuple(x.shape[:2])} like the input, got {got}")
+    if bool(attention_mask.all()):
+        return None
+    return attention_mask.to(x.device)
 
 
 def _state_from_cache(cache, parts: MambaParts, batch: int, device: torch.device) -> MambaState:
@@ -79,6 +91,7 @@ def run_backbone(
     cache,
     use_cache: bool,
     logits_to_keep: int | torch.Tensor = 0,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """The backbone over the input in chunks; final hidden states at the kept positions, and the cache.
 
@@ -88,6 +101,7 @@ def run_backbone(
         cache: transformers cache to start from and update, or None.
         use_cache: create a cache when ``cache`` is None.
         logits_to_keep: as transformers' (int: the last k positions, 0 all; tensor: positions).
+        attention_mask: ``[B, T]`` padding mask (1 keep, 0 pad) or None.
 
     Returns:
         ``(hidden [B, k, d_model] after norm_f, cache or None)``.
@@ -98,10 +112,12 @@ def run_backbone(
     parts = mamba_parts(backbone)
     x = input_ids if inputs_embeds is None else inputs_embeds
     B = x.shape[0]
+    mask = _padding_mask(attention_mask, x)
     state = _state_from_cache(cache, parts, B, x.device)
     keep_last = logits_to_keep if isinstance(logits_to_keep, int) else 0
     hidden, state = forward_chunked(
-        parts, state, input_ids, inputs_embeds, chunk_size=opts.chunk_size, keep_last=keep_last, backend=opts.backend
+        parts, state, input_ids, inputs_embeds, chunk_size=opts.chunk_size, keep_last=keep_last, backend=opts.backend,
+        mask=mask,
     )
     if isinstance(logits_to_keep, torch.Tensor):
         hidden = hf_cache.slice_kept(hidden, logits_to_keep)
@@ -135,14 +151,14 @@ def backbone_forward(
     from transformers.models.mamba.modeling_mamba import MambaOutput
 
     cache = kwargs.pop("cache_params", None) if cache is None else cache
-    if _unsupported(self, attention_mask, output_hidden_states, cache):
+    if _unsupported(self, output_hidden_states, cache):
         return type(self).forward(
             self, input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_hidden_states=output_hidden_states, return_dict=return_dict, attention_mask=attention_mask,
             **{hf_cache.cache_keyword(type(self)): cache}, **kwargs,
         )
     use_cache = _use_cache(self, use_cache)
-    hidden, cache = run_backbone(self, input_ids, inputs_embeds, cache, use_cache)
+    hidden, cache = run_backbone(self, input_ids, inputs_embeds, cache, use_cache, attention_mask=attention_mask)
     field = hf_cache.output_cache_field(MambaOutput)
     out = MambaOutput(last_hidden_state=hidden, hidden_states=None, **{field: cache if use_cache else None})
     return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -166,14 +182,16 @@ def causal_lm_forward(
     from transformers.models.mamba.modeling_mamba import MambaCausalLMOutput
 
     cache = kwargs.pop("cache_params", None) if cache is None else cache
-    if _unsupported(self.backbone, attention_mask, output_hidden_states, cache):
+    if _unsupported(self.backbone, output_hidden_states, cache):
         return type(self).forward(
             self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict, use_cache=use_cache,
             logits_to_keep=logits_to_keep, **{hf_cache.cache_keyword(type(self)): cache}, **kwargs,
         )
     use_cache = _use_cache(self.backbone, use_cache)
-    hidden, cache = run_backbone(self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep)
+    hidden, cache = run_backbone(
+        self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep, attention_mask=attention_mask
+    )
     logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
     loss = None
     if labels is not None:

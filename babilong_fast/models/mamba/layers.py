@@ -19,6 +19,7 @@ def mixer_forward(
     conv_state: torch.Tensor | None,
     ssm_state: torch.Tensor | None,
     backend: Backend = "auto",
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A Mamba-1 mixer over ``h`` continuing from ``(conv_state, ssm_state)``, as HF's ``MambaMixer`` computes it.
 
@@ -28,20 +29,27 @@ def mixer_forward(
     Args:
         mixer: HF ``MambaMixer`` or mamba_ssm ``Mamba`` (any module with their weights).
         h: ``[B, T, d_model]`` the normed input.
-        conv_state: ``[B, d_inner, d_conv - 1]`` in the conv input's dtype (the model's), or None for zeros.
+        conv_state: ``[B, d_inner, d_conv - 1]``, or None for zeros; cast to the conv input's dtype (the model's,
+            or autocast's).
         ssm_state: ``[B, d_inner, d_state]`` float32, or None for zeros.
         backend: for :func:`~babilong_fast.ops.causal_conv1d` and :func:`~babilong_fast.ops.selective_scan`.
+        mask: ``[B, T]`` padding mask (1 keep, 0 pad) or None: as transformers does, the mixer's input and the
+            conv's output are zeroed at padded positions.
 
     Returns:
         ``(out [B, T, d_model], conv_state, ssm_state)``: the new states are new tensors (inputs are not modified).
     """
     d_inner, d_state = mixer.A_log.shape
     dt_rank = mixer.dt_proj.weight.shape[1]
+    if mask is not None:
+        h = (h * mask[:, :, None]).to(h.dtype)
     # Channel-first projections, so every [B, C, T] operand below has stride 1 along T.
     xz = torch.matmul(mixer.in_proj.weight, h.transpose(1, 2))  # [B, 2 d_inner, T]
     if mixer.in_proj.bias is not None:
         xz = xz + mixer.in_proj.bias[:, None].to(xz.dtype)
     x, z = xz[:, :d_inner], xz[:, d_inner:]
+    if conv_state is not None and conv_state.dtype != x.dtype:  # under autocast x is bf16 in an fp32 model
+        conv_state = conv_state.to(x.dtype)
     x, conv_state = causal_conv1d(
         x,
         mixer.conv1d.weight[:, 0],
@@ -51,6 +59,8 @@ def mixer_forward(
         activation="silu",
         backend=backend,
     )
+    if mask is not None:
+        x = (x * mask[:, None, :]).to(x.dtype)
     x_dbl = torch.matmul(mixer.x_proj.weight, x)  # [B, dt_rank + 2 d_state, T]
     dt = torch.matmul(mixer.dt_proj.weight, x_dbl[:, :dt_rank])  # [B, d_inner, T]
     y, ssm_state = selective_scan(
@@ -78,6 +88,7 @@ def forward_chunk(
     inputs_embeds: torch.Tensor | None = None,
     keep: slice | torch.Tensor | None = slice(None),
     backend: Backend = "auto",
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, MambaState]:
     """Every layer over one chunk; the final norm only at the positions in ``keep``.
 
@@ -88,6 +99,7 @@ def forward_chunk(
         inputs_embeds: ``[B, T, d_model]`` instead.
         keep: positions of the chunk whose final hidden states are wanted (a slice or an index tensor); None: none.
         backend: for the fused ops.
+        mask: ``[B, T]`` padding mask or None (see :func:`mixer_forward`).
 
     Returns:
         ``(hidden [B, k, d_model] after norm_f, or None, new state)``.
@@ -97,7 +109,7 @@ def forward_chunk(
     conv, ssm = [], []
     for norm, mixer, c, s in zip(parts.norms, parts.mixers, state.conv, state.ssm, strict=True):
         residual = h.float() if parts.residual_in_fp32 else h
-        out, c, s = mixer_forward(mixer, norm(h.to(norm.weight.dtype)), c, s, backend)
+        out, c, s = mixer_forward(mixer, norm(h.to(norm.weight.dtype)), c, s, backend, mask)
         h = residual + out
         conv.append(c)
         ssm.append(s)
@@ -119,12 +131,14 @@ def forward_chunked(
     chunk_size: int,
     keep_last: int | None = 0,
     backend: Backend = "auto",
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, MambaState]:
     """:func:`forward_chunk` over ``[B, T]`` ids (or ``[B, T, d]`` embeddings) in chunks of ``chunk_size``.
 
     Args:
         keep_last: final hidden states of the last ``keep_last`` positions (0: all, None: none); only the
             chunks holding them run ``norm_f``.
+        mask: ``[B, T]`` padding mask or None (see :func:`mixer_forward`).
 
     Returns:
         ``(hidden [B, k, d_model] or None, state after the last position)``.
@@ -137,7 +151,8 @@ def forward_chunked(
         e = min(T, s + chunk_size)
         keep = slice(max(first - s, 0), None) if e > first else None
         ids, emb = (x[:, s:e], None) if inputs_embeds is None else (None, x[:, s:e])
-        h, state = forward_chunk(parts, state, ids, emb, keep=keep, backend=backend)
+        m = None if mask is None else mask[:, s:e]
+        h, state = forward_chunk(parts, state, ids, emb, keep=keep, backend=backend, mask=m)
         if h is not None:
             kept.append(h)
     return (torch.cat(kept, 1) if kept else None), state
