@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+
 def _checkpoints_forward(block: nn.Module) -> bool:
     try:  # imported here: importing babilong_fast must not import transformers
         from transformers.modeling_layers import GradientCheckpointingLayer
