@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models.mamba.lm import DEFAULT_CHUNK_SIZE
 
@@ -37,7 +38,6 @@ as a method of its module; it reads its :class:`PatchOptions` from ``module.__di
 
 OPTIONS_ATTR = "_babilong_fast_options"
 RECORD_ATTR = "_babilong_fast_patched"
-_MISSING = object()
 
 PATCHERS: dict[str, Patcher] = {}
 _builtins_loaded = False
@@ -98,6 +98,18 @@ def _check_options(backend: object, chunk_size: object) -> PatchOptions:
     return PatchOptions(backend, chunk_size)
 
 
+def _check_not_nested(model: nn.Module) -> None:
+    """Patching a model and also a module inside it (or outside it) would tangle their records: refuse."""
+    if OPTIONS_ATTR in model.__dict__:
+        raise ValueError(
+            f"this {type(model).__name__} is already patched as part of the model that holds it; patch or unpatch "
+            "that model instead"
+        )
+    for name, sub in model.named_modules():
+        if sub is not model and RECORD_ATTR in sub.__dict__:
+            raise ValueError(f"{name} ({type(sub).__name__}) is patched on its own: unpatch it before patching this model")
+
+
 def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> nn.Module:
     """Make ``model``'s own ``forward`` run on babilong_fast's kernels; returns ``model`` (patched in place).
 
@@ -119,7 +131,7 @@ def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT
 
     Raises:
         TypeError: a model of another type (the message lists the supported ones).
-        ValueError: a bad ``backend`` or ``chunk_size``.
+        ValueError: a bad ``backend`` or ``chunk_size``; a model inside a patched model, or holding one.
 
     Examples::
         >>> from transformers import MambaConfig, MambaForCausalLM
@@ -141,12 +153,13 @@ def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT
         for module in model.__dict__[RECORD_ATTR]:
             module.__dict__[OPTIONS_ATTR] = options
         return model
+    _check_not_nested(model)
     bindings = _patcher_for(model)(model)
     modules: dict[nn.Module, dict[str, Any]] = {}
     for module, name, fn in bindings:
         saved = modules.setdefault(module, {})
-        saved.setdefault(name, module.__dict__.get(name, _MISSING))
-        module.__dict__[name] = types.MethodType(fn, module)
+        saved.setdefault(name, module.__dict__.get(name, MISSING))
+        module.__dict__[name] = bind(fn, module)
         module.__dict__[OPTIONS_ATTR] = options
     model.__dict__[RECORD_ATTR] = modules
     return model
@@ -168,7 +181,7 @@ def unpatch(model: nn.Module) -> nn.Module:
         return model
     for module, saved in modules.items():
         for name, previous in saved.items():
-            if previous is _MISSING:
+            if previous is MISSING:
                 module.__dict__.pop(name, None)
             else:
                 module.__dict__[name] = previous

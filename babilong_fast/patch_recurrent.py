@@ -41,7 +41,6 @@ Examples::
 from __future__ import annotations
 
 import inspect
-import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models import ARMT, RMT
 from babilong_fast.models._common import check_input_ids, segment_bounds
@@ -65,7 +65,6 @@ __all__ = ["is_recurrent_patched", "is_reference_recurrent", "patch_recurrent", 
 
 _ATTR = "_babilong_fast_patch"
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_MISSING = object()
 _PATCHED = ("forward", "generate")
 
 # Generate keywords our greedy path honours (beyond max_new_tokens / eos_token_id / pad_token_id), with the
@@ -189,7 +188,7 @@ def patch_recurrent(model: nn.Module, backend: Backend = "auto") -> nn.Module:
         fast=fast,
         kind=kind,
         originals=originals,
-        saved={name: model.__dict__.get(name, _MISSING) for name in _PATCHED},
+        saved={name: model.__dict__.get(name, MISSING) for name in _PATCHED},
         signatures=signatures,
         segment_size=fast.segment_size,
         light=RMT_WRAPPER_LIGHT in class_names(model),
@@ -197,8 +196,8 @@ def patch_recurrent(model: nn.Module, backend: Backend = "auto") -> nn.Module:
         per_segment_loss="input_segmented" in signatures["forward"].parameters,
     )
     object.__setattr__(model, _ATTR, rec)
-    model.__dict__["forward"] = types.MethodType(_patched_forward, model)
-    model.__dict__["generate"] = types.MethodType(_patched_generate, model)
+    model.__dict__["forward"] = bind(_patched_forward, model)
+    model.__dict__["generate"] = bind(_patched_generate, model)
     return model
 
 
@@ -208,7 +207,7 @@ def unpatch_recurrent(model: nn.Module) -> nn.Module:
     if not isinstance(rec, _Patch):
         return model
     for name, prev in rec.saved.items():
-        if prev is _MISSING:
+        if prev is MISSING:
             model.__dict__.pop(name, None)
         else:
             model.__dict__[name] = prev

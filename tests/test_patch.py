@@ -236,6 +236,42 @@ def test_unpatch_restores(hf):
     assert unpatch(hf) is hf  # not patched: a no-op
 
 
+def test_patched_model_deepcopies_and_saves(hf, tmp_path):
+    """deepcopy and torch.save/load keep a patched model patched, bound to itself; unpatch then works on each."""
+    import copy
+
+    ids = prompt(2, 30)
+    with torch.no_grad():
+        want = hf(ids).logits
+    patch(hf, chunk_size=8, backend="torch")
+    for twin in (copy.deepcopy(hf), None):
+        if twin is None:
+            torch.save(hf, tmp_path / "patched.pt")
+            twin = torch.load(tmp_path / "patched.pt", weights_only=False)
+        assert is_patched(twin) and patch_options(twin.backbone).chunk_size == 8
+        assert twin.__dict__["forward"].args[0] is twin and twin.backbone.__dict__["forward"].args[0] is twin.backbone
+        with torch.no_grad():
+            assert_close("copy", want, twin(ids).logits, 1e-4)
+        unpatch(twin)
+        assert "forward" not in twin.__dict__ and "forward" not in twin.backbone.__dict__ and not is_patched(twin)
+        with torch.no_grad():
+            assert_close("copy unpatched", want, twin(ids).logits, 1e-5)
+    assert is_patched(hf)
+
+
+def test_nested_patch_is_refused(hf):
+    """The LM and its backbone cannot both be patched (their records would tangle); either alone works."""
+    patch(hf.backbone)
+    with pytest.raises(ValueError, match="backbone .MambaModel. is patched on its own"):
+        patch(hf)
+    unpatch(hf.backbone)
+    patch(hf)
+    with pytest.raises(ValueError, match="already patched as part of the model that holds it"):
+        patch(hf.backbone)
+    unpatch(hf)
+    assert "forward" not in hf.__dict__ and "forward" not in hf.backbone.__dict__
+
+
 def test_bad_input(hf):
     with pytest.raises(TypeError, match="babilong_fast.patch supports MambaForCausalLM, MambaModel"):
         patch(torch.nn.Linear(2, 2))

@@ -390,6 +390,24 @@ def test_patched_wrapper_deep_copies_and_follows_dtype():
     assert_close("float64 logits", a, out["logits"], 1e-5)
 
 
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_patched_wrapper_copies_save_and_unpatch(kind, tmp_path):
+    """A deep copy and a torch.save/load of a patched wrapper run patched, on their own weights; unpatch restores
+    the original methods on each (the copy once stored the 'no attribute' marker as its forward)."""
+    wrapper = patch_recurrent(stand_in_armt() if kind == "armt" else stand_in_rmt(), backend="torch")
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        want = wrapper(ids, attention_mask=mask)["logits"]
+    torch.save(wrapper, tmp_path / "w.pt")
+    for twin in (copy.deepcopy(wrapper), torch.load(tmp_path / "w.pt", weights_only=False)):
+        assert is_recurrent_patched(twin) and twin.__dict__["forward"].args[0] is twin
+        with torch.no_grad():
+            assert_close("copy", want, twin(ids, attention_mask=mask)["logits"], 1e-5)
+        assert unpatch_recurrent(twin) is twin and "forward" not in twin.__dict__ and "generate" not in twin.__dict__
+        assert twin(ids) == "original forward" and twin.generate(ids, mask) == "original generate"
+    assert is_recurrent_patched(wrapper)
+
+
 @pytest.mark.parametrize("kind", ["armt", "rmt", "rmt_light"])
 def test_patched_forward_outputs(kind):
     """The output object, its keys and the loss rule of each public wrapper, on the naive math."""
