@@ -107,7 +107,9 @@ def _check_not_nested(model: nn.Module) -> None:
         )
     for name, sub in model.named_modules():
         if sub is not model and RECORD_ATTR in sub.__dict__:
-            raise ValueError(f"{name} ({type(sub).__name__}) is patched on its own: unpatch it before patching this model")
+            raise ValueError(
+                f"{name} ({type(sub).__name__}) is patched on its own: unpatch it before patching this model"
+            )
 
 
 def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> nn.Module:
