@@ -153,7 +153,7 @@ def test_backbone_patch_and_inputs_embeds(hf):
 
 
 def test_fallbacks_to_the_models_forward(hf, monkeypatch):
-    """output_hidden_states runs transformers' forward, with its results."""
+    """output_hidden_states, and float64 weights, run transformers' forward, with its results."""
     ids = prompt(2, 40)
     with torch.no_grad():
         want_hidden = hf(ids, output_hidden_states=True).hidden_states
@@ -163,6 +163,10 @@ def test_fallbacks_to_the_models_forward(hf, monkeypatch):
     assert widths == [] and len(got_hidden) == len(want_hidden)
     for a, b in zip(want_hidden, got_hidden, strict=True):
         assert torch.equal(a, b)
+    hf.double()
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="float64 weights run transformers' own forward"):
+        got64 = hf(ids).logits
+    assert widths == [] and torch.isfinite(got64).all()
 
 
 def test_padding_mask_runs_chunked(hf, monkeypatch):
