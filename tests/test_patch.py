@@ -14,7 +14,7 @@ from babilong_fast.models.mamba import compat
 from babilong_fast.models.mamba import layers as mamba_layers
 from babilong_fast.models.mamba.hf_cache import cache_keyword, conv_state, output_cache, recurrent_state
 from babilong_fast.patch import is_patched, patch, patch_options, unpatch
-from tests.helpers import assert_close, rel_err
+from tests.helpers import assert_close, rel_err, requires_triton
 from tests.models.mamba_util import hf_greedy, prompt, small_mamba
 
 T = 131
@@ -223,6 +223,27 @@ def test_training_loss_and_grads_equal(hf):
     assert_close("loss", loss, got, 1e-5)
     for n, p in hf.named_parameters():
         assert_close(f"grad {n}", want[n], p.grad, 1e-4)
+
+
+@requires_triton
+def test_training_continues_from_a_cache_on_the_fused_ops(hf):
+    """A loss on a chunk that continues a cache: the fused ops' autograd saves the starting state, which the
+    forward's cache write must not overwrite (it did: an in-place error in backward). Gradients as torch's."""
+    ids = prompt(2, 20)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf.to(device).train()
+    ids = ids.to(device)
+    grads = {}
+    for backend in ("torch", "triton"):
+        with torch.no_grad():
+            cache = output_cache(hf(ids[:, :10], use_cache=True))
+        patch(hf, chunk_size=4, backend=backend)
+        hf(ids[:, 10:], cache=cache, use_cache=True, labels=ids[:, 10:]).loss.backward()
+        grads[backend] = {n: p.grad.clone() for n, p in hf.named_parameters()}
+        hf.zero_grad()
+        unpatch(hf)
+    for n, want in grads["torch"].items():
+        assert_close(f"grad {n}", want, grads["triton"][n], 1e-4)
 
 
 def test_unpatch_restores(hf):

@@ -83,6 +83,8 @@ def _state_from_cache(cache, parts: MambaParts, batch: int, device: torch.device
         if c is not None and s is not None:
             conv[i] = c[..., c.shape[-1] - (d.d_conv - 1) :].to(conv_dtype).contiguous()
             ssm[i] = s.float().contiguous()
+            if torch.is_grad_enabled():  # the fused ops' autograd saves it; _write_cache then updates the cache
+                conv[i], ssm[i] = conv[i].clone(), ssm[i].clone()
     return MambaState(conv, ssm)
 
 
