@@ -13,7 +13,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 pip_q() { python -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-pip_q "setuptools>=64" wheel ninja numpy pytest pytest-benchmark tiktoken regex pyarrow transformers matplotlib tqdm "$TORCH_SPEC" triton
+pip_q "setuptools>=64" wheel ninja numpy pytest pytest-benchmark tiktoken regex pyarrow transformers peft matplotlib tqdm "$TORCH_SPEC" triton
 python -c "import torch, triton" || { echo "setup: torch/triton did not install" >&2; exit 1; }
 if [ -z "${BABILONG_FAST_SKIP_CUDA_BUILD:-}" ] && command -v nvcc >/dev/null \
     && python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then

@@ -7,8 +7,9 @@ residual add: 10 kernels (with ``last``, 12: two build the mask). The HF forward
 is one ``F.gelu(approximate="tanh")``, the same function. ``benchmarks/step_kernels.py`` counts them.
 
 For what the fast streaming step needs (:mod:`babilong_fast.models.stream_step`): eval mode (no dropout),
-causal attention, no padding, no cache. Blocks of another class and ``reorder_and_upcast_attn`` are not
-handled (:func:`lean_block_unsupported`); the step calls those itself.
+causal attention, no padding, no cache. Blocks of another class, with wrapped layers (LoRA adapters) or forward
+hooks, and ``reorder_and_upcast_attn`` are not handled (:func:`lean_block_unsupported`); the step calls those
+itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from babilong_fast.models.plain_modules import first_not_plain
 
 # transformers' tanh-approximated GELU classes (several elementwise ops each, across versions) -> one kernel
 _TANH_GELUS = frozenset({"NewGELUActivation", "FastGELUActivation", "GELUTanh", "PytorchGELUTanh"})
@@ -44,6 +47,16 @@ def lean_block_unsupported(block: nn.Module) -> str | None:
         or type(attn).__name__ not in _ATTENTION_CLASSES
     ):
         return f"{type(block).__name__} is not transformers' own GPT2Block"
+    from transformers.pytorch_utils import Conv1D
+
+    why = first_not_plain({
+        "ln_1": (block.ln_1, (nn.LayerNorm,)), "attn.c_attn": (attn.c_attn, (Conv1D,)),
+        "attn.c_proj": (attn.c_proj, (Conv1D,)), "ln_2": (block.ln_2, (nn.LayerNorm,)),
+        "mlp.c_fc": (mlp.c_fc, (Conv1D,)), "mlp.c_proj": (mlp.c_proj, (Conv1D,)),
+        "block": (block, (hf.GPT2Block,)), "attn": (attn, (type(attn),)), "mlp": (mlp, (hf.GPT2MLP,)),
+    })
+    if why:
+        return why
     if attn.reorder_and_upcast_attn:
         return "reorder_and_upcast_attn"
     if type(attn).__name__ == "GPT2SdpaAttention" and attention_scale(block) != attn.head_dim**-0.5:

@@ -10,8 +10,9 @@ writes after every block exactly as the hooks of ``ARMT.segment_forward`` do. No
 
 The step has static shapes, no host sync and no branch on tensor values, so
 :class:`~babilong_fast.engine.StreamRunner` can record it in a CUDA graph. It runs only for inference (eval
-mode, gradients off); otherwise, and for attention implementations other than ``eager`` / ``sdpa``, it falls
-back to ``segment_forward``.
+mode, gradients off); otherwise, for attention implementations other than ``eager`` / ``sdpa``, and when the
+embeddings or ``ln_f`` are wrapped (a LoRA adapter) or hooked, it falls back to ``segment_forward``. A wrapped
+or hooked block is called as a module rather than by :func:`~babilong_fast.models.gpt2_block.gpt2_block_infer`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from babilong_fast.backends import Backend
 from babilong_fast.models._common import check_input_ids
 from babilong_fast.models.armt import ARMT
 from babilong_fast.models.gpt2_block import gpt2_block_infer, lean_block_unsupported
+from babilong_fast.models.plain_modules import first_not_plain
 from babilong_fast.models.rmt import RMT
 from babilong_fast.models.state import ARMTState, RMTState
 from babilong_fast.ops.segment_io import rows_layer_norm, segment_embed
@@ -85,7 +87,11 @@ def fast_step_unsupported(model: nn.Module) -> str | None:
     impl = getattr(model.backbone.config, "_attn_implementation", None) or "eager"
     if impl not in SUPPORTED_ATTENTION:
         return f"attention implementation {impl!r} (the fast step handles {', '.join(SUPPORTED_ATTENTION)})"
-    return None
+    tr = model.backbone.transformer  # the fused segment I/O reads these weights directly
+    return first_not_plain({
+        "transformer.wte": (tr.wte, (nn.Embedding,)), "transformer.wpe": (tr.wpe, (nn.Embedding,)),
+        "transformer.ln_f": (tr.ln_f, (nn.LayerNorm,)),
+    })
 
 
 def _attention_mask(model: ARMT | RMT, T: int, dtype: torch.dtype, ws: SegmentWorkspace) -> torch.Tensor | None:

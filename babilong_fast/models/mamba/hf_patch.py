@@ -4,9 +4,10 @@ They run :func:`~babilong_fast.models.mamba.forward_chunk` over the input in chu
 read the starting state from and write the final state to transformers' cache (so ``generate`` prefills
 once, in chunks, then decodes one token per step from the state), and compute logits only at the kept
 positions. A padding mask zeroes the padded positions' mixer inputs and conv outputs, as transformers does.
-A call they do not cover (``output_hidden_states``, a cache recording past states, float64 weights) runs
-the model's own forward instead; note that transformers' forward restarts the selective scan from zero when
-it continues a cache with more than one token (the patched forward carries the state).
+A call they do not cover (``output_hidden_states``, a cache recording past states, float64 weights, mixers
+with wrapped projections such as LoRA adapters, or hooks) runs the model's own forward instead; note that
+transformers' forward restarts the selective scan from zero when it continues a cache with more than one token
+(the patched forward carries the state).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from babilong_fast.models.mamba import hf_cache
 from babilong_fast.models.mamba.layers import forward_chunked
-from babilong_fast.models.mamba.parts import HF_BACKBONE, HF_LM, MambaParts, class_path, mamba_parts
+from babilong_fast.models.mamba.parts import HF_BACKBONE, HF_LM, MambaParts, class_path, mamba_parts, wrapped_mixers
 from babilong_fast.models.mamba.state import MambaState
 from babilong_fast.patch import OPTIONS_ATTR
 
@@ -49,6 +50,10 @@ def _unsupported(backbone: nn.Module, output_hidden_states, cache) -> bool:
             f"babilong_fast patch: {dtype} weights run transformers' own forward (the fused ops take float32, "
             "bfloat16 or float16)", RuntimeWarning, stacklevel=3,
         )
+        return True
+    why = wrapped_mixers(mamba_parts(backbone))
+    if why:
+        warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning, stacklevel=3)
         return True
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True

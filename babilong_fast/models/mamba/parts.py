@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from babilong_fast.models.plain_modules import first_not_plain
+
 HF_MODULE = "transformers.models.mamba.modeling_mamba"
 SSM_MODELS_MODULE = "mamba_ssm.models.mixer_seq_simple"
 SSM_MIXER_MODULE = "mamba_ssm.modules.mamba_simple"
@@ -142,3 +144,23 @@ def mamba_parts(model: nn.Module) -> MambaParts:
         raise TypeError(f"all layers must have the same sizes, got {sorted(dims, key=str)}")
     lm_head = model.lm_head if path in (HF_LM, SSM_LM) else None
     return MambaParts(embedding, norms, mixers, backbone.norm_f, lm_head, residual_in_fp32, library, dims.pop())
+
+
+def wrapped_mixer_part(mixer: nn.Module, name: str = "mixer", hooks_on_mixer: bool = True) -> str | None:
+    """Why :func:`~babilong_fast.models.mamba.mixer_forward` cannot stand in for ``mixer`` (None: it can): it reads
+    the projections' and the conv's weights directly, so a wrapped one (a LoRA adapter) or one with forward hooks
+    would be skipped; so would hooks on the mixer itself (``hooks_on_mixer``) where the mixer is not called."""
+    parts = {f"{name}.{p}": (getattr(mixer, p), (nn.Linear,)) for p in ("in_proj", "x_proj", "dt_proj", "out_proj")}
+    parts[f"{name}.conv1d"] = (mixer.conv1d, (nn.Conv1d,))
+    if hooks_on_mixer:
+        parts[name] = (mixer, (type(mixer),))
+    return first_not_plain(parts)
+
+
+def wrapped_mixers(parts: MambaParts) -> str | None:
+    """The first layer's :func:`wrapped_mixer_part` reason, or None."""
+    for i, mixer in enumerate(parts.mixers):
+        why = wrapped_mixer_part(mixer, f"layers.{i}.mixer")
+        if why:
+            return why
+    return None

@@ -9,6 +9,7 @@ ssm [B, d_inner, d_state])``; mamba_ssm's conv step never reads the oldest conv 
 
 from __future__ import annotations
 
+import warnings
 from collections import namedtuple
 from typing import Any
 
@@ -17,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from babilong_fast.models.mamba.layers import forward_chunked, mixer_forward
-from babilong_fast.models.mamba.parts import SSM_LM, class_path, mamba_parts, mixer_dims
+from babilong_fast.models.mamba.parts import (
+    SSM_LM,
+    class_path,
+    mamba_parts,
+    mixer_dims,
+    wrapped_mixer_part,
+    wrapped_mixers,
+)
 from babilong_fast.models.mamba.state import MambaState
 from babilong_fast.patch import OPTIONS_ATTR
 
@@ -54,6 +62,10 @@ def _write(params, mixer: nn.Module, conv: torch.Tensor, ssm: torch.Tensor) -> N
 def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_last_tokens=0, **mixer_kwargs):
     """``MambaLMHeadModel.forward`` in chunks with the state carried (``inference_params`` read and written)."""
     opts, parts = self.__dict__[OPTIONS_ATTR], mamba_parts(self)
+    why = wrapped_mixers(parts)
+    if why:
+        warnings.warn(f"babilong_fast patch: runs mamba_ssm's own forward ({why})", RuntimeWarning, stacklevel=2)
+        return type(self).forward(self, input_ids, position_ids, inference_params, num_last_tokens, **mixer_kwargs)
     B = input_ids.shape[0]
     conv, ssm = zip(*(_read(inference_params, m) for m in parts.mixers), strict=True)
     if conv[0] is None:
@@ -72,7 +84,7 @@ def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_la
 
 def mixer_forward_patched(self, hidden_states, inference_params=None, **kwargs):
     """``Mamba.forward`` in chunks with our ops; with ``inference_params`` it runs mamba_ssm's own forward."""
-    if inference_params is not None:
+    if inference_params is not None or wrapped_mixer_part(self, hooks_on_mixer=False):
         return type(self).forward(self, hidden_states, inference_params=inference_params, **kwargs)
     opts = self.__dict__[OPTIONS_ATTR]
     conv = ssm = None

@@ -1,0 +1,33 @@
+"""Whether a module can be replaced by reading its weights: of the expected class and without forward hooks.
+
+The fast paths (lean GPT-2 blocks, the fused segment embedding and ``ln_f`` rows, the chunked Mamba mixer)
+read ``module.weight`` directly. A wrapped module, such as a LoRA adapter (peft keeps the base ``weight``
+visible) or a module with forward hooks, would then be skipped silently; these checks find them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def not_plain(module: nn.Module, expected: tuple[type, ...], name: str) -> str | None:
+    """Why ``module`` (called ``name``) is not a plain instance of one of ``expected`` (None: it is)."""
+    if type(module) not in expected:
+        want = " / ".join(_qualified(t) for t in expected)
+        return f"{name} is a {_qualified(type(module))}, not a plain {want} (an adapter such as LoRA?)"
+    if module._forward_hooks or module._forward_pre_hooks:
+        return f"{name} has forward hooks"
+    return None
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def first_not_plain(modules: dict[str, tuple[nn.Module, tuple[type, ...]]]) -> str | None:
+    """The first reason among ``{name: (module, expected classes)}``, or None."""
+    for name, (module, expected) in modules.items():
+        why = not_plain(module, expected, name)
+        if why:
+            return why
+    return None
