@@ -27,9 +27,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def environment() -> dict:
-    """Device, versions and commit, for the header of every results file."""
+def environment(device: torch.device | str | None = None) -> dict:
+    """Device (``device``'s, default the GPU when there is one), versions and commit, for every results file."""
     import babilong_fast
+
+    gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
 
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -37,7 +39,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+        "device": torch.cuda.get_device_name(device if gpu and device is not None else None) if gpu
         else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "backends": {k: {"available": v.available, "reason": v.reason} for k, v in babilong_fast.backends().items()},
     }

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             result["models"] = []
             for name, extra, cap in (r for r in MODEL_RUNS if r[0] in runs):
                 models_json = os.path.join(out_dir, f"{stem}_models_{name}_tmp.json")
-                common = ["--dtype", "bfloat16", "--budget-s", "15", "--fast-budget-s", "90", "--repeats", "2",
+                common = ["--dtype", "bfloat16", "--budget-s", "15", "--fast-budget-s", "90", "--repeats", "1",
                           "--long-s", "15", "--json", models_json, "--out", out_dir, "--no-plot"]
                 # the run's own flags last: argparse keeps the last value, so they win over the common ones
                 code, text, secs = run([PY, "benchmarks/throughput.py", *common, *extra], log, limit(cap), env)

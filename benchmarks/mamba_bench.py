@@ -112,11 +112,19 @@ def run_stock_mamba(model, inputs, device, watch, max_new_tokens: int, prefix: i
         return torch.cat(new, 1)
 
 
-def run_fast_mamba(model, inputs, device, watch, max_new_tokens: int, chunk_size: int, backend: str) -> torch.Tensor:
+def run_fast_mamba(
+    model, inputs, device, watch, max_new_tokens: int, chunk_size: int, backend: str, runners: dict | None = None
+) -> torch.Tensor:
+    """``StreamRunner(MambaLM(model))`` over ``inputs``; ``runners`` keeps the wrapper and its runner across calls."""
     from models_bench import run_streamed  # models_bench imports this module
 
-    lm = MambaLM(model, chunk_size=chunk_size, backend=backend)
-    return run_streamed(lm, inputs, watch, max_new_tokens, chunk_size)
+    key = ("mamba-lm", id(model), chunk_size, backend)
+    lm = None if runners is None else runners.get(key)
+    if lm is None:
+        lm = MambaLM(model, chunk_size=chunk_size, backend=backend)
+        if runners is not None:
+            runners[key] = lm
+    return run_streamed(lm, inputs, watch, max_new_tokens, chunk_size, runners=runners)
 
 
 def stock_bytes_estimate_mamba(config: dict, inputs, prefix: int, dtype: torch.dtype) -> int:

@@ -14,8 +14,11 @@ Defaults: on a CPU a tiny GPT-2 (2 layers, d 128, real vocabulary, segment 128) 
 128, chunk 2048, stock prefix 4096) at 1k, 4k, 16k tokens, batch 1 (a few minutes on 2 cores); on a GPU GPT-2
 small (12 layers, d 768, segment 512) and Mamba-130m's shape (24 layers, d 768, chunk 8192, stock prefix 300k as
 the public eval script) at 16k, 128k, 1M, 10M tokens, batch 1 and 8 (``--lengths ...,50M`` for more). Each row:
-a short warm-up run per model/mode/batch, then up to ``--repeats`` timed runs (a repeat only while a run stays
-under ``--long-s``), median seconds, synchronised on a GPU; tokens/s = batch x input tokens / seconds; peak
+a short warm-up run per model/mode/batch (the fast mode keeps one ``StreamRunner``, with its CUDA graphs, across its
+runs, as an evaluation over many samples does); at each length a first run under ``--long-s`` is a warm-up too
+(reported as ``warm_run_s``, not timed), then up to ``--repeats`` timed runs (a repeat only while a run stays
+under ``--long-s``; a first run longer than that is the only one, marked ``cold``), median seconds, synchronised
+on a GPU; tokens/s = batch x input tokens / seconds; peak
 memory = device memory on a GPU (``max_memory_allocated``), peak RSS on a CPU. A run past its wall-clock budget
 (``--budget-s`` for stock, ``--fast-budget-s`` for fast) is aborted and reported as skipped, never extrapolated,
 and longer lengths of that model/mode/batch are then skipped too; so is a length predicted to take over twice
@@ -250,7 +253,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ops: comma list of cuda,triton,torch (default all); models: ARMT's and Mamba's backends in "
                         "fast mode, one fast row each (default auto; stock always uses torch)")
     p.add_argument("--repeats", type=_positive(int), default=None,
-                   help="timed runs, median reported (ops: default 50 GPU / 5 CPU; models: default 3)")
+                   help="timed runs, median reported (ops: default 50 GPU / 5 CPU; models: default 2, after a "
+                        "warm-up run at each length that takes under --long-s)")
     p.add_argument("--json", default=None, help="ops: write the environment, ceilings and every row here; "
                                                 "models: the JSON path (default <out>/<date>_<device>_models.json)")
     g = p.add_argument_group("ops suite")
@@ -318,7 +322,7 @@ def _positive(kind: type) -> Callable[[str], int | float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = environment()
+    env = environment(args.device)
     print(f"babilong_fast throughput ({args.suite}) | {env['device']} | torch {env['torch']} | "
           f"triton {env['triton']} | transformers {env['transformers']} | commit {env['commit'][:12]}")
     if args.suite == "ops":
@@ -420,7 +424,7 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     cfg = mb.Settings(
         models=models, modes=modes, lengths=lengths, batches=batches, dtype=DTYPES[dtype_name], backends=backends,
         device=device, budget_s=args.budget_s or (300.0 if gpu else 200.0),
-        fast_budget_s=args.fast_budget_s or (540.0 if gpu else 120.0), repeats=args.repeats or 3,
+        fast_budget_s=args.fast_budget_s or (540.0 if gpu else 120.0), repeats=args.repeats or 2,
         long_s=args.long_s or (30.0 if gpu else 10.0), max_new_tokens=args.max_new_tokens, data=args.data,
         stock_answer=args.stock_answer, warmup=not args.no_warmup, steps=steps)
     backbone = mb.backbone_config(big)

@@ -114,6 +114,27 @@ def test_length_predicted_over_budget_is_skipped_not_run(throughput, tmp_path, c
     assert "no time reported" in rows["fast", "10M"]["skipped"]
 
 
+def test_time_row_first_run_at_a_length_is_a_warm_up(throughput):
+    """A first run under long_s is reported apart and not timed; a first run of long_s or more is the only one,
+    marked cold. (Real sleeps: the first call is the slow one.)"""
+    import time
+
+    import torch
+
+    import models_bench
+
+    def runs(*seconds):
+        it = iter(seconds)
+        return lambda watch: time.sleep(next(it)) or torch.zeros(1)
+
+    cpu = torch.device("cpu")
+    res, _ = models_bench.time_row(runs(0.3, 0.02, 0.02), cpu, budget_s=5, repeats=2, long_s=1.0)
+    assert res["warm_run_s"] >= 0.3 and not res["cold"] and len(res["runs_s"]) == 2
+    assert max(res["runs_s"]) < 0.3 and res["seconds"] < 0.3
+    res, _ = models_bench.time_row(runs(0.3), cpu, budget_s=5, repeats=2, long_s=0.2)
+    assert res["warm_run_s"] is None and res["cold"] and len(res["runs_s"]) == 1 and res["seconds"] >= 0.3
+
+
 def test_predicted_over_budget_rule(throughput):
     import models_bench
 
