@@ -60,11 +60,11 @@ from babilong_fast.models.reference import (
     container_pairs,
     is_wrapper,
 )
+from babilong_fast.ops._checks import HALF_AND_FLOAT
 
 __all__ = ["is_recurrent_patched", "is_reference_recurrent", "patch_recurrent", "unpatch_recurrent"]
 
 _ATTR = "_babilong_fast_patch"
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PATCHED = ("forward", "generate")
 
 # Generate keywords our greedy path honours (beyond max_new_tokens / eos_token_id / pad_token_id), with the
@@ -235,7 +235,7 @@ def _sync_modes(rec: _Patch, model: nn.Module) -> None:
 
 
 def _config_reason(rec: _Patch, model: nn.Module) -> str | None:
-    if rec.kind == "armt" and rec.fast.memory.dtype not in _FUSED_DTYPES:
+    if rec.kind == "armt" and rec.fast.memory.dtype not in HALF_AND_FLOAT:
         return f"{rec.fast.memory.dtype} weights: ARMT's fused ops take float32, bfloat16 or float16"
     cfg = model.rmt_config
     if cfg.get("segment_alignment") not in LEFT_ALIGNMENTS or cfg.get("segment_size") != rec.segment_size:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from babilong_fast._binding import MISSING
+
 _FLAG = "gradient_checkpointing"
 _FUNC = "_gradient_checkpointing_func"
 
@@ -25,12 +27,12 @@ _FUNC = "_gradient_checkpointing_func"
 @contextlib.contextmanager
 def _flag_off(module: nn.Module) -> Iterator[None]:
     """``module.gradient_checkpointing`` False while open (an instance attribute; the previous one restored)."""
-    previous = module.__dict__.get(_FLAG, _FLAG)
+    previous = module.__dict__.get(_FLAG, MISSING)
     module.__dict__[_FLAG] = False
     try:
         yield
     finally:
-        if previous is _FLAG:
+        if previous is MISSING:
             module.__dict__.pop(_FLAG, None)
         else:
             module.__dict__[_FLAG] = previous

@@ -129,9 +129,7 @@ def _as_broadcast(memory: torch.Tensor) -> torch.Tensor:
 
 def _segment_rows(model: ARMT | RMT, ids: torch.Tensor, extra: int) -> tuple[torch.Tensor, int, int, int]:
     """``(ids as contiguous int64, B, L, T = L + extra)``, checked against the backbone's positions."""
-    ids = check_input_ids(ids)
-    if ids.dtype != torch.int64:
-        ids = ids.long()
+    ids = check_input_ids(ids)  # int64
     B, L = ids.shape
     T = L + extra
     if T > model.n_positions:

@@ -22,9 +22,8 @@ from babilong_fast.models.mamba import hf_cache
 from babilong_fast.models.mamba.layers import forward_chunked
 from babilong_fast.models.mamba.parts import HF_BACKBONE, HF_LM, MambaParts, class_path, mamba_parts, wrapped_mixers
 from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.ops._checks import HALF_AND_FLOAT
 from babilong_fast.patch import OPTIONS_ATTR
-
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
@@ -43,15 +42,15 @@ def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     return [(model, "forward", backbone_forward)]
 
 
-def _unsupported(backbone: nn.Module, output_hidden_states, cache) -> bool:
+def _unsupported(backbone: nn.Module, parts: MambaParts, output_hidden_states, cache) -> bool:
     dtype = backbone.embeddings.weight.dtype
-    if dtype not in _FUSED_DTYPES:
+    if dtype not in HALF_AND_FLOAT:
         warnings.warn(
             f"babilong_fast patch: {dtype} weights run transformers' own forward (the fused ops take float32, "
             "bfloat16 or float16)", RuntimeWarning, stacklevel=3,
         )
         return True
-    why = wrapped_mixers(mamba_parts(backbone))
+    why = wrapped_mixers(parts)
     if why:
         warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning, stacklevel=3)
         return True
@@ -109,6 +108,7 @@ def run_backbone(
     use_cache: bool,
     logits_to_keep: int | torch.Tensor = 0,
     attention_mask: torch.Tensor | None = None,
+    parts: MambaParts | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """The backbone over the input in chunks; final hidden states at the kept positions, and the cache.
 
@@ -119,6 +119,7 @@ def run_backbone(
         use_cache: create a cache when ``cache`` is None.
         logits_to_keep: as transformers' (int: the last k positions, 0 all; tensor: positions).
         attention_mask: ``[B, T]`` padding mask (1 keep, 0 pad) or None.
+        parts: ``mamba_parts(backbone)`` when the caller has it.
 
     Returns:
         ``(hidden [B, k, d_model] after norm_f, cache or None)``.
@@ -126,7 +127,7 @@ def run_backbone(
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     opts = backbone.__dict__[OPTIONS_ATTR]
-    parts = mamba_parts(backbone)
+    parts = mamba_parts(backbone) if parts is None else parts
     x = input_ids if inputs_embeds is None else inputs_embeds
     B = x.shape[0]
     mask = _padding_mask(attention_mask, x)
@@ -168,14 +169,17 @@ def backbone_forward(
     from transformers.models.mamba.modeling_mamba import MambaOutput
 
     cache = kwargs.pop("cache_params", None) if cache is None else cache
-    if _unsupported(self, output_hidden_states, cache):
+    parts = mamba_parts(self)
+    if _unsupported(self, parts, output_hidden_states, cache):
         return type(self).forward(
             self, input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_hidden_states=output_hidden_states, return_dict=return_dict, attention_mask=attention_mask,
             **{hf_cache.cache_keyword(type(self)): cache}, **kwargs,
         )
     use_cache = _use_cache(self, use_cache)
-    hidden, cache = run_backbone(self, input_ids, inputs_embeds, cache, use_cache, attention_mask=attention_mask)
+    hidden, cache = run_backbone(
+        self, input_ids, inputs_embeds, cache, use_cache, attention_mask=attention_mask, parts=parts
+    )
     field = hf_cache.output_cache_field(MambaOutput)
     out = MambaOutput(last_hidden_state=hidden, hidden_states=None, **{field: cache if use_cache else None})
     return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -199,7 +203,8 @@ def causal_lm_forward(
     from transformers.models.mamba.modeling_mamba import MambaCausalLMOutput
 
     cache = kwargs.pop("cache_params", None) if cache is None else cache
-    if _unsupported(self.backbone, output_hidden_states, cache):
+    parts = mamba_parts(self.backbone)
+    if _unsupported(self.backbone, parts, output_hidden_states, cache):
         return type(self).forward(
             self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict, use_cache=use_cache,
@@ -207,7 +212,8 @@ def causal_lm_forward(
         )
     use_cache = _use_cache(self.backbone, use_cache)
     hidden, cache = run_backbone(
-        self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep, attention_mask=attention_mask
+        self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep, attention_mask=attention_mask,
+        parts=parts,
     )
     logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
     loss = None
