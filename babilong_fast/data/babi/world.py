@@ -71,10 +71,14 @@ class World:
         return len(self.facts) - 1
 
     def _reveal(self, obj: str, location: str, support: tuple[int, ...]) -> None:
+        # A place seen again (a pick-up where it was dropped) keeps the newest evidence: a later carrier's move
+        # and get then support the question with three facts, as in bAbI, not with the earlier carrier's four.
         info = Known(location, support)
         self.known[obj] = info
         hist = self.history[obj]
-        if not hist or hist[-1].location != location:
+        if hist and hist[-1].location == location:
+            hist[-1] = info
+        else:
             hist.append(info)
 
     def move(self, person: str, location: str) -> int:
