@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 from babilong_fast.data.babi import iter_samples
 from babilong_fast.data.builder import FactsTooLongError, build_sample
 from babilong_fast.data.corpora import BundledNovels, TextSource
-from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name
+from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name, parse_length
 from babilong_fast.data.tokenizer import get_tokenizer
 from babilong_fast.train.format import Example, format_example
 
@@ -111,42 +112,72 @@ class GeneratedData:
 class OfficialData:
     """Training examples from official BABILong files (``data/qaN/<len>.json`` or the parquet layout).
 
-    A draw of ``n`` segments takes the next record of the file whose nominal length is ``n * segment_size``
-    (named as BABILong names lengths, e.g. ``"1k"``); the context is tokenized and cut so that the example fits
-    ``n`` segments.
+    A draw of ``n`` segments reads the file of nominal length ``n * segment_size`` when the folder has one (e.g.
+    ``"1k"`` for 1 x 1000, or files written with :func:`~babilong_fast.data.official.write_official` at those
+    lengths), else the longest length below it: with 512-token segments, 2 segments read ``1k``, 32 read
+    ``16k`` and 1 reads ``0k`` (the facts alone). Stage 0 reads ``0k``. Records whose
+    ``context ‖ question ‖ GEN ‖ answer ‖ EOS`` does not fit ``max(n, 1)`` segments are passed over for the
+    next one (contexts are never cut: a cut could drop a fact).
     """
 
     def __init__(self, path: str, task: str, segment_size: int, seed: int = 0) -> None:
-        from babilong_fast.data.official import load_official
+        from babilong_fast.data.official import load_official, scan_folder
 
         self.path, self.task, self.segment_size, self.seed = path, task, segment_size, seed
         self._load = lambda length: load_official(path, length=length, task=task)
-        self._records: dict[int, list] = {}
+        folder = Path(path)
+        self._lengths = (sorted({n for t, n in scan_folder(folder) if t == task}, key=parse_length)
+                         if folder.is_dir() else None)  # None: a single file, read for every segment count
+        self._records: dict[str, list] = {}
         self._tok = get_tokenizer()
         self._cache: dict[tuple[int, int], Example] = {}
 
+    def length_for(self, segments: int) -> str | None:
+        """The length name a draw of ``segments`` reads (None for a single file)."""
+        if self._lengths is None:
+            return None
+        want = segments * self.segment_size
+        if length_name(want) in self._lengths:
+            return length_name(want)
+        below = [n for n in self._lengths if parse_length(n) <= want]
+        if not below:
+            raise NoSamplesError(
+                f"{self.path!r} has no {self.task} file at length {length_name(want)} or below "
+                f"(needed for {segments} segment(s) of {self.segment_size} tokens); it has "
+                f"{', '.join(self._lengths) or 'none'}"
+            )
+        return below[-1]
+
     def _records_for(self, segments: int) -> list:
-        if segments not in self._records:
-            name = length_name(segments * self.segment_size)
+        name = self.length_for(segments)
+        if name not in self._records:
             try:
                 recs = self._load(name)
             except FileNotFoundError as e:
                 raise NoSamplesError(f"{e} (needed for {segments} segment(s) of {self.segment_size} tokens)") from None
             if not recs:
                 raise NoSamplesError(f"{self.path!r} has no {self.task} samples at length {name}")
-            self._records[segments] = recs
-        return self._records[segments]
+            self._records[name] = recs
+        return self._records[name]
 
     def get(self, stage: int, index: int) -> Example:
         segments = draw_segments(self.seed, stage, index)
         recs = self._records_for(segments)
         key = (index % len(recs), segments)
         if key not in self._cache:
-            r = recs[key[0]]
-            q, a = self._tok.encode(r.question), self._tok.encode(r.target)
-            room = segments * self.segment_size - len(q) - len(a) - 2
-            ctx = self._tok.encode(r.input)[: max(room, 0)]
-            self._cache[key] = format_example(ctx, q, a, segments)
+            room = max(segments, 1) * self.segment_size
+            for j in range(len(recs)):
+                r = recs[(key[0] + j) % len(recs)]
+                ex = format_example(self._tok.encode(r.input), self._tok.encode(r.question),
+                                    self._tok.encode(r.target), segments)
+                if len(ex.input_ids) <= room:
+                    self._cache[key] = ex
+                    break
+            else:
+                raise NoSamplesError(
+                    f"no {self.task} record at length {self.length_for(segments) or self.path} fits "
+                    f"{max(segments, 1)} segment(s) of {self.segment_size} tokens with its question and answer"
+                )
         return self._cache[key]
 
     def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:

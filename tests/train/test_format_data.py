@@ -133,8 +133,31 @@ def test_official_files_as_training_data(tmp_path):
         answer = [ex.input_ids[t + 1] for t, m in enumerate(ex.labels_mask) if m][:-1]
         assert tok.decode(answer) in {"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"}
     k = next(k for k in range(100) if draw_segments(0, 3, k) == 3)
-    with pytest.raises(NoSamplesError, match="192"):
-        data.get(3, k)  # 3 segments: no file at length 192
+    assert data.length_for(3) == "128" and len(data.get(3, k).input_ids) <= 3 * 64  # no 192 file: the next below
+    with pytest.raises(NoSamplesError, match="0k or below"):
+        data.get(0, 0)  # the facts alone need a 0k file
+    with pytest.raises(NoSamplesError, match="has 64, 128"):
+        OfficialData(str(tmp_path), "qa1", 32, seed=0).get(1, 0)  # nothing at 32 tokens or below
+
+
+def test_official_files_for_512_token_segments(tmp_path):
+    """The presets' 512-token segments read the official 0k/1k/2k files (n * 512 has no file of its own), and
+    stage 0 keeps its facts: every record fits whole, nothing is cut."""
+    from babilong_fast.data.dataset import BabilongGenerator
+    from babilong_fast.data.official import write_official
+    from babilong_fast.train import OfficialData
+
+    for length in ("0k", "1k", "2k"):
+        write_official(BabilongGenerator("qa1", length, split="test", seed=2).take(3), tmp_path, length, "qa1")
+    data = OfficialData(str(tmp_path), "qa1", 512, seed=0)
+    assert [data.length_for(n) for n in (0, 1, 2, 3, 4, 8)] == ["0k", "0k", "1k", "1k", "2k", "2k"]
+    tok = get_tokenizer()
+    for stage in (0, 4):
+        for k in range(6):
+            ex = data.get(stage, k)
+            text = tok.decode(ex.input_ids)
+            assert len(ex.input_ids) <= max(ex.segments, 1) * 512 and "Where is" in text
+            assert text.index("Where is") > 20  # facts (and background) before the question
 
 
 def test_stage_zero_is_the_facts_alone():
