@@ -14,6 +14,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, default=None, help="start from this model file (same model kind)")
     p.add_argument("--backbone-path", default=None, help="local Hugging Face folder with pretrained backbone weights")
     p.add_argument("--stages", type=_int_list, default=None,
-                   help="curriculum, strictly increasing, e.g. 1,2,4 (a first 0: the facts alone)")
+                   help="curriculum, strictly increasing, e.g. 1,2,4 (a first 0: the facts alone); without --steps "
+                        "a stage gets the preset's steps for the largest preset stage not above it")
     p.add_argument("--steps", type=_steps, default=None, help="optimizer steps per stage (one value or one per stage)")
     p.add_argument("--segment-size", type=positive_int, default=None)
     p.add_argument("--num-mem-tokens", type=positive_int, default=None)
@@ -64,7 +66,8 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup", type=float, default=None, help="warm-up: a fraction of a stage's steps (< 1) or steps")
-    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--clip", type=float, default=None, help="gradient-norm clipping (> 0)")
+    p.add_argument("--no-clip", action="store_true", help="no gradient clipping")
     p.add_argument("--detach-every", type=positive_int, default=None, help="truncated BPTT every K segments")
     p.add_argument("--eval-every", type=positive_int, default=None)
     p.add_argument("--eval-n", type=positive_int, default=None)
@@ -78,7 +81,7 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--no-bf16", action="store_true", help="fp32 on a GPU too")
-    p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of this call (--resume goes on)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train, check=check_args, subparser=p)
     return p
@@ -91,6 +94,12 @@ OVERRIDES = (
 )
 
 
+def _preset_steps(recipe: dict, stages: list[int]) -> list[int]:
+    """Steps for each of ``stages``: the recipe's steps of its largest stage not above it (else its first)."""
+    table = list(zip(recipe["stages"], recipe["steps"], strict=True))
+    return [next((steps for s, steps in reversed(table) if s <= n), table[0][1]) for n in stages]
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from babilong_fast.train.config import preset
 
@@ -101,19 +110,29 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             check_stages(args.stages)
         except ValueError as e:
             parser.error(f"--stages: {e}")
-    if args.kind is not None and PRESETS[args.preset]["kind"] == "mamba":
-        parser.error(f"--kind {args.kind}: preset {args.preset!r} is a Mamba backbone; use --preset rmt, armt or tiny")
+    if PRESETS[args.preset]["kind"] == "mamba":
+        if args.kind is not None:
+            parser.error(f"--kind {args.kind}: preset {args.preset!r} is a Mamba backbone; use --preset rmt, armt or "
+                         "tiny")
+        given = [f"--{k.replace('_', '-')}" for k in ("num_mem_tokens", "d_mem", "detach_every")
+                 if getattr(args, k) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: for ARMT/RMT memory; preset {args.preset!r} is a Mamba backbone")
+    if args.no_clip and args.clip is not None:
+        parser.error("give --clip or --no-clip, not both")
     over = {k: getattr(args, k) for k in OVERRIDES}
     over["kind"] = args.kind
     over["task"] = args.task
     if args.no_bf16:
         over["bf16"] = False
     if args.stages is not None and args.steps is None and isinstance(PRESETS[args.preset]["steps"], list):
-        over["steps"] = max(PRESETS[args.preset]["steps"])
+        over["steps"] = _preset_steps(PRESETS[args.preset], args.stages)
     if args.stages is not None and isinstance(PRESETS[args.preset].get("target"), list) and args.target is None:
         over["target"] = None
     try:
         args.config = preset(args.preset, **over)
+        if args.no_clip:
+            args.config = dataclasses.replace(args.config, clip=None).check()
     except ValueError as e:
         parser.error(str(e))
     if args.init_from is not None and not args.init_from.is_file():

@@ -4,7 +4,7 @@ A run is a list of curriculum stages. Stage ``n`` (a segment count) draws every 
 ``1..n`` segments (``n * segment_size - 20`` context tokens, armt_rmt.md 5.2); each stage trains for at most
 ``steps`` optimizer steps, validates by greedy generation at ``n`` segments and stops early on ``patience`` or
 ``target``. An optional first stage ``0`` is a warm-up on the facts alone (BABILong's ``0k``: no background).
-``target``. The next stage starts from the previous stage's best weights with a fresh optimizer and schedule.
+The next stage starts from the previous stage's best weights with a fresh optimizer and schedule.
 """
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ class TrainConfig:
             gradient accumulation (a process sorts its samples of the step by length before cutting them).
         lr, weight_decay, warmup, decay_factor, clip: AdamW with linear warm-up over ``warmup`` (a fraction
             of the stage's steps if < 1, else steps) then linear decay reaching 0 at ``decay_factor * steps``
-            (the reference scripts use 2); gradient-norm clipping.
+            (the reference scripts use 2); gradient-norm clipping at ``clip`` (> 0; None: no clipping).
         bf16: autocast to bfloat16 on a GPU (the memory state stays float32); ignored on the CPU.
-        detach_every: truncated BPTT every this many segments (None: full BPTT).
+        detach_every: truncated BPTT every this many segments (None: full BPTT); ARMT/RMT only.
         sparse_logits: compute the LM head only on scored positions (same loss, much faster on a CPU).
         eval_every, eval_n, eval_split, eval_seed: validation by greedy generation + exact match on
             ``eval_n`` generated samples at the stage's full length, every ``eval_every`` steps and at the stage end.
@@ -59,7 +59,8 @@ class TrainConfig:
         train_data: a folder of official BABILong files to train on instead of generated samples.
         seed: data order, initialisation and dropout.
         device: ``"cpu"``, ``"cuda"`` or None (cuda when available).
-        log_every: refresh the progress bar every this many steps (the CSV gets every step).
+        log_every: show the loss on the progress bar every this many steps (and at every validation; the CSV
+            and TensorBoard get every step).
     """
 
     kind: Kind = "armt"
@@ -141,6 +142,10 @@ class TrainConfig:
             raise ValueError("need lr > 0, weight_decay >= 0, warmup >= 0 and decay_factor >= 1")
         if self.detach_every is not None and self.detach_every < 1:
             raise ValueError(f"detach_every must be >= 1 or None, got {self.detach_every}")
+        if self.detach_every is not None and self.kind == "mamba":
+            raise ValueError("detach_every cuts the memory between ARMT/RMT segments; Mamba has none: leave it None")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be > 0, or None for no clipping, got {self.clip}")
         if self.eval_split not in ("train", "test"):
             raise ValueError(f"eval_split must be 'train' or 'test', got {self.eval_split!r}")
         if self.pool_size is not None and self.pool_size < 1:

@@ -4,8 +4,10 @@
   loss from ``RecurrentLM.forward`` (full or truncated BPTT, optionally the LM head only on scored positions);
   answers from :class:`~babilong_fast.engine.StreamRunner`; files from :func:`~babilong_fast.models.save_model`,
   which ``babilong-fast eval`` reads.
-- ``mamba``: Hugging Face ``MambaForCausalLM``, loss from its own forward with ``labels`` ``-100`` except on the
-  answer; answers from :class:`~babilong_fast.engine.StreamRunner` too; saved by ``save_model`` (``kind: "mamba"``).
+- ``mamba``: Hugging Face ``MambaForCausalLM``; the loss runs its backbone and, with ``sparse_logits``, the LM
+  head on the scored positions only (else its own forward with ``labels`` ``-100`` except on the answer, whose
+  logits over a 16k-token micro-batch of 8 take 13 GB in bf16); answers from
+  :class:`~babilong_fast.engine.StreamRunner` too; saved by ``save_model`` (``kind: "mamba"``).
 """
 from __future__ import annotations
 
@@ -57,6 +59,11 @@ def loss_and_count(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainC
     count = int(batch["labels_mask"][:, :-1].sum())
     if cfg.kind == "mamba":
         ids, lm = batch["input_ids"], batch["labels_mask"]
+        if cfg.sparse_logits:
+            hidden = model.backbone(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False)[0]
+            scored = lm[:, :-1]
+            logits = model.lm_head(hidden[:, :-1][scored].to(model.lm_head.weight.dtype)).float()
+            return torch.nn.functional.cross_entropy(logits, ids[:, 1:][scored], reduction="sum"), count
         labels = torch.full_like(ids, -100)
         labels[:, 1:] = torch.where(lm[:, :-1], ids[:, 1:], labels[:, 1:])
         out = model(input_ids=ids, attention_mask=batch["attention_mask"], labels=labels, use_cache=False)

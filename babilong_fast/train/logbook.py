@@ -16,10 +16,13 @@ FIELDS = ("global_step", "stage", "step", "loss", "lr", "grad_norm", "samples", 
 
 class Logbook:
     """Args: out: run folder; enabled: this process writes; resume_step: keep CSV rows up to this step;
-    total: steps for the progress bar; progress: show it."""
+    total: steps for the progress bar; progress: show it; log_every: show the loss on the bar every this many
+    steps (and at every validation)."""
 
-    def __init__(self, out: Path, enabled: bool, resume_step: int = 0, total: int = 0, progress: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(
+        self, out: Path, enabled: bool, resume_step: int = 0, total: int = 0, progress: bool = True, log_every: int = 1
+    ) -> None:
+        self.enabled, self.log_every = enabled, log_every
         self.path = out / "log.csv"
         self.bar = self.tb = None
         self._f = None
@@ -51,11 +54,11 @@ class Logbook:
             for k in ("loss", "lr", "grad_norm", "valid_accuracy"):
                 if row.get(k) not in (None, ""):
                     self.tb.add_scalar(f"train/{k}", float(row[k]), row["global_step"])
-        post = f"stage {row['stage']} loss {row['loss']:.4f}"
-        if row.get("valid_accuracy") not in (None, ""):
-            post += f" valid {row['valid_accuracy']:.1f}%"
         self.bar.step()
-        self.bar.postfix(post)
+        validated = row.get("valid_accuracy") not in (None, "")
+        if validated or row["global_step"] % self.log_every == 0:
+            post = f"stage {row['stage']} loss {row['loss']:.4f}"
+            self.bar.postfix(post + (f" valid {row['valid_accuracy']:.1f}%" if validated else ""))
 
     def line(self, text: str) -> None:
         if self.enabled:

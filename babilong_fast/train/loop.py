@@ -87,8 +87,9 @@ def train(
         init_from: a model file of the same kind to start from (e.g. an earlier stage's ``stage<n>.pt``).
         progress: tqdm bar on the main process.
         stop_after: stop after this many optimizer steps of the whole run, as an interruption would (tests).
-        time_limit: wall seconds of training; when exceeded, the current step is validated, the stage ends and
-            the run stops (its best weights are in ``best.pt``).
+        time_limit: wall seconds of training in this call; when exceeded, the current step is validated,
+            ``last.pt`` is saved where the stage stands and the run stops (its best weights so far are in
+            ``best.pt``; ``resume`` goes on with the rest of the stage).
 
     Returns:
         ``{"losses": [per-step loss], "valid": [validation rows], "position": Position, "seconds": float}``
@@ -139,9 +140,10 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
         state = None  # saved at a stage end: the next stage starts afresh from the best weights
     ddp = dd.wrap(LossModule(model, cfg), d)
     total = sum(cfg.stage_steps(i) for i in range(len(cfg.stages)))
-    book = Logbook(out, d.main, pos.global_step, total, progress)
+    book = Logbook(out, d.main, pos.global_step, total, progress, cfg.log_every)
     losses: list[float] = []
-    t_start = time.perf_counter() - pos.seconds
+    t_call = time.perf_counter()
+    t_start = t_call - pos.seconds
     try:
         while pos.stage_index < len(cfg.stages):
             si = pos.stage_index
@@ -172,7 +174,7 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
                     "lr": lr, "grad_norm": grad_norm, "samples": pos.step * cfg.batch_size,
                     "seconds": round(time.perf_counter() - t_start, 3),
                 }
-                out_of_time = time_limit is not None and _elapsed(d, t_start) > time_limit
+                out_of_time = time_limit is not None and _elapsed(d, t_call) > time_limit
                 if pos.step % cfg.eval_every == 0 or pos.step == steps or out_of_time:
                     acc = _validate(cfg, model, n, d)
                     row["valid_accuracy"] = acc
@@ -194,10 +196,10 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
                         )
                         stage_done = True
                 book.step(row)
-                stage_done = stage_done or pos.step == steps or out_of_time
+                stage_done = stage_done or pos.step == steps
                 if stage_done:
                     pos.next_stage()
-                if stage_done or pos.step % cfg.save_every == 0:
+                if stage_done or out_of_time or pos.step % cfg.save_every == 0:
                     pos.seconds = time.perf_counter() - t_start
                     _save(out, cfg, model, opt, sched, pos, d)
                 if out_of_time:

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from babilong_fast.cli.main import main
+from babilong_fast.cli.main import build_parser, main
 from babilong_fast.train import PRESETS, preset
 
 FAST = ["--steps", "2", "--eval-every", "1", "--eval-n", "2", "--batch-size", "4", "--micro-batch-size", "2",
@@ -45,13 +45,30 @@ def test_train_then_eval(tmp_path, capsys):
     (["--task", "qa99"], "unknown task 'qa99'"),
     (["--preset", "mamba-130m", "--kind", "rmt"], "is a Mamba backbone"),
     (["--init-from", "missing.pt"], "checkpoint not found"),
-], ids=["decreasing", "not-int", "segment", "task", "mamba-kind", "init"])
+    (["--clip", "0"], "clip must be > 0"),
+    (["--clip", "-1"], "clip must be > 0"),
+    (["--clip", "1", "--no-clip"], "--clip or --no-clip"),
+    (["--preset", "mamba-130m", "--d-mem", "2", "--detach-every", "1"], "--d-mem, --detach-every: for ARMT/RMT"),
+], ids=["decreasing", "not-int", "segment", "task", "mamba-kind", "init", "clip-0", "clip-negative", "clip-both",
+        "mamba-memory"])
 def test_bad_arguments(argv, message, tmp_path, capsys):
     if argv[0] != "--preset":
         argv = ["--preset", "tiny", *argv]
     with pytest.raises(SystemExit) as e:
         main(["train", *argv, "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_stages_take_the_presets_steps_and_clipping_can_be_off(tmp_path):
+    def config(*argv):
+        args = build_parser().parse_args(["train", *argv, "--out", str(tmp_path / "x")])
+        args.check(args.subparser, args)
+        return args.config
+
+    armt = config("--preset", "armt", "--stages", "0,2,4,32")  # armt: 2,3,5,8,16 x 10000 steps, then 32 x 30000
+    assert armt.steps == [10000, 10000, 10000, 30000] and armt.clip == 1.0
+    assert config("--preset", "rmt", "--stages", "1,2,4", "--no-clip").clip is None
+    assert config("--preset", "rmt", "--stages", "3", "--steps", "7").steps == 7
 
 
 def test_task_with_no_samples(tmp_path, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -37,6 +38,18 @@ def test_resume_mid_stage_continues_the_same_trajectory(tmp_path):
     a, b = torch.load(tmp_path / "full" / "best.pt"), torch.load(tmp_path / "part" / "best.pt")
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_time_limit_stops_mid_stage_and_resume_finishes_it(tmp_path):
+    """A run stopped by its time limit resumes the rest of its stage; the limit counts the current call only."""
+    cfg, out = tiny_config(), tmp_path / "run"  # stages 1 and 2: 3 + 5 steps
+    first = train(cfg, out, progress=False, time_limit=0.0)  # over the limit after its first step
+    assert len(first["losses"]) == 1 and (first["position"].stage_index, first["position"].step) == (0, 1)
+    second = train(cfg, out, progress=False, resume=True, time_limit=0.0)
+    assert len(second["losses"]) == 1 and (second["position"].stage_index, second["position"].step) == (0, 2)
+    rest = train(cfg, out, progress=False, resume=True)
+    assert len(rest["losses"]) == 6 and rest["position"].global_step == 8
+    assert [r["stage"] for r in _log(out)] == ["1"] * 3 + ["2"] * 5
 
 
 def test_files_stages_and_eval_cli(tmp_path):
@@ -116,6 +129,12 @@ def test_mamba_kind(tmp_path):
     want = torch.nn.functional.cross_entropy(logits[:, :-1][keep], batch["input_ids"][:, 1:][keep], reduction="sum")
     assert count == int(keep.sum()) and count > 3
     torch.testing.assert_close(lsum.double(), want, rtol=1e-5, atol=1e-5)
+    # sparse logits (the default) against HF's own forward with labels: same loss, same gradients
+    (grads,) = [torch.autograd.grad(lsum, list(model.parameters()))]
+    dense_sum, _ = loss_and_count(model, batch, dataclasses.replace(cfg, sparse_logits=False))
+    torch.testing.assert_close(dense_sum, lsum, rtol=1e-5, atol=1e-5)
+    for g, d in zip(grads, torch.autograd.grad(dense_sum, list(model.parameters())), strict=True):
+        torch.testing.assert_close(g, d, rtol=1e-4, atol=1e-6)
     res = train(cfg, tmp_path / "m", progress=False)
     assert len(res["losses"]) == 3 and all(v["accuracy"] >= 0 for v in res["valid"])
     loaded = load_trained(tmp_path / "m" / "best.pt", "mamba")
@@ -159,3 +178,17 @@ def test_micro_batches_are_length_sorted_and_give_the_one_batch_loss(tmp_path):
     one = train(tiny_config(batch_size=4, micro_batch_size=4, **steps), tmp_path / "one", progress=False)
     four = train(tiny_config(batch_size=4, micro_batch_size=1, **steps), tmp_path / "four", progress=False)
     torch.testing.assert_close(torch.tensor(four["losses"]), torch.tensor(one["losses"]), rtol=2e-5, atol=0)
+
+
+def test_log_every_sets_how_often_the_bar_shows_the_loss(tmp_path):
+    from babilong_fast.train.logbook import Logbook
+
+    book = Logbook(tmp_path, True, total=5, progress=False, log_every=2)
+    shown: list[str] = []
+    book.bar.postfix = shown.append
+    for step in range(1, 6):
+        valid = {"valid_accuracy": 50.0} if step == 5 else {}
+        book.step({"global_step": step, "stage": 1, "step": step, "loss": 0.5 * step, **valid})
+    book.close()
+    assert shown == ["stage 1 loss 1.0000", "stage 1 loss 2.0000", "stage 1 loss 2.5000 valid 50.0%"]
+    assert len(_log(tmp_path)) == 5
