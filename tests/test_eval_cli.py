@@ -122,6 +122,7 @@ def test_eval_writes_results(kind, ckpts, tmp_path):
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((out / "results.json").read_text())
     env = doc["environment"]
+    assert doc["complete"] is True
     assert env["kind"] == kind and env["checkpoint"] == f"{kind}.pt" and env["seed"] == 0
     assert env["device"] == "cpu" and env["torch_version"] == torch.__version__
     rows = doc["results"]
@@ -134,6 +135,49 @@ def test_eval_writes_results(kind, ckpts, tmp_path):
         csv_rows = list(csv.DictReader(f))
     assert [(r["task"], r["length"], r["n"]) for r in csv_rows] == [("qa1", "0k", "2"), ("qa1", "1k", "2")]
     assert all(0 <= float(r["accuracy"]) <= 100 and r["checkpoint"] == f"{kind}.pt" for r in csv_rows)
+
+
+def test_eval_keeps_the_cells_done_when_a_later_one_fails(ckpts, tmp_path, monkeypatch):
+    real = eval_mod.evaluate_cell
+
+    def second_fails(runner, task, length, *args, **kw):
+        if length == "1k":
+            raise ValueError("stopped in the second cell")
+        return real(runner, task, length, *args, **kw)
+
+    monkeypatch.setattr(eval_mod, "evaluate_cell", second_fails)
+    assert _eval(ckpts["rmt"], tmp_path / "out") == 1
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["complete"] is False and [(r["task"], r["length"]) for r in doc["results"]] == [("qa1", "0k")]
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        assert [r["length"] for r in csv.DictReader(f)] == ["0k"]
+
+
+def test_eval_checks_decoding_fits_before_the_first_sample(tmp_path, capsys):
+    """An RMT whose positions hold a full segment and its memory, but not the answer after a full last segment."""
+    torch.manual_seed(0)
+    backbone = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_layer=1, n_embd=32, n_head=2, n_positions=SEG + 8))
+    ckpt = save_model(RMT(backbone, num_mem_tokens=4, segment_size=SEG).eval(), tmp_path / "rmt.pt")
+    assert _eval(ckpt, tmp_path / "out") == 1
+    assert "exceed the backbone's 136 positions" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_without_matplotlib_still_writes_the_results(ckpts, tmp_path, monkeypatch, capsys):
+    def no_matplotlib(*args):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(eval_mod, "write_heatmap", no_matplotlib)
+    assert main(["eval", "--checkpoint", str(ckpts["rmt"]), "--tasks", "qa1", "--lengths", "0k", "--n", "1",
+                 "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.csv", "results.json"}
+    assert "no heatmap.png: pip install matplotlib" in capsys.readouterr().err
+
+
+def test_eval_runs_float64_checkpoints_as_float32(tmp_path, capsys):
+    ckpt = save_model(make("armt").double(), tmp_path / "armt64.pt")
+    assert _eval(ckpt, tmp_path / "out") == 0
+    assert "float64 weights run as float32" in capsys.readouterr().err
 
 
 def test_eval_scoring_path_can_score_100_and_0(ckpts, tmp_path, monkeypatch):

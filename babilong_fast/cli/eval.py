@@ -9,7 +9,9 @@ For each task × length, ``n`` samples are generated with ``BabilongGenerator(ta
 margin=20)`` (the fine-tuning format: context ‖ question ‖ GEN), streamed through
 :class:`~babilong_fast.engine.StreamRunner` (greedy, ``max_new_tokens=10``) and scored with
 :func:`~babilong_fast.data.metric.exact_match_finetuned` (answer then end-of-text, exact string). Written to
-``--out``: ``results.csv``, ``results.json`` and ``heatmap.png`` (accuracy %, tasks × lengths).
+``--out``: ``results.csv`` and ``results.json`` (rewritten after every task × length cell, so a run that stops
+keeps the cells done; ``"complete": true`` once all are) and ``heatmap.png`` (accuracy %, tasks × lengths;
+needs matplotlib).
 
 ``--batch B`` streams up to ``B`` samples together as the rows of one batch. Rows must share the context and
 question lengths (samples of one cell have the same context length; questions may differ), so the first ``n``
@@ -204,6 +206,35 @@ def write_heatmap(rows: list[dict], tasks: list[str], lengths: list[str], path: 
     plt.close(fig)
 
 
+def _write_results(out: Path, rows: list[dict], doc: dict) -> None:
+    """``results.csv`` and ``results.json`` of the cells done so far, each replaced whole (never half-written)."""
+    tmp = out / "results.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in CSV_FIELDS})
+    os.replace(tmp, out / "results.csv")
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps({**doc, "results": rows}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "results.json")
+
+
+def _check_model(model: torch.nn.Module, kind: str, checkpoint: Path) -> torch.nn.Module:
+    """Fail before the first sample on what would fail after a long stream; float64 weights run as float32."""
+    decode_fits = getattr(model, "_check_decode_fits", None)
+    if decode_fits is not None:  # ARMT/RMT: a full last segment + the answer must fit the backbone's positions
+        decode_fits(model.segment_size, MAX_NEW_TOKENS)
+    if next(model.parameters()).dtype == torch.float64:
+        print("babilong-fast eval: float64 weights run as float32 (the streaming kernels take float32, bfloat16 "
+              "or float16)", file=sys.stderr)
+        model = model.float()
+    if kind == "mamba" and checkpoint.is_dir():
+        print("babilong-fast eval: note: the samples are GPT-2 token ids (GEN 35353, end-of-text 50256); a Mamba "
+              "trained with another tokenizer (state-spaces' GPT-NeoX) scores near 0", file=sys.stderr)
+    return model
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from babilong_fast.models.checkpoint import load_model_path, model_kind
 
@@ -213,6 +244,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print("babilong-fast eval: error: --compile runs ARMT and RMT steps; this checkpoint is a Mamba model",
               file=sys.stderr)
         return 2
+    model = _check_model(model, kind, args.checkpoint)
     runner = StreamRunner(model, device=args.device, progress=False, compile=args.compile)
     env = {
         "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
@@ -223,6 +255,15 @@ def run_eval(args: argparse.Namespace) -> int:
         env_gpu = torch.cuda.get_device_name(runner.device)
     else:
         env_gpu = None
+    doc = {
+        "tool": f"babilong_fast {__version__}",
+        "environment": {
+            **env, "checkpoint_path": str(args.checkpoint), "gpu": env_gpu, "python": platform.python_version(),
+            "babilong_fast_version": __version__, "margin": FINETUNE_MARGIN, "max_new_tokens": MAX_NEW_TOKENS,
+            "metric": "exact_match_finetuned (answer then <|endoftext|>)",
+        },
+        "tasks": args.tasks, "lengths": args.lengths, "n": args.n, "complete": False,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     bar = StderrBar(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress, unit="sample",
                     desc="eval")
@@ -236,30 +277,18 @@ def run_eval(args: argparse.Namespace) -> int:
                 )
                 row.update(env)
                 rows.append(row)
+                _write_results(args.out, rows, doc)  # a later failure keeps the cells done
                 bar.line(f"{task} {length}: {row['accuracy']:.1f}% ({row['correct']}/{row['n']})")
     finally:
         bar.close()
-    with open(args.out / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in CSV_FIELDS})
-    doc = {
-        "tool": f"babilong_fast {__version__}",
-        "environment": {
-            **env, "checkpoint_path": str(args.checkpoint), "gpu": env_gpu, "python": platform.python_version(),
-            "babilong_fast_version": __version__, "margin": FINETUNE_MARGIN, "max_new_tokens": MAX_NEW_TOKENS,
-            "metric": "exact_match_finetuned (answer then <|endoftext|>)",
-        },
-        "tasks": args.tasks, "lengths": args.lengths, "n": args.n,
-        "results": rows,
-    }
-    tmp = args.out / "results.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out / "results.json")
+    _write_results(args.out, rows, {**doc, "complete": True})
     title = (f"{kind.upper()} {args.checkpoint.name}\n"
              f"exact-match accuracy % ({args.split}, n={args.n}, seed={args.seed})")
-    write_heatmap(rows, args.tasks, args.lengths, args.out / "heatmap.png", title)
+    try:
+        write_heatmap(rows, args.tasks, args.lengths, args.out / "heatmap.png", title)
+        wrote = "results.json, heatmap.png"
+    except ImportError:
+        wrote = "results.json (no heatmap.png: pip install matplotlib)"
     if not args.no_progress:
-        print(f"wrote {args.out / 'results.csv'}, results.json, heatmap.png", file=sys.stderr)
+        print(f"wrote {args.out / 'results.csv'}, {wrote}", file=sys.stderr)
     return 0

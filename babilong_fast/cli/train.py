@@ -81,7 +81,8 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--no-bf16", action="store_true", help="fp32 on a GPU too")
-    p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of this call (--resume goes on)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many seconds of this call (--resume goes on)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train, check=check_args, subparser=p)
     return p

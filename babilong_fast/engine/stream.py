@@ -21,7 +21,7 @@ import torch
 
 from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.tokenizer import EOS_ID
-from babilong_fast.engine.adapters import SegmentAdapter, make_adapter
+from babilong_fast.engine.adapters import RMTAdapter, SegmentAdapter, make_adapter
 from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.progress import Progress
 from babilong_fast.models._common import check_token_range
@@ -154,6 +154,11 @@ class StreamRunner:
             model.to(device=device, dtype=dtype)
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        if next(model.parameters()).dtype == torch.float64 and not isinstance(self.adapter, RMTAdapter):
+            raise ValueError(
+                f"{type(model).__name__} streams float32, bfloat16 or float16 weights (its kernels have no float64); "
+                "got float64: pass dtype=torch.float32"
+            )
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         elif cuda_graphs and self.device.type != "cuda":
@@ -260,8 +265,8 @@ class StreamRunner:
                         buf[:, fill : fill + take].copy_(c[:, pos : pos + take], non_blocking=True)
                         fill += take
                         pos += take
-                    tokens += n
-                    bar.update(n)
+                        tokens += take
+                        bar.update(take)
                 if B is None:
                     raise ValueError("empty stream: the chunks held no tokens")
                 pending = buf[:, :fill].clone()

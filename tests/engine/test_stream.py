@@ -305,6 +305,23 @@ def test_progress_bar_and_log_line(capsys, monkeypatch):
     assert f"{ctx.shape[1]}/{ctx.shape[1]} tokens, 3 segments" in lines[-1]
 
 
+def test_progress_counts_tokens_inside_one_big_chunk(capsys, monkeypatch):
+    """A whole tensor is one chunk: the line still counts its tokens segment by segment, not at the end."""
+    monkeypatch.setattr(progress_mod, "tqdm", None)
+    monkeypatch.setattr(progress_mod, "LOG_EVERY_S", 0.0)
+    ctx = torch.randint(0, VOCAB - 2, (1, 4 * SEG + 3))
+    StreamRunner(make_model("rmt")).prefill(ctx, total_tokens=ctx.shape[1])
+    counts = [int(line.split("prefill ")[1].split("/")[0]) for line in capsys.readouterr().err.strip().splitlines()]
+    assert len(set(counts)) >= 4 and counts[-1] == ctx.shape[1], counts
+
+
+def test_float64_weights_are_refused_where_the_kernels_have_none():
+    with pytest.raises(ValueError, match="got float64: pass dtype=torch.float32"):
+        StreamRunner(make_model("armt").double(), progress=False)
+    StreamRunner(make_model("armt").double(), dtype=torch.float32, progress=False)
+    StreamRunner(make_model("rmt").double(), progress=False)  # RMT runs no custom kernel: float64 streams
+
+
 def test_dtype_and_device_arguments():
     try:
         torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)
