@@ -63,12 +63,16 @@ def _anonymise(text: str) -> str:
 
 STEP_LIMITS = {"build": 150, "tests": 180, "ops": 70, "micro": 60}
 PARTS = ("tests", "ops", "micro", "models")
-# What has never run on a GPU first (pytest keeps a file's first mention), so a cut step has still checked it.
-GPU_TESTS = ["tests/models/test_compiled_step.py", "tests/engine/test_graphs.py", "tests/ops/test_assoc_read_tc.py",
-             "tests/ops/test_memory_kernels_cuda_emulated.py", "tests/ops/test_selective_scan_cuda_emulated.py",
-             "tests/ops/test_causal_conv1d_cuda_emulated.py",
-             "tests/ops", "tests/engine", "tests/models", "tests/test_backends.py", "tests/test_extension.py",
-             "tests/test_patch.py"]
+# Most wanted first (pytest keeps a file's first mention), so a cut step has still checked it: the kernel tests
+# that decide GPU_VERIFIED_BACKENDS (Triton and CUDA against float64; the *_cuda_emulated files run the compiled
+# CUDA kernels on a GPU), then the never-run tensor-core read, compiled steps and CUDA graphs, then the rest.
+GPU_TESTS = ["tests/test_extension.py", "tests/ops/test_assoc_read.py", "tests/ops/test_assoc_write.py",
+             "tests/ops/test_segment_io.py", "tests/ops/test_selective_scan_chunked.py",
+             "tests/ops/test_causal_conv1d.py", "tests/ops/test_memory_kernels_cuda_emulated.py",
+             "tests/ops/test_selective_scan_cuda_emulated.py", "tests/ops/test_causal_conv1d_cuda_emulated.py",
+             "tests/ops/test_assoc_read_cuda_emulated.py", "tests/ops/test_assoc_read_tc.py",
+             "tests/models/test_compiled_step.py", "tests/engine/test_graphs.py",
+             "tests/ops", "tests/engine", "tests/models", "tests/test_backends.py", "tests/test_patch.py"]
 # (name, throughput.py arguments, time limit in seconds): the models benchmark as five runs, most wanted first.
 MODEL_RUNS = [
     ("b1", ["--models", "rmt,armt", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "auto"], 200),
