@@ -239,6 +239,30 @@ def test_eval_batched_equals_one_by_one(kind, ckpts, tmp_path):
     assert all(len(r["outputs"]) == 5 for r in one)
 
 
+def _shape(sample) -> tuple[int, int]:
+    return sample.num_tokens, len(sample.question_ids())
+
+
+def test_batched_answers_stop_at_their_own_end_of_text():
+    """Rows of a batch that end early are padded with end-of-text by the decoder; the stored answers are not."""
+    from babilong_fast.data.dataset import BabilongGenerator
+
+    eos = get_tokenizer().eos_id
+    pool = BabilongGenerator("qa1", "0k", seed=0, margin=20).take(20)
+    groups = itertools.groupby(sorted(pool, key=_shape), key=_shape)  # equal shapes, as batches_by_shape groups
+    samples = max((list(g) for _, g in groups), key=len)[:2]
+
+    class Runner:
+        def prefill(self, chunks, total_tokens):
+            return type("State", (), {"num_tokens": sum(c.shape[1] for c in chunks)})()
+
+        def answer(self, question, state, max_new_tokens, eos_token_id):
+            return torch.tensor([[5, eos_token_id, eos_token_id], [6, 7, eos_token_id]])
+
+    assert len(samples) == 2 and eos == eval_mod.EOS_ID
+    assert eval_mod.answer_batch(Runner(), samples) == [[5, eos], [6, 7, eos]]
+
+
 def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys):
     """--compile (torch.compile of the ARMT step) answers as the eager step; a Mamba checkpoint is refused."""
     def run(extra):

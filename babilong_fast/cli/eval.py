@@ -45,7 +45,7 @@ from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.data.metric import exact_match_finetuned
 from babilong_fast.data.official import OFFICIAL_LENGTHS
-from babilong_fast.data.tokenizer import get_tokenizer
+from babilong_fast.data.tokenizer import EOS_ID, get_tokenizer
 from babilong_fast.engine.stream import StreamRunner
 from babilong_fast.progress_bar import StderrBar
 
@@ -130,7 +130,8 @@ def batches_by_shape(
 
 
 def answer_batch(runner: StreamRunner, samples: list[BabilongSample], chunk_tokens: int = 4096) -> list[list[int]]:
-    """Greedy answers (``<= MAX_NEW_TOKENS`` ids per row) of ``samples`` streamed together as one batch.
+    """Greedy answers (``<= MAX_NEW_TOKENS`` ids per row, up to and with the first end-of-text: a row that ended
+    before the others is not padded) of ``samples`` streamed together as one batch.
 
     All samples must have the same ``num_tokens`` and question length (see :func:`batches_by_shape`).
     """
@@ -141,8 +142,8 @@ def answer_batch(runner: StreamRunner, samples: list[BabilongSample], chunk_toke
     if state.num_tokens != samples[0].num_tokens:
         raise RuntimeError(f"streamed {state.num_tokens} tokens, but the samples have {samples[0].num_tokens}")
     question = torch.tensor([s.question_ids() for s in samples])
-    out = runner.answer(question, state=state, max_new_tokens=MAX_NEW_TOKENS)
-    return out.tolist()
+    out = runner.answer(question, state=state, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=EOS_ID)
+    return [row[: row.index(EOS_ID) + 1] if EOS_ID in row else row for row in out.tolist()]
 
 
 def evaluate_cell(
