@@ -200,16 +200,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64, "micro_batch_size": 8, "lr": 1e-5, "warmup": 0.1, "decay_factor": 2.0,
         "eval_every": 250, "eval_n": 100, "patience": 15, "save_every": 250,
     },
-    # ARMT-HEAD (armt_rmt.md 5.3): memory 10, d_mem 64, stages 2 -> 32, LR 1e-4, fp32 in the reference.
+    # ARMT-HEAD (armt_rmt.md 5.3): memory 10, d_mem 64, stages 2 -> 32, LR 1e-4, fp32 (accelerate, no mixed
+    # precision) as in the reference; the RMT recipe above runs DeepSpeed bf16.
     "armt": {
         "kind": "armt", "backbone": dict(GPT2_SMALL), "num_mem_tokens": 10, "d_mem": 64, "segment_size": 512,
+        "bf16": False,
         "stages": [2, 3, 5, 8, 16, 32], "steps": [10000, 10000, 10000, 10000, 10000, 30000],
         "batch_size": 64, "micro_batch_size": 4, "lr": 1e-4, "warmup": 0.1, "decay_factor": 2.0,
         "eval_every": 250, "eval_n": 100, "patience": 50, "target": 100.0, "save_every": 250,
     },
-    # ARMT-HEAD Mamba baseline (armt_rmt.md 4): mamba-130m, stages 2 -> 32, LR 3e-4, batch 128.
+    # ARMT-HEAD Mamba baseline (armt_rmt.md 4): mamba-130m, stages 2 -> 32, LR 3e-4, batch 128, fp32.
     "mamba-130m": {
-        "kind": "mamba", "backbone": dict(MAMBA_130M), "segment_size": 512,
+        "kind": "mamba", "backbone": dict(MAMBA_130M), "segment_size": 512, "bf16": False,
         "stages": [2, 3, 5, 8, 16, 32], "steps": [2000, 10000, 10000, 10000, 10000, 30000],
         "batch_size": 128, "micro_batch_size": 8, "lr": 3e-4, "warmup": 0.1, "decay_factor": 2.0,
         "eval_every": 250, "eval_n": 100, "patience": 15, "save_every": 250,

@@ -18,6 +18,7 @@ def test_presets_match_the_recipes():
     assert rmt.backbone["n_layer"] == 12 and rmt.backbone["n_embd"] == 768
     assert (armt.kind, armt.num_mem_tokens, armt.d_mem, armt.stages[0], armt.stages[-1]) == ("armt", 10, 64, 2, 32)
     assert mamba.kind == "mamba" and mamba.backbone["num_hidden_layers"] == 24
+    assert (rmt.bf16, armt.bf16, mamba.bf16) == (True, False, False)  # DeepSpeed bf16; accelerate fp32 (5.3, 4)
     assert set(PRESETS) == {"rmt", "armt", "mamba-130m", "tiny"}
     assert preset("tiny", lr=0.5).lr == 0.5
 
@@ -48,9 +49,10 @@ def test_train_then_eval(tmp_path, capsys):
     (["--clip", "0"], "clip must be > 0"),
     (["--clip", "-1"], "clip must be > 0"),
     (["--clip", "1", "--no-clip"], "--clip or --no-clip"),
+    (["--bf16", "--no-bf16"], "--bf16 or --no-bf16"),
     (["--preset", "mamba-130m", "--d-mem", "2", "--detach-every", "1"], "--d-mem, --detach-every: for ARMT/RMT"),
 ], ids=["decreasing", "not-int", "segment", "task", "mamba-kind", "init", "clip-0", "clip-negative", "clip-both",
-        "mamba-memory"])
+        "bf16-both", "mamba-memory"])
 def test_bad_arguments(argv, message, tmp_path, capsys):
     if argv[0] != "--preset":
         argv = ["--preset", "tiny", *argv]
@@ -69,6 +71,7 @@ def test_stages_take_the_presets_steps_and_clipping_can_be_off(tmp_path):
     assert armt.steps == [10000, 10000, 10000, 30000] and armt.clip == 1.0
     assert config("--preset", "rmt", "--stages", "1,2,4", "--no-clip").clip is None
     assert config("--preset", "rmt", "--stages", "3", "--steps", "7").steps == 7
+    assert config("--preset", "armt", "--bf16").bf16 and not config("--preset", "rmt", "--no-bf16").bf16
 
 
 def test_task_with_no_samples(tmp_path, capsys):
