@@ -43,8 +43,9 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
     assert not torch.isnan(out64).any(), f"{name}: {int(torch.isnan(out64).sum())} NaN elements (unwritten output?)"
+    assert not torch.isnan(ref64).any(), f"{name}: the reference has {int(torch.isnan(ref64).sum())} NaN elements"
     err = rel_err(out64, ref64)
-    if err > rtol:
+    if not err <= rtol:
         diff = (out64 - ref64).abs()
         idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
         raise AssertionError(

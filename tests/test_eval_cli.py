@@ -13,6 +13,8 @@ from babilong_fast.cli import eval as eval_mod
 from babilong_fast.cli.main import main
 from babilong_fast.data.tokenizer import get_tokenizer
 from babilong_fast.models import ARMT, RMT, CheckpointError, load_model, save_model
+from babilong_fast.models.compiled_step import CompiledStep
+from tests.helpers import make_memory_matter
 
 SEG = 128
 
@@ -27,8 +29,10 @@ def make(kind: str):
         from transformers import MambaConfig, MambaForCausalLM
 
         return MambaForCausalLM(MambaConfig(vocab_size=50280, hidden_size=32, num_hidden_layers=2, state_size=8)).eval()
-    if kind == "armt":
-        return ARMT(tiny_backbone(), num_mem_tokens=4, d_mem=8, nu=2, correction=False, segment_size=SEG).eval()
+    if kind == "armt":  # W_v not zero: the memory changes the answers
+        model = ARMT(tiny_backbone(), num_mem_tokens=4, d_mem=8, nu=2, correction=False, segment_size=SEG).eval()
+        make_memory_matter(model)
+        return model
     return RMT(tiny_backbone(), num_mem_tokens=4, segment_size=SEG).eval()
 
 
@@ -263,7 +267,7 @@ def test_batched_answers_stop_at_their_own_end_of_text():
     assert eval_mod.answer_batch(Runner(), samples) == [[5, eos], [6, 7, eos]]
 
 
-def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys):
+def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys, monkeypatch):
     """--compile (torch.compile of the ARMT step) answers as the eager step; a Mamba checkpoint is refused."""
     def run(extra):
         out = tmp_path / ("c" if extra else "e")
@@ -272,7 +276,18 @@ def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys):
         assert main(argv) == 0
         return json.loads((out / "results.json").read_text())
 
-    eager, compiled = run([]), run(["--compile"])
+    steps = []
+    real_init = CompiledStep.__init__
+
+    def spy(self, *args, **kw):
+        real_init(self, *args, **kw)
+        steps.append(self)
+
+    monkeypatch.setattr(CompiledStep, "__init__", spy)
+    eager = run([])
+    assert steps == []
+    compiled = run(["--compile"])
+    assert len(steps) == 1 and steps[0].compiled_calls >= 2  # 1k tokens: segments 2..7 of 128 run compiled
     assert [r["outputs"] for r in compiled["results"]] == [r["outputs"] for r in eager["results"]]
     assert compiled["environment"]["compile"] is True and eager["environment"]["compile"] is False
     mamba = ["eval", "--checkpoint", str(ckpts["mamba"]), "--tasks", "qa1", "--lengths", "0k", "--n", "1",

@@ -12,7 +12,16 @@ from babilong_fast.ops import rows_layer_norm_ref
 from tests.helpers import assert_close
 from tests.ops import cuda_emulation
 from tests.ops.test_assoc_write import CUDA_DTYPES, CUDA_RULES, CUDA_SHAPES, make_inputs, ref64
-from tests.ops.test_segment_io import DTYPES, EMBED_SHAPES, ROWS_SHAPES, RTOL, embed_ref64, ln_inputs, make_embed
+from tests.ops.test_segment_io import (
+    DTYPES,
+    EMBED_SHAPES,
+    LN_EPS,
+    ROWS_SHAPES,
+    RTOL,
+    embed_ref64,
+    ln_inputs,
+    make_embed,
+)
 
 pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason=str(cuda_emulation.skip_reason()))
 # ARMT's GPT-2 shapes (d = 768, d_mem = 64): about 5 s each emulated at batch 1 (hundreds of blocks of 256
@@ -84,8 +93,8 @@ def test_emulated_rows_layer_norm(emu, dtype, shape):
     B, T, start, count, d = shape
     x, w, b = ln_inputs(B, T, d, "cpu", dtype)
     out = torch.full((B, count, d), float("nan"))
-    emu.rows_layer_norm_fwd(x, start, count, w, b, 1e-5, out)
-    want = rows_layer_norm_ref(x.double(), start, count, w.double(), b.double(), 1e-5)
+    emu.rows_layer_norm_fwd(x, start, count, w, b, LN_EPS, out)
+    want = rows_layer_norm_ref(x.double(), start, count, w.double(), b.double(), LN_EPS)
     assert_close("out", want, out, 2e-6)
 
 

@@ -166,6 +166,9 @@ ROWS_SHAPES = [
 ]
 
 
+LN_EPS = 0.1  # against variances of about 9: a kernel that drops or fixes eps is off by about 1 %
+
+
 def ln_inputs(B, T, d, device, dtype):
     x = (torch.randn(B, T, d, device=device) * 3 + torch.randn(B, T, 1, device=device)).to(dtype)
     w = torch.randn(d, device=device).to(dtype)
@@ -179,9 +182,9 @@ def ln_inputs(B, T, d, device, dtype):
 def test_rows_layer_norm(backend, device, dtype, shape):
     B, T, start, count, d = shape
     x, w, b = ln_inputs(B, T, d, device, dtype)
-    got = rows_layer_norm(x, start, count, w, b, 1e-5, backend=backend)
+    got = rows_layer_norm(x, start, count, w, b, LN_EPS, backend=backend)
     assert got.dtype == torch.float32 and got.shape == (B, count, d)
-    want = rows_layer_norm_ref(x.double(), start, count, w.double(), b.double(), 1e-5)
+    want = rows_layer_norm_ref(x.double(), start, count, w.double(), b.double(), LN_EPS)
     assert_close("out", want, got, 2e-6)
 
 

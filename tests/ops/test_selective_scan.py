@@ -130,7 +130,7 @@ def test_selective_scan_half(backend, device, dtype, layout):
         out, last = run_chunked(args, chunk, backend)
         assert out.dtype == dtype and last.dtype == torch.float32
         assert_close(f"out (chunk {chunk})", want, out, RTOL[dtype])
-        assert_close(f"last_state (chunk {chunk})", want_last, last, RTOL[dtype])
+        assert_close(f"last_state (chunk {chunk})", want_last, last, 1e-5)  # float32 state from exact inputs
 
 
 # (batch, dim, L, N, groups): dim not a multiple of the block, N = 16 and odd N, odd L, groups straddling blocks.

@@ -112,7 +112,7 @@ def test_chunked_kernel_half(dtype, layout, kind):
     want, want_last = ref64(args)
     out, last = run_chunk_kernel(args, BD=4, BT=8, dtype=dtype, kind=kind)
     assert_close("out", want, out, RTOL[dtype])
-    assert_close("last_state", want_last, last, RTOL[dtype])
+    assert_close("last_state", want_last, last, 1e-5)  # float32 state from exact inputs
 
 
 def test_all_kernels_agree():
@@ -312,7 +312,7 @@ def test_tuned_scan_on_the_gpu(monkeypatch):
     want, want_last = ref64(args)
     out, last = k.selective_scan_fwd(**args)
     assert_close("out", want, out, 1e-2)
-    assert_close("last_state", want_last, last, 1e-2)
+    assert_close("last_state", want_last, last, 1e-5)
     (rep,) = k.SCAN_TUNER.report()
     assert len(rep["seconds"]) == 2 and all(s > 0 for s in rep["seconds"].values()), rep
     graph = torch.cuda.CUDAGraph()
@@ -336,7 +336,7 @@ def test_every_tuning_candidate_on_the_gpu():
     for c in configs:
         out, last = k.selective_scan_fwd(**args, config=c)
         assert_close(f"out {c}", want, out, 1e-2)
-        assert_close(f"last_state {c}", want_last, last, 1e-2)
+        assert_close(f"last_state {c}", want_last, last, 1e-5)
 
 
 # Compile both kernels for an H100 (sm_90) ahead of time, without a GPU (tests/ops/triton_aot.py).

@@ -82,7 +82,7 @@ def test_patience(tmp_path):
     cfg = tiny_config(steps=[6, 1], eval_every=1, patience=1, lr=1e-9)
     res = train(cfg, tmp_path / "run", progress=False)
     stage1 = [v for v in res["valid"] if v["stage"] == 1]
-    assert 2 <= len(stage1) < 6  # stops after the first validation without improvement
+    assert len(stage1) == 2  # lr 1e-9: the second validation does not improve, and patience is 1
 
 
 def test_bad_input(tmp_path):
@@ -192,3 +192,26 @@ def test_log_every_sets_how_often_the_bar_shows_the_loss(tmp_path):
     book.close()
     assert shown == ["stage 1 loss 1.0000", "stage 1 loss 2.0000", "stage 1 loss 2.5000 valid 50.0%"]
     assert len(_log(tmp_path)) == 5
+
+
+def test_gradients_are_clipped_before_the_step(tmp_path, monkeypatch):
+    from babilong_fast.train import loop
+
+    seen: list[float] = []
+    real = loop.make_optimizer
+
+    def recording(*args, **kw):
+        opt, sched = real(*args, **kw)
+
+        def norm_at_step(optimizer, *_):
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        opt.register_step_pre_hook(norm_at_step)
+        return opt, sched
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    train(tiny_config(steps=[2, 1], clip=1e-3), tmp_path / "run", progress=False)
+    logged = [float(r["grad_norm"]) for r in _log(tmp_path / "run")]  # before clipping
+    assert len(seen) == len(logged) == 3 and all(n > 1e-2 for n in logged)
+    assert all(n <= 1e-3 * (1 + 1e-4) for n in seen), seen
