@@ -79,7 +79,8 @@ def cuda_extension() -> tuple[list, dict, dict]:
         extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": nvcc},
     )
     print(f"babilong_fast: building the CUDA extension with {cuda_home} for TORCH_CUDA_ARCH_LIST={archs}", flush=True)
-    info = {"requested": True, "reason": f"CUDA {torch.version.cuda}, torch {torch.__version__}, archs {archs}"}
+    info = {"requested": True, "reason": f"CUDA {torch.version.cuda}, torch {torch.__version__}, archs {archs}",
+            "archs": archs}
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}, info
 
 
@@ -89,6 +90,7 @@ def write_build_info(info: dict) -> None:
     with open(path, "w") as f:
         f.write('"""Written by setup.py at build time."""\n')
         f.write(f"CUDA_BUILD_REQUESTED = {info['requested']!r}\nREASON = {info['reason']!r}\n")
+        f.write(f"CUDA_ARCHS = {info.get('archs')!r}  # TORCH_CUDA_ARCH_LIST of the build\n")
 
 
 ext_modules, cmdclass, info = cuda_extension()

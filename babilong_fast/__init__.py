@@ -7,7 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from babilong_fast import ops
-from babilong_fast.backends import BackendStatus, BackendUnavailableError, backends
+from babilong_fast.backends import GPU_VERIFIED_BACKENDS, BackendStatus, BackendUnavailableError, backends
 
 __version__ = "0.1.0"
 
@@ -42,4 +42,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'babilong_fast' has no attribute {name!r}")
 
 
-__all__ = ["BackendStatus", "BackendUnavailableError", "backends", "ops", "patch", "unpatch", "__version__"]
+__all__ = ["GPU_VERIFIED_BACKENDS", "BackendStatus", "BackendUnavailableError", "backends", "ops", "patch", "unpatch",
+           "__version__"]

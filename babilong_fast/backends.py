@@ -9,6 +9,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,8 +53,8 @@ class BackendStatus:
 
 def triton_interpret() -> bool:
     """True when Triton kernels run in the interpreter (``TRITON_INTERPRET=1``) on CPU tensors."""
-    # read as Triton's knobs read it: these four words in any case, no surrounding spaces (" 1" is off there too)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+    # read as Triton's knobs read it (3.6 and 3.8): these words in any case, no surrounding spaces (" 1" is off)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,6 +181,33 @@ def check_backend(backend: object) -> Backend:
     return backend  # type: ignore[return-value]
 
 
+def _built_archs() -> str | None:
+    try:
+        return importlib.import_module("babilong_fast._build_info").CUDA_ARCHS
+    except (ImportError, AttributeError):  # a build from before the archs were recorded
+        return None
+
+
+def arch_problem(archs: str | None, capability: tuple[int, int]) -> str:
+    """Why an extension built for ``archs`` (a ``TORCH_CUDA_ARCH_LIST``) cannot run on a GPU of ``capability``,
+    or "" when it can (or when ``archs`` is unknown or not understood). Machine code for ``X.Y`` runs on ``X.Z``
+    with ``Z >= Y`` (``X.Ya``: on ``X.Y`` only); ``+PTX`` is compiled at load time for any newer GPU."""
+    if not archs:
+        return ""
+    major, minor = capability
+    for entry in re.split(r"[;,\s]+", archs.strip()):
+        m = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", entry)
+        if m is None:
+            return ""  # a named arch such as "Hopper": not checked
+        a_major, a_minor, specific, ptx = int(m[1]), int(m[2]), m[3], m[4]
+        if (a_major, a_minor) == (major, minor) or (ptx and (a_major, a_minor) <= (major, minor)):
+            return ""
+        if not specific and a_major == major and a_minor <= minor:
+            return ""
+    return (f"babilong_fast._C was built for TORCH_CUDA_ARCH_LIST={archs!r}, which does not run on this GPU "
+            f"(sm_{major}{minor}); rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\"")
+
+
 def _usable(name: str, device: torch.device) -> tuple[bool, str]:
     if name == "torch":
         return True, ""
@@ -189,7 +217,12 @@ def _usable(name: str, device: torch.device) -> tuple[bool, str]:
             return False, f"babilong_fast._C is not built ({err}); {CUDA_INSTALL_HINT}"
         if device.type != "cuda":
             return False, f"the cuda backend needs CUDA tensors, got {device.type} tensors"
-        return True, ""
+        try:
+            capability = torch.cuda.get_device_capability(device)
+        except (RuntimeError, AssertionError):  # no driver here: nothing can run on the device anyway
+            return True, ""
+        err = arch_problem(_built_archs(), capability)
+        return not err, err
     if name == "triton":
         err = _triton_import_error()
         if err:

@@ -84,6 +84,16 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
         resolve_backend("op", "triton", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on", "y", "0", "no", "t", " 1"])
+def test_triton_interpret_is_read_as_triton_reads_it(value, monkeypatch):
+    """Our switch and Triton's own must agree, or the backend report says one thing while Triton does another."""
+    triton = pytest.importorskip("triton")
+    from babilong_fast.backends import triton_interpret
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert triton_interpret() == bool(triton.knobs.runtime.interpret)
+
+
 def test_interpreter_set_after_the_kernels_were_imported_is_refused():
     """Kernels imported without ``TRITON_INTERPRET=1`` were made for the GPU (``triton.jit`` decides at import):
     setting it later gives a clear error, not Triton's "0 active drivers" from inside a launch."""
@@ -200,3 +210,24 @@ def test_auto_says_why_it_leaves_unverified_kernels_alone(monkeypatch, caplog):
         assert resolve_backend("assoc_write", "auto", torch.device("cuda"), implemented=BACKENDS) == "torch"
     assert "assoc_write on cuda tensors uses the torch backend (its triton kernels have not passed" in caplog.text
     assert "backend='triton' uses them" in caplog.text
+
+
+@pytest.mark.parametrize("archs,capability,runs", [
+    ("8.0;9.0", (9, 0), True), ("8.0;9.0", (8, 9), True), ("8.0;9.0", (10, 0), False), ("8.0;9.0", (12, 0), False),
+    ("9.0a", (9, 0), True), ("8.0;9.0+PTX", (12, 0), True), ("8.6", (8, 0), False), ("8.0 9.0", (7, 5), False),
+    (None, (7, 0), True), ("Hopper", (10, 0), True),
+])
+def test_cuda_backend_needs_machine_code_for_the_gpu(archs, capability, runs, monkeypatch):
+    """The default build (sm_80, sm_90, no PTX) cannot launch on Blackwell: auto must not pick it there."""
+    from babilong_fast import backends as be_mod
+
+    be = sys.modules["babilong_fast.backends"]
+    assert be_mod is be.backends  # the package's ``backends`` is the function; the module is in sys.modules
+    msg = be.arch_problem(archs, capability)
+    assert (msg == "") == runs
+    if not runs:
+        assert f"TORCH_CUDA_ARCH_LIST=\"{capability[0]}.{capability[1]}\"" in msg
+        monkeypatch.setattr(be, "load_extension", lambda: (object(), ""))
+        monkeypatch.setattr(be, "_built_archs", lambda: archs)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        assert be._usable("cuda", torch.device("cuda")) == (False, msg)

@@ -54,8 +54,8 @@ def _check(h, w_q, A, z, nu, eps) -> tuple[int, float]:
     check_same_device(h=h, w_q=w_q, A=A, z=z)
     B, _, d = h.shape
     n = w_q.shape[0]
-    if w_q.shape[1] != d:
-        raise ValueError(f"w_q must have shape (d_mem, d) with d = h.shape[-1] = {d}; got {tuple(w_q.shape)}")
+    if w_q.shape[1] != d or n < 1:
+        raise ValueError(f"w_q must have shape (d_mem, d), d_mem >= 1, d = h.shape[-1] = {d}; got {tuple(w_q.shape)}")
     F = 2 * nu * n
     if A.shape[1:] != (F, d):
         raise ValueError(f"A must have shape (B, 2*nu*d_mem, d) = (B, {F}, {d}); got {tuple(A.shape)}")

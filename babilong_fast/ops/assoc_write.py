@@ -166,7 +166,10 @@ class AssocWriteFunction(torch.autograd.Function):
                 *inputs, nu=ctx.nu, eps=ctx.eps, correction=ctx.correction, first_segment=ctx.first_segment
             )
             wrt = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(outs, wrt, (grad_A, grad_z), allow_unused=True) if wrt else ())
+            # z_new depends on mem, w_k and z only: with just w_v, w_b, b_b or A trained, only A_new has a graph
+            pairs = [(o, g) for o, g in zip(outs, (grad_A, grad_z), strict=True) if o.requires_grad]
+            grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+                         if wrt and pairs else [None] * len(wrt))
         return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None, None)
 
 
@@ -202,7 +205,7 @@ def assoc_write(
         first_segment: the memory is empty: no recall (``Vbar = 0``) and ``gamma = 1``.
         backend: ``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (see :func:`babilong_fast.backends`).
             On CUDA tensors ``"auto"`` picks cuda, then triton, each once
-            :data:`babilong_fast.backends.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
+            :data:`babilong_fast.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
             CPU tensors, the reference.
 
     Returns:

@@ -139,7 +139,7 @@ class CausalConv1dFunction(torch.autograd.Function):
         if wrt and (grad_out is not None or grad_final is not None):
             with torch.enable_grad():
                 out, final = causal_conv1d_ref(*inputs, return_final_state=True, activation=ctx.activation)
-                pairs = [(o, g) for o, g in ((out, grad_out), (final, grad_final)) if g is not None]
+                pairs = [(o, g) for o, g in ((out, grad_out), (final, grad_final)) if g is not None and o.requires_grad]
                 grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
         grads = iter(grads if pairs else [None] * len(wrt))
         return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
@@ -168,7 +168,7 @@ def causal_conv1d(
         activation: ``None``, ``"silu"`` or ``"swish"`` (the same).
         backend: ``"auto"``, ``"cuda"`` (width <= 32), ``"triton"`` or ``"torch"`` (see
             :func:`babilong_fast.backends`). On CUDA tensors ``"auto"`` picks cuda, then triton, each once
-            :data:`babilong_fast.backends.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
+            :data:`babilong_fast.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
             CPU tensors, torch.
 
     Returns:

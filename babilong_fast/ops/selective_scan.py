@@ -342,7 +342,7 @@ class SelectiveScanFunction(torch.autograd.Function):
                 out, last = selective_scan_ref(
                     u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, return_last_state=True
                 )
-                pairs = [(o, g) for o, g in ((out, grad_out), (last, grad_last)) if g is not None]
+                pairs = [(o, g) for o, g in ((out, grad_out), (last, grad_last)) if g is not None and o.requires_grad]
                 grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
         grads = iter(grads if pairs else [None] * len(wrt))
         return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
@@ -383,7 +383,7 @@ def selective_scan(
         return_last_state: also return the state after the last step.
         backend: ``"auto"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (see :func:`babilong_fast.backends`). On CUDA
             tensors ``"auto"`` picks cuda, then triton, each once
-            :data:`babilong_fast.backends.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
+            :data:`babilong_fast.GPU_VERIFIED_BACKENDS` lists it for the op; until then, and for
             CPU tensors, torch.
 
     Returns:

@@ -179,6 +179,8 @@ def _bad(**overrides):
         pytest.param({"h": torch.randn(2, 16, 5).transpose(1, 2)}, ValueError, "h must be contiguous", id="h-view"),
         pytest.param({"w_q": torch.randn(4, 17)}, ValueError, "w_q must have shape", id="w_q-shape"),
         pytest.param({"w_q": torch.randn(4)}, ValueError, "w_q must be 2-D", id="w_q-rank"),
+        pytest.param({"w_q": torch.randn(0, 16), "A": torch.randn(2, 0, 16), "z": torch.randn(2, 0)}, ValueError,
+                     "d_mem >= 1", id="d_mem-zero"),  # the CUDA kernel refuses it: every backend does
         pytest.param({"A": torch.randn(3, 24, 16)}, ValueError, "A's batch size", id="A-batch"),
         pytest.param({"A": torch.randn(2, 23, 16)}, ValueError, "A must have shape", id="A-shape"),
         pytest.param({"A": torch.randn(2, 24, 16).double()}, TypeError, "A must have dtype float32", id="A-dtype"),

@@ -305,6 +305,23 @@ def test_assoc_write_grads_some_inputs(backend, device):
     assert_close("dA", ref[1].grad, A.grad, 1e-5)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_assoc_write_grad_of_one_input(backend, device, name):
+    """One input trained, the rest frozen: w_v, w_b, b_b and A reach A_new only, not z_new (the fused backward
+    must differentiate only the outputs that depend on what is trained)."""
+    args = make_inputs(2, 3, 16, 3, 2, z_scale=0.05, device=device)
+    i = NAMES.index(name)
+    leaf = args[i].clone().requires_grad_(True)
+    A_new, z_new = assoc_write(*args[:i], leaf, *args[i + 1:], nu=2, backend=backend)
+    (A_new.square().sum() + z_new.square().sum()).backward()
+    ref_args = [t.detach().double().cpu() for t in args]
+    ref_args[i].requires_grad_(True)
+    A_ref, z_ref = write_spec(*ref_args, 2)
+    (A_ref.square().sum() + z_ref.square().sum()).backward()
+    assert_close(f"d{name}", ref_args[i].grad, leaf.grad, 1e-5)
+
+
 @requires_triton
 @pytest.mark.triton
 def test_assoc_write_triton_small_tiles():

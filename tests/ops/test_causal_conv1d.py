@@ -134,6 +134,17 @@ def test_causal_conv1d_grad(backend, device, chunk):
         assert_close(f"grad {k}", leaves64[k].grad, leaves[k].grad, 1e-5)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("name", ["weight", "bias"])
+def test_causal_conv1d_grad_through_the_state_alone(backend, device, name):
+    """The final state holds inputs only: with the loss on it and only weight or bias trained, a zero gradient."""
+    args = make_inputs(2, 6, 11, 4, device=device)
+    args[name] = args[name].clone().requires_grad_()
+    out, final = causal_conv1d(**args, return_final_state=True, backend=backend)
+    (out.sum() * 0 + final.square().sum()).backward()  # out: so the loss has a graph at all
+    assert args[name].grad is not None and not args[name].grad.any()
+
+
 def test_causal_conv1d_matches_conv1d():
     """Same as a left-padded depthwise nn.Conv1d (Mamba's fallback) when there is no state."""
     x, w, b = torch.randn(2, 8, 13), torch.randn(8, 4), torch.randn(8)

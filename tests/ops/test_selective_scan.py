@@ -189,6 +189,18 @@ def test_selective_scan_grad(backend, device, layout, chunk):
         assert_close(f"grad {k}", leaves64[k].grad, leaves[k].grad, 1e-5)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("name", ["C", "D", "z"])
+def test_selective_scan_grad_through_the_state_alone(backend, device, name):
+    """The loss on last_state only, one input trained that last_state does not depend on: a zero gradient
+    (the fused backward must skip last_state's missing graph), as the reference gives."""
+    args = make_inputs(2, 6, 7, 5, "grouped", device=device)
+    args[name] = args[name].clone().requires_grad_()
+    out, last = selective_scan(**args, return_last_state=True, backend=backend)
+    (out.sum() * 0 + last.square().sum()).backward()  # out: so the loss has a graph at all
+    assert args[name].grad is not None and not args[name].grad.any()
+
+
 def test_selective_scan_returns():
     args = make_inputs(2, 4, 6, 3, "varying", options=())
     out = selective_scan(**args)
