@@ -109,6 +109,15 @@ def _(input_ids, wte, wpe, out, front, back):
     return None
 
 
+def _inference_only(op: str, chosen: str, *tensors: torch.Tensor | None) -> None:
+    """The fused backends have no backward: refuse them where a gradient is wanted (it would be lost silently)."""
+    if chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise ValueError(
+            f"{op}'s {chosen} backend is inference-only (no autograd) and an input requires grad: use "
+            "backend='torch', or run under torch.no_grad() / torch.inference_mode()"
+        )
+
+
 def segment_embed(
     input_ids: torch.Tensor,
     wte: torch.Tensor,
@@ -147,6 +156,7 @@ def segment_embed(
     """
     _check_embed(input_ids, wte, wpe, out, front, back)
     chosen = resolve_backend("segment_embed", backend, out.device, implemented=IMPLEMENTED)
+    _inference_only("segment_embed", chosen, wte, wpe, front, back)
     if out.numel() == 0:
         return out
     if chosen == "torch" or out.dtype == torch.float64:
@@ -242,6 +252,7 @@ def rows_layer_norm(
     """
     eps = _check_rows(x, start, count, weight, bias, eps, out)
     chosen = resolve_backend("rows_layer_norm", backend, x.device, implemented=IMPLEMENTED)
+    _inference_only("rows_layer_norm", chosen, x, weight, bias)
     B, _, d = x.shape
     if out is None:
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -116,6 +116,23 @@ def test_segment_embed_torch_backend_differentiable():
     assert wte.grad is not None and wte.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.id != "torch"])
+def test_fused_backends_refuse_inputs_that_want_gradients(backend, device):
+    """The fused kernels have no backward: with an input that requires grad they refuse, rather than return a
+    result without a graph; under no_grad they run."""
+    ids, wte, wpe, front, back, out = make_embed(2, 5, 2, 2, 16, 1, torch.float32, device)
+    x, w, b = ln_inputs(2, 9, 16, device, torch.float32)
+    for t in (wte, w):
+        t.requires_grad_(True)
+    with pytest.raises(ValueError, match=f"segment_embed's {backend} backend is inference-only"):
+        segment_embed(ids, wte, wpe, out, front=front, back=back, backend=backend)
+    with pytest.raises(ValueError, match=f"rows_layer_norm's {backend} backend is inference-only"):
+        rows_layer_norm(x, 3, 4, w, b, LN_EPS, backend=backend)
+    with torch.no_grad():
+        segment_embed(ids, wte, wpe, out, front=front, back=back, backend=backend)
+        rows_layer_norm(x, 3, 4, w, b, LN_EPS, backend=backend)
+
+
 def test_segment_embed_rows():
     """The functional form (no out buffer): the float32 sums rounded once, NaN rows for bad ids, no front."""
     wte, wpe = torch.randn(50, 16), torch.randn(40, 16)
