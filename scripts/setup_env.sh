@@ -15,7 +15,9 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 pip_q() { python -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 pip_q "setuptools>=64" wheel ninja numpy pytest pytest-benchmark tiktoken regex pyarrow transformers peft matplotlib tqdm "$TORCH_SPEC" triton
 python -c "import torch, triton" || { echo "setup: torch/triton did not install" >&2; exit 1; }
-if [ -z "${BABILONG_FAST_SKIP_CUDA_BUILD:-}" ] && command -v nvcc >/dev/null \
+skip=$(printf '%s' "${BABILONG_FAST_SKIP_CUDA_BUILD:-}" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')
+case "$skip" in 1|true|yes|on) skip=1 ;; *) skip= ;; esac  # as setup.py reads it ("0" is not a skip)
+if [ -z "$skip" ] && command -v nvcc >/dev/null \
     && python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
     export BABILONG_FAST_FORCE_CUDA_BUILD=${BABILONG_FAST_FORCE_CUDA_BUILD:-1}
 fi
