@@ -51,7 +51,7 @@ def test_armt_gradients_under_backbone_checkpointing(reentrant):
     loss0, grads0, _ = _loss_and_grads(None)
     loss1, grads1, calls = _loss_and_grads({"use_reentrant": reentrant})
     assert calls > 0, "the backbone did not checkpoint"
-    assert torch.equal(loss0, loss1)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)  # not bitwise: 1 run in ~10 differed in the last bit
     for name, g0 in grads0.items():
         g1 = grads1[name]
         assert (g0 is None) == (g1 is None), f"{name}: gradient {'lost' if g1 is None else 'appeared'}"
