@@ -153,8 +153,9 @@ class StreamRunner:
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         self.model = model.eval()
-        self.device = next(model.parameters()).device
-        if next(model.parameters()).dtype == torch.float64 and not isinstance(self.adapter, RMTAdapter):
+        param = next(model.parameters())
+        self.device = param.device
+        if param.dtype == torch.float64 and not isinstance(self.adapter, RMTAdapter):
             raise ValueError(
                 f"{type(model).__name__} streams float32, bfloat16 or float16 weights (its kernels have no float64); "
                 "got float64: pass dtype=torch.float32"

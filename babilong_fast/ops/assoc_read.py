@@ -18,6 +18,7 @@ from babilong_fast.ops._checks import (
     check_same_device,
     check_tensor,
 )
+from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
 from babilong_fast.ops.dpfp import dpfp
 
 
@@ -100,14 +101,10 @@ class AssocReadFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        h, w_q, A, z = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:4]
-        inputs = [t.detach().requires_grad_(need) for t, need in zip((h, w_q, A, z), needs, strict=True)]
+        inputs = leaves(ctx.saved_tensors, ctx.needs_input_grad[:4])
         with torch.enable_grad():
-            out = assoc_read_ref(*inputs, ctx.nu, ctx.eps)
-            wrt = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wrt, grad_out)) if wrt else iter(())
-        return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None)
+            grads = reference_grads((assoc_read_ref(*inputs, ctx.nu, ctx.eps),), (grad_out,), inputs)
+        return (*grads, None, None, None)
 
 
 def assoc_read(
@@ -149,7 +146,7 @@ def assoc_read(
     if h.numel() == 0:
         return h.clone()
     # The torch path is differentiated by autograd directly; only the fused kernels need the recompute.
-    if chosen != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in (h, w_q, A, z)):
+    if fused_needs_autograd(chosen, h, w_q, A, z):
         return AssocReadFunction.apply(h, w_q, A, z, nu, eps, chosen)
     return _fwd(chosen, h, w_q, A, z, nu, eps)
 

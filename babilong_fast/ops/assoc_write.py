@@ -27,6 +27,7 @@ from babilong_fast.ops._checks import (
     check_same_device,
     check_tensor,
 )
+from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
 from babilong_fast.ops.dpfp import dpfp
 
 IMPLEMENTED = ("cuda", "triton", "torch")
@@ -159,18 +160,13 @@ class AssocWriteFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_A, grad_z):
-        saved = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, ctx.needs_input_grad[:7], strict=True)]
+        inputs = leaves(ctx.saved_tensors, ctx.needs_input_grad[:7])
         with torch.enable_grad():
             outs = assoc_write_ref(
                 *inputs, nu=ctx.nu, eps=ctx.eps, correction=ctx.correction, first_segment=ctx.first_segment
             )
-            wrt = [t for t in inputs if t.requires_grad]
-            # z_new depends on mem, w_k and z only: with just w_v, w_b, b_b or A trained, only A_new has a graph
-            pairs = [(o, g) for o, g in zip(outs, (grad_A, grad_z), strict=True) if o.requires_grad]
-            grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
-                         if wrt and pairs else [None] * len(wrt))
-        return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None, None)
+            grads = reference_grads(outs, (grad_A, grad_z), inputs)
+        return (*grads, None, None, None, None, None)
 
 
 def assoc_write(
@@ -226,6 +222,6 @@ def assoc_write(
     if mem.numel() == 0 or A.numel() == 0:  # nothing to launch: the reference handles the empty shapes
         chosen = "torch"
     args = (mem, w_k, w_v, w_b, b_b, A, z)
-    if chosen != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in args):
+    if fused_needs_autograd(chosen, *args):
         return AssocWriteFunction.apply(*args, nu, eps, correction, first_segment, chosen)
     return _fwd(chosen, *args, nu, eps, correction, first_segment)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
+from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
 
 IMPLEMENTED = ("cuda", "triton", "torch")
 ACTIVATIONS = (None, "silu", "swish")
@@ -129,20 +130,13 @@ class CausalConv1dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_final):
-        saved = ctx.saved_tensors
-        inputs = [
-            None if t is None else t.detach().requires_grad_(need)
-            for t, need in zip(saved, ctx.needs_input_grad[:4], strict=True)
-        ]
-        wrt = [t for t in inputs if t is not None and t.requires_grad]
-        pairs = []
-        if wrt and (grad_out is not None or grad_final is not None):
-            with torch.enable_grad():
-                out, final = causal_conv1d_ref(*inputs, return_final_state=True, activation=ctx.activation)
-                pairs = [(o, g) for o, g in ((out, grad_out), (final, grad_final)) if g is not None and o.requires_grad]
-                grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
-        grads = iter(grads if pairs else [None] * len(wrt))
-        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
+        inputs = leaves(ctx.saved_tensors, ctx.needs_input_grad[:4])
+        if grad_out is None and grad_final is None:  # grads are not materialised: nothing flows back
+            return (None,) * (len(inputs) + 2)
+        with torch.enable_grad():
+            out, final = causal_conv1d_ref(*inputs, return_final_state=True, activation=ctx.activation)
+            grads = reference_grads((out, final), (grad_out, grad_final), inputs)
+        return (*grads, None, None)
 
 
 def causal_conv1d(
@@ -189,7 +183,7 @@ def causal_conv1d(
     if x.numel() == 0:  # nothing to launch: the reference handles the empty shapes
         chosen = "torch"
     args = (x, weight, bias, initial_state)
-    if chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+    if fused_needs_autograd(chosen, *args):
         out, final = CausalConv1dFunction.apply(*args, activation, chosen)
     else:
         out, final = _fwd(chosen, *args, return_final_state, activation)

@@ -15,6 +15,7 @@ import torch
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_positive_float, check_same_device, check_tensor
+from babilong_fast.ops._reference_backward import fused_needs_autograd
 
 IMPLEMENTED = ("cuda", "triton", "torch")
 _FLOATS = (*HALF_AND_FLOAT, torch.float64)
@@ -111,7 +112,7 @@ def _(input_ids, wte, wpe, out, front, back):
 
 def _inference_only(op: str, chosen: str, *tensors: torch.Tensor | None) -> None:
     """The fused backends have no backward: refuse them where a gradient is wanted (it would be lost silently)."""
-    if chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if fused_needs_autograd(chosen, *tensors):
         raise ValueError(
             f"{op}'s {chosen} backend is inference-only (no autograd) and an input requires grad: use "
             "backend='torch', or run under torch.no_grad() / torch.inference_mode()"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
+from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
 
 IMPLEMENTED = ("cuda", "triton", "torch")
 MAX_DSTATE = 256
@@ -329,23 +330,16 @@ class SelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        saved = ctx.saved_tensors
-        inputs = [
-            None if t is None else t.detach().requires_grad_(need)
-            for t, need in zip(saved, ctx.needs_input_grad[:9], strict=True)
-        ]
-        wrt = [t for t in inputs if t is not None and t.requires_grad]
-        pairs = []
-        if wrt and (grad_out is not None or grad_last is not None):
-            with torch.enable_grad():
-                u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
-                out, last = selective_scan_ref(
-                    u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, return_last_state=True
-                )
-                pairs = [(o, g) for o, g in ((out, grad_out), (last, grad_last)) if g is not None and o.requires_grad]
-                grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
-        grads = iter(grads if pairs else [None] * len(wrt))
-        return (*(next(grads) if t is not None and t.requires_grad else None for t in inputs), None, None)
+        inputs = leaves(ctx.saved_tensors, ctx.needs_input_grad[:9])
+        if grad_out is None and grad_last is None:  # grads are not materialised: nothing flows back
+            return (None,) * (len(inputs) + 2)
+        with torch.enable_grad():
+            u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
+            out, last = selective_scan_ref(
+                u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, return_last_state=True
+            )
+            grads = reference_grads((out, last), (grad_out, grad_last), inputs)
+        return (*grads, None, None)
 
 
 def selective_scan(
@@ -403,7 +397,7 @@ def selective_scan(
     if u.numel() == 0:  # nothing to launch: the reference handles the empty shapes
         chosen = "torch"
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+    if fused_needs_autograd(chosen, *args):
         out, last = SelectiveScanFunction.apply(*args, delta_softplus, chosen)
     else:
         out, last = _fwd(chosen, *args, delta_softplus, return_last_state)
