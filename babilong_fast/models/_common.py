@@ -82,6 +82,19 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: torch.Te
     return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), labels.reshape(-1))
 
 
+def scored_lm_loss(
+    hidden: torch.Tensor, lm_head: nn.Module, input_ids: torch.Tensor, labels_mask: torch.Tensor,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lm_loss` with the LM head run on the scored positions only: ``hidden [B, N, d]`` before the head.
+
+    Returns ``(loss, logits [K, V])`` for the ``K`` positions where ``labels_mask[:, :-1]`` is set.
+    """
+    keep = labels_mask[:, :-1].bool()
+    logits = lm_head(hidden[:, :-1][keep].to(lm_head.weight.dtype))
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][keep], reduction=reduction), logits
+
+
 def greedy_loop(
     step, batch_size: int, device: torch.device, max_new_tokens: int, eos_token_id: int | None
 ) -> torch.Tensor:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from babilong_fast.models._common import (
@@ -17,6 +16,7 @@ from babilong_fast.models._common import (
     check_token_range,
     greedy_loop,
     lm_loss,
+    scored_lm_loss,
     segment_bounds,
 )
 
@@ -84,9 +84,7 @@ class RecurrentLM(nn.Module):
             if detach_every is not None and (i + 1) % detach_every == 0:
                 state = state.detach()
         if sparse_logits:
-            keep = labels_mask[:, :-1].bool()
-            logits = self.backbone.lm_head(torch.cat(outs, 1)[:, :-1][keep])
-            loss = F.cross_entropy(logits.float(), input_ids[:, 1:][keep])
+            loss, logits = scored_lm_loss(torch.cat(outs, 1), self.backbone.lm_head, input_ids, labels_mask)
             return {"loss": loss, "logits": logits, "state": state}
         logits = torch.cat(outs, 1)
         return {"loss": lm_loss(logits, input_ids, labels_mask), "logits": logits, "state": state}

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from babilong_fast.models._common import scored_lm_loss
 from babilong_fast.models.checkpoint import load_model, model_kind, save_model
 from babilong_fast.train.config import TrainConfig, check_positions
 
@@ -61,9 +62,7 @@ def loss_and_count(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainC
         ids, lm = batch["input_ids"], batch["labels_mask"]
         if cfg.sparse_logits:
             hidden = model.backbone(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False)[0]
-            scored = lm[:, :-1]
-            logits = model.lm_head(hidden[:, :-1][scored].to(model.lm_head.weight.dtype)).float()
-            return torch.nn.functional.cross_entropy(logits, ids[:, 1:][scored], reduction="sum"), count
+            return scored_lm_loss(hidden, model.lm_head, ids, lm, reduction="sum")[0], count
         labels = torch.full_like(ids, -100)
         labels[:, 1:] = torch.where(lm[:, :-1], ids[:, 1:], labels[:, 1:])
         out = model(input_ids=ids, attention_mask=batch["attention_mask"], labels=labels, use_cache=False)
