@@ -96,7 +96,9 @@ def _assoc_write_recall_kernel(
     tl.store(u + o_u, b_u - b_num * (b_beta / b_delta)[:, None], mask=m_u)
     if CORRECTION:
         if i_d == 0:
-            b_gamma = tl.minimum(tl.maximum(1.0 - b_delta / (b_kk + eps), 0.0), 1.0)
+            b_gamma = 1.0 - b_delta / (b_kk + eps)  # clamped to [0, 1], NaN kept as torch.clamp does
+            b_gamma = tl.minimum(tl.maximum(b_gamma, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                                 propagate_nan=tl.PropagateNan.ALL)
             tl.store(gamma + o_r, b_gamma, mask=m_m)
 
 

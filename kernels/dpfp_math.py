@@ -18,8 +18,9 @@ def store_s(s, b_x, o_r, o_n, m_r, m_n, N):
     ``s``, whose rows hold 2 * N values."""
     p_s = s + o_r[:, None] * (2 * N) + o_n[None, :]
     m = m_r[:, None] & m_n[None, :]
-    tl.store(p_s, tl.maximum(b_x, 0.0), mask=m)
-    tl.store(p_s + N, tl.maximum(-b_x, 0.0), mask=m)
+    # NaN stays NaN, as in torch.relu (tl.maximum's default returns the other operand)
+    tl.store(p_s, tl.maximum(b_x, 0.0, propagate_nan=tl.PropagateNan.ALL), mask=m)
+    tl.store(p_s + N, tl.maximum(-b_x, 0.0, propagate_nan=tl.PropagateNan.ALL), mask=m)
 
 
 @triton.jit

@@ -54,6 +54,18 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -
         )
 
 
+def assert_nan_as_reference(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -> None:
+    """NaN exactly where ``ref`` has NaN (not everywhere), and ``assert_close`` on the other elements."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    want, got = torch.isnan(ref64), torch.isnan(out64)
+    assert not want.all(), f"{name}: the reference is NaN everywhere, so the case shows nothing"
+    assert torch.equal(got, want), (
+        f"{name}: NaN in {int(got.sum())} elements, the reference in {int(want.sum())}; "
+        f"{int((want & ~got).sum())} of the reference's are finite here"
+    )
+    assert_close(name, ref64[~want], out64[~want], rtol)
+
+
 def make_memory_matter(model) -> None:
     """Give an ARMT's memory projections O(1) DPFP features and a non-zero W_v (it starts at zero), in place."""
     with torch.no_grad():

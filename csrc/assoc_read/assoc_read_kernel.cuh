@@ -14,11 +14,13 @@
 #include "common/convert.cuh"
 #include "common/launch.cuh"
 #include "common/loads.cuh"
+#include "common/relu.cuh"
 
 namespace assoc_read {
 
 using bfast::from_float;
 using bfast::load_row4;
+using bfast::relu_keep_nan;
 using bfast::to_float;
 
 // q projection: thread (qy, qx) = (tid / 16, tid % 16) owns tokens 2*qy + {0,1} and outputs 4*qx + {0..3}.
@@ -205,8 +207,8 @@ assoc_read_kernel(const T *__restrict__ h, const float *__restrict__ q_part, con
             if (t < rows) {
                 for (int ks = 0; ks < q_splits; ++ks) qv += q_part[(ks * num_tokens + m) * n + i];
             }
-            s_s[i * kSStride + t] = fmaxf(qv, 0.f);
-            s_s[(n + i) * kSStride + t] = fmaxf(-qv, 0.f);
+            s_s[i * kSStride + t] = relu_keep_nan(qv);
+            s_s[(n + i) * kSStride + t] = relu_keep_nan(-qv);
         }
     }
     // Feature table: phi[f] = s[i] * s[i2], f = j*2n + i, i2 = (i - (j+1)) mod 2n; entries past F point at

@@ -14,6 +14,7 @@
 #include "common/convert.cuh"
 #include "common/launch.cuh"
 #include "common/loads.cuh"
+#include "common/relu.cuh"
 
 namespace assoc_read_tc {
 
@@ -186,8 +187,9 @@ assoc_read_tc_kernel(const T *__restrict__ h, const float *__restrict__ q_part, 
 #pragma unroll
         for (int e = 0; e < kPRows; ++e) {
             const int t = pt + e * (kThreads / kBK);
-            // Invalid features have si = si2 = 0, so v = 0 (q_s is finite).
-            const float v = fmaxf(si * q_s[t * n + qi], 0.f) * fmaxf(si2 * q_s[t * n + qi2], 0.f);
+            // Invalid features have si = si2 = 0, so v = 0 where q_s is finite (a NaN token's row is NaN anyway).
+            const float v =
+                bfast::relu_keep_nan(si * q_s[t * n + qi]) * bfast::relu_keep_nan(si2 * q_s[t * n + qi2]);
             den_acc[e] = fmaf(v, zf, den_acc[e]);
             float big;
             float small;

@@ -20,6 +20,7 @@
 //                                    sees the pre-update state.
 
 #include "common/convert.cuh"
+#include "common/relu.cuh"
 
 namespace assoc_write {
 
@@ -38,7 +39,7 @@ static_assert(kUF <= kThreads && kRM <= kThreads, "row / feature sums need one t
 // s[i] of s = [relu(k), relu(-k)] for one row's raw key k (n floats), 0 <= i < 2n.
 __device__ __forceinline__ float s_at(const float *__restrict__ k, const int i, const int n) {
     const float x = i < n ? k[i] : -k[i - n];
-    return x > 0.f ? x : 0.f;
+    return bfast::relu_keep_nan(x);
 }
 
 // DPFP feature f = j*2n + i of one row: s[i] * s[(i - j - 1) mod 2n] (torch.roll toward higher indices).

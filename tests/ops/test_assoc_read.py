@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from babilong_fast.ops import AssocRead, assoc_read, assoc_read_ref
-from tests.helpers import assert_close, backend_params, dtype_params, requires_ext
+from tests.helpers import assert_close, assert_nan_as_reference, backend_params, dtype_params, requires_ext
 
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 DTYPES = dtype_params(RTOL)
@@ -61,6 +61,19 @@ def test_assoc_read_weights_in_h_dtype(backend, device, dtype, shape):
     h, w_q, A, z = make_inputs(B, T, d, n, nu, device)
     h, w_q = h.to(dtype), w_q.to(dtype)
     assert_close("out", ref64(h, w_q, A, z, nu), assoc_read(h, w_q, A, z, nu=nu, backend=backend), RTOL[dtype])
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_assoc_read_keeps_nan_as_reference(backend, device, dtype):
+    """A NaN in one token's h (an overflowed half-precision layer, say) makes that token's whole read NaN, as in the
+    reference, and no other: relu(q) must keep NaN as torch.relu does (fmaxf and tl.maximum return the 0)."""
+    h, w_q, A, z = make_inputs(2, 37, 100, 5, 3, device)
+    h = h.to(dtype)
+    h[1, 20, 7] = float("nan")
+    out = assoc_read(h, w_q, A, z, backend=backend)
+    assert out[1, 20].isnan().all()
+    assert_nan_as_reference("out", ref64(h, w_q, A, z, 3), out, RTOL[dtype])
 
 
 @pytest.mark.triton

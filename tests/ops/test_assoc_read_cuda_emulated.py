@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from babilong_fast.ops import assoc_read_ref
-from tests.helpers import assert_close
+from tests.helpers import assert_close, assert_nan_as_reference
 from tests.ops import cuda_emulation
 
 pytestmark = [
@@ -77,6 +77,19 @@ def test_emulated_assoc_read_large_values(emu, name):
     torch.manual_seed(0)
     h, w_q, A, z = make_inputs(2, 20, 96, 16, 3, 2)
     check(emu, name, (h, w_q * 1e-2, A * 1e3, z), 3, 1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_emulated_assoc_read_keeps_nan(emu, name):
+    """A NaN in one token's h makes that token's whole read NaN, as in the reference (relu must keep NaN; fmaxf
+    returns the 0)."""
+    torch.manual_seed(0)
+    h, w_q, A, z = make_inputs(2, 37, 40, 5, 3, 2)
+    h[1, 20, 7] = float("nan")
+    out = getattr(emu, name)(h, w_q, A, z, 3, 1e-5, 132)
+    assert out[1, 20].isnan().all()
+    assert_nan_as_reference(f"{name} out", assoc_read_ref(h.double(), w_q.double(), A.double(), z.double(), 3), out,
+                            1e-5)
 
 
 def test_emulated_assoc_read_large_smem(emu):

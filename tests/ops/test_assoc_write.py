@@ -5,7 +5,15 @@ import torch
 
 from babilong_fast.backends import BackendUnavailableError
 from babilong_fast.ops import assoc_write, assoc_write_ref
-from tests.helpers import HAS_CUDA, assert_close, backend_params, dtype_params, requires_ext, requires_triton
+from tests.helpers import (
+    HAS_CUDA,
+    assert_close,
+    assert_nan_as_reference,
+    backend_params,
+    dtype_params,
+    requires_ext,
+    requires_triton,
+)
 
 # Every backend on the device it runs on here (Triton: the interpreter on CPU; cuda: skipped without a GPU).
 BACKENDS = backend_params()
@@ -21,6 +29,13 @@ SHAPES = [
 OP_SHAPES = [
     pytest.param(s, id="B{}-M{}-d{}-n{}-nu{}".format(*s))
     for s in [(1, 1, 40, 5, 3), (3, 3, 100, 5, 2), (1, 10, 130, 5, 3), (3, 10, 40, 8, 1), (2, 5, 20, 2, 5)]
+]
+
+# The write's rules (first_segment, correction): a later segment with and without the correction, the first.
+CUDA_RULES = [
+    pytest.param(False, True, id="later-corr"),
+    pytest.param(False, False, id="later-nocorr"),
+    pytest.param(True, True, id="first"),
 ]
 
 
@@ -123,6 +138,29 @@ def test_assoc_write_gpt2_shape(backend, device, first):
     A_new, z_new = assoc_write(*args, first_segment=first, backend=backend)
     assert_close("A", A_want, A_new, 1e-5)
     assert_close("z", z_want, z_new, 1e-5)
+
+
+def nan_inputs(where: str, device="cpu") -> tuple:
+    """Write inputs (B = 2, M = 5, d = 40, d_mem = 8, nu = 3) with one NaN in batch row 1: in ``mem`` (its DPFP
+    features are NaN, so is all of batch 1's new state) or in ``z`` (later segments: the normaliser of every row of
+    batch 1 is NaN, and with the correction so is gamma, which clamp(0, 1) keeps)."""
+    args = make_inputs(2, 5, 40, 8, 3, z_scale=0.05, device=device)
+    args[0 if where == "mem" else 6][(1, 2, 3) if where == "mem" else (1, 4)] = float("nan")
+    return args
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("first,correction", CUDA_RULES)
+@pytest.mark.parametrize("where", ["mem", "z"])
+def test_assoc_write_keeps_nan_as_reference(backend, device, where, first, correction):
+    """NaN reaches the new state exactly where it does in the reference: relu(k) and the clamp of gamma keep NaN as
+    torch does (fmaxf and tl.maximum / tl.minimum return the other operand)."""
+    args = nan_inputs(where, device)
+    A_want, z_want = ref64(args, 3, correction=correction, first_segment=first)
+    assert z_want.isnan().any()
+    A_new, z_new = assoc_write(*args, correction=correction, first_segment=first, backend=backend)
+    assert_nan_as_reference("A", A_want, A_new, 1e-5)
+    assert_nan_as_reference("z", z_want, z_new, 1e-5)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -404,11 +442,6 @@ CUDA_SHAPES = [
     ]
 ]
 CUDA_DTYPES = dtype_params((torch.float32, torch.bfloat16, torch.float16))
-CUDA_RULES = [
-    pytest.param(False, True, id="later-corr"),
-    pytest.param(False, False, id="later-nocorr"),
-    pytest.param(True, True, id="first"),
-]
 
 
 @requires_ext
