@@ -223,7 +223,7 @@ def _write_results(out: Path, rows: list[dict], doc: dict) -> None:
 
 def _check_model(model: torch.nn.Module, kind: str, checkpoint: Path) -> torch.nn.Module:
     """Fail before the first sample on what would fail after a long stream; float64 weights run as float32."""
-    decode_fits = getattr(model, "_check_decode_fits", None)
+    decode_fits = getattr(model, "check_decode_fits", None)
     if decode_fits is not None:  # ARMT/RMT: a full last segment + the answer must fit the backbone's positions
         decode_fits(model.segment_size, MAX_NEW_TOKENS)
     if next(model.parameters()).dtype == torch.float64:

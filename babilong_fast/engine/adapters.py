@@ -15,6 +15,7 @@ from torch import nn
 
 from babilong_fast.backends import Backend
 from babilong_fast.models import ARMT, RMT, ARMTState, RMTState
+from babilong_fast.models._common import check_positive
 from babilong_fast.models.compiled_step import CompiledStep
 from babilong_fast.models.mamba import DEFAULT_CHUNK_SIZE, MambaLM, MambaState
 from babilong_fast.models.mamba.parts import HF_LM, SSM_LM
@@ -38,6 +39,9 @@ class SegmentAdapter(Protocol):
 
     def decode(self, last_ids: torch.Tensor, state: Any, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         """Greedy tokens after the final segment ``last_ids [B, L]`` (``1 <= L <= segment_size``)."""
+
+    def check_decode(self, last_len: int, max_new_tokens: int) -> None:
+        """ValueError unless :meth:`decode` can run on a final segment of ``last_len`` tokens."""
 
 
 class _RecurrentAdapter:
@@ -77,6 +81,9 @@ class _RecurrentAdapter:
 
     def decode(self, last_ids: torch.Tensor, state: Any, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         return self.model.generate_from_state(last_ids, state, max_new_tokens, eos_token_id)
+
+    def check_decode(self, last_len: int, max_new_tokens: int) -> None:
+        self.model.check_decode_fits(last_len, max_new_tokens)
 
 
 class ARMTAdapter(_RecurrentAdapter):
@@ -119,6 +126,9 @@ class MambaAdapter:
 
     def decode(self, last_ids: torch.Tensor, state: MambaState, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         return self.lm.generate(last_ids, max_new_tokens, eos_token_id, state=state)
+
+    def check_decode(self, last_len: int, max_new_tokens: int) -> None:
+        check_positive("max_new_tokens", max_new_tokens)  # no positions to run out of
 
 
 ADAPTERS: dict[type, type] = {ARMT: ARMTAdapter, RMT: RMTAdapter, MambaLM: MambaAdapter}

@@ -277,18 +277,23 @@ class StreamRunner:
             bar.close()
         return StreamState(model_state, pending, tokens, segments)
 
-    def _suffix(self, question_ids: object, batch_size: int, gen_token_id: int | None) -> torch.Tensor:
+    def _question(self, question_ids: object, gen_token_id: int | None) -> torch.Tensor:
+        """``question ‖ GEN`` checked, ``[1 or B, q]`` int64 on the CPU."""
         if isinstance(question_ids, torch.Tensor):  # a few ids: checked on the CPU wherever they live
             question_ids = question_ids.cpu()
         q = as_chunk(question_ids, self.adapter.vocab_size)
         q = torch.zeros(1, 0, dtype=torch.long) if q is None else q.to(torch.long)
+        if gen_token_id is not None:
+            gen = as_chunk([gen_token_id], self.adapter.vocab_size)
+            q = torch.cat([q, gen.expand(q.shape[0], 1)], 1)
+        return q
+
+    def _suffix(self, question_ids: object, batch_size: int, gen_token_id: int | None) -> torch.Tensor:
+        q = self._question(question_ids, gen_token_id)
         if q.shape[0] == 1 and batch_size > 1:
             q = q.expand(batch_size, -1)
         elif q.shape[0] != batch_size:
             raise ValueError(f"question_ids has {q.shape[0]} rows, the stream {batch_size}")
-        if gen_token_id is not None:
-            gen = as_chunk([gen_token_id], self.adapter.vocab_size)
-            q = torch.cat([q, gen.expand(batch_size, 1)], 1)
         return q
 
     def finish(
@@ -376,6 +381,13 @@ class StreamRunner:
             chunks = sample_or_chunks
         if question_ids is None:
             raise ValueError("question_ids is required unless a BabilongSample is given")
+        # What would fail after the stream, checked before it: the question's ids, and the answer's fit.
+        n_question = self._question(question_ids, gen_token_id).shape[1]
+        if total is None:
+            self.adapter.check_decode(1, max_new_tokens)
+        else:  # the final segment of context ‖ question ‖ GEN is known
+            n = total + n_question
+            self.adapter.check_decode(n - self.segment_size * ((n - 1) // self.segment_size), max_new_tokens)
         state = self.prefill(chunks, total_tokens=total)
         if total is not None and state.num_tokens != total:
             raise RuntimeError(f"the sample streamed {state.num_tokens} tokens, but num_tokens is {total}")

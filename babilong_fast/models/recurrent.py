@@ -112,13 +112,15 @@ class RecurrentLM(nn.Module):
         check_token_range(input_ids, self.vocab_size)
         bounds = segment_bounds(input_ids.shape[1], self.segment_size)
         a, b = bounds[-1]
-        self._check_decode_fits(b - a, max_new_tokens)
+        self.check_decode_fits(b - a, max_new_tokens)
         state = self.init_state(input_ids.shape[0], input_ids.device)
         for s, e in bounds[:-1]:
             _, _, state = self.segment_forward(input_ids[:, s:e], None, state, return_logits=False)
         return self.generate_from_state(input_ids[:, a:b], state, max_new_tokens, eos_token_id)
 
-    def _check_decode_fits(self, last_len: int, max_new_tokens: int) -> None:
+    def check_decode_fits(self, last_len: int, max_new_tokens: int) -> None:
+        """Raise ValueError unless a final segment of ``last_len`` tokens and ``max_new_tokens`` greedy tokens
+        fit the backbone's positions (with the memory rows); callers check before streaming a long input."""
         check_positive("max_new_tokens", max_new_tokens)
         if self._decode_prefix + last_len + max_new_tokens - 1 > self.n_positions:
             raise ValueError(
@@ -145,7 +147,7 @@ class RecurrentLM(nn.Module):
         """
         last = check_input_ids(last_ids, "last_ids")
         check_token_range(last, self.vocab_size, "last_ids")
-        self._check_decode_fits(last.shape[1], max_new_tokens)
+        self.check_decode_fits(last.shape[1], max_new_tokens)
         state = self._check_state(state, last.shape[0])
 
         def step(generated: torch.Tensor) -> torch.Tensor:

@@ -336,6 +336,34 @@ def test_dtype_and_device_arguments():
     assert all(a.dtype == torch.float32 for a in runner.state.model_state.A)
 
 
+def test_run_checks_the_answer_before_the_stream():
+    """What would fail after a long stream fails before it: question ids out of the vocabulary, max_new_tokens < 1,
+    and (a sample's length being known) an answer that would run past the backbone's positions after the exact
+    final segment, which a full segment's worst case would refuse wrongly."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from babilong_fast.data import BabilongGenerator
+
+    sample = BabilongGenerator("qa1", 1000, margin=20, split="test", seed=0).take(1)[0]
+    S, P = 128, 160
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=P, initializer_range=0.1)
+    model = ARMT(GPT2LMHeadModel(config), num_mem_tokens=4, d_mem=4, segment_size=S).eval()
+    n = sample.num_tokens + len(sample.question_ids()) + 1
+    last = n - S * ((n - 1) // S)
+    assert last < S, "the case needs a short final segment"
+    calls = []
+    for bad, match in (({"question_ids": [1, 50257]}, r"\[0, 50257\)"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                       ({"max_new_tokens": P - last + 2}, "positions")):
+        runner = StreamRunner(model, progress=False)
+        runner.prefill = lambda *a, **k: calls.append(1)  # must not be reached
+        with pytest.raises(ValueError, match=match):
+            runner.run(sample, chunk_tokens=100, **bad)
+    assert not calls
+    got = StreamRunner(model, progress=False).run(sample, chunk_tokens=100, max_new_tokens=P - last + 1,
+                                                  eos_token_id=None)
+    assert got.shape == (1, P - last + 1)  # the longest answer that fits, decoded
+
+
 def test_stream_errors():
     model = make_model("armt")
     runner = StreamRunner(model, progress=False)
