@@ -104,7 +104,8 @@ def _selective_scan_step_fwd_kernel(
         if C_VARYING:
             b_C = tl.load(p_C + t, mask=m_dn, other=0.0).to(tl.float32)
         b_h = tl.exp(b_dt[:, None] * b_A) * b_h + (b_dt * b_u)[:, None] * b_B  # [BD, BN]
-        b_y = tl.sum(b_h * b_C, axis=1)  # [BD]
+        # State columns past N (BN > N) hold 0 * inf = NaN once dt or dt u is infinite: kept out of the sum.
+        b_y = tl.sum(tl.where(m_n[None, :], b_h * b_C, 0.0), axis=1)  # [BD]
         if HAS_D:
             b_y += b_D * b_u
         if HAS_Z:
@@ -204,13 +205,16 @@ def _selective_scan_chunk_fwd_kernel(
             b_dt += b_db[None, :]
         if DELTA_SOFTPLUS:
             b_dt = softplus(b_dt)
-        b_dt = tl.where(m_td, b_dt, 0.0)  # steps past L: decay 1, no input, so the last row is the state at L
-        b_a = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BD, BN]
-        b_b = (b_dt * b_u)[:, :, None] * b_B
+        # Steps past L: decay 1, no input, so the last row is the state at L (set, not from dt = 0: 0 * A and
+        # 0 * B are NaN where A or B is infinite).
+        m_tdn = m_td[:, :, None]
+        b_a = tl.where(m_tdn, tl.exp(b_dt[:, :, None] * b_A[None, :, :]), 1.0)  # [BT, BD, BN]
+        b_b = tl.where(m_tdn, (b_dt * b_u)[:, :, None] * b_B, 0.0)
         # Prefix over the tile's steps from a zero state: b_a = decay since the tile start, b_b = state.
         b_a, b_b = tl.associative_scan((b_a, b_b), 0, scan_combine)
         b_hs = b_a * b_h[None, :, :] + b_b  # [BT, BD, BN]: every step's state
-        b_y = tl.sum(b_hs * b_C, axis=2)  # [BT, BD]
+        # State columns past N (BN > N) hold 0 * inf = NaN once dt or dt u is infinite: kept out of the sum.
+        b_y = tl.sum(tl.where(m_n[None, None, :], b_hs * b_C, 0.0), axis=2)  # [BT, BD]
         b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), axis=0)  # last row
         if HAS_D:
             b_y += b_D[None, :] * b_u

@@ -94,7 +94,6 @@ def statewise_scan_fwd_kernel(
             b_dt += b_db[None, :]
         if DELTA_SOFTPLUS:
             b_dt = softplus(b_dt)
-        b_dt = tl.where(m_td, b_dt, 0.0)  # steps past L: decay 1, no input, so the last row is the state at L
         b_du = b_dt * b_u
         b_y = tl.zeros([BT, BD], dtype=tl.float32)
         # B and C of state n + 1 are loaded before state n's scan, so their latency overlaps it.
@@ -103,8 +102,10 @@ def statewise_scan_fwd_kernel(
         for n in range(0, N):
             n_B = _bc_column(b_B, p_B, n + 1, N, stride_B_n, o_tt, m_t, m_td, o_n, B_VARYING, B_SHARED)
             n_C = _bc_column(b_C, p_C, n + 1, N, stride_C_n, o_tt, m_t, m_td, o_n, C_VARYING, C_SHARED)
-            b_a = tl.exp(b_dt * _column(b_A, o_n, n)[None, :])  # [BT, BD]
-            b_b = b_du * c_B
+            # Steps past L: decay 1, no input, so the last row is the state at L (set, not from dt = 0: 0 * A
+            # and 0 * B are NaN where A or B is infinite).
+            b_a = tl.where(m_td, tl.exp(b_dt * _column(b_A, o_n, n)[None, :]), 1.0)  # [BT, BD]
+            b_b = tl.where(m_td, b_du * c_B, 0.0)
             b_a, b_b = tl.associative_scan((b_a, b_b), 0, scan_combine)
             b_hs = b_a * _column(b_h, o_n, n)[None, :] + b_b  # [BT, BD]: every step's state n
             b_y += b_hs * c_C

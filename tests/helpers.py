@@ -54,16 +54,18 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -
         )
 
 
-def assert_nan_as_reference(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -> None:
-    """NaN exactly where ``ref`` has NaN (not everywhere), and ``assert_close`` on the other elements."""
+def assert_same_nonfinite(name: str, ref: torch.Tensor, out: torch.Tensor, rtol: float) -> None:
+    """NaN, +inf and -inf exactly where ``ref`` has them, and ``assert_close`` on the finite elements (some)."""
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
-    want, got = torch.isnan(ref64), torch.isnan(out64)
-    assert not want.all(), f"{name}: the reference is NaN everywhere, so the case shows nothing"
-    assert torch.equal(got, want), (
-        f"{name}: NaN in {int(got.sum())} elements, the reference in {int(want.sum())}; "
-        f"{int((want & ~got).sum())} of the reference's are finite here"
-    )
-    assert_close(name, ref64[~want], out64[~want], rtol)
+    for what in (torch.isnan, torch.isposinf, torch.isneginf):
+        want, got = what(ref64), what(out64)
+        assert torch.equal(got, want), (
+            f"{name}: {what.__name__} in {int(got.sum())} elements, the reference in {int(want.sum())} "
+            f"(first differing at {tuple(int(i) for i in (got != want).nonzero()[0])})"
+        )
+    finite = torch.isfinite(ref64)
+    assert finite.any(), f"{name}: the reference has no finite element to compare"
+    assert_close(name, ref64[finite], out64[finite], rtol)
 
 
 def make_memory_matter(model) -> None:

@@ -120,16 +120,16 @@ def _scan_block(
     N = A.shape[1]
     nC = -(-T // K)
     pad = nC * K - T
-    if pad:  # padded steps: dt = 0, so decay 1 and no input
-        dt, dtu = F.pad(dt, (0, pad)), F.pad(dtu, (0, pad))
-    decay = torch.exp(dt.view(b, d, nC, K, 1) * A[:, None, None, :])  # [b, d, nC, K, N], <= 1 for Mamba
+    decay = torch.exp(dt[..., None] * A[:, None, :])  # [b, d, T, N], <= 1 for Mamba
     if B.dim() == 2:
-        dBu = dtu.view(b, d, nC, K, 1) * B[:, None, None, :]
+        dBu = dtu[..., None] * B[:, None, :]
     else:
-        Bg = F.pad(_grouped(B).to(dt.dtype), (0, pad))
+        Bg = _grouped(B).to(dt.dtype).transpose(2, 3)  # [b, G, T, N]
         G = Bg.shape[1]
-        Bg = Bg.reshape(b, G, N, nC, K).permute(0, 1, 3, 4, 2)  # [b, G, nC, K, N]
-        dBu = (dtu.view(b, G, d // G, nC, K, 1) * Bg[:, :, None]).view(b, d, nC, K, N)
+        dBu = (dtu.reshape(b, G, d // G, T, 1) * Bg[:, :, None]).view(b, d, T, N)
+    if pad:  # padded steps are exact identities (decay 1, no input), not dt = 0: 0 * A = NaN for A = -inf
+        decay, dBu = F.pad(decay, (0, 0, 0, pad), value=1.0), F.pad(dBu, (0, 0, 0, pad))
+    decay, dBu = decay.view(b, d, nC, K, N), dBu.view(b, d, nC, K, N)
     # Every chunk scanned from a zero state, all chunks at once: K steps over [b, d, nC, N].
     hs = [dBu[:, :, :, 0]]
     for k in range(1, K):

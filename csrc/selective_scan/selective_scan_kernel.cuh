@@ -94,8 +94,9 @@ __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const Selecti
             float ta = 1.f, tb = 0.f;  // this thread's K steps composed
 #pragma unroll
             for (int k = 0; k < K; ++k) {
-                a[k] = exp2f(dt[k] * An);
-                bu[k] = dtu[k] * Bv[k];
+                // past the end: the identity, set (dt = 0 gives 0 * inf = NaN for an infinite A or B)
+                a[k] = k < valid ? exp2f(dt[k] * An) : 1.f;
+                bu[k] = k < valid ? dtu[k] * Bv[k] : 0.f;
                 tb = a[k] * tb + bu[k];
                 ta *= a[k];
             }
@@ -131,14 +132,15 @@ __global__ void __launch_bounds__(NT, 4) selective_scan_fwd_kernel(const Selecti
             }
             if (tid == NT - 1) carry[tile_buf ^ 1][n] = h;  // the tile's last step (padding steps are identities)
         }
+        if (p.D) {  // only with D: 0 * u is NaN for an infinite u
+#pragma unroll
+            for (int k = 0; k < K; ++k) y[k] += Dd * uu[k];
+        }
         if (p.z) {
             float zz[K];
             load_run<K>(p.z, p.z_type, z_row + ts, valid, zz);
 #pragma unroll
-            for (int k = 0; k < K; ++k) y[k] = (y[k] + Dd * uu[k]) * (zz[k] / (1.f + expf(-zz[k])));
-        } else {
-#pragma unroll
-            for (int k = 0; k < K; ++k) y[k] += Dd * uu[k];
+            for (int k = 0; k < K; ++k) y[k] *= zz[k] / (1.f + expf(-zz[k]));
         }
         store_run<K>(p.out, p.u_type, bd * L + ts, valid, y);
     }

@@ -7,7 +7,7 @@ import torch
 
 from babilong_fast.backends import BackendUnavailableError
 from babilong_fast.ops import selective_scan, selective_scan_ref
-from tests.helpers import HAS_CUDA, assert_close, backend_params, requires_triton
+from tests.helpers import HAS_CUDA, assert_close, assert_same_nonfinite, backend_params, requires_triton
 
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 HALF = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
@@ -63,6 +63,25 @@ def ref64(args):
     """The float64 ground truth: the reference on the whole sequence, all inputs in float64."""
     a = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     return selective_scan_ref(**a, return_last_state=True)
+
+
+def with_infinite_decay(args):
+    """``args`` with A = -inf (``-exp(A_log)`` overflowed) and -3e38 (-inf once scaled by log2(e)) at two entries:
+    that state column decays to 0 in one step (dt > 0), so every output and the last state stay finite."""
+    A = args["A"].clone()
+    A[1, 2] = -float("inf")
+    A[-1, 0] = -3e38
+    return {**args, "A": A}
+
+
+def with_infinite_input(batch, dim, L, N, layout, with_z, device="cpu"):
+    """Positive u, B, C, z, initial_state, no D; u = inf at one step of channel 1 and delta = inf at one step of
+    channel 2: those channels' states, and so their outputs, are +inf from that step on (no inf - inf)."""
+    args = make_inputs(batch, dim, L, N, layout, ("z", "initial_state") if with_z else ("initial_state",), device)
+    args = {k: v.abs() if k in ("u", "B", "C", "z", "initial_state") else v for k, v in args.items()}
+    args["u"][0, 1, L // 2] = float("inf")
+    args["delta"][-1, 2, L // 3] = float("inf")
+    return args
 
 
 def time_slice(args, start, stop):
@@ -357,6 +376,46 @@ def test_selective_scan_chunked_large_decay():
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
     assert_close("out", want, out, 1e-5)
     assert_close("last_state", want_last, last, 1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's 0 * inf
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_selective_scan_infinite_decay(backend, device):
+    """Padded steps past a chunk's end must be identities whatever A holds: taken as dt = 0, their 0 * -inf made
+    the last state NaN where the float64 reference's is finite. In calls of 5 steps and of all 13."""
+    args = with_infinite_decay(make_inputs(2, 4, 13, 5, "varying", device=device))
+    want, want_last = ref64(args)
+    for chunk in (5, None):
+        out, last = run_chunked(args, chunk, backend)
+        assert_close(f"out (chunk {chunk})", want, out, 1e-5)
+        assert_close(f"last_state (chunk {chunk})", want_last, last, 1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's 0 * inf
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("with_z", [False, True], ids=["plain", "z"])
+def test_selective_scan_infinite_input(backend, device, with_z):
+    """An infinite u or delta makes its channel's outputs +inf, as in the float64 reference, not NaN: no 0 * u
+    for an absent D, no 0 * inf from the state columns a power-of-two tile adds past N = 3."""
+    args = with_infinite_input(2, 4, 9, 3, "varying", with_z, device)
+    want, want_last = ref64(args)
+    assert torch.isinf(want).any() and torch.isinf(want_last).any()
+    out, last = selective_scan(**args, return_last_state=True, backend=backend)
+    assert_same_nonfinite("out", want, out, 1e-5)
+    assert_same_nonfinite("last_state", want_last, last, 1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_selective_scan_chunked_infinite_decay(layout):
+    """The torch backend with chunk lengths K that do and do not divide L (padded last chunk)."""
+    from babilong_fast.ops.selective_scan import selective_scan_chunked
+
+    args = with_infinite_decay(make_inputs(2, 4, 13, 5, layout, groups=2))
+    want, want_last = ref64(args)
+    for K in (1, 4, 13, 16):
+        out, last = selective_scan_chunked(**args, return_last_state=True, chunk_size=K)
+        assert_close(f"out (K={K})", want, out, 1e-5)
+        assert_close(f"last_state (K={K})", want_last, last, 1e-5)
 
 
 def test_selective_scan_cuda_op_fake_shapes():

@@ -14,8 +14,15 @@ import pytest
 import torch
 
 from babilong_fast.ops import selective_scan, selective_scan_ref
-from tests.helpers import HAS_CUDA, assert_close, requires_triton
-from tests.ops.test_selective_scan import OPTIONS, make_inputs, ref64, run_chunked
+from tests.helpers import HAS_CUDA, assert_close, assert_same_nonfinite, requires_triton
+from tests.ops.test_selective_scan import (
+    OPTIONS,
+    make_inputs,
+    ref64,
+    run_chunked,
+    with_infinite_decay,
+    with_infinite_input,
+)
 from tests.ops.triton_aot import PTXAS_STATS, has_nvidia_backend, run_compiler_script
 
 pytestmark = [pytest.mark.triton, requires_triton]
@@ -113,6 +120,31 @@ def test_chunked_kernel_half(dtype, layout, kind):
     out, last = run_chunk_kernel(args, BD=4, BT=8, dtype=dtype, kind=kind)
     assert_close("out", want, out, RTOL[dtype])
     assert_close("last_state", want_last, last, 1e-5)  # float32 state from exact inputs
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's 0 * inf
+@pytest.mark.parametrize("kind", TILED)
+@pytest.mark.parametrize("layout", ["invariant", "grouped"])
+def test_chunked_kernel_infinite_decay(layout, kind):
+    """A = -inf: the steps past L in the last tile stay identities (their dt = 0 gave 0 * -inf = NaN)."""
+    args = with_infinite_decay(make_inputs(2, 6, 13, 4, layout, device=DEVICE, groups=2))
+    want, want_last = ref64(args)
+    out, last = run_chunk_kernel(args, BD=4, BT=8, kind=kind)
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's 0 * inf
+@pytest.mark.parametrize("kind", TILED)
+@pytest.mark.parametrize("layout", ["invariant", "grouped"])
+def test_chunked_kernel_infinite_input(layout, kind):
+    """An infinite u or delta: +inf outputs as in the reference, not NaN from the tile's state columns past N = 3."""
+    args = with_infinite_input(2, 6, 13, 3, layout, with_z=True, device=DEVICE)
+    want, want_last = ref64(args)
+    assert torch.isinf(want).any() and torch.isinf(want_last).any()
+    out, last = run_chunk_kernel(args, BD=4, BT=8, kind=kind)
+    assert_same_nonfinite("out", want, out, 1e-5)
+    assert_same_nonfinite("last_state", want_last, last, 1e-5)
 
 
 def test_all_kernels_agree():

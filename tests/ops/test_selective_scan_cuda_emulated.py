@@ -11,9 +11,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import assert_close
+from tests.helpers import assert_close, assert_same_nonfinite
 from tests.ops import cuda_emulation
-from tests.ops.test_selective_scan import HALF, LAYOUTS, OPTIONS, RTOL, make_inputs, ref64, time_slice
+from tests.ops.test_selective_scan import (
+    HALF,
+    LAYOUTS,
+    OPTIONS,
+    RTOL,
+    make_inputs,
+    ref64,
+    time_slice,
+    with_infinite_decay,
+    with_infinite_input,
+)
 
 pytestmark = pytest.mark.skipif(cuda_emulation.skip_reason() is not None, reason=str(cuda_emulation.skip_reason()))
 TILE = 128 * 8  # kScanThreads * kScanStepsPerThread
@@ -77,6 +87,25 @@ def test_emulated_state_sizes(emu, N):
     """One state, Mamba's 16 and the largest the kernel holds (256, more than its 128 threads)."""
     args = make_inputs(1, 2, 70, N, "varying", layout_c="invariant")
     check(args, *scan(emu, args))
+
+
+@pytest.mark.parametrize("chunk", [7, 40])
+def test_emulated_infinite_decay(emu, chunk):
+    """A = -inf, and -3e38 (whose A log2(e) is -inf): the padded steps past L stay identities (their dt = 0 gave
+    0 * -inf = NaN in the last state), in calls of 7 steps and of all 40."""
+    args = with_infinite_decay(make_inputs(1, 4, 40, 5, "invariant"))
+    check(args, *scan_chunked(emu, args, chunk))
+
+
+@pytest.mark.parametrize("with_z", [False, True], ids=["plain", "z"])
+def test_emulated_infinite_input(emu, with_z):
+    """An infinite u or delta: +inf outputs as in the reference; without D, no 0 * u (NaN for u = inf)."""
+    args = with_infinite_input(2, 4, 40, 3, "varying", with_z)
+    want, want_last = ref64(args)
+    assert torch.isinf(want).any() and torch.isinf(want_last).any()
+    out, last = scan(emu, args)
+    assert_same_nonfinite("out", want, out, 1e-5)
+    assert_same_nonfinite("last_state", want_last, last, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", HALF)
