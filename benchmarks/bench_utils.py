@@ -44,6 +44,8 @@ def environment(device: torch.device | str | None = None) -> dict:
         "backends": {k: {"available": v.available, "reason": v.reason} for k, v in babilong_fast.backends().items()},
     }
     info["triton"], info["transformers"] = installed_version("triton"), installed_version("transformers")
+    # HF's Mamba (the stock Mamba rows) runs these packages' CUDA kernels when installed, else a PyTorch fallback
+    info["mamba_ssm"], info["causal_conv1d"] = installed_version("mamba_ssm"), installed_version("causal_conv1d")
     return info
 
 

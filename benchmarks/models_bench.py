@@ -238,7 +238,12 @@ def run_streamed(
 
     watch.total_segments = -(-inputs.total_tokens // segment_size)
     out = runner.run(watched(), inputs.question(), max_new_tokens=max_new_tokens, eos_token_id=-1)
-    watch.graphs = {"cuda_graphs": runner._steps.enabled, "graphed_steps": runner._steps.graphed_steps - graphed_before}
+    # The whole context went through the stream (rows without a stock answer to compare have no other check).
+    streamed = runner.state.num_tokens
+    if streamed != inputs.context:
+        raise RuntimeError(f"the fast run streamed {streamed} of the {inputs.context} context tokens")
+    watch.graphs = {"cuda_graphs": runner._steps.enabled, "graphed_steps": runner._steps.graphed_steps - graphed_before,
+                    "streamed_tokens": streamed}
     return out
 
 
@@ -620,15 +625,20 @@ def ratio_lines(rows: list[dict]) -> list[str]:
         s = stock.get((r["model"], r["batch"], r["length"]))
         label = _backend_label(r)
         tag = f"{r['model']} B={r['batch']} {r['length_name']}" + (f" ({label})" if label != "-" else "")
-        if "seconds" not in r:
+        if "seconds" not in r:  # said too, so that every (model, batch, length) has its line
+            stock_says = "not run" if s is None else (
+                f"{s['tokens_per_s']:.4g} tokens/s" if "seconds" in s else s.get("skipped", s.get("failed", "")))
+            out.append(f"{tag}: fast {r.get('skipped', r.get('failed', ''))}; stock {stock_says}")
             continue
         if s is None or "seconds" not in s:
             why = "not run" if s is None else s.get("skipped", s.get("failed", ""))
             out.append(f"{tag}: fast {r['tokens_per_s']:.4g} tokens/s; stock {why}")
             continue
+        cold = [m for m, x in (("fast", r), ("stock", s)) if x.get("cold")]  # one run, one-time costs in it
         out.append(f"{tag}: fast/stock speed {r['tokens_per_s'] / s['tokens_per_s']:.2f}x, "
                    f"peak memory {r['peak_mem_bytes'] / s['peak_mem_bytes']:.3f}x "
-                   f"({_mem(r['peak_mem_bytes'])} vs {_mem(s['peak_mem_bytes'])})")
+                   f"({_mem(r['peak_mem_bytes'])} vs {_mem(s['peak_mem_bytes'])})"
+                   + (f"; {' and '.join(cold)} cold (a single run)" if cold else ""))
     return out
 
 
@@ -661,7 +671,7 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
         if several_b:
             label += f", B={r['batch']}"
         lines.setdefault(label, []).append(r)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.4), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (label, rs) in enumerate(sorted(lines.items())):
         rs = sorted(rs, key=lambda r: r["input_tokens"])
@@ -681,9 +691,10 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(t)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    # one legend for both panels, below them, so that it hides no point
+    fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower center", ncol=min(-(-len(lines) // 2), 6),
+               fontsize=8)
     fig.suptitle(title + " (skipped runs are not drawn)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
@@ -692,6 +703,8 @@ def plot(rows: list[dict], path: str, title: str, mem_label: str) -> str | None:
 def parse_lengths(text: str) -> list[int]:
     """``"16k,128k,1M"`` -> sorted ints (k = 1000, M = 1,000,000)."""
     out = sorted({parse_length(t) for t in text.split(",") if t.strip()})
-    if not out or min(out) <= FINETUNE_MARGIN:
+    if not out:
+        raise ValueError(f"no length given in {text!r} (a comma list such as 16k,128k,1M)")
+    if min(out) <= FINETUNE_MARGIN:
         raise ValueError(f"lengths must be > {FINETUNE_MARGIN} tokens, got {text!r}")
     return out

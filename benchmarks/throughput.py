@@ -237,9 +237,6 @@ def print_table(rows: list[dict]) -> None:
                 print(f"speed-up over torch ({key[0]}, B={key[1]}, T={key[2]}, d={key[3]}): {ratios}")
 
 
-OPS_ONLY_FLAGS = ("--shape", "--nu", "--sweep")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=("models", "ops", "all"), default=None,
@@ -300,11 +297,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "on CPU)")
     g.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
-    given = set(a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv))
-    if args.suite is None:
-        args.suite = "ops" if given & set(OPS_ONLY_FLAGS) else "models"
+    if args.suite is None:  # from the parsed values: argparse also takes abbreviations such as --sha
+        args.suite = "ops" if args.shape or args.nu is not None or args.sweep else "models"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"unknown --device {args.device!r} (cpu, cuda, cuda:N)")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device takes cpu, cuda or cuda:N, got {args.device!r}")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        p.error(f"--device {args.device}: torch sees {torch.cuda.device_count()} CUDA device(s); use --device cpu")
     args.parser = p
     return args
+
+
+def comma_choices(p: argparse.ArgumentParser, what: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma list of ``allowed`` names, in order, each once; an empty or unknown one is a usage error."""
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names:
+        p.error(f"no {what} given in {text!r} ({', '.join(allowed)})")
+    for name in names:
+        if name not in allowed:
+            p.error(f"unknown {what} {name!r} ({', '.join(allowed)})")
+    return names
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
@@ -320,11 +335,26 @@ def _positive(kind: type) -> Callable[[str], int | float]:
     return parse
 
 
+def short_commit(commit: str) -> str:
+    """The first 12 hex digits, and whether the working tree differed from them."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def select_device(text: str) -> torch.device:
+    """``text`` as a device, made the current CUDA device: synchronize, the peak-memory counters and CUDA graph
+    capture act on the current device, so ``cuda:1`` would otherwise be timed and measured on ``cuda:0``."""
+    device = torch.device(text)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    select_device(args.device)
     env = environment(args.device)
     print(f"babilong_fast throughput ({args.suite}) | {env['device']} | torch {env['torch']} | "
-          f"triton {env['triton']} | transformers {env['transformers']} | commit {env['commit'][:12]}")
+          f"triton {env['triton']} | transformers {env['transformers']} | commit {short_commit(env['commit'])}")
     if args.suite == "ops":
         rows, ceilings = run_ops(args)
         if args.json:
@@ -359,10 +389,7 @@ def run_ops(args) -> tuple[list[dict], dict]:
     if unknown := [name for name in dtype_names if name not in DTYPES]:
         p.error(f"--dtype takes a comma list of {', '.join(DTYPES)}; got {', '.join(unknown)}")
     dtypes = [DTYPES[name] for name in dtype_names]
-    backends = [b for b in (args.backends or "cuda,triton,torch").split(",") if b]
-    for b in backends:
-        if b not in ("cuda", "triton", "torch"):
-            p.error(f"unknown backend {b!r}")
+    backends = comma_choices(p, "backend", args.backends or "cuda,triton,torch", ("cuda", "triton", "torch"))
     repeats = args.repeats or (50 if gpu else 5)
     ceilings = measure_ceilings() if gpu else {}
     if ceilings:
@@ -397,30 +424,22 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     big = args.config == "small" or (args.config == "auto" and gpu)
     try:
         lengths = mb.parse_lengths(args.lengths or ("16k,128k,1M,10M" if gpu else "1k,4k,16k"))
-        batches = sorted({int(b) for b in (args.batch or ("1,8" if gpu else "1")).split(",")})
     except ValueError as e:
         p.error(str(e))
-    if min(batches) < 1:
-        p.error("--batch takes positive integers")
-    models = [m for m in args.models.split(",") if m]
-    modes = [m for m in args.modes.split(",") if m]
-    for m in models:
-        if m not in ("rmt", "armt", "mamba"):
-            p.error(f"unknown model {m!r} (rmt, armt, mamba)")
-    for m in modes:
-        if m not in ("stock", "fast"):
-            p.error(f"unknown mode {m!r} (stock, fast)")
-    steps = [b for b in args.step.split(",") if b]
-    for b in steps:
-        if b not in ("lean", "hf", "compiled"):
-            p.error(f"unknown --step {b!r} (lean, hf, compiled)")
+    batch_text = args.batch or ("1,8" if gpu else "1")
+    try:
+        batches = sorted({int(b) for b in batch_text.split(",") if b.strip()})
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        p.error(f"--batch takes a comma list of positive integers, got {batch_text!r}")
+    models = comma_choices(p, "model", args.models, ("rmt", "armt", "mamba"))
+    modes = comma_choices(p, "mode", args.modes, ("stock", "fast"))
+    steps = comma_choices(p, "--step", args.step, ("lean", "hf", "compiled"))
     dtype_name = args.dtype or "float32"
     if dtype_name not in DTYPES:
         p.error(f"--dtype for the models suite is one of {', '.join(DTYPES)}, got {dtype_name!r}")
-    backends = [b for b in (args.backends or "auto").split(",") if b]
-    for b in backends:
-        if b not in ("auto", "cuda", "triton", "torch"):
-            p.error(f"unknown backend {b!r}")
+    backends = comma_choices(p, "backend", args.backends or "auto", ("auto", "cuda", "triton", "torch"))
     cfg = mb.Settings(
         models=models, modes=modes, lengths=lengths, batches=batches, dtype=DTYPES[dtype_name], backends=backends,
         device=device, budget_s=args.budget_s or (300.0 if gpu else 200.0),
@@ -506,8 +525,11 @@ def run_models(args, env: dict, ops: dict | None) -> int:
             backbones.append("Mamba-130m" if big else "tiny Mamba")
         title = (f"babilong_fast: {' / '.join(m.upper() for m in models)}, {' / '.join(backbones)}, "
                  f"{dtype_name}, {env['device']}")
-        why = mb.plot(rows, png_path, title, {"cuda": "device memory", "vmhwm": "process RSS",
-                                              "sampled": "process RSS"}[mem_method])
+        try:
+            why = mb.plot(rows, png_path, title, {"cuda": "device memory", "vmhwm": "process RSS",
+                                                  "sampled": "process RSS"}[mem_method])
+        except Exception as e:  # the JSON is written: a plot (matplotlib < 3.7, say) must not fail the run
+            why = f"plotting failed ({type(e).__name__}: {e})"
         print(f"wrote {png_path}" if why is None else f"no plot: {why}")
     print(f"models suite wall time {time.perf_counter() - t0:.0f} s")
     # Exact in float32 (a failure otherwise); in half precision stock and fast round differently, so a

@@ -326,3 +326,132 @@ def test_kernel_sass_counts_the_dot_loop(capsys):
     # the write's recall, the same loop in exact float32: FFMA is 48-50 % of it (before the rewrite: 23 %)
     recall = [lp for lp in mod.main(["--op", "write"]) if lp[0] == "_assoc_write_recall_kernel" and not lp[4]]
     assert len(recall) == 1 and recall[0][3]["FFMA"] > 0.4 * recall[0][2], recall
+
+
+def tiny_argv(tmp_path, *args: str) -> list[str]:
+    """A short ARMT fast run on the tiny CPU configs; ``args`` come last, so they win."""
+    return ["--device", "cpu", "--config", "tiny", "--models", "armt", "--modes", "fast", "--lengths", "300",
+            "--repeats", "1", "--no-warmup", "--no-plot", "--json", str(tmp_path / "b.json"), *args]
+
+
+@pytest.mark.parametrize("flag, says", [
+    ("--batch=abc", "--batch takes a comma list of positive integers, got 'abc'"),
+    ("--batch=,", "--batch takes a comma list of positive integers"),
+    ("--batch=0", "--batch takes a comma list of positive integers"),
+    ("--models=,", "no model given"),
+    ("--modes=,", "no mode given"),
+    ("--step=,", "no --step given"),
+    ("--backends=,", "no backend given"),
+    ("--lengths=,", "no length given"),
+    ("--device=foo", "unknown --device 'foo'"),
+    ("--device=cuda:99", "--device cuda:99: torch sees"),
+])
+def test_bad_list_flags_are_refused(throughput, tmp_path, capsys, flag, says):
+    """An empty, non-numeric or unknown value is a usage error (exit 2, a clear message), never a run that
+    measures nothing or a traceback."""
+    with pytest.raises(SystemExit) as e:
+        throughput.main(tiny_argv(tmp_path, flag))
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_repeated_names_run_once(throughput, tmp_path, capsys):
+    rows = run_tiny_rows(throughput, tmp_path, capsys, "--models", "rmt,rmt", "--modes", "fast,fast", "--step",
+                         "lean,lean", "--lengths", "300", "--max-new-tokens", "1")
+    assert [(r["model"], r["mode"], r["step"]) for r in rows] == [("rmt", "fast", "lean")]
+
+
+def test_environment_records_the_stock_mamba_kernels(throughput):
+    """Stock Mamba runs mamba_ssm / causal_conv1d when installed, else HF's PyTorch path: the JSON says which."""
+    import bench_utils
+
+    env = bench_utils.environment("cpu")
+    for package in ("mamba_ssm", "causal_conv1d"):
+        assert package in env and env[package] == bench_utils.installed_version(package)
+
+
+def test_a_skipped_fast_row_has_its_ratio_line(throughput, tmp_path, capsys, monkeypatch):
+    """Every (model, batch, length) gets a line under "fast / stock", a skipped fast run included; the header
+    says when the working tree differs from the commit."""
+    import bench_utils
+
+    monkeypatch.setattr(bench_utils, "git_commit", lambda: "0123456789abcdef0123-dirty")
+    res, text = run_tiny(throughput, tmp_path, capsys, "--models", "rmt", "--lengths", "300",
+                         "--max-new-tokens", "1", "--fast-budget-s", "1e-9")
+    stock, fast = res["rows"]
+    assert "seconds" in stock and "seconds" not in fast and "exceeded" in fast["skipped"]
+    assert f"rmt B=1 300: fast {fast['skipped']}; stock {stock['tokens_per_s']:.4g} tokens/s" in text
+    assert "| commit 0123456789ab-dirty" in text.splitlines()[0]
+
+
+def test_a_numbered_cuda_device_is_made_current(throughput, monkeypatch):
+    """cuda:N is made the current device (synchronize, max_memory_allocated and graph capture use it)."""
+    import torch
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert throughput.select_device("cuda:1") == torch.device("cuda:1")
+    throughput.select_device("cuda")
+    throughput.select_device("cpu")
+    assert chosen == [torch.device("cuda:1")]
+
+
+def test_an_abbreviated_ops_flag_selects_the_ops_suite(throughput):
+    """argparse takes ``--sha`` for ``--shape``: the suite follows the parsed value, not the spelling."""
+    assert throughput.parse_args(["--sha", "1,8,16,4"]).suite == "ops"
+    assert throughput.parse_args(["--sw"]).suite == "ops"
+
+
+def test_fast_run_checks_it_streamed_the_whole_context(throughput):
+    """A fast row records the context tokens its runner streamed; a stream that lost tokens is an error."""
+    import torch
+
+    import models_bench as mb
+
+    model, _ = mb.build_model("rmt", mb.backbone_config(False), mb.wrapper_config("rmt", False), torch.device("cpu"),
+                              torch.float32)
+    inputs, watch = mb.make_inputs(1, 300, 50257, "random"), mb.Watch(float("inf"), float("inf"))
+    mb.run_fast(model, inputs, torch.device("cpu"), watch, 1)
+    assert watch.graphs["streamed_tokens"] == inputs.context == 280
+
+    class Lossy(mb.Inputs):
+        def chunks(self):
+            return (c[:, 1:] for c in super().chunks())
+
+    lossy = Lossy(1, 280, 50257, "random")
+    with pytest.raises(RuntimeError, match="streamed 279 of the 280 context tokens"):
+        mb.run_fast(model, lossy, torch.device("cpu"), mb.Watch(float("inf"), float("inf")), 1)
+
+
+def test_plot_legend_sits_below_the_panels(throughput, tmp_path, monkeypatch):
+    """One legend for both panels, outside them (inside, "best" still hid measured points)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    import models_bench as mb
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    rows = [{"model": m, "mode": mode, "backend": "-", "step": "lean", "batch": 1, "input_tokens": n,
+             "seconds": 1.0, "tokens_per_s": n * (2 if mode == "fast" else 1), "peak_mem_bytes": n * 2**20}
+            for m in ("rmt", "armt", "mamba") for mode in ("stock", "fast") for n in (989, 3989)]
+    assert mb.plot(rows, str(tmp_path / "p.png"), "title", "process RSS") is None
+    (fig,) = figs
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 6
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert [ax.get_title() for ax in fig.axes] == ["Throughput", "Peak memory"]
+    assert fig.axes[1].get_ylabel().startswith("peak memory (MiB")
+
+
+def test_ratio_line_says_when_a_side_was_a_single_cold_run(throughput):
+    import models_bench as mb
+
+    def row(mode, cold, tps):
+        return {"model": "armt", "mode": mode, "backend": "auto", "step": "lean", "batch": 1, "length": 16000,
+                "length_name": "16k", "seconds": 1.0, "tokens_per_s": tps, "peak_mem_bytes": 2**30, "cold": cold}
+
+    (line,) = mb.ratio_lines([row("stock", True, 100.0), row("fast", False, 300.0)])
+    assert line.startswith("armt B=1 16k (auto): fast/stock speed 3.00x")
+    assert line.endswith("; stock cold (a single run)")
+    (line,) = mb.ratio_lines([row("stock", False, 100.0), row("fast", False, 300.0)])
+    assert "cold" not in line
