@@ -137,8 +137,11 @@ class Inputs:
         return random_chunks(self.B, self.context, self.vocab, self.seed)
 
     def question(self) -> torch.Tensor:
-        if self.data == "babilong":
-            q = torch.tensor(self.samples[0].question_ids(), dtype=torch.long)
+        if self.data == "babilong":  # each row its own sample's question (qa1's all have 5 tokens)
+            qs = [s.question_ids() for s in self.samples]
+            if len({len(q) for q in qs}) == 1:
+                return torch.tensor(qs, dtype=torch.long)
+            q = torch.tensor(qs[0], dtype=torch.long)  # ragged: sample 0's for every row (the same work)
         else:
             q = torch.randint(0, self.vocab, (QUESTION_TOKENS,), generator=torch.Generator().manual_seed(self.seed))
         return q.unsqueeze(0).expand(self.B, -1)

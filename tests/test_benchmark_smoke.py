@@ -455,3 +455,14 @@ def test_ratio_line_says_when_a_side_was_a_single_cold_run(throughput):
     assert line.endswith("; stock cold (a single run)")
     (line,) = mb.ratio_lines([row("stock", False, 100.0), row("fast", False, 300.0)])
     assert "cold" not in line
+
+
+def test_babilong_rows_get_their_own_questions(throughput):
+    """With --data babilong, each batch row is answered with its own sample's question."""
+    import models_bench as mb
+
+    inputs = mb.make_inputs(3, 1000, 50257, "babilong")
+    q = inputs.question()
+    assert q.tolist() == [s.question_ids() for s in inputs.samples]
+    assert len({tuple(r) for r in q.tolist()}) > 1, "the case needs different questions"
+    assert inputs.total_tokens == inputs.context + q.shape[1] + 1
