@@ -143,6 +143,9 @@ def _cuda_status() -> BackendStatus:
         return BackendStatus("cuda", False, f"extension babilong_fast._C not built ({err}); {CUDA_INSTALL_HINT}")
     if not torch.cuda.is_available():
         return BackendStatus("cuda", False, "extension built, but torch sees no CUDA device")
+    err = arch_problem(_built_archs(), torch.cuda.get_device_capability())  # the current device, as auto uses
+    if err:
+        return BackendStatus("cuda", False, err)
     return BackendStatus("cuda", True, f"extension built; device {torch.cuda.get_device_name()}")
 
 

@@ -231,3 +231,7 @@ def test_cuda_backend_needs_machine_code_for_the_gpu(archs, capability, runs, mo
         monkeypatch.setattr(be, "_built_archs", lambda: archs)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         assert be._usable("cuda", torch.device("cuda")) == (False, msg)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # and backends() reports it so
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+        status = be.backends()["cuda"]
+        assert not status.available and status.reason == msg

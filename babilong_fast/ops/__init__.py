@@ -1,9 +1,10 @@
 """Fused ops, each with a reference ``<op>_ref`` beside it.
 
-``assoc_read`` has cuda, triton and torch backends (checked on an H100). ``assoc_write``, ``segment_embed``,
-``rows_layer_norm`` (the segment's memory read/write), ``selective_scan`` and ``causal_conv1d`` have cuda,
-triton and torch backends too. Those kernels are tested on CPU (Triton in its interpreter, CUDA
-compiled) and not yet on a GPU, so ``auto`` keeps them on torch there.
+``assoc_read`` has cuda, triton and torch backends (its CUDA kernels checked on an H100). ``assoc_write``,
+``segment_embed``, ``rows_layer_norm`` (the segment's memory read/write), ``selective_scan`` and
+``causal_conv1d`` have cuda, triton and torch backends too. Those kernels, and ``assoc_read``'s Triton kernel
+(rewritten since its H100 run), are tested on CPU (Triton in its interpreter, CUDA compiled and emulated) and
+not yet on a GPU, so ``auto`` keeps them on torch there. ``dpfp`` is torch only.
 """
 from babilong_fast.ops.assoc_read import AssocRead, AssocReadFunction, assoc_read, assoc_read_ref
 from babilong_fast.ops.assoc_write import AssocWriteFunction, assoc_write, assoc_write_ref
