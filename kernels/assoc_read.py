@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from babilong_fast.kernels.dpfp_math import phi_times_state, store_s
+from babilong_fast.kernels.dpfp_math import check_weight_fits_int32, phi_times_state, store_s
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -92,6 +92,7 @@ def assoc_query_fwd(h: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     ``[B, T, 2n]``."""
     B, T, D = h.shape
     N = w_q.shape[0]
+    check_weight_fits_int32("w_q", w_q)
     R = B * T
     s = torch.empty(B, T, 2 * N, device=h.device, dtype=torch.float32)
     # Few rows (decoding): narrow output tiles so more programs share the reduction over d.

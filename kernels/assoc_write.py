@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from babilong_fast.kernels.dpfp_math import phi_times_state, store_s
+from babilong_fast.kernels.dpfp_math import check_weight_fits_int32, phi_times_state, store_s
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -181,6 +181,8 @@ def assoc_write_fwd(
     """
     B, M, D = mem.shape
     N = w_k.shape[0]
+    check_weight_fits_int32("w_k", w_k)
+    check_weight_fits_int32("w_v", w_v)
     F = 2 * nu * N
     R = B * M
     c = config or default_config(B, M, D, N)

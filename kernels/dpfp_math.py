@@ -1,5 +1,6 @@
 """Triton helpers shared by the associative read and write: storing ``s = [relu(x), relu(-x)]`` (the projections'
-epilogue) and a block of rows' DPFP features, built on the fly from ``s``, times the associative state.
+epilogue) and a block of rows' DPFP features, built on the fly from ``s``, times the associative state; and the
+wrappers' check that a projection weight fits the kernels' 32-bit row offsets.
 
 DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s[i] * s[(i-j-1) % 2n]``,
 ``j < nu``. The loop runs over chunks of ``i`` and then over ``j``, so ``s[i]`` is loaded once for all ``nu``
@@ -8,8 +9,17 @@ features that use it and the partner index ``i - j - 1`` wraps once; no integer 
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+
+def check_weight_fits_int32(name: str, w: torch.Tensor) -> None:
+    """The projection kernels index a weight's rows in 32 bits (a 64-bit row index makes their tiles spill under
+    Triton 3.6): refuse one of 2^31 elements or more."""
+    if w.numel() >= 2**31:
+        raise ValueError(f"{name} has {w.numel()} elements; the Triton kernels take fewer than 2^31 "
+                         "(use backend='torch' or 'cuda')")
 
 
 @triton.jit
@@ -42,7 +52,7 @@ def phi_times_state(p_s, m_r, p_a, p_z, o_d, m_d, D, N2, NU,
             o_p = o_i - (j + 1) % N2
             o_p = tl.where(o_p < 0, o_p + N2, o_p)
             b_phi = b_s * tl.load(p_s[:, None] + o_p[None, :], mask=m_ri, other=0.0)  # [BR, BI]
-            o_f = j * N2 + o_i
+            o_f = (j * N2 + o_i).to(tl.int64)  # f * D passes 2^31 for an A of 2^31 elements a batch entry
             b_a = tl.load(p_a + o_f[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0.0)
             b_z = tl.load(p_z + o_f, mask=m_i, other=0.0)
             b_num += tl.dot(b_phi, b_a, input_precision=PRECISION)  # [BR, BD]

@@ -344,6 +344,17 @@ def pick_kernel(kernel: str | None, config: ScanConfig | None, interpreter: bool
     return kernel
 
 
+TILED_UNSAFE_L = range(2**31 - 2**16, 2**31)
+"""Lengths the tiled kernels hand to the step kernel: L is an int32 argument below 2^31 (int64 from it), and their
+``for t0 in range(0, L, BT)`` would step t0 past 2^31 - 1, wrap and go on writing (tiles have BT < 2^16 steps).
+A loop over tile numbers avoids it but makes a chunked tile spill under Triton 3.6."""
+
+
+def kernel_for_length(kernel: str, L: int) -> str:
+    """``kernel``, or ``"step"`` where a tiled kernel's int32 tile loop would overflow (:data:`TILED_UNSAFE_L`)."""
+    return "step" if kernel != "step" and L in TILED_UNSAFE_L else kernel
+
+
 def selective_scan_fwd(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -363,7 +374,8 @@ def selective_scan_fwd(
     B, C ``[dim, N]``, ``[batch, N, L]`` or ``[batch, G, N, L]``; D, delta_bias ``[dim]``; initial_state
     ``[batch, dim, N]`` fp32 contiguous. Checked by the caller.
 
-    ``kernel``: ``"chunked"``, ``"statewise"`` or ``"step"`` (default: see :func:`pick_kernel`). ``config``
+    ``kernel``: ``"chunked"``, ``"statewise"`` or ``"step"`` (default: see :func:`pick_kernel`; the step kernel
+    for an L in :data:`TILED_UNSAFE_L`). ``config``
     overrides the kernel's configuration (benchmark sweeps). Without one, on a CUDA device, the first call of
     each problem size with at least :data:`TUNE_MIN_STEPS` steps times the tiled kernels' candidates
     (:data:`CANDIDATES`: both families when no ``kernel`` is named, else that one's) and keeps the fastest
@@ -375,6 +387,8 @@ def selective_scan_fwd(
     named = kernel
     kernel = pick_kernel(kernel, config, interpreter)
     batch, dim, L = u.shape
+    if kernel_for_length(kernel, L) != kernel:
+        kernel, config = "step", None
     N = A.shape[1]
     out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
     hT = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
