@@ -246,6 +246,81 @@ def test_training_continues_from_a_cache_on_the_fused_ops(hf):
         assert_close(f"grad {n}", want, grads["triton"][n], 1e-4)
 
 
+def _halve(module, args, out):
+    if isinstance(out, torch.Tensor):
+        return out * 0.5
+    out["last_hidden_state"] = out["last_hidden_state"] * 0.5  # the backbone's MambaOutput
+    return out
+
+
+def _scale_by_length(module, args, out):  # as transformers' NEFTune hook: depends on the length it is given
+    return out * (1 + out.shape[1] / 100)
+
+
+@pytest.mark.parametrize("where, hook", [
+    ("layers.0", _halve), ("", _halve), ("layers.1.norm", _scale_by_length), ("norm_f", _scale_by_length),
+    ("embeddings", _scale_by_length),
+])
+def test_hooks_outside_the_mixers_are_kept(hf, where, hook):
+    """Hooks on a block (never called by the chunks), a norm (called per chunk), the backbone (not called by the
+    patched LM) or the embedding (a hook that reads the length): the patched LM gives the hooked model's logits."""
+    ids = prompt(2, 40)
+    target = hf.backbone.get_submodule(where)
+    with torch.no_grad():
+        plain = hf(ids).logits
+        target.register_forward_hook(hook)
+        want = hf(ids).logits
+        assert rel_err(want, plain) > 1e-3, "the hook must matter"
+        patch(hf, chunk_size=8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a fallback to transformers' forward says so
+            got = hf(ids).logits
+    assert_close(f"hook on backbone.{where}", want, got, 1e-4)
+
+
+def test_offloaded_model_runs_transformers_forward(hf):
+    """accelerate's CPU offload replaces the modules' forwards (weights loaded on call, on meta otherwise): the
+    patched forward runs transformers' own, with a warning, instead of reading meta weights."""
+    accelerate = pytest.importorskip("accelerate")
+    ids = prompt(2, 30)
+    with torch.no_grad():
+        want = hf(ids).logits
+        patch(hf, chunk_size=8)
+        accelerate.cpu_offload(hf, execution_device=torch.device("cpu"))
+        with pytest.warns(RuntimeWarning, match="has its forward replaced"):
+            got = hf(ids).logits
+    assert_close("offloaded", want, got, 1e-5)
+
+
+def test_tuple_output_holds_a_passed_cache(hf):
+    """return_dict=False holds a cache passed in even with use_cache=False, as transformers' tuples do."""
+    ids = prompt(2, 20)
+    kw = cache_keyword(type(hf))
+    with torch.no_grad():
+        want = [hf(ids, use_cache=True), None, None]
+        want[1] = hf(ids[:, 10:11], use_cache=False, return_dict=False, **{kw: output_cache(want[0])})
+        want[2] = hf.backbone(ids[:, 10:11], use_cache=False, return_dict=False, **{kw: output_cache(want[0])})
+        patch(hf, chunk_size=8)
+        cache = output_cache(hf(ids, use_cache=True))
+        got = hf(ids[:, 10:11], use_cache=False, return_dict=False, **{kw: cache})
+        got_backbone = hf.backbone(ids[:, 10:11], use_cache=False, return_dict=False, **{kw: cache})
+    for w, g in ((want[1], got), (want[2], got_backbone)):
+        assert [type(v).__name__ for v in g] == [type(v).__name__ for v in w] == ["Tensor", "DynamicCache"]
+        assert_close("tuple", w[0], g[0], 1e-4)
+
+
+def test_gradient_checkpointing_returns_no_cache(hf):
+    """Training with gradient checkpointing, transformers creates and returns no cache even with use_cache=True."""
+    ids = prompt(2, 20)
+    (getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable)()  # 5.x renames
+    hf.train()
+    want = hf(ids, labels=ids, use_cache=True)
+    patch(hf, chunk_size=8)
+    got = hf(ids, labels=ids, use_cache=True)
+    assert output_cache(want) is None and output_cache(got) is None
+    assert_close("loss", want.loss, got.loss, 1e-5)
+
+
 def test_unpatch_restores(hf):
     keys = set(hf.state_dict())
     other = small_mamba(seed=12)

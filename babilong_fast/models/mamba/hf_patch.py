@@ -5,13 +5,16 @@ read the starting state from and write the final state to transformers' cache (s
 once, in chunks, then decodes one token per step from the state), and compute logits only at the kept
 positions. A padding mask zeroes the padded positions' mixer inputs and conv outputs, as transformers does.
 A call they do not cover (``output_hidden_states``, a cache recording past states, float64 weights, mixers
-with wrapped projections such as LoRA adapters, or hooks) runs the model's own forward instead; note that
+with wrapped projections such as LoRA adapters, hooks or a replaced forward (accelerate's offload) on the
+mixers, blocks or norms) runs the model's own forward instead, as does the LM when its backbone has hooks (the
+patched backbone then runs in chunks); hooks on the embedding see the whole input. Note that
 transformers' forward restarts the selective scan from zero when it continues a cache with more than one token
 (the patched forward carries the state).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -20,7 +23,15 @@ from torch import nn
 
 from babilong_fast.models.mamba import hf_cache
 from babilong_fast.models.mamba.layers import forward_chunked
-from babilong_fast.models.mamba.parts import HF_BACKBONE, HF_LM, MambaParts, class_path, mamba_parts, wrapped_mixers
+from babilong_fast.models.mamba.parts import (
+    HF_BACKBONE,
+    HF_LM,
+    MambaParts,
+    class_path,
+    has_hooks,
+    mamba_parts,
+    wrapped_mixers,
+)
 from babilong_fast.models.mamba.state import MambaState
 from babilong_fast.ops._checks import HALF_AND_FLOAT
 from babilong_fast.patch import OPTIONS_ATTR
@@ -149,9 +160,22 @@ def run_backbone(
 
 
 def _use_cache(model: nn.Module, use_cache: bool | None) -> bool:
-    if use_cache is not None:
-        return bool(use_cache)
-    return bool(model.config.use_cache) and not model.training
+    if use_cache is None:
+        use_cache = model.config.use_cache and not model.training
+    # as transformers: no cache is created or returned when training with gradient checkpointing
+    return bool(use_cache) and not (model.gradient_checkpointing and model.training)
+
+
+def _backbone_called(lm: nn.Module) -> bool:
+    """Whether the LM's forward must call its backbone as a module: hooks on it, or a forward other than ours."""
+    fn = lm.backbone.__dict__.get("forward")
+    ours = isinstance(fn, functools.partial) and fn.func is backbone_forward
+    return has_hooks(lm.backbone) or not ours
+
+
+def _to_tuple(*values) -> tuple:
+    # transformers' tuples hold the cache whenever there is one, also one passed in with use_cache=False
+    return tuple(v for v in values if v is not None)
 
 
 def backbone_forward(
@@ -180,10 +204,11 @@ def backbone_forward(
     hidden, cache = run_backbone(
         self, input_ids, inputs_embeds, cache, use_cache, attention_mask=attention_mask, parts=parts
     )
-    field = hf_cache.output_cache_field(MambaOutput)
-    out = MambaOutput(last_hidden_state=hidden, hidden_states=None, **{field: cache if use_cache else None})
     return_dict = return_dict if return_dict is not None else self.config.return_dict
-    return out if return_dict else out.to_tuple()
+    if not return_dict:
+        return _to_tuple(hidden, cache)
+    field = hf_cache.output_cache_field(MambaOutput)
+    return MambaOutput(last_hidden_state=hidden, hidden_states=None, **{field: cache if use_cache else None})
 
 
 def causal_lm_forward(
@@ -204,7 +229,8 @@ def causal_lm_forward(
 
     cache = kwargs.pop("cache_params", None) if cache is None else cache
     parts = mamba_parts(self.backbone)
-    if _unsupported(self.backbone, parts, output_hidden_states, cache):
+    # the backbone's hooks run only when it is called: transformers' forward calls it (still chunked when patched)
+    if _backbone_called(self) or _unsupported(self.backbone, parts, output_hidden_states, cache):
         return type(self).forward(
             self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict, use_cache=use_cache,
@@ -219,7 +245,8 @@ def causal_lm_forward(
     loss = None
     if labels is not None:
         loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-    field = hf_cache.output_cache_field(MambaCausalLMOutput)
-    out = MambaCausalLMOutput(loss=loss, logits=logits, hidden_states=None, **{field: cache if use_cache else None})
     return_dict = return_dict if return_dict is not None else self.config.return_dict
-    return out if return_dict else out.to_tuple()
+    if not return_dict:
+        return _to_tuple(loss, logits, cache)
+    field = hf_cache.output_cache_field(MambaCausalLMOutput)
+    return MambaCausalLMOutput(loss=loss, logits=logits, hidden_states=None, **{field: cache if use_cache else None})

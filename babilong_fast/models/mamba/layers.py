@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from babilong_fast.backends import Backend
-from babilong_fast.models.mamba.parts import MambaParts
+from babilong_fast.models.mamba.parts import MambaParts, has_hooks
 from babilong_fast.models.mamba.state import MambaState
 from babilong_fast.ops.causal_conv1d import causal_conv1d
 from babilong_fast.ops.selective_scan import selective_scan
@@ -143,6 +143,8 @@ def forward_chunked(
     Returns:
         ``(hidden [B, k, d_model] or None, state after the last position)``.
     """
+    if inputs_embeds is None and has_hooks(parts.embedding):  # a hook sees the whole input, as in the model's forward
+        input_ids, inputs_embeds = None, parts.embedding(input_ids)
     x = input_ids if inputs_embeds is None else inputs_embeds
     T = x.shape[1]
     first = T if keep_last is None else (T - keep_last if 0 < keep_last < T else 0)

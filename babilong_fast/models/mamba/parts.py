@@ -79,6 +79,7 @@ class MambaParts:
         library: ``"transformers"`` or ``"mamba_ssm"``; decides two dtype details (``norm_f``'s input cast,
             float32 logits) so outputs match that library's forward.
         dims: the mixers' sizes (all layers alike).
+        blocks: the layers holding each norm and mixer (never called: only checked for hooks).
     """
 
     embedding: nn.Embedding
@@ -89,6 +90,7 @@ class MambaParts:
     residual_in_fp32: bool
     library: str
     dims: MambaDims
+    blocks: tuple[nn.Module, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -99,7 +101,7 @@ class MambaParts:
         return self.embedding.weight.shape[0]
 
 
-def _layers(backbone: nn.Module, library: str) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+def _layers(backbone: nn.Module, library: str) -> tuple[tuple[nn.Module, ...], ...]:
     norms, mixers = [], []
     for i, layer in enumerate(backbone.layers):
         if getattr(layer, "mlp", None) is not None:
@@ -110,7 +112,7 @@ def _layers(backbone: nn.Module, library: str) -> tuple[tuple[nn.Module, ...], t
         mixers.append(layer.mixer)
     if not mixers:
         raise TypeError("the model has no layers")
-    return tuple(norms), tuple(mixers)
+    return tuple(norms), tuple(mixers), tuple(backbone.layers)
 
 
 def mamba_parts(model: nn.Module) -> MambaParts:
@@ -138,27 +140,59 @@ def mamba_parts(model: nn.Module) -> MambaParts:
             "expected a Mamba-1 language model (transformers MambaForCausalLM / MambaModel, or mamba_ssm "
             f"MambaLMHeadModel / MixerModel), got {type(model).__name__}"
         )
-    norms, mixers = _layers(backbone, library)
+    norms, mixers, blocks = _layers(backbone, library)
     dims = {mixer_dims(m) for m in mixers}
     if len(dims) != 1:
         raise TypeError(f"all layers must have the same sizes, got {sorted(dims, key=str)}")
     lm_head = model.lm_head if path in (HF_LM, SSM_LM) else None
-    return MambaParts(embedding, norms, mixers, backbone.norm_f, lm_head, residual_in_fp32, library, dims.pop())
+    return MambaParts(
+        embedding, norms, mixers, backbone.norm_f, lm_head, residual_in_fp32, library, dims.pop(), blocks
+    )
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks (they run only where the module itself is called)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def _replaced_forward(module: nn.Module, name: str) -> str | None:
+    """Why an instance ``forward`` (accelerate's offload / device-map hooks set one) would be skipped, or None.
+    babilong_fast's own patch is not counted."""
+    from babilong_fast.patch import OPTIONS_ATTR
+
+    if "forward" in module.__dict__ and OPTIONS_ATTR not in module.__dict__:
+        return f"{name} has its forward replaced (accelerate offload or device-map hooks?)"
+    return None
 
 
 def wrapped_mixer_part(mixer: nn.Module, name: str = "mixer", hooks_on_mixer: bool = True) -> str | None:
     """Why :func:`~babilong_fast.models.mamba.mixer_forward` cannot stand in for ``mixer`` (None: it can): it reads
-    the projections' and the conv's weights directly, so a wrapped one (a LoRA adapter) or one with forward hooks
-    would be skipped; so would hooks on the mixer itself (``hooks_on_mixer``) where the mixer is not called."""
+    the projections' and the conv's weights directly, so a wrapped one (a LoRA adapter), one with forward hooks or
+    a replaced forward would be skipped; so would such a mixer itself (``hooks_on_mixer``) where it is not called."""
     parts = {f"{name}.{p}": (getattr(mixer, p), (nn.Linear,)) for p in ("in_proj", "x_proj", "dt_proj", "out_proj")}
     parts[f"{name}.conv1d"] = (mixer.conv1d, (nn.Conv1d,))
     if hooks_on_mixer:
         parts[name] = (mixer, (type(mixer),))
-    return first_not_plain(parts)
+    why = first_not_plain(parts)
+    for part, (module, _) in parts.items():
+        why = why or _replaced_forward(module, part)
+    return why
 
 
 def wrapped_mixers(parts: MambaParts) -> str | None:
-    """The first layer's :func:`wrapped_mixer_part` reason, or None."""
+    """Why the chunked forward cannot stand in for the layers (None: it can): the first layer's
+    :func:`wrapped_mixer_part` reason, or hooks (or a replaced forward) on a block, which is never called, or on a
+    norm, which is called per chunk (``norm_f`` only at the kept positions) instead of once on the whole input."""
+    named = [(f"layers.{i}", b) for i, b in enumerate(parts.blocks)]
+    named += [(f"layers.{i}.norm", n) for i, n in enumerate(parts.norms)] + [("norm_f", parts.norm_f)]
+    for name, module in named:
+        if has_hooks(module):
+            return f"{name} has hooks"
+        why = _replaced_forward(module, name)
+        if why:
+            return why
     for i, mixer in enumerate(parts.mixers):
         why = wrapped_mixer_part(mixer, f"layers.{i}.mixer")
         if why:
