@@ -17,6 +17,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from babilong_fast.kernels.dpfp_math import check_weight_fits_int32, phi_times_state, store_s
+from babilong_fast.kernels.grid_limits import check_batch
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -148,6 +149,7 @@ def assoc_read_fwd(
     Returns ``h + (phi A) / (phi z + eps)`` as ``[B, T, d]`` in h's dtype. Inputs must be contiguous
     (checked by the caller). ``config`` overrides :func:`default_config` (benchmark sweeps).
     """
+    check_batch("assoc_read", h.shape[0])  # before the query pass, which has no such limit
     return assoc_read_main_fwd(h, assoc_query_fwd(h, w_q), A, z, nu, eps, config)
 
 
@@ -157,6 +159,7 @@ def assoc_read_main_fwd(
 ) -> torch.Tensor:
     """The fused pass alone, from ``s`` ``[B, T, 2n]`` float32 (:func:`assoc_query_fwd`); returns ``[B, T, d]``."""
     B, T, D = h.shape
+    check_batch("assoc_read", B)
     N = s.shape[-1] // 2
     c = config or default_config(T, D, N, h.dtype, B, _sm_count(h.device))
     out = torch.empty_like(h)

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from babilong_fast.kernels.dpfp_math import check_weight_fits_int32, phi_times_state, store_s
+from babilong_fast.kernels.grid_limits import check_batch
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -180,6 +181,7 @@ def assoc_write_fwd(
     (checked by the caller). ``config`` overrides :func:`default_config` (benchmark sweeps).
     """
     B, M, D = mem.shape
+    check_batch("assoc_write", B)
     N = w_k.shape[0]
     check_weight_fits_int32("w_k", w_k)
     check_weight_fits_int32("w_v", w_v)

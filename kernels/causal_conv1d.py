@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from babilong_fast.kernels.grid_limits import check_batch
+
 
 @triton.jit(do_not_specialize=["L"])
 def _causal_conv1d_fwd_kernel(
@@ -92,6 +94,7 @@ def causal_conv1d_fwd(
     Returns ``(out [batch, dim, L] in x's dtype, final_state [batch, dim, W-1] in x's dtype or None)``.
     """
     batch, dim, L = x.shape
+    check_batch("causal_conv1d", batch)
     W = weight.shape[1]
     c = config or default_config(dim, L, interpreter=x.device.type == "cpu")
     out = torch.empty(batch, dim, L, device=x.device, dtype=x.dtype)

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from babilong_fast.kernels.grid_limits import check_batch
+
 
 @triton.jit(do_not_specialize=["L", "V"])
 def _segment_embed_fwd_kernel(
@@ -87,6 +89,7 @@ def segment_embed_fwd(
 ) -> None:
     """Launch on checked inputs (``segment_embed``'s checks): fills ``out [B, T, d]``."""
     B, L = input_ids.shape
+    check_batch("segment_embed", B)
     T, d = out.shape[1], out.shape[2]
     Mf = 0 if front is None else front.shape[1]
     Mb = 0 if back is None else back.shape[1]
@@ -105,4 +108,5 @@ def rows_layer_norm_fwd(
 ) -> None:
     """Launch on checked inputs (``rows_layer_norm``'s checks): fills ``out [B, count, d]`` float32."""
     B, T, d = x.shape
+    check_batch("rows_layer_norm", B)
     _rows_layer_norm_fwd_kernel[(count, B)](x, weight, bias, out, T, start, count, d, eps, BD=_block_d(d))

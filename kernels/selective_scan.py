@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from babilong_fast.kernels.config_tuner import ConfigTuner
+from babilong_fast.kernels.grid_limits import check_batch
 from babilong_fast.kernels.scan_math import channel_block, scan_combine, softplus
 from babilong_fast.kernels.selective_scan_statewise import (
     StatewiseScanConfig,
@@ -387,6 +388,7 @@ def selective_scan_fwd(
     named = kernel
     kernel = pick_kernel(kernel, config, interpreter)
     batch, dim, L = u.shape
+    check_batch("selective_scan", batch)
     if kernel_for_length(kernel, L) != kernel:
         kernel, config = "step", None
     N = A.shape[1]
