@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from babilong_fast.kernels.dpfp_math import check_weight_fits_int32, phi_times_state, store_s
-from babilong_fast.kernels.grid_limits import check_batch
+from babilong_fast.kernels.dpfp_math import phi_times_state, store_s
+from babilong_fast.kernels.launch_limits import check_batch, check_weight_fits_int32
 
 
 @triton.jit(do_not_specialize=["R"])
@@ -149,7 +149,7 @@ def assoc_read_fwd(
     Returns ``h + (phi A) / (phi z + eps)`` as ``[B, T, d]`` in h's dtype. Inputs must be contiguous
     (checked by the caller). ``config`` overrides :func:`default_config` (benchmark sweeps).
     """
-    check_batch("assoc_read", h.shape[0])  # before the query pass, which has no such limit
+    check_batch("assoc_read", h.shape[0])  # the fused pass's grid z; checked before the query pass runs
     return assoc_read_main_fwd(h, assoc_query_fwd(h, w_q), A, z, nu, eps, config)
 
 
@@ -157,9 +157,9 @@ def assoc_read_main_fwd(
     h: torch.Tensor, s: torch.Tensor, A: torch.Tensor, z: torch.Tensor, nu: int, eps: float,
     config: AssocReadConfig | None = None,
 ) -> torch.Tensor:
-    """The fused pass alone, from ``s`` ``[B, T, 2n]`` float32 (:func:`assoc_query_fwd`); returns ``[B, T, d]``."""
+    """The fused pass alone, from ``s`` ``[B, T, 2n]`` float32 (:func:`assoc_query_fwd`); returns ``[B, T, d]``.
+    B is checked by the caller (:func:`assoc_read_fwd`, before the query pass)."""
     B, T, D = h.shape
-    check_batch("assoc_read", B)
     N = s.shape[-1] // 2
     c = config or default_config(T, D, N, h.dtype, B, _sm_count(h.device))
     out = torch.empty_like(h)

@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from babilong_fast.kernels.dpfp_math import check_weight_fits_int32, phi_times_state, store_s
-from babilong_fast.kernels.grid_limits import check_batch
+from babilong_fast.kernels.dpfp_math import phi_times_state, store_s
+from babilong_fast.kernels.launch_limits import check_batch, check_weight_fits_int32
 
 
 @triton.jit(do_not_specialize=["R"])

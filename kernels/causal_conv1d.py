@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from babilong_fast.kernels.grid_limits import check_batch
+from babilong_fast.kernels.launch_limits import check_batch
 
 
 @triton.jit(do_not_specialize=["L"])

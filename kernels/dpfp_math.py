@@ -1,6 +1,5 @@
 """Triton helpers shared by the associative read and write: storing ``s = [relu(x), relu(-x)]`` (the projections'
-epilogue) and a block of rows' DPFP features, built on the fly from ``s``, times the associative state; and the
-wrappers' check that a projection weight fits the kernels' 32-bit row offsets.
+epilogue) and a block of rows' DPFP features, built on the fly from ``s``, times the associative state.
 
 DPFP (Schlag et al. 2021, https://arxiv.org/abs/2102.11174): ``phi[j*2n + i] = s[i] * s[(i-j-1) % 2n]``,
 ``j < nu``. The loop runs over chunks of ``i`` and then over ``j``, so ``s[i]`` is loaded once for all ``nu``
@@ -9,17 +8,8 @@ features that use it and the partner index ``i - j - 1`` wraps once; no integer 
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
-
-
-def check_weight_fits_int32(name: str, w: torch.Tensor) -> None:
-    """The projection kernels index a weight's rows in 32 bits (a 64-bit row index makes their tiles spill under
-    Triton 3.6): refuse one of 2^31 elements or more."""
-    if w.numel() >= 2**31:
-        raise ValueError(f"{name} has {w.numel()} elements; the Triton kernels take fewer than 2^31 "
-                         "(use backend='torch' or 'cuda')")
 
 
 @triton.jit

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from babilong_fast.kernels.config_tuner import ConfigTuner
-from babilong_fast.kernels.grid_limits import check_batch
+from babilong_fast.kernels.launch_limits import check_batch
 from babilong_fast.kernels.scan_math import channel_block, scan_combine, softplus
 from babilong_fast.kernels.selective_scan_statewise import (
     StatewiseScanConfig,

@@ -15,9 +15,19 @@ def not_plain(module: nn.Module, expected: tuple[type, ...], name: str) -> str |
     if type(module) not in expected:
         want = " / ".join(_qualified(t) for t in expected)
         return f"{name} is a {_qualified(type(module))}, not a plain {want} (an adapter such as LoRA?)"
-    if module._forward_hooks or module._forward_pre_hooks:
+    if has_forward_hooks(module):
         return f"{name} has forward hooks"
     return None
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward (or forward-pre) hooks."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks (they run only where the module itself is called)."""
+    return has_forward_hooks(module) or bool(module._backward_hooks or module._backward_pre_hooks)
 
 
 def _qualified(cls: type) -> str:

@@ -28,11 +28,11 @@ from babilong_fast.models.mamba.parts import (
     HF_LM,
     MambaParts,
     class_path,
-    has_hooks,
     mamba_parts,
     wrapped_mixers,
 )
 from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.models.plain_modules import has_hooks
 from babilong_fast.ops._checks import HALF_AND_FLOAT
 from babilong_fast.patch import OPTIONS_ATTR
 

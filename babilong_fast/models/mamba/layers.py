@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from babilong_fast.backends import Backend
-from babilong_fast.models.mamba.parts import MambaParts, has_hooks
+from babilong_fast.models.mamba.parts import MambaParts
 from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.models.plain_modules import has_hooks
 from babilong_fast.ops.causal_conv1d import causal_conv1d
 from babilong_fast.ops.selective_scan import selective_scan
 

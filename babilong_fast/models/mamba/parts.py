@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from babilong_fast.models.plain_modules import first_not_plain
+from babilong_fast.models.plain_modules import first_not_plain, has_hooks
 
 HF_MODULE = "transformers.models.mamba.modeling_mamba"
 SSM_MODELS_MODULE = "mamba_ssm.models.mixer_seq_simple"
@@ -147,13 +147,6 @@ def mamba_parts(model: nn.Module) -> MambaParts:
     lm_head = model.lm_head if path in (HF_LM, SSM_LM) else None
     return MambaParts(
         embedding, norms, mixers, backbone.norm_f, lm_head, residual_in_fp32, library, dims.pop(), blocks
-    )
-
-
-def has_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` has forward or backward hooks (they run only where the module itself is called)."""
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
     )
 
 
