@@ -24,6 +24,7 @@ class Progress:
         desc: label of the bar or line.
         log_every_s: seconds between lines when tqdm is missing (default ``LOG_EVERY_S``).
         file: where to write (default stderr).
+        initial: tokens already consumed (a continued stream): the count starts there.
     """
 
     def __init__(
@@ -33,18 +34,21 @@ class Progress:
         desc: str = "prefill",
         log_every_s: float | None = None,
         file: TextIO | None = None,
+        initial: int = 0,
     ) -> None:
         self.enabled, self.total, self.desc = enabled, total, desc
         self.log_every_s = LOG_EVERY_S if log_every_s is None else log_every_s
         self.file = sys.stderr if file is None else file
+        self.initial = initial
         self.tokens = self.segments = 0
         self._start = self._last = time.perf_counter()
         self._bar = None
         if enabled and tqdm is not None:
-            self._bar = tqdm(total=total, desc=desc, unit="tok", unit_scale=True, file=self.file, leave=False)
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True, file=self.file,
+                             leave=False)
 
     def rate(self) -> float:
-        """Tokens per second since the start."""
+        """Tokens per second since the start (this call's tokens, not ``initial``)."""
         return self.tokens / max(time.perf_counter() - self._start, 1e-9)
 
     def update(self, tokens: int, segments: int = 0) -> None:
@@ -64,8 +68,9 @@ class Progress:
 
     def _line(self) -> None:
         of = f"/{self.total}" if self.total else ""
+        done = self.initial + self.tokens
         print(
-            f"babilong_fast: {self.desc} {self.tokens}{of} tokens, {self.segments} segments, {self.rate():.0f} tok/s",
+            f"babilong_fast: {self.desc} {done}{of} tokens, {self.segments} segments, {self.rate():.0f} tok/s",
             file=self.file,
             flush=True,
         )

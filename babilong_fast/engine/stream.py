@@ -13,6 +13,9 @@ near-tie between two tokens can go the other way.
 
 from __future__ import annotations
 
+import itertools
+import numbers
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +27,7 @@ from babilong_fast.data.tokenizer import EOS_ID
 from babilong_fast.engine.adapters import RMTAdapter, SegmentAdapter, make_adapter
 from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.progress import Progress
-from babilong_fast.models._common import check_token_range
+from babilong_fast.models._common import check_eos_token_id, check_token_range
 
 GEN_ID = 35353
 """GPT-2 id of ``"GEN"``, the separator between question and answer in BABILong fine-tuning."""
@@ -56,16 +59,26 @@ class StreamState:
         return self.pending.shape[0]
 
 
-def as_chunk(chunk: object, vocab_size: int | None = None) -> torch.Tensor | None:
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)  # token files' dtypes torch cannot range-check
+
+
+def is_array(x: object) -> bool:
+    """A torch tensor or a numpy array: one chunk as a whole, never iterated row by row."""
+    np = sys.modules.get("numpy")  # never imported here: an array exists only if numpy is loaded
+    return isinstance(x, torch.Tensor) or (np is not None and isinstance(x, np.ndarray))
+
+
+def as_chunk(chunk: object, vocab_size: int | None = None, name: str = "chunk") -> torch.Tensor | None:
     """One chunk as a ``[B, n]`` integer tensor (``None`` for an empty 1-D chunk).
 
-    A 1-D tensor or a sequence of ints is one row (``B = 1``); a 2-D tensor or a sequence of equal-length
-    rows is a batch. Ids are range-checked against ``vocab_size`` when the chunk is on the CPU.
+    A 1-D tensor / numpy array or a sequence of ints is one row (``B = 1``); a 2-D one or a sequence of
+    equal-length rows is a batch. Ids are range-checked against ``vocab_size`` when the chunk is on the CPU.
+    ``name`` is the argument named in errors.
     """
-    if isinstance(chunk, (int, str, bytes)):
+    if chunk is None or isinstance(chunk, (numbers.Integral, str, bytes)) or (is_array(chunk) and chunk.ndim == 0):
+        hint = "; to stream one list of ids pass [ids]" if name == "chunk" else ""
         raise TypeError(
-            f"each chunk must be a sequence of token ids or a [B, n] tensor, got {type(chunk).__name__}; "
-            "to stream one list of ids pass [ids]"
+            f"{name} must be a sequence of token ids or a [B, n] tensor, got {type(chunk).__name__}{hint}"
         )
     if isinstance(chunk, torch.Tensor):
         t = chunk
@@ -73,17 +86,21 @@ def as_chunk(chunk: object, vocab_size: int | None = None) -> torch.Tensor | Non
         try:
             t = torch.as_tensor(chunk)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"chunk is not a sequence of integer token ids: {e}") from None
+            raise TypeError(f"{name} is not a sequence of integer token ids of equal-length rows: {e}") from None
+        if t.numel() == 0 and not is_array(chunk):
+            t = t.long()  # [] and [[]] hold no id, and torch reads them as float32
     if t.dim() == 1 and t.numel() == 0:
         return None
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"token ids must be integers, got a chunk of dtype {t.dtype}")
+        raise TypeError(f"{name}: token ids must be integers, got dtype {t.dtype}")
+    if t.dtype in _WIDE_UNSIGNED:
+        t = t.long()
     if t.dim() == 1:
         t = t.unsqueeze(0)
     elif t.dim() != 2:
-        raise ValueError(f"a chunk must be [n] or [B, n], got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be [n] or [B, n], got shape {tuple(t.shape)}")
     if vocab_size is not None and t.device.type == "cpu":
-        check_token_range(t, vocab_size, "token ids")
+        check_token_range(t, vocab_size, f"{name}: token ids")
     return t
 
 
@@ -206,25 +223,39 @@ class StreamRunner:
         last; the newest ``1..segment_size`` tokens stay pending for :meth:`answer`.
 
         Args:
-            chunks: an iterable of chunks of any sizes: ``list[int]`` or 1-D tensors (one row), or ``[B, n]``
-                tensors (a batch; ``B`` fixed for the whole stream). A tensor alone is one chunk.
+            chunks: an iterable of chunks of any sizes: ``list[int]``, 1-D tensors or numpy arrays (one row),
+                or ``[B, n]`` tensors / arrays (a batch; ``B`` fixed for the whole stream). A tensor or array
+                alone is one chunk.
             state: continue this stream instead of starting a new one.
-            total_tokens: expected length, for the progress bar only.
+            total_tokens: the whole stream's expected length (with what ``state`` has consumed), for the
+                progress bar only.
 
         Returns:
-            the new :class:`StreamState`; also kept as ``self.state``.
+            the new :class:`StreamState`; also kept as ``self.state`` (None while streaming, and after a
+            failure, so a later :meth:`answer` never answers an older stream).
 
         Raises:
             ValueError: empty stream, batch size changing mid-stream, ids out of the vocabulary.
             TypeError: a chunk that is not integer token ids.
         """
-        st = self._prefill(chunks, state, Progress(self.progress, total_tokens))
+        self.state = None
+        st = self._prefill(chunks, state, self.progress, total_tokens)
         self.state = st
         return st
 
-    def _prefill(self, chunks: Iterable[Chunk] | torch.Tensor, state: StreamState | None, bar: Progress) -> StreamState:
-        if isinstance(chunks, torch.Tensor):
+    def _prefill(
+        self,
+        chunks: Iterable[Chunk] | torch.Tensor,
+        state: StreamState | None,
+        progress: bool,
+        total_tokens: int | None = None,
+        rows: int | None = None,
+    ) -> StreamState:
+        """:meth:`prefill`; ``rows``: the batch size the stream must have (checked at its first chunk)."""
+        if is_array(chunks):
             chunks = (chunks,)
+        elif not isinstance(chunks, Iterable) or isinstance(chunks, (str, bytes)):
+            raise TypeError(f"chunks must be an iterable of token chunks or a tensor, got {type(chunks).__name__}")
         S, adapter = self.segment_size, self.adapter
         B = buf = model_state = None
         fill = tokens = segments = 0
@@ -233,11 +264,16 @@ class StreamRunner:
                 raise TypeError(f"state must be a StreamState (from prefill or init_state), got {type(state).__name__}")
             B, model_state = state.batch_size, adapter.check_state(state.model_state)
             fill, tokens, segments = state.pending.shape[1], state.num_tokens, state.num_segments
+            if fill > S:  # pending from a runner of longer segments (Mamba's are free): re-blocked as a chunk
+                chunks = itertools.chain((state.pending,), chunks)
+                tokens -= fill
+                fill = 0
+        bar = Progress(progress, total_tokens, initial=tokens)
         try:
             with torch.inference_mode():
                 if state is not None:
                     buf = self._workspace(B)
-                    buf[:, :fill].copy_(state.pending)
+                    buf[:, :fill].copy_(state.pending[:, :fill])  # nothing when re-blocked
                 for k, chunk in enumerate(chunks):
                     c = as_chunk(chunk, adapter.vocab_size)
                     if c is None:
@@ -246,6 +282,8 @@ class StreamRunner:
                         if c.shape[1] == 0:
                             continue
                         B = c.shape[0]
+                        if rows is not None and B != rows:
+                            raise ValueError(f"question_ids has {rows} rows, the stream {B}")
                         buf = self._workspace(B)
                         model_state = adapter.init_state(B, self.device)
                     elif c.shape[0] != B:
@@ -253,8 +291,10 @@ class StreamRunner:
                             f"chunk {k} has batch size {c.shape[0]}, but the stream has {B} rows; "
                             "every chunk of a stream must have the same batch size"
                         )
-                    if buf.is_cuda and not c.is_cuda:  # pinned host memory: the copies below do not block
-                        c = c.pin_memory()
+                    if buf.is_cuda and not c.is_cuda:
+                        # Staged in pinned memory of our own, so the copies below do not block; never the caller's
+                        # pinned buffer, which it may refill before the copy has run.
+                        c = torch.empty(c.shape, dtype=c.dtype, pin_memory=True).copy_(c)
                     n, pos = c.shape[1], 0
                     while pos < n:
                         if fill == S:
@@ -281,10 +321,12 @@ class StreamRunner:
         """``question ‖ GEN`` checked, ``[1 or B, q]`` int64 on the CPU."""
         if isinstance(question_ids, torch.Tensor):  # a few ids: checked on the CPU wherever they live
             question_ids = question_ids.cpu()
-        q = as_chunk(question_ids, self.adapter.vocab_size)
+        q = as_chunk(question_ids, self.adapter.vocab_size, "question_ids")
         q = torch.zeros(1, 0, dtype=torch.long) if q is None else q.to(torch.long)
         if gen_token_id is not None:
-            gen = as_chunk([gen_token_id], self.adapter.vocab_size)
+            if isinstance(gen_token_id, bool) or not isinstance(gen_token_id, numbers.Integral):
+                raise TypeError(f"gen_token_id must be an int or None, got {gen_token_id!r}")
+            gen = as_chunk([int(gen_token_id)], self.adapter.vocab_size, "gen_token_id")
             q = torch.cat([q, gen.expand(q.shape[0], 1)], 1)
         return q
 
@@ -311,14 +353,19 @@ class StreamRunner:
         """
         state = self._current(state)
         suffix = self._suffix(question_ids, state.batch_size, gen_token_id)
-        return self._prefill((suffix,), state, Progress(False))
+        return self._prefill((suffix,), state, progress=False)
 
     def decode(self, state: StreamState, *, max_new_tokens: int = 10, eos_token_id: int = EOS_ID) -> torch.Tensor:
-        """Greedy decoding from ``state.pending`` as the final segment, with the model's ``generate`` rule."""
+        """Greedy decoding from ``state.pending`` as the final segment, with the model's ``generate`` rule.
+
+        Returns ``[B, <= max_new_tokens]`` int64, an ordinary tensor (not an inference tensor)."""
+        state = self._current(state)
+        check_eos_token_id(eos_token_id)
         if state.pending.shape[1] == 0:
             raise ValueError("nothing to answer: the stream is empty and no question was given")
         with torch.inference_mode():
-            return self.adapter.decode(state.pending, state.model_state, max_new_tokens, eos_token_id)
+            out = self.adapter.decode(state.pending, state.model_state, max_new_tokens, eos_token_id)
+        return out.clone()  # outside inference mode: the caller may edit it in place, as generate's output
 
     def answer(
         self,
@@ -343,6 +390,7 @@ class StreamRunner:
         Returns:
             ``[B, <= max_new_tokens]`` int64, the new tokens only.
         """
+        check_eos_token_id(eos_token_id)  # before the question's segments run
         return self.decode(
             self.finish(question_ids, state, gen_token_id=gen_token_id),
             max_new_tokens=max_new_tokens,
@@ -358,19 +406,23 @@ class StreamRunner:
         max_new_tokens: int = 10,
         eos_token_id: int = EOS_ID,
         gen_token_id: int | None = GEN_ID,
+        total_tokens: int | None = None,
     ) -> torch.Tensor:
         """:meth:`prefill` then :meth:`answer`.
 
         Args:
             sample_or_chunks: a :class:`~babilong_fast.data.BabilongSample` (streamed with
-                ``iter_chunks(chunk_tokens)``; its question is the default ``question_ids``), or chunks.
+                ``iter_chunks(chunk_tokens)``; its question is the default ``question_ids``), or chunks, or one
+                tensor / array.
             question_ids: required for chunks.
             chunk_tokens, max_new_tokens, eos_token_id, gen_token_id: as in :meth:`answer`.
+            total_tokens: the chunks' length if known (a sample's and a tensor's are): the progress bar's
+                total, and the answer is checked to fit after the exact final segment before streaming.
 
         Returns:
             ``[B, <= max_new_tokens]`` the generated tokens.
         """
-        total = None
+        total = total_tokens
         if isinstance(sample_or_chunks, BabilongSample):
             sample = sample_or_chunks
             total = sample.num_tokens
@@ -379,17 +431,23 @@ class StreamRunner:
                 question_ids = sample.question_ids()
         else:
             chunks = sample_or_chunks
+            if is_array(chunks) and chunks.ndim in (1, 2):
+                total = chunks.shape[-1]
         if question_ids is None:
             raise ValueError("question_ids is required unless a BabilongSample is given")
-        # What would fail after the stream, checked before it: the question's ids, and the answer's fit.
-        n_question = self._question(question_ids, gen_token_id).shape[1]
+        # What would fail after the stream, checked before it: the question's ids and rows, the end token, and
+        # the answer's fit.
+        q = self._question(question_ids, gen_token_id)
+        check_eos_token_id(eos_token_id)
         if total is None:
             self.adapter.check_decode(1, max_new_tokens)
         else:  # the final segment of context ‖ question ‖ GEN is known
-            n = total + n_question
+            n = total + q.shape[1]
             self.adapter.check_decode(n - self.segment_size * ((n - 1) // self.segment_size), max_new_tokens)
-        state = self.prefill(chunks, total_tokens=total)
-        if total is not None and state.num_tokens != total:
+        self.state = None
+        state = self.state = self._prefill(chunks, None, self.progress, total, rows=q.shape[0] if q.shape[0] > 1
+                                           else None)
+        if isinstance(sample_or_chunks, BabilongSample) and state.num_tokens != total:
             raise RuntimeError(f"the sample streamed {state.num_tokens} tokens, but num_tokens is {total}")
         return self.answer(
             question_ids,

@@ -95,6 +95,12 @@ def scored_lm_loss(
     return F.cross_entropy(logits.float(), input_ids[:, 1:][keep], reduction=reduction), logits
 
 
+def check_eos_token_id(eos_token_id: object) -> None:
+    """TypeError unless ``eos_token_id`` is an int or None."""
+    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int)):
+        raise TypeError(f"eos_token_id must be an int or None, got {eos_token_id!r}")
+
+
 def greedy_loop(
     step, batch_size: int, device: torch.device, max_new_tokens: int, eos_token_id: int | None
 ) -> torch.Tensor:
@@ -104,8 +110,7 @@ def greedy_loop(
     the loop stops when every row has. ``eos_token_id=None``: no end token, always ``max_new_tokens``.
     Returns the new tokens ``[B, <= max_new_tokens]``.
     """
-    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int)):
-        raise TypeError(f"eos_token_id must be an int or None, got {eos_token_id!r}")
+    check_eos_token_id(eos_token_id)
     out = torch.empty(batch_size, 0, dtype=torch.long, device=device)
     if eos_token_id is None:
         for _ in range(max_new_tokens):

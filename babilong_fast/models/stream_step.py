@@ -158,7 +158,7 @@ def rmt_stream_step(
     ln = tr.ln_f
     start = M + L if n == 0 else 0  # with no block, h is still the whole input
     new = rows_layer_norm(h.contiguous(), start, M, ln.weight, ln.bias, ln.eps, backend=backend)
-    return RMTState(new, state.segments_seen + 1)
+    return RMTState(new.float(), state.segments_seen + 1)  # float32 whatever the weights (float64 too)
 
 
 def armt_stream_step(

@@ -355,7 +355,7 @@ def test_run_checks_the_answer_before_the_stream():
     for bad, match in (({"question_ids": [1, 50257]}, r"\[0, 50257\)"), ({"max_new_tokens": 0}, "max_new_tokens"),
                        ({"max_new_tokens": P - last + 2}, "positions")):
         runner = StreamRunner(model, progress=False)
-        runner.prefill = lambda *a, **k: calls.append(1)  # must not be reached
+        runner._prefill = lambda *a, **k: calls.append(1)  # must not be reached
         with pytest.raises(ValueError, match=match):
             runner.run(sample, chunk_tokens=100, **bad)
     assert not calls
@@ -434,3 +434,122 @@ def test_gen_id_is_gpt2_gen():
     from babilong_fast.data import get_tokenizer
 
     assert get_tokenizer().encode("GEN") == [GEN_ID]
+
+
+def test_run_checks_everything_before_the_stream():
+    """The end token's type, the question's rows and (a tensor's length being known) the answer's fit fail before
+    any segment runs."""
+    model = make_model("armt")
+    ctx = torch.randint(0, VOCAB - 2, (2, 5 * SEG + 3))
+    runner = StreamRunner(model, progress=False)
+    steps = []
+    runner._steps = lambda *a: steps.append(1)  # no segment may run
+    for bad, err, match in (
+        ({"eos_token_id": [EOS]}, TypeError, "eos_token_id"),
+        ({"eos_token_id": "x"}, TypeError, "eos_token_id"),
+        ({"question_ids": torch.zeros(3, 2, dtype=torch.long)}, ValueError, "question_ids has 3 rows, the stream 2"),
+        ({"max_new_tokens": 200}, ValueError, "positions"),
+    ):
+        kwargs = {"question_ids": [1, 2], "gen_token_id": GEN, "eos_token_id": EOS, **bad}
+        with pytest.raises(err, match=match):
+            runner.run(ctx, **kwargs)
+        with pytest.raises(err, match=match):  # a chunk iterator with its length given
+            runner.run(iter([ctx[:, :40], ctx[:, 40:]]), total_tokens=ctx.shape[1], **kwargs)
+    assert not steps
+    state = StreamRunner(model, progress=False).prefill([ctx])
+    with pytest.raises(TypeError, match="eos_token_id"):
+        runner.answer([1, 2], state=state, eos_token_id=1.0, gen_token_id=GEN)
+    assert not steps  # the question's spill-over segments did not run either
+
+
+def test_numpy_chunks():
+    """A numpy array is one chunk as a tensor is (never iterated row by row); uint16 / uint32 token files work."""
+    np = pytest.importorskip("numpy")
+    model = make_model("rmt")
+    ctx = torch.randint(0, VOCAB - 2, (2, 3 * SEG + 5))
+    runner = StreamRunner(model, progress=False)
+    want = runner.run(ctx, [1, 2], gen_token_id=GEN, eos_token_id=None, max_new_tokens=3)
+    assert torch.equal(runner.run(ctx.numpy(), [1, 2], gen_token_id=GEN, eos_token_id=None, max_new_tokens=3), want)
+    for dtype in (np.uint16, np.uint32, np.uint64, np.int32):
+        arr = ctx.numpy().astype(dtype)
+        got = runner.run([arr[:, :20], arr[:, 20:]], np.array([1, 2], dtype=dtype), gen_token_id=GEN,
+                         eos_token_id=None, max_new_tokens=3)
+        assert torch.equal(got, want), dtype
+    one = runner.prefill(ctx[0].numpy())
+    assert one.num_tokens == ctx.shape[1] and one.batch_size == 1
+    with pytest.raises(ValueError, match=r"\[0, 100\)"):
+        runner.prefill([np.array([1, 2**16 - 1], dtype=np.uint16)])
+    with pytest.raises(TypeError, match=r"pass \[ids\]"):
+        runner.prefill([np.int64(3)])
+
+
+def test_results_are_ordinary_tensors():
+    """Like generate's, the answer can be edited in place (it is not an inference tensor)."""
+    runner = StreamRunner(make_model("armt"), progress=False)
+    out = runner.run([torch.randint(0, VOCAB - 2, (1, 2 * SEG + 3))], [1], gen_token_id=GEN, eos_token_id=EOS,
+                     max_new_tokens=3)
+    assert not out.is_inference()
+    out[out == EOS] = 0
+
+
+def test_errors_name_the_argument():
+    runner = StreamRunner(make_model("armt"), progress=False)
+    runner.prefill([[1, 2, 3]])
+    for question, err, match in (
+        ("Where is Mary?", TypeError, "question_ids must be a sequence of token ids"),
+        ([1, 100], ValueError, r"question_ids: token ids must lie in \[0, 100\)"),
+        ([[1, 2], [3]], TypeError, "question_ids is not a sequence of integer token ids of equal-length rows"),
+    ):
+        with pytest.raises(err, match=match):
+            runner.answer(question, gen_token_id=GEN)
+    with pytest.raises(ValueError, match=r"gen_token_id: token ids must lie in \[0, 100\)"):
+        runner.answer([1], gen_token_id=500)
+    with pytest.raises(TypeError, match="gen_token_id must be an int"):
+        runner.answer([1], gen_token_id=1.5)
+    with pytest.raises(TypeError, match="chunks must be an iterable"):
+        runner.prefill(None)
+    assert runner.prefill([[[]], [[1, 2]]]).num_tokens == 2  # [[]]: an empty chunk, not a float one
+
+
+def test_failed_prefill_forgets_the_old_stream_and_closes_its_bar(monkeypatch):
+    import babilong_fast.engine.stream as stream_mod
+
+    opened = []
+
+    class Recorder(progress_mod.Progress):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.closed = False
+            opened.append(self)
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    monkeypatch.setattr(stream_mod, "Progress", Recorder)
+    runner = StreamRunner(make_model("armt"), progress=False)
+    runner.prefill([[1, 2, 3]])
+    rmt_state = StreamState(make_model("rmt").init_state(1), torch.zeros(1, 0, dtype=torch.long))
+    for chunks, state in (([[1, 200]], None), ([[1]], "nope"), ([[1]], rmt_state)):
+        with pytest.raises((TypeError, ValueError)):
+            runner.prefill(chunks, state)
+        assert runner.state is None  # answer() cannot silently answer the earlier stream
+        with pytest.raises(ValueError, match="call prefill"):
+            runner.answer([1], gen_token_id=GEN)
+    assert all(bar.closed for bar in opened)
+
+
+def test_progress_continues_from_the_state(capsys, monkeypatch):
+    monkeypatch.setattr(progress_mod, "tqdm", None)
+    monkeypatch.setattr(progress_mod, "LOG_EVERY_S", 0.0)
+    runner = StreamRunner(make_model("rmt"))
+    ctx = torch.randint(0, VOCAB - 2, (1, 50))
+    half = runner.prefill([ctx[:, :20]], total_tokens=50)
+    runner.prefill([ctx[:, 20:]], half, total_tokens=50)
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("babilong_fast: prefill 50/50 tokens")
+
+
+def test_float64_rmt_streams_a_float32_state():
+    model = make_model("rmt").double()
+    state = StreamRunner(model, progress=False).prefill([torch.randint(0, VOCAB - 2, (1, 3 * SEG + 1))])
+    assert state.model_state.memory.dtype == torch.float32

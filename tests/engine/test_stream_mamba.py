@@ -118,7 +118,7 @@ def test_bad_input(hf):
     with pytest.raises(ValueError, match="chunk 0 has batch size 1"):
         runner.prefill([prompt(1, 5)], state)
     with pytest.raises(ValueError, match="question_ids has 3 rows"):
-        runner.answer(prompt(3, 2), gen_token_id=GEN)
+        runner.answer(prompt(3, 2), state=state, gen_token_id=GEN)
     other = StreamRunner(small_mamba(state_size=4), segment_size=8, progress=False).prefill([prompt(2, 20)])
     with pytest.raises(ValueError, match=r"ssm \[2, 64, 8\]"):
         runner.prefill([prompt(2, 5)], other)
@@ -126,3 +126,15 @@ def test_bad_input(hf):
         runner.prefill([prompt(2, 5)], type(state)(state.model_state.ssm, state.pending))
     with pytest.raises(TypeError, match="MambaForCausalLM"):
         StreamRunner(torch.nn.Linear(2, 2))
+
+
+def test_state_moves_to_a_runner_of_shorter_segments(hf):
+    """Mamba's segment size is free: a state with more pending tokens than the new runner's segment is re-blocked."""
+    context, question = prompt(2, 100), prompt(1, 5, seed=4)
+    long_state = StreamRunner(hf, segment_size=64, progress=False).prefill([context[:, :60]])
+    assert long_state.pending.shape[1] > 8
+    short = StreamRunner(hf, segment_size=8, progress=False)
+    state = short.prefill([context[:, 60:]], long_state)
+    assert state.num_tokens == 100 and 1 <= state.pending.shape[1] <= 8
+    got = short.answer(question[0].tolist(), max_new_tokens=10, eos_token_id=EOS, gen_token_id=GEN)
+    assert torch.equal(got, expected(hf, context, question))
