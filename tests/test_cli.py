@@ -117,6 +117,7 @@ def test_data_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
         (["--tasks", "qa1,,qa2"], "empty item in 'qa1,,qa2'"),
         (["--lengths", "0k,4kb"], "unknown length '4kb' in --lengths; accepted: 0k, 1k, 2k, 4k"),
         (["--lengths", "300"], "length '300' (300 tokens) leaves nothing after --margin 300"),
+        (["--lengths", "0k,310"], "--tasks qa1 --lengths 310: 1000 qa1 stories in a row are too long"),
         (["--n", "0"], "argument --n: expected a positive integer, got 0"),
         (["--margin", "-5"], "argument --margin: expected a non-negative integer, got -5"),
         (["--split", "dev"], "argument --split: invalid choice: 'dev'"),

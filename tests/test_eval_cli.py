@@ -301,6 +301,7 @@ def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys, monkeypatc
     [
         (["--tasks", "qa99"], "unknown task 'qa99'"),
         (["--lengths", "0k,3q"], "unknown length '3q'"),
+        (["--lengths", "25"], "--tasks qa1 --lengths 25: 1000 qa1 stories in a row are too long"),
         (["--batch", "0"], "expected a positive integer"),
         (["--n", "0"], "expected a positive integer"),
     ],

@@ -26,3 +26,20 @@ def check_lengths(parser: argparse.ArgumentParser, lengths: list[str], margin: i
             parser.error(f"length {length!r} ({tokens} tokens) leaves nothing after {margin_label}")
         names.append(name)
     return list(dict.fromkeys(names))
+
+
+def check_cells(
+    parser: argparse.ArgumentParser, tasks: list[str], lengths: list[str], split: str, seed: int, margin: int,
+    background=None,
+) -> None:
+    """Every task × length yields a first sample, else a parser error: a length too short for a task's stories
+    fails here, not after a model has loaded or earlier cells were written."""
+    from babilong_fast.data.dataset import BabilongGenerator
+
+    for task in tasks:
+        for length in lengths:
+            try:
+                gen = BabilongGenerator(task, length, split=split, seed=seed, margin=margin, background=background)
+                next(iter(gen))
+            except ValueError as e:
+                parser.error(f"--tasks {task} --lengths {length}: {e}")

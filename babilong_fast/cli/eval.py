@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from babilong_fast import __version__
-from babilong_fast.cli.args import check_lengths
+from babilong_fast.cli.args import check_cells, check_lengths
 from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.dataset import BabilongGenerator
@@ -106,6 +106,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, FINETUNE_MARGIN, f"the margin of {FINETUNE_MARGIN}")
     args.tasks = list(dict.fromkeys(args.tasks))
+    check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
     if not args.checkpoint.exists():
         parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
     if args.device is None:

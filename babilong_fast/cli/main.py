@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from babilong_fast import __version__
-from babilong_fast.cli.args import check_lengths
+from babilong_fast.cli.args import check_cells, check_lengths
 from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.corpora import BundledNovels, TextFolder
 from babilong_fast.data.dataset import BabilongGenerator
@@ -43,7 +43,9 @@ MANIFEST = "babilong_fast_manifest.json"
 def _comma_list(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
     if not all(items):
-        raise argparse.ArgumentTypeError(f"empty item in {text!r}; give a comma-separated list such as qa1,qa2")
+        raise argparse.ArgumentTypeError(
+            f"empty item in {text!r}; give a comma-separated list such as qa1,qa2 or 0k,4k"
+        )
     return items
 
 
@@ -127,6 +129,7 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"--background: {e}")
     else:
         args.background_source = BundledNovels(args.split)
+    check_cells(parser, args.tasks, args.lengths, args.split, args.seed, args.margin, args.background_source)
 
 
 def _update_manifest(out: Path, entries: dict[str, dict]) -> None:

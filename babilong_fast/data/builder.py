@@ -40,7 +40,8 @@ MIN_CHUNK_CHARS = 10_000
 
 
 class FactsTooLongError(ValueError):
-    """The story has more lines than the reference generator allows for the length (``budget // 8``)."""
+    """The story has more lines than the reference generator allows for the length (``budget // 8``), or more
+    fact tokens than the length's budget."""
 
 
 class BabilongSample:
@@ -267,8 +268,8 @@ def build_sample(
                 f"{len(facts)} facts plus the question exceed budget // {MAX_FACT_LINE_FRACTION} = "
                 f"{budget // MAX_FACT_LINE_FRACTION} lines for length {length!r}"
             )
-        if fact_tokens > budget:
-            raise ValueError(
+        if fact_tokens > budget:  # a story to skip, as too many lines are, when long stories are dropped
+            raise (FactsTooLongError if drop_long_stories else ValueError)(
                 f"length {length!r} is too small for the facts: {fact_tokens} fact tokens > budget {budget}"
             )
         background_budget = budget - fact_tokens

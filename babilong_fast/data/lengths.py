@@ -1,6 +1,7 @@
 """BABILong length names ("0k", "4k", "128k", "1M", "10M", ...) and the token budgets they imply."""
 from __future__ import annotations
 
+import numbers
 import re
 
 PROMPT_MARGIN = 300
@@ -10,7 +11,7 @@ NAMED_LENGTHS = (
     "0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "256k", "512k", "1M", "10M", "50M",
 )
 
-_LENGTH = re.compile(r"(\d+)([kKM]?)")
+_LENGTH = re.compile(r"([0-9]+)([kKM]?)")  # ASCII digits: \d matches any script's
 _SCALE = {"": 1, "k": 1000, "K": 1000, "M": 1_000_000}
 
 
@@ -31,12 +32,12 @@ def parse_length(length: str | int) -> int:
         >>> parse_length("128k"), parse_length("1M"), parse_length(3333)
         (128000, 1000000, 3333)
     """
-    if isinstance(length, bool) or not isinstance(length, (int, str)):
+    if isinstance(length, bool) or not isinstance(length, (numbers.Integral, str)):
         raise ValueError(f"length must be an int or a name like '4k' or '1M', got {length!r}")
-    if isinstance(length, int):
+    if isinstance(length, numbers.Integral):  # numpy ints too
         if length < 0:
             raise ValueError(f"length must be non-negative, got {length}")
-        return length
+        return int(length)
     if length.strip().startswith("-"):
         raise ValueError(f"length must be non-negative, got {length!r}")
     m = _LENGTH.fullmatch(length.strip())

@@ -34,7 +34,7 @@ HUB_NAMES = ("RMT-team/babilong", "RMT-team/babilong-1k-samples", "RMT-team/babi
 LAYOUTS = ("babilong", "1k-samples")
 Layout = Literal["babilong", "1k-samples"]
 
-_TASK = re.compile(r"qa(\d+)")
+_TASK = re.compile(r"qa([0-9]+)")
 _READ_CHARS = 1 << 20
 _STREAM_CHUNK_TOKENS = 1 << 16
 
@@ -368,8 +368,11 @@ def iter_official(
         )
     if root.is_file():
         guess_task, guess_length = _labels_from_path(root)
-        label_task = tasks[0] if tasks and len(tasks) == 1 else guess_task
-        label_length = lengths[0] if lengths and len(lengths) == 1 else guess_length
+        for name, wanted, guess in (("task", tasks, guess_task), ("length", lengths, guess_length)):
+            if wanted and guess and guess not in wanted:  # a filter, never a relabelling of another task's file
+                raise FileNotFoundError(f"{str(root)!r} holds {name} {guess} (by its path), not {', '.join(wanted)}")
+        label_task = guess_task or (tasks[0] if tasks and len(tasks) == 1 else "")
+        label_length = guess_length or (lengths[0] if lengths and len(lengths) == 1 else "")
         yield from read_file(root, label_task, label_length)
         return
     found = scan_folder(root)

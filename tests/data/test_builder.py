@@ -179,3 +179,16 @@ def test_long_story_rule() -> None:
         build_sample(facts, "Where is Mary?", "garden", 300 + 95)
     assert build_sample(facts, "Where is Mary?", "garden", 300 + 95, drop_long_stories=False).num_tokens == 95
     assert issubclass(FactsTooLongError, ValueError)
+
+
+def test_too_many_fact_tokens_is_a_story_to_skip() -> None:
+    """Few lines but more fact tokens than the budget: skipped like a long story (not a stream-ending error)."""
+    facts = ["Mary travelled to the " + "very " * 20 + "big hallway."] * 2
+    n = sum(len(get_tokenizer().encode(" " + f)) for f in facts)
+    assert 3 <= (n - 1) // 8  # the line rule passes at a budget of n - 1
+    with pytest.raises(FactsTooLongError, match="too small for the facts"):
+        build_sample(facts, "Where is Mary?", "hallway", 300 + n - 1)
+    with pytest.raises(ValueError, match="too small for the facts") as e:
+        build_sample(facts, "Where is Mary?", "hallway", 300 + n - 1, drop_long_stories=False)
+    assert type(e.value) is ValueError
+    assert build_sample(facts, "Where is Mary?", "hallway", 300 + n).num_tokens == n

@@ -46,6 +46,12 @@ def test_generator_skips_long_stories() -> None:
     assert all(len(s.facts) + 1 <= 200 // 8 and s.num_tokens == 200 for s in samples)
 
 
+def test_generator_skips_stories_with_too_many_fact_tokens() -> None:
+    gen = BabilongGenerator("qa18", 60, margin=20, split="test", seed=0)
+    samples = gen.take(60)  # the stream used to end with a ValueError after 31 samples
+    assert len(samples) == 60 and gen.skipped > 0 and all(s.num_tokens == 40 for s in samples)
+
+
 def test_generator_errors() -> None:
     with pytest.raises(ValueError, match="unknown task"):
         BabilongGenerator("qa21", "1k")

@@ -20,7 +20,12 @@ def test_named_lengths_round_trip() -> None:
         assert length_name(parse_length(name)) == name
 
 
-@pytest.mark.parametrize("bad", ["abc", "1.5k", "4G", "1m", "k", "", "-1k", -5, True, 4.0, None])
+def test_numpy_ints() -> None:
+    np = pytest.importorskip("numpy")
+    assert parse_length(np.int64(4000)) == 4000 and type(parse_length(np.int32(7))) is int
+
+
+@pytest.mark.parametrize("bad", ["abc", "1.5k", "4G", "1m", "k", "", "-1k", -5, True, 4.0, None, "\u0664k", "\uff14k"])
 def test_parse_length_errors(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_length(bad)

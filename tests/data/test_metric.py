@@ -155,3 +155,9 @@ def test_exact_match_finetuned_text_and_gen():
     assert not exact_match_finetuned("kitchen", "kitchen")
     assert exact_match_finetuned("kitchen", "kitchen", require_eos=False)
     assert not exact_match_finetuned(" kitchen", "kitchen", require_eos=False)
+
+
+def test_a_label_list_for_task_is_a_clear_error():
+    """The official compare_answers takes (target, output, question, task_labels): a ported call fails clearly."""
+    with pytest.raises(TypeError, match="task must be a task name"):
+        compare_answers("kitchen", "Mary is in the kitchen.", "Where is Mary?", ["kitchen", "garden"])

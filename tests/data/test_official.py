@@ -67,6 +67,15 @@ def test_round_trip_babilong_layout(tmp_path: Path) -> None:
     assert load_official(tmp_path, length=1000, task="qa1") == back[2:]
     assert load_official(tmp_path, split="qa2") == back[:2]
     assert load_official(p1) == back[2:]
+    assert load_official(p1, task="qa1", length="1k") == back[2:]
+    # A file's path names its task and length: a request for another is refused, never a relabelling.
+    with pytest.raises(FileNotFoundError, match="holds task qa1 .by its path., not qa5"):
+        load_official(p1, task="qa5")
+    with pytest.raises(FileNotFoundError, match="holds length 1k .by its path., not 128k"):
+        load_official(p1, length="128k")
+    loose = tmp_path / "loose.json"
+    loose.write_text(p1.read_text(encoding="utf-8"), encoding="utf-8")
+    assert {(s.task, s.length) for s in load_official(loose, task="qa1", length="1k")} == {("qa1", "1k")}
     assert not list(tmp_path.rglob("*.tmp"))
 
 
