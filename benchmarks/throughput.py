@@ -440,6 +440,10 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     if dtype_name not in DTYPES:
         p.error(f"--dtype for the models suite is one of {', '.join(DTYPES)}, got {dtype_name!r}")
     backends = comma_choices(p, "backend", args.backends or "auto", ("auto", "cuda", "triton", "torch"))
+    for name in backends:  # a usage error, not rows that all fail
+        status = babilong_fast.backends()[name] if name != "auto" else None
+        if status is not None and not status.available:
+            p.error(f"--backends {name}: unavailable here ({status.reason})")
     cfg = mb.Settings(
         models=models, modes=modes, lengths=lengths, batches=batches, dtype=DTYPES[dtype_name], backends=backends,
         device=device, budget_s=args.budget_s or (300.0 if gpu else 200.0),

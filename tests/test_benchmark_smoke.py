@@ -355,6 +355,17 @@ def test_bad_list_flags_are_refused(throughput, tmp_path, capsys, flag, says):
     assert not (tmp_path / "b.json").exists()
 
 
+def test_an_unavailable_backend_is_a_usage_error(throughput, tmp_path, capsys):
+    import babilong_fast
+
+    if babilong_fast.backends()["cuda"].available:
+        pytest.skip("the cuda backend is available here")
+    with pytest.raises(SystemExit) as e:
+        throughput.main(tiny_argv(tmp_path, "--backends=torch,cuda"))
+    assert e.value.code == 2 and "--backends cuda: unavailable here (" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_repeated_names_run_once(throughput, tmp_path, capsys):
     rows = run_tiny_rows(throughput, tmp_path, capsys, "--models", "rmt,rmt", "--modes", "fast,fast", "--step",
                          "lean,lean", "--lengths", "300", "--max-new-tokens", "1")
