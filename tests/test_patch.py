@@ -321,6 +321,47 @@ def test_gradient_checkpointing_returns_no_cache(hf):
     assert_close("loss", want.loss, got.loss, 1e-5)
 
 
+@pytest.mark.parametrize("reentrant, every_n", [(False, 1), (True, 1), (False, 2)],
+                         ids=["non-reentrant", "reentrant", "every-2nd-layer"])
+def test_gradient_checkpointing_checkpoints_as_transformers(hf, monkeypatch, reentrant, every_n):
+    """With transformers' gradient checkpointing on, each chunk's layers are checkpointed as transformers' blocks
+    are (recomputed in the backward pass, not stored; each block's own setting), with the same gradients."""
+    import inspect
+
+    ids = prompt(2, 20)
+    kwargs = {"use_reentrant": reentrant}
+    if hasattr(hf, "activation_checkpointing_enable"):  # transformers 5.x renames it
+        if every_n > 1 and "every_n_layers" not in inspect.signature(hf.activation_checkpointing_enable).parameters:
+            pytest.skip("this transformers has no every_n_layers")
+        extra = {"every_n_layers": every_n} if every_n > 1 else {}
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **extra)
+    elif every_n > 1:
+        pytest.skip("this transformers has no every_n_layers")
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    checkpointed = sum(bool(getattr(b, "gradient_checkpointing", False)) for b in hf.backbone.layers)
+    assert 0 < checkpointed <= len(hf.backbone.layers) and (every_n == 1) == (checkpointed == len(hf.backbone.layers))
+    hf.train()
+    hf(ids, labels=ids).loss.backward()
+    want = {n: p.grad.clone() for n, p in hf.named_parameters()}
+    hf.zero_grad()
+    patch(hf, chunk_size=8)
+    calls = []
+    real = mamba_layers.mixer_forward
+    monkeypatch.setattr(mamba_layers, "mixer_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    chunks = 3  # of 8 over 20 tokens
+    loss = hf(ids, labels=ids).loss
+    assert len(calls) == len(hf.backbone.layers) * chunks
+    loss.backward()
+    assert len(calls) == (len(hf.backbone.layers) + checkpointed) * chunks  # checkpointed layers ran again
+    for n, p in hf.named_parameters():
+        assert_close(n, want[n], p.grad, 1e-4)
+    hf.eval()
+    calls.clear()
+    hf(ids, labels=ids).loss.backward()
+    assert len(calls) == len(hf.backbone.layers) * chunks  # not training: no checkpointing, as transformers
+
+
 def test_unpatch_restores(hf):
     keys = set(hf.state_dict())
     other = small_mamba(seed=12)

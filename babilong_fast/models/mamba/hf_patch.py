@@ -4,6 +4,7 @@ They run :func:`~babilong_fast.models.mamba.forward_chunk` over the input in chu
 read the starting state from and write the final state to transformers' cache (so ``generate`` prefills
 once, in chunks, then decodes one token per step from the state), and compute logits only at the kept
 positions. A padding mask zeroes the padded positions' mixer inputs and conv outputs, as transformers does.
+Gradient checkpointing set on transformers' blocks checkpoints each chunk's layers with the block's own function.
 A call they do not cover (``output_hidden_states``, a cache recording past states, float64 weights, mixers
 with wrapped projections such as LoRA adapters, hooks or a replaced forward (accelerate's offload) on the
 mixers, blocks or norms) runs the model's own forward instead, as does the LM when its backbone has hooks (the
@@ -146,7 +147,7 @@ def run_backbone(
     keep_last = logits_to_keep if isinstance(logits_to_keep, int) else 0
     hidden, state = forward_chunked(
         parts, state, input_ids, inputs_embeds, chunk_size=opts.chunk_size, keep_last=keep_last, backend=opts.backend,
-        mask=mask,
+        mask=mask, checkpoint=_checkpoint_funcs(backbone),
     )
     if isinstance(logits_to_keep, torch.Tensor):
         hidden = hf_cache.slice_kept(hidden, logits_to_keep)
@@ -157,6 +158,17 @@ def run_backbone(
     if cache is not None:
         _write_cache(cache, state, parts.dims.d_conv)
     return hidden, cache
+
+
+def _checkpoint_funcs(backbone: nn.Module) -> list | None:
+    """Per block, transformers' checkpoint function where the block checkpoints in this call (checkpointing on for
+    it, training, gradients enabled), else None; None when no block does. Each chunk's layers are then checkpointed
+    as transformers' blocks are (every n-th layer, offloading, reentrant or not: the block's own function)."""
+    if not (backbone.training and torch.is_grad_enabled()):
+        return None
+    funcs = [block._gradient_checkpointing_func if getattr(block, "gradient_checkpointing", False) else None
+             for block in backbone.layers]
+    return funcs if any(funcs) else None
 
 
 def _use_cache(model: nn.Module, use_cache: bool | None) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +93,7 @@ def forward_chunk(
     keep: slice | torch.Tensor | None = slice(None),
     backend: Backend = "auto",
     mask: torch.Tensor | None = None,
+    checkpoint: Sequence[Callable | None] | None = None,
 ) -> tuple[torch.Tensor | None, MambaState]:
     """Every layer over one chunk; the final norm only at the positions in ``keep``.
 
@@ -101,6 +105,9 @@ def forward_chunk(
         keep: positions of the chunk whose final hidden states are wanted (a slice or an index tensor); None: none.
         backend: for the fused ops.
         mask: ``[B, T]`` padding mask or None (see :func:`mixer_forward`).
+        checkpoint: per layer, None or a function that runs it as ``checkpoint[i](layer_fn, h, conv, ssm)``
+            (gradient checkpointing, e.g. ``torch.utils.checkpoint.checkpoint``: the layer's activations are
+            recomputed in the backward pass instead of stored).
 
     Returns:
         ``(hidden [B, k, d_model] after norm_f, or None, new state)``.
@@ -108,10 +115,10 @@ def forward_chunk(
     h = parts.embedding(input_ids) if inputs_embeds is None else inputs_embeds
     T = h.shape[1]
     conv, ssm = [], []
-    for norm, mixer, c, s in zip(parts.norms, parts.mixers, state.conv, state.ssm, strict=True):
-        residual = h.float() if parts.residual_in_fp32 else h
-        out, c, s = mixer_forward(mixer, norm(h.to(norm.weight.dtype)), c, s, backend, mask)
-        h = residual + out
+    for i, (norm, mixer, c, s) in enumerate(zip(parts.norms, parts.mixers, state.conv, state.ssm, strict=True)):
+        layer = functools.partial(_layer, parts.residual_in_fp32, norm, mixer, backend=backend, mask=mask)
+        ckpt = None if checkpoint is None else checkpoint[i]
+        h, c, s = layer(h, c, s) if ckpt is None else ckpt(layer, h, c, s)
         conv.append(c)
         ssm.append(s)
     new_state = MambaState(conv, ssm, state.num_tokens + T)
@@ -121,6 +128,14 @@ def forward_chunk(
     if parts.library == "mamba_ssm":
         h = h.to(parts.norm_f.weight.dtype)
     return parts.norm_f(h), new_state
+
+
+def _layer(residual_in_fp32: bool, norm: nn.Module, mixer: nn.Module, h: torch.Tensor, conv: torch.Tensor,
+           ssm: torch.Tensor, backend: Backend, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """One block: ``h + mixer(norm(h))`` and the mixer's new states."""
+    residual = h.float() if residual_in_fp32 else h
+    out, conv, ssm = mixer_forward(mixer, norm(h.to(norm.weight.dtype)), conv, ssm, backend, mask)
+    return residual + out, conv, ssm
 
 
 def forward_chunked(
@@ -133,6 +148,7 @@ def forward_chunked(
     keep_last: int | None = 0,
     backend: Backend = "auto",
     mask: torch.Tensor | None = None,
+    checkpoint: Sequence[Callable | None] | None = None,
 ) -> tuple[torch.Tensor | None, MambaState]:
     """:func:`forward_chunk` over ``[B, T]`` ids (or ``[B, T, d]`` embeddings) in chunks of ``chunk_size``.
 
@@ -140,6 +156,7 @@ def forward_chunked(
         keep_last: final hidden states of the last ``keep_last`` positions (0: all, None: none); only the
             chunks holding them run ``norm_f``.
         mask: ``[B, T]`` padding mask or None (see :func:`mixer_forward`).
+        checkpoint: gradient checkpointing of each layer (see :func:`forward_chunk`).
 
     Returns:
         ``(hidden [B, k, d_model] or None, state after the last position)``.
@@ -155,7 +172,7 @@ def forward_chunked(
         keep = slice(max(first - s, 0), None) if e > first else None
         ids, emb = (x[:, s:e], None) if inputs_embeds is None else (None, x[:, s:e])
         m = None if mask is None else mask[:, s:e]
-        h, state = forward_chunk(parts, state, ids, emb, keep=keep, backend=backend, mask=m)
+        h, state = forward_chunk(parts, state, ids, emb, keep=keep, backend=backend, mask=m, checkpoint=checkpoint)
         if h is not None:
             kept.append(h)
     return (torch.cat(kept, 1) if kept else None), state
