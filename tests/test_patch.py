@@ -164,9 +164,18 @@ def test_fallbacks_to_the_models_forward(hf, monkeypatch):
     for a, b in zip(want_hidden, got_hidden, strict=True):
         assert torch.equal(a, b)
     hf.double()
-    with torch.no_grad(), pytest.warns(RuntimeWarning, match="float64 weights run transformers' own forward"):
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         got64 = hf(ids).logits
+    said = [str(w.message) for w in caught if "babilong_fast patch" in str(w.message)]
+    assert said == ["babilong_fast patch: runs transformers' own forward (torch.float64 weights; the fused ops take "
+                    "float32, bfloat16 or float16)"]  # once: not again from the backbone it calls
     assert widths == [] and torch.isfinite(got64).all()
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="own forward .torch.float64 weights"):
+        hf.backbone(ids)  # the backbone alone says it too
+    hf.backbone.register_forward_hook(lambda *a: None)  # the LM calls its hooked backbone, which warns
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="own forward .torch.float64 weights"):
+        hf(ids)
 
 
 def test_padding_mask_runs_chunked(hf, monkeypatch):

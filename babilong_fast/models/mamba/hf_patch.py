@@ -15,6 +15,7 @@ transformers' forward restarts the selective scan from zero when it continues a 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import warnings
 from typing import Any
@@ -54,17 +55,17 @@ def bindings(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     return [(model, "forward", backbone_forward)]
 
 
+_WARNED = contextvars.ContextVar("babilong_fast_mamba_fallback_warned", default=False)
+"""True inside the LM's fallback call, whose backbone call must not repeat the LM's warning."""
+
+
 def _unsupported(backbone: nn.Module, parts: MambaParts, output_hidden_states, cache) -> bool:
     dtype = backbone.embeddings.weight.dtype
-    if dtype not in HALF_AND_FLOAT:
-        warnings.warn(
-            f"babilong_fast patch: {dtype} weights run transformers' own forward (the fused ops take float32, "
-            "bfloat16 or float16)", RuntimeWarning, stacklevel=3,
-        )
-        return True
-    why = wrapped_mixers(parts)
+    why = (f"{dtype} weights; the fused ops take float32, bfloat16 or float16" if dtype not in HALF_AND_FLOAT
+           else wrapped_mixers(parts))
     if why:
-        warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning, stacklevel=3)
+        if not _WARNED.get():
+            warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning, stacklevel=3)
         return True
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True
@@ -242,12 +243,18 @@ def causal_lm_forward(
     cache = kwargs.pop("cache_params", None) if cache is None else cache
     parts = mamba_parts(self.backbone)
     # the backbone's hooks run only when it is called: transformers' forward calls it (still chunked when patched)
-    if _backbone_called(self) or _unsupported(self.backbone, parts, output_hidden_states, cache):
-        return type(self).forward(
-            self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-            labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict, use_cache=use_cache,
-            logits_to_keep=logits_to_keep, **{hf_cache.cache_keyword(type(self)): cache}, **kwargs,
-        )
+    unsupported = _unsupported(self.backbone, parts, output_hidden_states, cache)  # warns why, if it says
+    if unsupported or _backbone_called(self):
+        token = _WARNED.set(unsupported)  # warned here: the backbone's call inside does not repeat it
+        try:
+            return type(self).forward(
+                self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict,
+                use_cache=use_cache, logits_to_keep=logits_to_keep, **{hf_cache.cache_keyword(type(self)): cache},
+                **kwargs,
+            )
+        finally:
+            _WARNED.reset(token)
     use_cache = _use_cache(self.backbone, use_cache)
     hidden, cache = run_backbone(
         self.backbone, input_ids, inputs_embeds, cache, use_cache, logits_to_keep, attention_mask=attention_mask,
