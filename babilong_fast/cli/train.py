@@ -14,7 +14,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -71,8 +70,11 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--detach-every", type=positive_int, default=None, help="truncated BPTT every K segments")
     p.add_argument("--eval-every", type=positive_int, default=None)
     p.add_argument("--eval-n", type=positive_int, default=None)
-    p.add_argument("--patience", type=positive_int, default=None)
+    p.add_argument("--patience", type=positive_int, default=None,
+                   help="stop a stage after this many validations without improvement")
+    p.add_argument("--no-patience", action="store_true", help="never stop a stage for lack of improvement")
     p.add_argument("--target", type=float, default=None, help="stop a stage at this validation accuracy (%%)")
+    p.add_argument("--no-target", action="store_true", help="no accuracy target (the armt preset has 100)")
     p.add_argument("--save-every", type=positive_int, default=None)
     p.add_argument("--pool-size", type=positive_int, default=None)
     p.add_argument("--max-facts", type=positive_int, default=None,
@@ -122,11 +124,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                  if getattr(args, k) is not None]
         if given:
             parser.error(f"{', '.join(given)}: for ARMT/RMT memory; preset {args.preset!r} is a Mamba backbone")
-    if args.no_clip and args.clip is not None:
-        parser.error("give --clip or --no-clip, not both")
-    over = {k: getattr(args, k) for k in OVERRIDES}
-    over["kind"] = args.kind
+    for flag, off in (("clip", "no_clip"), ("patience", "no_patience"), ("target", "no_target")):
+        if getattr(args, off) and getattr(args, flag) is not None:
+            parser.error(f"give --{flag} or --no-{flag}, not both")
+    if args.time_limit is not None and not 0 <= args.time_limit < float("inf"):
+        parser.error(f"--time-limit takes a finite number of seconds >= 0, got {args.time_limit}")
+    over = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}  # flags given only
     over["task"] = args.task
+    if args.kind is not None:
+        over["kind"] = args.kind
     if args.bf16 and args.no_bf16:
         parser.error("give --bf16 or --no-bf16, not both")
     if args.bf16 or args.no_bf16:
@@ -134,11 +140,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.stages is not None and args.steps is None and isinstance(PRESETS[args.preset]["steps"], list):
         over["steps"] = _preset_steps(PRESETS[args.preset], args.stages)
     if args.stages is not None and isinstance(PRESETS[args.preset].get("target"), list) and args.target is None:
-        over["target"] = None
+        over["target"] = None  # per-stage targets of the preset's stages do not fit others
+    for flag in ("clip", "patience", "target"):
+        if getattr(args, f"no_{flag}"):
+            over[flag] = None
     try:
         args.config = preset(args.preset, **over)
-        if args.no_clip:
-            args.config = dataclasses.replace(args.config, clip=None).check()
     except ValueError as e:
         parser.error(str(e))
     if args.init_from is not None and not args.init_from.is_file():
@@ -155,7 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
     pos = summary["position"]
     last = summary["valid"][-1] if summary["valid"] else None
     msg = {"out": str(args.out), "global_step": pos.global_step, "seconds": round(summary["seconds"], 1),
-           "last_validation": last}
+           "finished": pos.stage_index >= len(args.config.stages), "last_validation": last}
     if not args.no_progress:
         print(json.dumps(msg), file=sys.stderr)
     return 0

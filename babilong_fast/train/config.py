@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,39 +123,59 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; the generator has {', '.join(ALL_TASKS)}")
         check_stages(self.stages)
         for name in ("segment_size", "batch_size", "micro_batch_size", "eval_every", "eval_n", "save_every",
-                     "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.kind != "mamba" and (self.num_mem_tokens < 1 or self.d_mem < 1):
-            raise ValueError("num_mem_tokens and d_mem must be >= 1")
+                     "log_every", "num_mem_tokens", "d_mem"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("detach_every", "patience", "pool_size", "max_facts"):
+            _check_int(name, getattr(self, name), 1, optional=True)
+        for name in ("seed", "eval_seed"):
+            _check_int(name, getattr(self, name), 0)
         for name, per_stage in (("steps", self.steps), ("target", self.target)):
             if isinstance(per_stage, list) and len(per_stage) != len(self.stages):
                 raise ValueError(
                     f"{name} has {len(per_stage)} values for {len(self.stages)} stages; give one or one per stage"
                 )
         for i in range(len(self.stages)):
-            if self.stage_steps(i) < 1:
-                raise ValueError(f"steps must be >= 1, got {self.stage_steps(i)} for stage {self.stages[i]}")
+            _check_int(f"steps (stage {self.stages[i]})", self.stage_steps(i), 1)
+            t = self.stage_target(i)
+            if t is not None and not (_is_number(t) and 0 <= t <= 100):
+                raise ValueError(f"target is an exact-match percentage in [0, 100] or None, got {t!r}")
         if self.segment_size <= 20:
             raise ValueError(f"segment_size {self.segment_size} leaves no context after the fine-tuning margin of 20")
-        if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0 or self.decay_factor < 1:
-            raise ValueError("need lr > 0, weight_decay >= 0, warmup >= 0 and decay_factor >= 1")
-        if self.detach_every is not None and self.detach_every < 1:
-            raise ValueError(f"detach_every must be >= 1 or None, got {self.detach_every}")
+        for name, low, strict in (("lr", 0, True), ("weight_decay", 0, False), ("warmup", 0, False),
+                                  ("decay_factor", 1, False)):
+            v = getattr(self, name)
+            if not (_is_number(v) and math.isfinite(v) and (v > low if strict else v >= low)):
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {v!r}")
+        if self.clip is not None and not (_is_number(self.clip) and math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be a finite number > 0, or None for no clipping, got {self.clip!r}")
+        for name in ("bf16", "sparse_logits"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.backend not in ("auto", "cuda", "triton", "torch"):
+            raise ValueError(f"backend must be 'auto', 'cuda', 'triton' or 'torch', got {self.backend!r}")
+        if self.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or None (cuda when available), got {self.device!r}")
         if self.detach_every is not None and self.kind == "mamba":
             raise ValueError("detach_every cuts the memory between ARMT/RMT segments; Mamba has none: leave it None")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0, or None for no clipping, got {self.clip}")
         if self.eval_split not in ("train", "test"):
             raise ValueError(f"eval_split must be 'train' or 'test', got {self.eval_split!r}")
-        if self.pool_size is not None and self.pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
-        if self.max_facts is not None and (self.max_facts < 1 or self.train_data is not None):
-            raise ValueError(f"max_facts must be >= 1 or None, and only for generated data, got {self.max_facts}")
+        if self.max_facts is not None and self.train_data is not None:
+            raise ValueError("max_facts selects generated stories; it cannot be used with train_data")
         if self.kind != "mamba" and self.backbone_path is None:
             check_positions(self, int(self.backbone.get("n_positions", 1024)))
         return self
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_int(name: str, v: object, low: int, optional: bool = False) -> None:
+    """ValueError unless ``v`` is an int >= ``low`` (or None when ``optional``)."""
+    if optional and v is None:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {v!r}")
 
 
 def check_positions(cfg: TrainConfig, n_positions: int) -> None:
@@ -227,8 +248,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The preset ``name`` (``rmt``, ``armt``, ``mamba-130m``, ``tiny``) with ``overrides`` applied, checked."""
+    """The preset ``name`` (``rmt``, ``armt``, ``mamba-130m``, ``tiny``) with ``overrides`` applied, checked.
+
+    An override of None sets the field to None (``patience=None``: no early stopping)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-    d = {**copy.deepcopy(PRESETS[name]), **{k: v for k, v in overrides.items() if v is not None}}
+    d = {**copy.deepcopy(PRESETS[name]), **overrides}
     return TrainConfig.from_dict(d).check()

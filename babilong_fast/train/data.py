@@ -10,7 +10,7 @@ batch over processes, needs no sampler state.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from babilong_fast.data.babi import iter_samples
@@ -105,6 +105,11 @@ class GeneratedData:
         story = index % self.pool_size if self.pool_size is not None else index
         return self.example(story, draw_segments(self.seed, stage, index))
 
+    def check(self, segment_counts: Iterable[int]) -> None:
+        """NoSamplesError now for a segment count that no sample fits (not at its first draw, hours into a run)."""
+        for n in segment_counts:
+            self.example(0, n)
+
     def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:
         return [self.get(stage, k) for k in indices]
 
@@ -160,25 +165,32 @@ class OfficialData:
             self._records[name] = recs
         return self._records[name]
 
+    def _fitting(self, segments: int, start: int) -> Example:
+        """The example of the first record from ``start`` on (cyclically) that fits ``segments`` segments."""
+        recs = self._records_for(segments)
+        room = max(segments, 1) * self.segment_size
+        for j in range(len(recs)):
+            r = recs[(start + j) % len(recs)]
+            ex = format_example(self._tok.encode(r.input), self._tok.encode(r.question),
+                                self._tok.encode(r.target), segments)
+            if len(ex.input_ids) <= room:
+                return ex
+        raise NoSamplesError(
+            f"no {self.task} record at length {self.length_for(segments) or self.path} fits "
+            f"{max(segments, 1)} segment(s) of {self.segment_size} tokens with its question and answer"
+        )
+
     def get(self, stage: int, index: int) -> Example:
         segments = draw_segments(self.seed, stage, index)
-        recs = self._records_for(segments)
-        key = (index % len(recs), segments)
+        key = (index % len(self._records_for(segments)), segments)
         if key not in self._cache:
-            room = max(segments, 1) * self.segment_size
-            for j in range(len(recs)):
-                r = recs[(key[0] + j) % len(recs)]
-                ex = format_example(self._tok.encode(r.input), self._tok.encode(r.question),
-                                    self._tok.encode(r.target), segments)
-                if len(ex.input_ids) <= room:
-                    self._cache[key] = ex
-                    break
-            else:
-                raise NoSamplesError(
-                    f"no {self.task} record at length {self.length_for(segments) or self.path} fits "
-                    f"{max(segments, 1)} segment(s) of {self.segment_size} tokens with its question and answer"
-                )
+            self._cache[key] = self._fitting(segments, key[0])
         return self._cache[key]
+
+    def check(self, segment_counts: Iterable[int]) -> None:
+        """NoSamplesError now for a segment count that no record serves (not at its first draw, hours into a run)."""
+        for n in segment_counts:
+            self._fitting(n, 0)
 
     def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:
         return [self.get(stage, k) for k in indices]

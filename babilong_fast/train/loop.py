@@ -87,19 +87,22 @@ def train(
         init_from: a model file of the same kind to start from (e.g. an earlier stage's ``stage<n>.pt``).
         progress: tqdm bar on the main process.
         stop_after: stop after this many optimizer steps of the whole run, as an interruption would (tests).
-        time_limit: wall seconds of training in this call; when exceeded, the current step is validated,
-            ``last.pt`` is saved where the stage stands and the run stops (its best weights so far are in
-            ``best.pt``; ``resume`` goes on with the rest of the stage).
+        time_limit: wall seconds of training in this call (>= 0; 0 stops after one step); when exceeded,
+            ``last.pt`` is saved after the current step and the run stops (its best weights so far are in
+            ``best.pt``); ``resume`` goes on with the rest of the stage exactly as an uninterrupted run (no
+            validation is added at the stop).
 
     Returns:
         ``{"losses": [per-step loss], "valid": [validation rows], "position": Position, "seconds": float}``
         (losses of this invocation only).
 
     Raises:
-        ValueError: a bad config, a task with no samples, a checkpoint of another kind, a config that differs
-            from the one being resumed.
+        ValueError: a bad config or time_limit, a task with no samples, a checkpoint of another kind or size, a
+            config that differs from the one being resumed.
     """
     cfg.check()
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and 0 <= time_limit < float("inf")):
+        raise ValueError(f"time_limit must be a finite number of seconds >= 0 or None, got {time_limit!r}")
     out = Path(out)
     d = dd.setup(cfg.device)
     try:
@@ -114,7 +117,11 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     if start is not None:
-        model.load_state_dict(start.state_dict())
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as e:  # sizes differ: another num_mem_tokens, d_mem or backbone
+            first = str(e).strip().splitlines()
+            raise ValueError(f"init_from {str(init_from)!r} does not fit this config: {' '.join(first[:3])}") from None
     model.to(d.device)
     state = None
     last = out / "last.pt"
@@ -135,7 +142,8 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
         data = OfficialData(cfg.train_data, cfg.task, cfg.segment_size, cfg.seed)
     else:
         data = GeneratedData(cfg.task, cfg.segment_size, cfg.seed, cfg.pool_size, max_facts=cfg.max_facts)
-    data.get(1, 0)  # fails early, with a clear message, on a task with no samples
+    # Every segment count the curriculum can draw has a sample: a failure now, not hours into a run.
+    data.check(([0] if cfg.stages[0] == 0 else []) + list(range(1, cfg.stages[-1] + 1)))
     if state is not None and pos.step == 0:
         state = None  # saved at a stage end: the next stage starts afresh from the best weights
     ddp = dd.wrap(LossModule(model, cfg), d)
@@ -175,7 +183,7 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
                     "seconds": round(time.perf_counter() - t_start, 3),
                 }
                 out_of_time = time_limit is not None and _elapsed(d, t_call) > time_limit
-                if pos.step % cfg.eval_every == 0 or pos.step == steps or out_of_time:
+                if pos.step % cfg.eval_every == 0 or pos.step == steps:  # not at a time-limit stop: exact resume
                     acc = _validate(cfg, model, n, d)
                     row["valid_accuracy"] = acc
                     pos.valid.append({"global_step": pos.global_step, "stage": n, "step": pos.step, "accuracy": acc})

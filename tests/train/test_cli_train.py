@@ -46,13 +46,18 @@ def test_train_then_eval(tmp_path, capsys):
     (["--task", "qa99"], "unknown task 'qa99'"),
     (["--preset", "mamba-130m", "--kind", "rmt"], "is a Mamba backbone"),
     (["--init-from", "missing.pt"], "checkpoint not found"),
-    (["--clip", "0"], "clip must be > 0"),
-    (["--clip", "-1"], "clip must be > 0"),
+    (["--clip", "0"], "clip must be a finite number > 0"),
+    (["--clip", "-1"], "clip must be a finite number > 0"),
     (["--clip", "1", "--no-clip"], "--clip or --no-clip"),
     (["--bf16", "--no-bf16"], "--bf16 or --no-bf16"),
+    (["--patience", "2", "--no-patience"], "--patience or --no-patience"),
+    (["--target", "90", "--no-target"], "--target or --no-target"),
+    (["--time-limit", "-5"], "--time-limit takes a finite number of seconds >= 0"),
+    (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+    (["--warmup", "nan"], "warmup must be a finite number >= 0, got nan"),
     (["--preset", "mamba-130m", "--d-mem", "2", "--detach-every", "1"], "--d-mem, --detach-every: for ARMT/RMT"),
 ], ids=["decreasing", "not-int", "segment", "task", "mamba-kind", "init", "clip-0", "clip-negative", "clip-both",
-        "bf16-both", "mamba-memory"])
+        "bf16-both", "patience-both", "target-both", "time-limit", "lr-inf", "warmup-nan", "mamba-memory"])
 def test_bad_arguments(argv, message, tmp_path, capsys):
     if argv[0] != "--preset":
         argv = ["--preset", "tiny", *argv]
@@ -72,6 +77,9 @@ def test_stages_take_the_presets_steps_and_clipping_can_be_off(tmp_path):
     assert config("--preset", "rmt", "--stages", "1,2,4", "--no-clip").clip is None
     assert config("--preset", "rmt", "--stages", "3", "--steps", "7").steps == 7
     assert config("--preset", "armt", "--bf16").bf16 and not config("--preset", "rmt", "--no-bf16").bf16
+    assert config("--preset", "rmt", "--no-patience").patience is None and config("--preset", "rmt").patience == 15
+    assert config("--preset", "armt", "--no-target").target is None and config("--preset", "armt").target == 100.0
+    assert config("--preset", "armt", "--patience", "3").patience == 3
 
 
 def test_task_with_no_samples(tmp_path, capsys):

@@ -140,6 +140,22 @@ def test_official_files_as_training_data(tmp_path):
         OfficialData(str(tmp_path), "qa1", 32, seed=0).get(1, 0)  # nothing at 32 tokens or below
 
 
+def test_a_stage_no_file_serves_fails_before_training(tmp_path):
+    """The 192-token file (no margin) cannot serve 3 segments of 64 with question and answer (stage 3 of the
+    curriculum): refused before any step, not at the first draw of 3 segments."""
+    from babilong_fast.data.dataset import BabilongGenerator
+    from babilong_fast.data.official import write_official
+    from babilong_fast.train import train
+    from tests.train.common import tiny_config
+
+    for n, margin in ((1, 20), (2, 20), (3, 0)):
+        write_official(BabilongGenerator("qa1", 64 * n, split="train", margin=margin).take(4), tmp_path, 64 * n, "qa1")
+    cfg = tiny_config(stages=[1, 3], train_data=str(tmp_path), pool_size=None)
+    with pytest.raises(NoSamplesError, match="fits 3 segment"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "log.csv").exists()
+
+
 def test_official_files_for_512_token_segments(tmp_path):
     """The presets' 512-token segments read the official 0k/1k/2k files (n * 512 has no file of its own), and
     stage 0 keeps its facts: every record fits whole, nothing is cut."""

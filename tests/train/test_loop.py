@@ -52,6 +52,26 @@ def test_time_limit_stops_mid_stage_and_resume_finishes_it(tmp_path):
     assert [r["stage"] for r in _log(out)] == ["1"] * 3 + ["2"] * 5
 
 
+@pytest.mark.parametrize("patience", [None, 1])
+def test_time_limit_stop_then_resume_equals_an_uninterrupted_run(tmp_path, patience):
+    """A time-limit stop adds no validation (it would count for best.pt and patience): stopped after every step in
+    turn and resumed, the run gives the uninterrupted run's losses, validations and weights."""
+    cfg = tiny_config(steps=[4, 2], eval_every=3, patience=patience)
+    full = train(cfg, tmp_path / "full", progress=False)
+    out = tmp_path / "stopped"
+    losses = train(cfg, out, progress=False, time_limit=0.0)["losses"]  # stops after each step
+    for _ in range(len(full["losses"])):  # a call per remaining step, until one finds nothing left to do
+        res = train(cfg, out, progress=False, resume=True, time_limit=0.0)
+        if not res["losses"]:
+            break
+        losses += res["losses"]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(full["losses"]), rtol=1e-6, atol=0)
+    assert res["valid"] == full["valid"]
+    a, b = torch.load(tmp_path / "full" / "best.pt"), torch.load(out / "best.pt")
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+
+
 def test_files_stages_and_eval_cli(tmp_path):
     cfg = tiny_config("rmt", steps=[2, 2], eval_every=1)
     res = train(cfg, tmp_path / "run", progress=False)
@@ -85,9 +105,52 @@ def test_patience(tmp_path):
     assert len(stage1) == 2  # lr 1e-9: the second validation does not improve, and patience is 1
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("steps", 2.5, "steps (stage 1) must be an integer >= 1, got 2.5"),
+    ("steps", True, "steps (stage 1) must be an integer >= 1, got True"),
+    ("patience", 0, "patience must be an integer >= 1 or None, got 0"),
+    ("patience", 1.5, "patience must be an integer >= 1 or None"),
+    ("pool_size", 2.5, "pool_size must be an integer >= 1 or None"),
+    ("num_mem_tokens", 1.5, "num_mem_tokens must be an integer >= 1"),
+    ("detach_every", 0, "detach_every must be an integer >= 1 or None"),
+    ("seed", 1.5, "seed must be an integer >= 0"),
+    ("target", "x", "target is an exact-match percentage in [0, 100]"),
+    ("target", 150.0, "target is an exact-match percentage in [0, 100]"),
+    ("lr", float("inf"), "lr must be a finite number > 0, got inf"),
+    ("lr", -1.0, "lr must be a finite number > 0, got -1.0"),
+    ("warmup", float("inf"), "warmup must be a finite number >= 0"),
+    ("weight_decay", float("nan"), "weight_decay must be a finite number >= 0"),
+    ("decay_factor", 0.5, "decay_factor must be a finite number >= 1"),
+    ("clip", float("nan"), "clip must be a finite number > 0"),
+    ("backend", "cuda2", "backend must be 'auto', 'cuda', 'triton' or 'torch'"),
+    ("device", "mps", "device must be 'cpu', 'cuda' or None"),
+    ("bf16", "no", "bf16 must be True or False"),
+])
+def test_config_fields_are_checked(field, value, says):
+    """A bad value is refused up front, naming its field (steps=2.5 used to loop forever: a stage ends when its step
+    count equals steps)."""
+    with pytest.raises(ValueError) as e:
+        tiny_config(**{field: value})
+    assert says in str(e.value)
+
+
+def test_presets_take_none_overrides():
+    assert preset("rmt", patience=None).patience is None
+    assert preset("armt", target=None).target is None
+    assert preset("tiny", pool_size=None).pool_size is None
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="strictly increasing"):
         tiny_config(stages=[2, 2])
+    with pytest.raises(ValueError, match="time_limit must be a finite number of seconds >= 0"):
+        train(tiny_config(), tmp_path / "t", progress=False, time_limit=-5)
+    from babilong_fast.train.kinds import build_model as build
+
+    other = tiny_config(num_mem_tokens=6)
+    with pytest.raises(ValueError, match="init_from .* does not fit this config"):
+        train(tiny_config(), tmp_path / "i", init_from=save_trained(build(other), other, tmp_path / "m6.pt"),
+              progress=False)
     with pytest.raises(ValueError, match="n_positions=80"):
         tiny_config(segment_size=100)
     with pytest.raises(ValueError, match="no sample that fits 1 segment"):
