@@ -112,10 +112,10 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
                                            "max_facts": max_facts or None, "batch_size": batch,
                                            "micro_batch_size": micro, "decay_factor": decay})
         spent = time.perf_counter() - t0
-        limit = budget - spent if i == len(cfg.stages) - 1 else budget * sum(shares[: i + 1]) - spent
+        limit = max(0.0, budget - spent if i == len(cfg.stages) - 1 else budget * sum(shares[: i + 1]) - spent)
         stage_dir = work / kind / f"stage{i}_{n}"
         summary = train(stage_cfg, stage_dir, init_from=init, progress=not args.no_progress,
-                        time_limit=limit)
+                        time_limit=limit, validate_at_stop=True)  # best.pt then covers the stage's last steps
         losses += summary["losses"]
         stage_ends.append(len(losses))
         offset = len(losses) - len(summary["losses"])

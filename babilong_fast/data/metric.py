@@ -70,8 +70,8 @@ def compare_answers(
 
     Raises:
         ValueError: ``task`` is not ``"qa1"`` .. ``"qa20"`` and no ``labels`` are given.
-        TypeError: ``task`` is not a string (the official ``compare_answers(target, output, question,
-            task_labels)`` takes the labels there, and the target first: port calls with care).
+        TypeError: ``task`` is not a string, nor None with ``labels`` (the official ``compare_answers(target,
+            output, question, task_labels)`` takes the labels there, and the target first: port calls with care).
 
     Returns:
         With a comma in a target longer than 3 characters (qa8 lists): True iff every sub-answer is among the
@@ -85,10 +85,11 @@ def compare_answers(
         >>> compare_answers("kitchen or garden", "kitchen", "Where is Mary? ", "qa1")
         False
     """
-    if not isinstance(task, str):
+    if not isinstance(task, str) and not (task is None and labels is not None):
         raise TypeError(
-            f"task must be a task name such as 'qa1', got {type(task).__name__}; pass a label set as labels= (note "
-            "the order compare_answers(output, target, ...), where the official code takes the target first)"
+            f"task must be a task name such as 'qa1' (or None with labels=), got {type(task).__name__}; a label set "
+            "goes in labels= (note the order compare_answers(output, target, ...): the official code takes the "
+            "target first)"
         )
     if labels is None and task not in TASK_LABELS:
         raise ValueError(f"unknown task {task!r}: expected one of qa1..qa20, or pass labels=")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import numbers
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -92,7 +93,7 @@ def check_length(length: str | int) -> str:
 def _as_list(value: Any, check) -> list[str] | None:
     if value is None:
         return None
-    if isinstance(value, (str, int)):
+    if isinstance(value, (str, numbers.Integral)):
         return [check(value)]
     return [check(v) for v in value]
 

@@ -24,10 +24,10 @@ import torch
 
 from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.tokenizer import EOS_ID
-from babilong_fast.engine.adapters import RMTAdapter, SegmentAdapter, make_adapter
+from babilong_fast.engine.adapters import MambaAdapter, RMTAdapter, SegmentAdapter, make_adapter
 from babilong_fast.engine.graphs import StepRunner, clone_state
 from babilong_fast.engine.progress import Progress
-from babilong_fast.models._common import check_eos_token_id, check_token_range
+from babilong_fast.models._common import check_token_id, check_token_range
 
 GEN_ID = 35353
 """GPT-2 id of ``"GEN"``, the separator between question and answer in BABILong fine-tuning."""
@@ -264,17 +264,22 @@ class StreamRunner:
                 raise TypeError(f"state must be a StreamState (from prefill or init_state), got {type(state).__name__}")
             B, model_state = state.batch_size, adapter.check_state(state.model_state)
             fill, tokens, segments = state.pending.shape[1], state.num_tokens, state.num_segments
-            if fill > S:  # pending from a runner of longer segments (Mamba's are free): re-blocked as a chunk
-                chunks = itertools.chain((state.pending,), chunks)
+            first = 0
+            if fill > S:
+                if not isinstance(adapter, MambaAdapter):  # ARMT/RMT segment as trained: never re-segmented
+                    raise ValueError(f"state.pending holds {fill} tokens, more than segment_size={S}: a state of "
+                                     "another model")
+                # pending from a Mamba runner of longer segments (Mamba's are free): re-blocked as a chunk
+                chunks, first = itertools.chain((state.pending,), chunks), -1
                 tokens -= fill
                 fill = 0
-        bar = Progress(progress, total_tokens, initial=tokens)
+        bar = Progress(progress, total_tokens, initial=tokens, initial_segments=segments)
         try:
             with torch.inference_mode():
                 if state is not None:
                     buf = self._workspace(B)
                     buf[:, :fill].copy_(state.pending[:, :fill])  # nothing when re-blocked
-                for k, chunk in enumerate(chunks):
+                for k, chunk in enumerate(chunks, start=first if state is not None else 0):  # the caller's from 0
                     c = as_chunk(chunk, adapter.vocab_size)
                     if c is None:
                         continue
@@ -324,8 +329,7 @@ class StreamRunner:
         q = as_chunk(question_ids, self.adapter.vocab_size, "question_ids")
         q = torch.zeros(1, 0, dtype=torch.long) if q is None else q.to(torch.long)
         if gen_token_id is not None:
-            if isinstance(gen_token_id, bool) or not isinstance(gen_token_id, numbers.Integral):
-                raise TypeError(f"gen_token_id must be an int or None, got {gen_token_id!r}")
+            check_token_id("gen_token_id", gen_token_id)
             gen = as_chunk([int(gen_token_id)], self.adapter.vocab_size, "gen_token_id")
             q = torch.cat([q, gen.expand(q.shape[0], 1)], 1)
         return q
@@ -360,7 +364,7 @@ class StreamRunner:
 
         Returns ``[B, <= max_new_tokens]`` int64, an ordinary tensor (not an inference tensor)."""
         state = self._current(state)
-        check_eos_token_id(eos_token_id)
+        check_token_id("eos_token_id", eos_token_id)
         if state.pending.shape[1] == 0:
             raise ValueError("nothing to answer: the stream is empty and no question was given")
         with torch.inference_mode():
@@ -390,7 +394,7 @@ class StreamRunner:
         Returns:
             ``[B, <= max_new_tokens]`` int64, the new tokens only.
         """
-        check_eos_token_id(eos_token_id)  # before the question's segments run
+        check_token_id("eos_token_id", eos_token_id)  # before the question's segments run
         return self.decode(
             self.finish(question_ids, state, gen_token_id=gen_token_id),
             max_new_tokens=max_new_tokens,
@@ -438,7 +442,7 @@ class StreamRunner:
         # What would fail after the stream, checked before it: the question's ids and rows, the end token, and
         # the answer's fit.
         q = self._question(question_ids, gen_token_id)
-        check_eos_token_id(eos_token_id)
+        check_token_id("eos_token_id", eos_token_id)
         if total is None:
             self.adapter.check_decode(1, max_new_tokens)
         else:  # the final segment of context ‖ question ‖ GEN is known
@@ -449,6 +453,9 @@ class StreamRunner:
                                            else None)
         if isinstance(sample_or_chunks, BabilongSample) and state.num_tokens != total:
             raise RuntimeError(f"the sample streamed {state.num_tokens} tokens, but num_tokens is {total}")
+        if total is not None and state.num_tokens != total:
+            raise ValueError(f"total_tokens={total}, but the chunks held {state.num_tokens} tokens (the answer's fit "
+                             "was checked for the length given)")
         return self.answer(
             question_ids,
             state=state,

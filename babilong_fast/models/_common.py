@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,10 +97,10 @@ def scored_lm_loss(
     return F.cross_entropy(logits.float(), input_ids[:, 1:][keep], reduction=reduction), logits
 
 
-def check_eos_token_id(eos_token_id: object) -> None:
-    """TypeError unless ``eos_token_id`` is an int or None."""
-    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int)):
-        raise TypeError(f"eos_token_id must be an int or None, got {eos_token_id!r}")
+def check_token_id(name: str, token_id: object) -> None:
+    """TypeError unless ``token_id`` is an int (numpy's too) or None."""
+    if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, numbers.Integral)):
+        raise TypeError(f"{name} must be an int or None, got {token_id!r}")
 
 
 def greedy_loop(
@@ -110,7 +112,8 @@ def greedy_loop(
     the loop stops when every row has. ``eos_token_id=None``: no end token, always ``max_new_tokens``.
     Returns the new tokens ``[B, <= max_new_tokens]``.
     """
-    check_eos_token_id(eos_token_id)
+    check_token_id("eos_token_id", eos_token_id)
+    eos_token_id = None if eos_token_id is None else int(eos_token_id)
     out = torch.empty(batch_size, 0, dtype=torch.long, device=device)
     if eos_token_id is None:
         for _ in range(max_new_tokens):

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from babilong_fast.backends import check_backend
 from babilong_fast.data.babi import ALL_TASKS
 
 Kind = Literal["armt", "rmt", "mamba"]
@@ -122,13 +123,14 @@ class TrainConfig:
         if self.task not in ALL_TASKS:
             raise ValueError(f"unknown task {self.task!r}; the generator has {', '.join(ALL_TASKS)}")
         check_stages(self.stages)
+        memory = ("num_mem_tokens", "d_mem") if self.kind != "mamba" else ()  # unused by Mamba
         for name in ("segment_size", "batch_size", "micro_batch_size", "eval_every", "eval_n", "save_every",
-                     "log_every", "num_mem_tokens", "d_mem"):
+                     "log_every", *memory):
             _check_int(name, getattr(self, name), 1)
         for name in ("detach_every", "patience", "pool_size", "max_facts"):
             _check_int(name, getattr(self, name), 1, optional=True)
         for name in ("seed", "eval_seed"):
-            _check_int(name, getattr(self, name), 0)
+            _check_int(name, getattr(self, name), None)
         for name, per_stage in (("steps", self.steps), ("target", self.target)):
             if isinstance(per_stage, list) and len(per_stage) != len(self.stages):
                 raise ValueError(
@@ -151,8 +153,7 @@ class TrainConfig:
         for name in ("bf16", "sparse_logits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.backend not in ("auto", "cuda", "triton", "torch"):
-            raise ValueError(f"backend must be 'auto', 'cuda', 'triton' or 'torch', got {self.backend!r}")
+        check_backend(self.backend)
         if self.device not in (None, "cpu", "cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or None (cuda when available), got {self.device!r}")
         if self.detach_every is not None and self.kind == "mamba":
@@ -170,12 +171,14 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_int(name: str, v: object, low: int, optional: bool = False) -> None:
-    """ValueError unless ``v`` is an int >= ``low`` (or None when ``optional``)."""
+def _check_int(name: str, v: object, low: int | None, optional: bool = False) -> None:
+    """ValueError unless ``v`` is an int >= ``low`` (any int for None; or None when ``optional``). Python ints
+    only: the config is written as JSON."""
     if optional and v is None:
         return
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {v!r}")
+    if not isinstance(v, int) or isinstance(v, bool) or (low is not None and v < low):
+        bound = "an integer" if low is None else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {bound}{' or None' if optional else ''}, got {v!r}")
 
 
 def check_positions(cfg: TrainConfig, n_positions: int) -> None:

@@ -77,6 +77,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     time_limit: float | None = None,
+    validate_at_stop: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``out`` (see the module docstring for the files).
 
@@ -89,8 +90,11 @@ def train(
         stop_after: stop after this many optimizer steps of the whole run, as an interruption would (tests).
         time_limit: wall seconds of training in this call (>= 0; 0 stops after one step); when exceeded,
             ``last.pt`` is saved after the current step and the run stops (its best weights so far are in
-            ``best.pt``); ``resume`` goes on with the rest of the stage exactly as an uninterrupted run (no
-            validation is added at the stop).
+            ``best.pt``, once a validation has run); ``resume`` goes on with the rest of the stage exactly as an
+            uninterrupted run.
+        validate_at_stop: validate at a time-limit stop too (``best.pt`` then covers every step), for a run
+            that will not be resumed: the extra validation counts for ``best.pt`` and patience, so a resumed run
+            would no longer equal an uninterrupted one.
 
     Returns:
         ``{"losses": [per-step loss], "valid": [validation rows], "position": Position, "seconds": float}``
@@ -106,12 +110,12 @@ def train(
     out = Path(out)
     d = dd.setup(cfg.device)
     try:
-        return _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit)
+        return _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, validate_at_stop)
     finally:
         dd.teardown(d)
 
 
-def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> dict[str, Any]:
+def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, validate_at_stop) -> dict[str, Any]:
     check_batch(cfg, d.world)
     start = load_trained(init_from, cfg.kind) if init_from is not None else None  # checks the kind first
     torch.manual_seed(cfg.seed)
@@ -183,7 +187,7 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit) -> 
                     "seconds": round(time.perf_counter() - t_start, 3),
                 }
                 out_of_time = time_limit is not None and _elapsed(d, t_call) > time_limit
-                if pos.step % cfg.eval_every == 0 or pos.step == steps:  # not at a time-limit stop: exact resume
+                if pos.step % cfg.eval_every == 0 or pos.step == steps or (out_of_time and validate_at_stop):
                     acc = _validate(cfg, model, n, d)
                     row["valid_accuracy"] = acc
                     pos.valid.append({"global_step": pos.global_step, "stage": n, "step": pos.step, "accuracy": acc})

@@ -1,7 +1,6 @@
 """AdamW with linear warm-up and linear decay, as the reference trainer (``get_linear_schedule_with_warmup``), but
-for its first warm-up step: transformers' schedule gives step ``s`` the factor ``s / warmup`` (0 for the first
-step, which then changes nothing but AdamW's moments); here it is ``(s + 1) / (warmup + 1)``. The decay is the
-same."""
+for the warm-up ramp: transformers' gives warm-up step ``s`` the factor ``s / warmup`` (0 for the first step, which
+then changes nothing but AdamW's moments); here it is ``(s + 1) / (warmup + 1)``. The decay is the same."""
 from __future__ import annotations
 
 import torch

@@ -161,3 +161,4 @@ def test_a_label_list_for_task_is_a_clear_error():
     """The official compare_answers takes (target, output, question, task_labels): a ported call fails clearly."""
     with pytest.raises(TypeError, match="task must be a task name"):
         compare_answers("kitchen", "Mary is in the kitchen.", "Where is Mary?", ["kitchen", "garden"])
+    assert compare_answers("kitchen", "kitchen", "Where is Mary?", None, labels=["kitchen", "garden"])

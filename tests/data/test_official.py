@@ -68,6 +68,8 @@ def test_round_trip_babilong_layout(tmp_path: Path) -> None:
     assert load_official(tmp_path, split="qa2") == back[:2]
     assert load_official(p1) == back[2:]
     assert load_official(p1, task="qa1", length="1k") == back[2:]
+    np = pytest.importorskip("numpy")
+    assert load_official(tmp_path, length=np.int64(1000)) == back[2:]
     # A file's path names its task and length: a request for another is refused, never a relabelling.
     with pytest.raises(FileNotFoundError, match="holds task qa1 .by its path., not qa5"):
         load_official(p1, task="qa5")

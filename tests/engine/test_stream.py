@@ -483,6 +483,21 @@ def test_numpy_chunks():
         runner.prefill([np.int64(3)])
 
 
+def test_given_lengths_and_foreign_states_are_checked():
+    np = pytest.importorskip("numpy")
+    runner = StreamRunner(make_model("armt"), progress=False)
+    ctx = torch.randint(0, VOCAB - 2, (1, 40))
+    with pytest.raises(ValueError, match="total_tokens=99, but the chunks held 40 tokens"):
+        runner.run(iter([ctx]), [1], total_tokens=99, gen_token_id=GEN, eos_token_id=EOS, max_new_tokens=2)
+    out = runner.run(iter([ctx]), [1], total_tokens=40, gen_token_id=np.int64(GEN), eos_token_id=np.int64(EOS),
+                     max_new_tokens=2)  # numpy ids are ids
+    assert out.shape[0] == 1
+    state = runner.prefill([ctx])
+    long = StreamState(state.model_state, torch.zeros(1, SEG + 1, dtype=torch.long), 40, 1)
+    with pytest.raises(ValueError, match=f"holds {SEG + 1} tokens, more than segment_size={SEG}"):
+        runner.prefill([[1]], long)  # ARMT segments as trained: never re-segmented
+
+
 def test_results_are_ordinary_tensors():
     """Like generate's, the answer can be edited in place (it is not an inference tensor)."""
     runner = StreamRunner(make_model("armt"), progress=False)
@@ -546,7 +561,8 @@ def test_progress_continues_from_the_state(capsys, monkeypatch):
     ctx = torch.randint(0, VOCAB - 2, (1, 50))
     half = runner.prefill([ctx[:, :20]], total_tokens=50)
     runner.prefill([ctx[:, 20:]], half, total_tokens=50)
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("babilong_fast: prefill 50/50 tokens")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("babilong_fast: prefill 50/50 tokens, 3 segments")
 
 
 def test_float64_rmt_streams_a_float32_state():

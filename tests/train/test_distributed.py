@@ -40,9 +40,11 @@ def _run_workers(world: int, out: Path) -> None:
     """``world`` workers to their end (each may finish after another has failed: ``grace_period``).
 
     Once, in a full CI run on the 2-core machine, a worker died of SIGABRT ("terminate called without an active
-    exception", from C++) shortly after its first DDP backward; 50 runs of this file alone did not repeat it. A
-    worker that had finished train() (its marker is written) and died of a signal while its process exited is
-    reported as a warning: everything the test compares was computed. Any other failure fails the test.
+    exception", from C++) within a second of DDP's warning at its first backward with every parameter used:
+    during training or while exiting, the log does not say. 50 runs of this file alone did not repeat it;
+    faulthandler now prints where. A worker that had finished train() (its marker is written) and then died of
+    a signal while its process exited is reported as a warning: everything the test compares was computed. Any
+    other failure, a crash during training included, fails the test.
     """
     ctx = mp.start_processes(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=False,
                              start_method="spawn")

@@ -113,7 +113,7 @@ def test_patience(tmp_path):
     ("pool_size", 2.5, "pool_size must be an integer >= 1 or None"),
     ("num_mem_tokens", 1.5, "num_mem_tokens must be an integer >= 1"),
     ("detach_every", 0, "detach_every must be an integer >= 1 or None"),
-    ("seed", 1.5, "seed must be an integer >= 0"),
+    ("seed", 1.5, "seed must be an integer, got 1.5"),
     ("target", "x", "target is an exact-match percentage in [0, 100]"),
     ("target", 150.0, "target is an exact-match percentage in [0, 100]"),
     ("lr", float("inf"), "lr must be a finite number > 0, got inf"),
@@ -122,7 +122,7 @@ def test_patience(tmp_path):
     ("weight_decay", float("nan"), "weight_decay must be a finite number >= 0"),
     ("decay_factor", 0.5, "decay_factor must be a finite number >= 1"),
     ("clip", float("nan"), "clip must be a finite number > 0"),
-    ("backend", "cuda2", "backend must be 'auto', 'cuda', 'triton' or 'torch'"),
+    ("backend", "cuda2", "unknown backend 'cuda2'"),
     ("device", "mps", "device must be 'cpu', 'cuda' or None"),
     ("bf16", "no", "bf16 must be True or False"),
 ])
@@ -132,6 +132,15 @@ def test_config_fields_are_checked(field, value, says):
     with pytest.raises(ValueError) as e:
         tiny_config(**{field: value})
     assert says in str(e.value)
+
+
+def test_validate_at_stop_for_runs_not_resumed(tmp_path):
+    """validate_at_stop (benchmarks/train_proof.py): the stop step is validated, so best.pt covers it."""
+    cfg = tiny_config(steps=[4, 2], eval_every=3)
+    res = train(cfg, tmp_path / "v", progress=False, time_limit=0.0, validate_at_stop=True)
+    assert [(v["stage"], v["step"]) for v in res["valid"]] == [(1, 1)] and (tmp_path / "v" / "best.pt").is_file()
+    res = train(cfg, tmp_path / "n", progress=False, time_limit=0.0)
+    assert res["valid"] == [] and not (tmp_path / "n" / "best.pt").exists()
 
 
 def test_presets_take_none_overrides():
