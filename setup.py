@@ -8,6 +8,7 @@ CUDA_HOME. Build with ``pip install --no-build-isolation .`` so the installed to
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 
@@ -84,6 +85,15 @@ def cuda_extension() -> tuple[list, dict, dict]:
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}, info
 
 
+def csrc_digest() -> str:
+    """SHA-256 over csrc/ (babilong_fast/_csrc_digest.py, loaded by path: the package is not importable yet)."""
+    path = os.path.join(ROOT, "babilong_fast", "_csrc_digest.py")
+    spec = importlib.util.spec_from_file_location("_csrc_digest", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.csrc_digest(ROOT)
+
+
 def write_build_info(info: dict) -> None:
     """Record whether this install asked for the extension, so a test can demand that it imports."""
     path = os.path.join(ROOT, "babilong_fast", "_build_info.py")
@@ -91,6 +101,7 @@ def write_build_info(info: dict) -> None:
         f.write('"""Written by setup.py at build time."""\n')
         f.write(f"CUDA_BUILD_REQUESTED = {info['requested']!r}\nREASON = {info['reason']!r}\n")
         f.write(f"CUDA_ARCHS = {info.get('archs')!r}  # TORCH_CUDA_ARCH_LIST of the build\n")
+        f.write(f"CSRC_SHA256 = {csrc_digest()!r}  # the csrc/ the build compiled\n")
 
 
 ext_modules, cmdclass, info = cuda_extension()

@@ -15,10 +15,13 @@ backend and every CUDA kernel variant; ``micro`` = the pytest-benchmark micro-be
 of its memory ops, RMT and ARMT at batch 8 (16k / 1M); GPT-2 small / Mamba-130m shapes, bfloat16, stock
 where it fits a 15 s budget (Mamba's 40 s), a length predicted past twice its budget not run. ``core`` =
 tests,ops,micro; ``all`` = core,models. The build always runs first. Every step has a time limit and the whole
-check a deadline (``--deadline-s``, default 480 s: eight minutes, parts that do not fit are cut). With a
-15-minute device budget, run ``--part core`` (about 6.5 minutes) and then at once, while the machine is still
-warm, ``--part models --reuse-build --deadline-s 380``; the later model runs then get what time is left
-(``--runs`` picks some of them).
+check a deadline counted from the start of this script (``--deadline-s``, default 480 s: eight minutes); a step
+with under 30 s left is skipped, and a step past its limit gets SIGINT (pytest then writes what it has), then
+SIGKILL, to its whole process group. The JSON is rewritten after every step, so a cut check keeps what it did.
+With a 15-minute device budget (machine start included), run ``--part core --deadline-s 400`` and then at once,
+while the machine is still warm, ``--part models --reuse-build --deadline-s 300``; the later model runs then get
+what time is left (``--runs`` picks some of them). ``--reuse-build`` rebuilds when ``csrc/`` differs from what
+the installed extension was built from.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,21 +41,42 @@ PY = sys.executable
 
 
 def run(cmd: list[str], log, timeout: int, env: dict | None = None) -> tuple[int, str, float]:
-    """Run a step, tee its output into the log; return (exit code, output, seconds)."""
+    """Run a step in its own process group, its output into the log; return (exit code, output, seconds)."""
     log.write(_anonymise(f"\n$ {' '.join(cmd)}\n"))
     log.flush()
     t0 = time.time()
-    try:
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-        code, text = res.returncode, res.stdout + res.stderr
-    except subprocess.TimeoutExpired as e:
-        def txt(b) -> str:  # what the step printed before it was stopped (bytes, even with text=True)
-            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-
-        code, text = 124, f"{txt(e.stdout)}{txt(e.stderr)}\n[timed out after {timeout}s]"
+    with tempfile.TemporaryFile("w+", errors="replace") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        try:
+            code, note = proc.wait(timeout=timeout), ""
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+            code, note = 124, f"\n[timed out after {timeout}s]"
+        out.seek(0)
+        text = out.read() + note
     log.write(_anonymise(text))
     log.flush()
     return code, text, time.time() - t0
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGINT to ``proc``'s process group (pytest and throughput.py then write what they have), SIGKILL to what is
+    left after ``grace_s`` (xdist or compile workers, a test stuck in a CUDA call)."""
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its workers must not keep the GPU busy for the next step
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
 
 
 def _anonymise(text: str) -> str:
@@ -61,18 +87,20 @@ def _anonymise(text: str) -> str:
     return re.sub(r"/tmp/[^\s'\"]+", "<tmp>", text.replace(ROOT, "<repo>"))
 
 
-STEP_LIMITS = {"build": 150, "tests": 180, "ops": 70, "micro": 60}
+STEP_LIMITS = {"build": 150, "tests": 150, "ops": 70, "micro": 60}
+MIN_STEP_S = 30  # a step with less time left is skipped, not started
 PARTS = ("tests", "ops", "micro", "models")
 # Most wanted first (pytest keeps a file's first mention), so a cut step has still checked it: the kernel tests
 # that decide GPU_VERIFIED_BACKENDS (Triton and CUDA against float64; the *_cuda_emulated files run the compiled
 # CUDA kernels on a GPU), then the never-run tensor-core read, compiled steps and CUDA graphs, then the rest.
-GPU_TESTS = ["tests/test_extension.py", "tests/ops/test_assoc_read.py", "tests/ops/test_assoc_write.py",
+GPU_TESTS = ["tests/test_extension.py", "tests/engine/test_stream_cuda.py", "tests/ops/test_assoc_read.py",
+             "tests/ops/test_assoc_write.py",
              "tests/ops/test_segment_io.py", "tests/ops/test_selective_scan_chunked.py",
              "tests/ops/test_causal_conv1d.py", "tests/ops/test_memory_kernels_cuda_emulated.py",
              "tests/ops/test_selective_scan_cuda_emulated.py", "tests/ops/test_causal_conv1d_cuda_emulated.py",
              "tests/ops/test_assoc_read_cuda_emulated.py", "tests/ops/test_assoc_read_tc.py",
-             "tests/models/test_compiled_step.py", "tests/engine/test_graphs.py",
-             "tests/ops", "tests/engine", "tests/models", "tests/test_backends.py", "tests/test_patch.py"]
+             "tests/models/test_compiled_step.py", "tests/engine/test_graphs.py", "tests/test_patch.py",
+             "tests/engine", "tests/ops", "tests/models", "tests/test_backends.py"]
 # (name, throughput.py arguments, time limit in seconds): the models benchmark as five runs, most wanted first.
 MODEL_RUNS = [
     ("b1", ["--models", "rmt,armt", "--lengths", "16k,1M,10M", "--batch", "1", "--backends", "auto"], 200),
@@ -112,6 +140,7 @@ def parse_parts(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    start = time.time()  # the deadline counts the torch import too
     import argparse
 
     import torch
@@ -135,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = known if args.runs is None else [r for r in args.runs.split(",") if r]
     if not runs or any(r not in known for r in runs):
         ap.error(f"--runs takes a comma list of {', '.join(known)}; got {args.runs!r}")
-    start = time.time()
 
     def limit(step: str | int) -> int:
+        """The step's time limit: its cap, or the time left (less 10 s for the grace of a stop); 0: skip it."""
         cap = STEP_LIMITS[step] if isinstance(step, str) else step
-        return max(5, int(min(cap, args.deadline_s - (time.time() - start) - 10)))
+        left = int(min(cap, args.deadline_s - (time.time() - start) - 10))
+        return left if left >= MIN_STEP_S else 0
 
     if not torch.cuda.is_available():
         print("device_check: torch sees no CUDA device; this check is for a GPU machine")
@@ -164,21 +194,42 @@ def main(argv: list[str] | None = None) -> int:
                      "triton": installed_version("triton"), "transformers": installed_version("transformers")}
     result: dict = {}
     ok = True
+    path = os.path.join(out_dir, stem + ".json")
+    done_files: list[str] = []
+
+    def save() -> None:
+        """The results so far, replaced atomically (a check cut at any point keeps its finished steps); the
+        steps' own JSON files are removed once their rows are in it."""
+        summary["seconds"] = round(time.time() - start, 1)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"summary": summary, **result}, f, indent=2)
+        os.replace(path + ".tmp", path)
+        while done_files:
+            os.remove(done_files.pop())
+
+    def skipped(step: str) -> bool:
+        if limit(step):
+            return False
+        summary.setdefault("skipped", []).append(f"{step}: under {MIN_STEP_S} s left of --deadline-s")
+        print(f"{step}: skipped, under {MIN_STEP_S} s left", flush=True)
+        save()
+        return True
 
     with open(os.path.join(out_dir, stem + ".log"), "w") as log:
         code, text, secs = run(["nvcc", "--version"], log, 30)
         summary["nvcc"] = text.strip().splitlines()[-1] if code == 0 else f"nvcc failed ({code})"
-        built = args.reuse_build and run([PY, "-c", "import babilong_fast._C"], log, 60, env)[0] == 0
+        built = args.reuse_build and run([PY, "-c", REUSE_CHECK], log, 60, env)[0] == 0
         if built:
             code, secs = 0, 0.0
         else:
             code, text, secs = run([PY, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation",
-                                    "--no-index", "-e", "."], log, limit("build"), env)
+                                    "--no-index", "-e", "."], log, max(limit("build"), MIN_STEP_S), env)
         summary["build"] = {"ok": code == 0, "seconds": round(secs, 1), "reused": bool(built)}
         ok &= code == 0
         print(f"build: {'reused' if built else ('ok' if code == 0 else 'FAILED')} in {secs:.0f}s", flush=True)
+        save()
 
-        if "tests" in parts:
+        if "tests" in parts and not skipped("tests"):
             # Spread over processes where pytest-xdist is installed (the GPU is shared; tests are small), test by
             # test: whole files would leave one worker with all of test_compiled_step's compiles. One line per
             # test (-v), so a step stopped by its time limit still names what failed and what never ran.
@@ -198,11 +249,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tests: exit {code}, {counts} in {secs:.0f}s", flush=True)
             for ln in summary["tests"]["failures"]:
                 print("  " + ln[:300], flush=True)
+            save()
 
         if "models" in parts:
             result["models"] = []
             for name, extra, cap in (r for r in MODEL_RUNS if r[0] in runs):
-                models_json = os.path.join(out_dir, f"{stem}_models_{name}_tmp.json")
+                if not limit(cap):
+                    result["models"].append({"run": name, "skipped": f"under {MIN_STEP_S} s left of --deadline-s"})
+                    print(f"models {name}: skipped, under {MIN_STEP_S} s left", flush=True)
+                    save()
+                    continue
+                models_json = os.path.join(out_dir, f"{stem}_run_{name}.tmp.json")
                 common = ["--dtype", "bfloat16", "--budget-s", "15", "--fast-budget-s", "90", "--repeats", "1",
                           "--long-s", "15", "--json", models_json, "--out", out_dir, "--no-plot"]
                 # the run's own flags last: argparse keeps the last value, so they win over the common ones
@@ -212,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                 ok &= code == 0
                 # A run cut short by its time limit still leaves the rows it finished (saved after each row).
                 result["models"].append({"run": name, "exit_code": code, "seconds": round(secs, 1),
-                                         **_pop_json(models_json)})
+                                         **_read_json(models_json, done_files)})
+                save()
 
-        if "ops" in parts:
+        if "ops" in parts and not skipped("ops"):
             bench_json = os.path.join(out_dir, stem + "_bench.json")
             code, text, secs = run([PY, "benchmarks/throughput.py", "--suite", "ops", "--shape", "8,522,768,64",
                                     "--shape", "1,522,768,64", "--shape", "8,1,768,64", "--dtype", "float32,bfloat16",
@@ -222,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             print(text[-6000:], flush=True)
             summary["benchmark_exit_code"] = code
             ok &= code == 0
-            result.update(_pop_json(bench_json))
+            result.update(_read_json(bench_json, done_files))
+            save()
 
-        if "micro" in parts:
+        if "micro" in parts and not skipped("micro"):
             micro_json = os.path.join(out_dir, stem + "_micro.json")
             if importlib.util.find_spec("pytest_benchmark") is None:
                 summary["micro_benchmarks"] = "skipped: pytest-benchmark is not installed here (nothing is downloaded)"
@@ -234,29 +293,40 @@ def main(argv: list[str] | None = None) -> int:
                                         f"--benchmark-json={micro_json}"], log, limit("micro"), env)
                 summary["micro_benchmarks_exit_code"] = code
                 ok &= code == 0
-                micro = _pop_json(micro_json)
+                micro = _read_json(micro_json, done_files)
                 result["micro_benchmarks"] = [
                     {"name": b["name"], "median_s": b["stats"]["median"], **b.get("extra_info", {})}
                     for b in micro.get("benchmarks", [])
                 ]
                 n_rows = len(result["micro_benchmarks"])
                 print(f"micro-benchmarks: exit {code}, {n_rows} rows in {secs:.0f}s", flush=True)
-    summary["seconds"] = round(time.time() - start, 1)
-    path = os.path.join(out_dir, stem + ".json")
-    with open(path, "w") as f:
-        json.dump({"summary": summary, **result}, f, indent=2)
+            save()
+    save()
     print(f"wrote {path} in {summary['seconds']:.0f}s")
     return 0 if ok else 1
 
 
-def _pop_json(path: str) -> dict:
-    """Read and delete a step's JSON output ({} when the step wrote none)."""
+# --reuse-build: the installed extension imports and was built from this csrc/ (an archive of a newer commit over
+# the same folder keeps the old .so, which must not be timed under the new commit).
+REUSE_CHECK = (
+    "import importlib.util, os, babilong_fast._C, babilong_fast._build_info as b\n"
+    "spec = importlib.util.spec_from_file_location('d', os.path.join('babilong_fast', '_csrc_digest.py'))\n"
+    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+    "assert getattr(b, 'CSRC_SHA256', None) == m.csrc_digest('.'), 'csrc/ changed since the build'\n"
+)
+
+
+def _read_json(path: str, done: list[str]) -> dict:
+    """A step's JSON output ({} when it wrote none; its error when a kill cut the file); ``path`` is added to
+    ``done`` to be removed once the check's own JSON holds it."""
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        data = json.load(f)
-    os.remove(path)
-    return data
+    done.append(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        return {"json_error": f"{os.path.basename(path)}: {type(e).__name__}: {e}"}
 
 
 if __name__ == "__main__":

@@ -503,9 +503,11 @@ def run_models(args, env: dict, ops: dict | None) -> int:
         }
 
     def save(rows: list[dict], info: dict, complete: bool) -> None:
-        # Written after every row too, so a run cut short by a time limit still leaves its rows.
-        with open(json_path, "w") as f:
+        # Written after every row too, so a run cut short by a time limit still leaves its rows; replaced
+        # atomically, so a kill mid-write leaves the previous rows, not a cut file.
+        with open(json_path + ".tmp", "w") as f:
             json.dump(result_of(rows, info, complete), f, indent=2)
+        os.replace(json_path + ".tmp", json_path)
 
     rows, info = mb.run_suite(cfg, backbone, wrappers, on_row=lambda r, i: save(r, i, False))
     ratios = mb.ratio_lines(rows)

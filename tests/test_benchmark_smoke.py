@@ -240,14 +240,52 @@ def test_step_kernels_counts(tmp_path, capsys):
 
 def test_device_check_model_runs_parse(throughput):
     """Every model run of the device check is a valid throughput.py command line; a run's own flags win."""
-    spec = importlib.util.spec_from_file_location("device_check_under_test", os.path.join(BENCH, "device_check.py"))
-    dc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dc)
+    dc = _device_check()
     for name, extra, cap in dc.MODEL_RUNS:
         args = throughput.parse_args(["--dtype", "bfloat16", "--budget-s", "15", "--json", "x.json", *extra])
         assert cap > 0 and args.models, name
         if name == "mamba":
             assert args.models == "mamba" and args.budget_s == 40  # its stock prefix outlasts the common 15 s
+
+
+def _device_check():
+    spec = importlib.util.spec_from_file_location("device_check_under_test", os.path.join(BENCH, "device_check.py"))
+    dc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dc)
+    return dc
+
+
+def test_device_check_stops_a_step_and_its_workers(tmp_path):
+    """A step past its limit is stopped with its whole process group (a worker it started too), promptly, and
+    keeps what it printed; a cut JSON file is reported, not a crash."""
+    import io
+    import sys
+    import time
+
+    dc = _device_check()
+    pid_file = tmp_path / "worker.pid"
+    script = ("import subprocess, sys, time\n"
+              "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(w.pid))\n"
+              "print('started', flush=True)\n"
+              "time.sleep(120)\n")
+    t0 = time.time()
+    code, text, secs = dc.run([sys.executable, "-c", script], io.StringIO(), timeout=3)
+    assert code == 124 and "started" in text and "timed out after 3s" in text and time.time() - t0 < 20
+    worker = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the step's worker outlived the stop")
+    cut = tmp_path / "cut.json"
+    cut.write_text('{"rows": [1, 2')
+    done = []
+    assert "json_error" in dc._read_json(str(cut), done) and done == [str(cut)]
+    assert dc._read_json(str(tmp_path / "none.json"), done) == {} and len(done) == 1
 
 
 def test_stock_mamba_steps_continue_the_cache(throughput):
