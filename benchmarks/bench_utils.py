@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -10,6 +11,14 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def write_json(path: str, data: object) -> None:
+    """``data`` as indented JSON at ``path``, replaced atomically: a kill mid-write leaves the previous file, never
+    a cut one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def git_commit() -> str:

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1", BABILONG_FAST_FORCE_CUDA_BUILD="1")
     env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
-    from bench_utils import git_commit, installed_version
+    from bench_utils import git_commit, installed_version, write_json
 
     summary: dict = {"gpu": gpu, "capability": f"{major}.{minor}", "arch_list": env["TORCH_CUDA_ARCH_LIST"],
                      "parts": parts, "runs": runs, "commit": git_commit(), "python": sys.version.split()[0],
@@ -201,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         """The results so far, replaced atomically (a check cut at any point keeps its finished steps); the
         steps' own JSON files are removed once their rows are in it."""
         summary["seconds"] = round(time.time() - start, 1)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"summary": summary, **result}, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, {"summary": summary, **result})
         while done_files:
             os.remove(done_files.pop())
 
@@ -309,10 +307,9 @@ def main(argv: list[str] | None = None) -> int:
 # --reuse-build: the installed extension imports and was built from this csrc/ (an archive of a newer commit over
 # the same folder keeps the old .so, which must not be timed under the new commit).
 REUSE_CHECK = (
-    "import importlib.util, os, babilong_fast._C, babilong_fast._build_info as b\n"
-    "spec = importlib.util.spec_from_file_location('d', os.path.join('babilong_fast', '_csrc_digest.py'))\n"
-    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-    "assert getattr(b, 'CSRC_SHA256', None) == m.csrc_digest('.'), 'csrc/ changed since the build'\n"
+    "import babilong_fast._C, babilong_fast._build_info as b\n"
+    "from babilong_fast._csrc_digest import csrc_digest\n"
+    "assert getattr(b, 'CSRC_SHA256', None) == csrc_digest('.'), 'csrc/ changed since the build'\n"
 )
 
 

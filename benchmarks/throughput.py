@@ -37,7 +37,6 @@ as failed and never timed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -48,7 +47,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import babilong_fast  # noqa: E402
 import mamba_bench  # noqa: E402
 from babilong_fast.ops import assoc_read, assoc_read_ref  # noqa: E402
-from bench_utils import environment, measure_ceilings, time_cpu, time_cuda_eager, time_cuda_graph  # noqa: E402
+from bench_utils import (  # noqa: E402
+    environment,
+    measure_ceilings,
+    time_cpu,
+    time_cuda_eager,
+    time_cuda_graph,
+    write_json,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -359,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, ceilings = run_ops(args)
         if args.json:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, f, indent=2)
+            write_json(args.json, {"environment": env, "ceilings": ceilings, "rows": rows})
             print(f"wrote {args.json}")
         return 1 if any("failed" in r for r in rows) else 0  # sweep rows carry "accurate" instead
     ops = None
@@ -440,10 +445,10 @@ def run_models(args, env: dict, ops: dict | None) -> int:
     if dtype_name not in DTYPES:
         p.error(f"--dtype for the models suite is one of {', '.join(DTYPES)}, got {dtype_name!r}")
     backends = comma_choices(p, "backend", args.backends or "auto", ("auto", "cuda", "triton", "torch"))
+    statuses = babilong_fast.backends()
     for name in backends:  # a usage error, not rows that all fail
-        status = babilong_fast.backends()[name] if name != "auto" else None
-        if status is not None and not status.available:
-            p.error(f"--backends {name}: unavailable here ({status.reason})")
+        if name != "auto" and not statuses[name].available:
+            p.error(f"--backends {name}: unavailable here ({statuses[name].reason})")
     cfg = mb.Settings(
         models=models, modes=modes, lengths=lengths, batches=batches, dtype=DTYPES[dtype_name], backends=backends,
         device=device, budget_s=args.budget_s or (300.0 if gpu else 200.0),
@@ -503,11 +508,8 @@ def run_models(args, env: dict, ops: dict | None) -> int:
         }
 
     def save(rows: list[dict], info: dict, complete: bool) -> None:
-        # Written after every row too, so a run cut short by a time limit still leaves its rows; replaced
-        # atomically, so a kill mid-write leaves the previous rows, not a cut file.
-        with open(json_path + ".tmp", "w") as f:
-            json.dump(result_of(rows, info, complete), f, indent=2)
-        os.replace(json_path + ".tmp", json_path)
+        # Written after every row too (atomically), so a run cut short by a time limit still leaves its rows.
+        write_json(json_path, result_of(rows, info, complete))
 
     rows, info = mb.run_suite(cfg, backbone, wrappers, on_row=lambda r, i: save(r, i, False))
     ratios = mb.ratio_lines(rows)

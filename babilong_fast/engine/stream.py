@@ -258,13 +258,12 @@ class StreamRunner:
             raise TypeError(f"chunks must be an iterable of token chunks or a tensor, got {type(chunks).__name__}")
         S, adapter = self.segment_size, self.adapter
         B = buf = model_state = None
-        fill = tokens = segments = 0
+        fill = tokens = segments = first = 0  # first: the number of the first chunk (-1: a re-blocked pending)
         if state is not None:
             if not isinstance(state, StreamState):
                 raise TypeError(f"state must be a StreamState (from prefill or init_state), got {type(state).__name__}")
             B, model_state = state.batch_size, adapter.check_state(state.model_state)
             fill, tokens, segments = state.pending.shape[1], state.num_tokens, state.num_segments
-            first = 0
             if fill > S:
                 if not isinstance(adapter, MambaAdapter):  # ARMT/RMT segment as trained: never re-segmented
                     raise ValueError(f"state.pending holds {fill} tokens, more than segment_size={S}: a state of "
@@ -279,7 +278,7 @@ class StreamRunner:
                 if state is not None:
                     buf = self._workspace(B)
                     buf[:, :fill].copy_(state.pending[:, :fill])  # nothing when re-blocked
-                for k, chunk in enumerate(chunks, start=first if state is not None else 0):  # the caller's from 0
+                for k, chunk in enumerate(chunks, start=first):  # the caller's chunks from 0
                     c = as_chunk(chunk, adapter.vocab_size)
                     if c is None:
                         continue

@@ -180,17 +180,21 @@ class OfficialData:
             f"{max(segments, 1)} segment(s) of {self.segment_size} tokens with its question and answer"
         )
 
-    def get(self, stage: int, index: int) -> Example:
-        segments = draw_segments(self.seed, stage, index)
-        key = (index % len(self._records_for(segments)), segments)
+    def _example(self, segments: int, start: int) -> Example:
+        key = (start, segments)
         if key not in self._cache:
-            self._cache[key] = self._fitting(segments, key[0])
+            self._cache[key] = self._fitting(segments, start)
         return self._cache[key]
 
+    def get(self, stage: int, index: int) -> Example:
+        segments = draw_segments(self.seed, stage, index)
+        return self._example(segments, index % len(self._records_for(segments)))
+
     def check(self, segment_counts: Iterable[int]) -> None:
-        """NoSamplesError now for a segment count that no record serves (not at its first draw, hours into a run)."""
+        """NoSamplesError now for a segment count that no record serves (not at its first draw, hours into a run);
+        the examples found are kept for the draws that want them."""
         for n in segment_counts:
-            self._fitting(n, 0)
+            self._example(n, 0)
 
     def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:
         return [self.get(stage, k) for k in indices]
