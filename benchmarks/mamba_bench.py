@@ -12,7 +12,7 @@ from babilong_fast.models import MambaLM
 from babilong_fast.models.mamba.hf_cache import cache_keyword, linear_cache_supported, output_cache
 
 STOCK_DESCRIPTION = (
-    "stock (Mamba) = the public BABILong Mamba baseline's way (ARMT repository, baselines/mamba; armt_rmt.md 4): "
+    "stock (Mamba) = the public BABILong Mamba baseline's way (ARMT repository, baselines/mamba; docs/math.md §4): "
     "the whole sample materialised as one [B, N] tensor on the device; one Hugging Face MambaForCausalLM call on "
     "the first min(N, prefix) tokens with use_cache=True (full-vocabulary logits for every position, as the "
     "reference's per-chunk loss needs), then one call per remaining token with the cache (HF's cached path "

@@ -26,7 +26,7 @@ from babilong_fast.models import ARMT, RMT
 from babilong_fast.models._common import segment_bounds
 
 STOCK_EMULATION = (
-    "stock = the public wrappers' validation step (armt_rmt.md 3.1), emulated with babilong_fast's own per-segment "
+    "stock = the public wrappers' validation step (docs/math.md §3), emulated with babilong_fast's own per-segment "
     "math so that both modes compute the same function: (1) the whole sample is materialised as one [B, N] int64 "
     "tensor and moved to the device (the reference collate); (2) a Python loop over left-aligned segments runs "
     "model.segment_forward(..., write=True, return_logits=True) on every segment, i.e. a full backbone forward "

@@ -2,7 +2,7 @@
 
 :class:`StreamRunner` reads token chunks of any sizes, re-blocks them into segments of exactly
 ``segment_size`` tokens in one preallocated ``[B, segment_size]`` buffer and runs each full segment with
-memory writes on and no LM head (armt_rmt.md 3.2 items 2-6). The newest 1..``segment_size`` tokens are
+memory writes on and no LM head (docs/math.md §3). The newest 1..``segment_size`` tokens are
 always held back: whether they are the final segment is only known once the question arrives.
 :meth:`StreamRunner.answer` appends ``question ‖ GEN``, runs the segments that spill over, and decodes
 greedily from the final segment with the model's own generation rule, so the tokens equal

@@ -73,7 +73,7 @@ def segment_bounds(n: int, segment_size: int) -> list[tuple[int, int]]:
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: torch.Tensor | None) -> torch.Tensor:
     """Token-mean cross-entropy of ``logits[:, :-1]`` against ``input_ids[:, 1:]`` where ``labels_mask[:, :-1]``.
 
-    This is RMT/ARMT's ``process_outputs`` (armt_rmt.md 1.6): the shift is applied to the logits of all
+    This is RMT/ARMT's ``process_outputs`` (docs/math.md §1.2): the shift is applied to the logits of all
     segments concatenated, and the mask selects prediction positions. ``labels_mask=None`` scores all positions.
     """
     shifted = logits[:, :-1]

@@ -1,6 +1,6 @@
 """ARMT (associative recurrent memory transformer) on a GPT-2 backbone, with an explicit state.
 
-The math is ARMT-HEAD's as specified in armt_rmt.md 2.3-2.10: every segment is ``[wte(x); P]`` with the
+The math is ARMT-HEAD's as specified in docs/math.md §2: every segment is ``[wte(x); P]`` with the
 default positions; before block ``l`` every row reads ``h += (q A_l) / (q z_l + eps)`` (skipped while the
 memory is empty); after block ``l`` the ``M`` memory rows write ``(A_l, z_l)`` with
 :func:`babilong_fast.ops.assoc_write`. The backbone is used unchanged: the read and write run in forward

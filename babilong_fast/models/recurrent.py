@@ -93,7 +93,7 @@ class RecurrentLM(nn.Module):
     def generate(
         self, input_ids: torch.Tensor, max_new_tokens: int = 10, eos_token_id: int | None = 50256
     ) -> torch.Tensor:
-        """Greedy decoding as the reference wrappers' ``generate`` (armt_rmt.md 1.8 for RMT, 2.8 for ARMT).
+        """Greedy decoding as the reference wrappers' ``generate`` (docs/math.md §1.3 for RMT, §2.6 for ARMT).
 
         All segments but the last write the memory; the last one, followed by the tokens generated so far,
         runs without writing (RMT: ``[mem; tokens]`` without write rows; ARMT: without memory tokens,

@@ -1,4 +1,4 @@
-"""RMT (recurrent memory transformer) on a GPT-2 backbone as used for BABILong (RMT-BL, armt_rmt.md 1.10).
+"""RMT (recurrent memory transformer) on a GPT-2 backbone as used for BABILong (RMT-BL, docs/math.md §1.1).
 
 Every segment is ``[mem; wte(x); mem] + wpe(0..T-1)`` under causal attention with memory rows always
 visible; the next memory is the ``ln_f`` output at the trailing (write) rows and the logits come from the

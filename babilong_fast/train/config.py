@@ -1,7 +1,7 @@
 """Training configuration: one dataclass, its checks, and the presets of the published recipes.
 
 A run is a list of curriculum stages. Stage ``n`` (a segment count) draws every sample's length uniformly from
-``1..n`` segments (``n * segment_size - 20`` context tokens, armt_rmt.md 5.2); each stage trains for at most
+``1..n`` segments (``n * segment_size - 20`` context tokens, docs/math.md §5.2); each stage trains for at most
 ``steps`` optimizer steps, validates by greedy generation at ``n`` segments and stops early on ``patience`` or
 ``target``. An optional first stage ``0`` is a warm-up on the facts alone (BABILong's ``0k``: no background).
 The next stage starts from the previous stage's best weights with a fresh optimizer and schedule.
@@ -217,14 +217,14 @@ def check_stages(stages: object) -> list[int]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # RMT-BL (armt_rmt.md 5.3): GPT-2 small, segment 512, memory 16, stages 1 -> 32, LR 1e-5, batch 64, bf16.
+    # RMT-BL (docs/math.md §5.3): GPT-2 small, segment 512, memory 16, stages 1 -> 32, LR 1e-5, batch 64, bf16.
     "rmt": {
         "kind": "rmt", "backbone": dict(GPT2_SMALL), "num_mem_tokens": 16, "segment_size": 512,
         "stages": [1, 2, 4, 6, 8, 16, 32], "steps": [2000, 5000, 5000, 5000, 5000, 5000, 5000],
         "batch_size": 64, "micro_batch_size": 8, "lr": 1e-5, "warmup": 0.1, "decay_factor": 2.0,
         "eval_every": 250, "eval_n": 100, "patience": 15, "save_every": 250,
     },
-    # ARMT-HEAD (armt_rmt.md 5.3): memory 10, d_mem 64, stages 2 -> 32, LR 1e-4, fp32 (accelerate, no mixed
+    # ARMT-HEAD (docs/math.md §5.3): memory 10, d_mem 64, stages 2 -> 32, LR 1e-4, fp32 (accelerate, no mixed
     # precision) as in the reference; the RMT recipe above runs DeepSpeed bf16.
     "armt": {
         "kind": "armt", "backbone": dict(GPT2_SMALL), "num_mem_tokens": 10, "d_mem": 64, "segment_size": 512,
@@ -233,7 +233,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64, "micro_batch_size": 4, "lr": 1e-4, "warmup": 0.1, "decay_factor": 2.0,
         "eval_every": 250, "eval_n": 100, "patience": 50, "target": 100.0, "save_every": 250,
     },
-    # ARMT-HEAD Mamba baseline (armt_rmt.md 4): mamba-130m, stages 2 -> 32, LR 3e-4, batch 128, fp32.
+    # ARMT-HEAD Mamba baseline (docs/math.md §4): mamba-130m, stages 2 -> 32, LR 3e-4, batch 128, fp32.
     "mamba-130m": {
         "kind": "mamba", "backbone": dict(MAMBA_130M), "segment_size": 512, "bf16": False,
         "stages": [2, 3, 5, 8, 16, 32], "steps": [2000, 10000, 10000, 10000, 10000, 30000],

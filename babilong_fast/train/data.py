@@ -1,7 +1,7 @@
 """Curriculum training data: the k-th sample of a stage is a pure function of ``(seed, stage, k)``.
 
 Stage ``n`` draws each sample's segment count uniformly from ``1..n`` (the reference's ``--vary_n_segments``,
-armt_rmt.md 5.2) and builds a BABILong sample of ``segments * segment_size`` nominal tokens with the
+docs/math.md §5.2) and builds a BABILong sample of ``segments * segment_size`` nominal tokens with the
 fine-tuning margin (20), so ``context ‖ question ‖ GEN ‖ answer ‖ EOS`` fits the segments; stage 0 gives the
 facts alone (BABILong's ``0k``), a warm-up without background. Because every
 draw is addressed by its index, the data position of a run is one integer: resuming, or splitting a global

@@ -1,6 +1,6 @@
 """Fine-tuning examples: ``context ‖ question ‖ GEN ‖ answer ‖ EOS`` with the loss on the answer, and batches.
 
-The scored predictions are the reference's (armt_rmt.md 5.1, 1.6): GEN -> a1, ..., a_T -> EOS. ``labels_mask``
+The scored predictions are the reference's (docs/math.md §5.1, §1.2): GEN -> a1, ..., a_T -> EOS. ``labels_mask``
 marks prediction positions (``RecurrentLM.forward`` scores ``logits[:, t]`` against ``input_ids[:, t+1]`` where
 ``labels_mask[:, t]``), so it is True on GEN and the answer tokens. The reference sets it on the last
 ``len(answer) + 2`` tokens and so also scores EOS -> pad on right-padded rows (a quirk that depends on the

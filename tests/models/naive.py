@@ -1,4 +1,4 @@
-"""Naive ARMT and RMT written from armt_rmt.md in plain torch, independent of babilong_fast.models' code paths.
+"""Naive ARMT and RMT written from docs/math.md in plain torch, independent of babilong_fast.models' code paths.
 
 They reuse the wrapper's parameters (``model.memory``, ``model.layers[l].W_*``, ``model.backbone``) so the
 results can be compared, but call the GPT-2 blocks one by one (ARMT) or the whole LM (RMT) themselves.
@@ -60,7 +60,7 @@ def naive_gpt2_logits(gpt2, ids: torch.Tensor, key_mask: torch.Tensor | None) ->
 
 
 def naive_armt_segment(model, ids, key_mask, A, z, seen: int, write: bool = True):
-    """One ARMT segment (armt_rmt.md 2.10). A, z: lists of per-layer tensors. Returns (logits, A, z)."""
+    """One ARMT segment (docs/math.md §2.7). A, z: lists of per-layer tensors. Returns (logits, A, z)."""
     gpt2, tr = model.backbone, model.backbone.transformer
     B, L = ids.shape
     x = tr.wte(ids)
@@ -103,7 +103,7 @@ def naive_armt_empty(model, B):
 
 
 def naive_rmt_segment(model, ids, key_mask, mem, write: bool = True):
-    """One RMT-BL segment (armt_rmt.md 1.10) through the HF LM with inputs_embeds. Returns (logits, next memory)."""
+    """One RMT-BL segment (docs/math.md §1.1) through the HF LM with inputs_embeds. Returns (logits, next memory)."""
     gpt2 = model.backbone
     B, L = ids.shape
     M = model.num_mem_tokens

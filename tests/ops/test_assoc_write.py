@@ -178,7 +178,7 @@ def test_assoc_write_half_inputs_give_float32_state(backend, device, dtype):
 
 @pytest.mark.parametrize("first", [False, True], ids=["later", "first"])
 def test_assoc_write_ref_is_float32_under_autocast(first):
-    """bf16 autocast (training on a GPU) must not run the state's update and recall in bf16 (armt_rmt.md 2.7)."""
+    """bf16 autocast (training on a GPU) must not run the state's update and recall in bf16 (docs/math.md §2.5)."""
     args = make_inputs(2, 10, 40, 8, 3, z_scale=0.05)
     args = (args[0].to(torch.bfloat16), *args[1:])
     want = assoc_write(*args, first_segment=first, backend="torch")
@@ -217,7 +217,7 @@ def test_assoc_write_first_segment_rules(backend, device):
 
 
 def test_assoc_write_repeated_keys_give_zero_gamma():
-    """Writing the same memory rows twice: gamma = 0 on the second write, so z does not grow (armt_rmt.md 2.5)."""
+    """Writing the same memory rows twice: gamma = 0 on the second write, so z does not grow (docs/math.md §2.4)."""
     mem, w_k, w_v, w_b, b_b, A, z = (t.double() for t in make_inputs(2, 10, 32, 8, 3))
     A0, z0 = torch.zeros_like(A), torch.zeros_like(z)
     A1, z1 = assoc_write_ref(mem, w_k, w_v, w_b, b_b, A0, z0, first_segment=True)
