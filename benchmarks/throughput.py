@@ -362,10 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"babilong_fast throughput ({args.suite}) | {env['device']} | torch {env['torch']} | "
           f"triton {env['triton']} | transformers {env['transformers']} | commit {short_commit(env['commit'])}")
     if args.suite == "ops":
-        rows, ceilings = run_ops(args)
+        def save(rows: list[dict], ceilings: dict) -> None:  # after every group: a run cut short keeps its rows
+            write_json(args.json, {"environment": env, "ceilings": ceilings, "rows": rows})
+
         if args.json:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            write_json(args.json, {"environment": env, "ceilings": ceilings, "rows": rows})
+        rows, ceilings = run_ops(args, save if args.json else None)
+        if args.json:
             print(f"wrote {args.json}")
         return 1 if any("failed" in r for r in rows) else 0  # sweep rows carry "accurate" instead
     ops = None
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     return code or (1 if ops and any("failed" in r for r in ops["rows"]) else 0)
 
 
-def run_ops(args) -> tuple[list[dict], dict]:
+def run_ops(args, on_rows: Callable[[list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:
+    """The ops suite's rows and measured ceilings; ``on_rows(rows, ceilings)`` after each group of rows."""
     p = args.parser
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -399,19 +403,25 @@ def run_ops(args) -> tuple[list[dict], dict]:
     ceilings = measure_ceilings() if gpu else {}
     if ceilings:
         print("measured ceilings: " + ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items()))
-    rows = []
+    rows: list[dict] = []
+
+    def add(new_rows: list[dict]) -> None:
+        rows.extend(new_rows)
+        if on_rows is not None:
+            on_rows(rows, ceilings)
+
     for shape in shapes:
         for dtype in dtypes:
-            rows += bench_assoc_read(shape, nu, dtype, backends, device, repeats, ceilings)
+            add(bench_assoc_read(shape, nu, dtype, backends, device, repeats, ceilings))
     print_table(rows)
     if gpu and babilong_fast.backends()["triton"].available:
         for shape in shapes:
             for dtype in dtypes:
                 print(f"variants {str(dtype).replace('torch.', '')} B,T,d,n={','.join(map(str, shape))}:")
-                rows += variant_rows(shape, nu, dtype, device, repeats)
+                add(variant_rows(shape, nu, dtype, device, repeats))
     if args.sweep and gpu and babilong_fast.backends()["triton"].available:
         for dtype in dtypes:
-            rows += sweep_triton_assoc_read(shapes[0], nu, dtype, device, repeats)
+            add(sweep_triton_assoc_read(shapes[0], nu, dtype, device, repeats))
     return rows, ceilings
 
 

@@ -515,3 +515,23 @@ def test_babilong_rows_get_their_own_questions(throughput):
     assert q.tolist() == [s.question_ids() for s in inputs.samples]
     assert len({tuple(r) for r in q.tolist()}) > 1, "the case needs different questions"
     assert inputs.total_tokens == inputs.context + q.shape[1] + 1
+
+
+def test_ops_json_keeps_the_rows_of_a_run_cut_short(throughput, tmp_path, capsys, monkeypatch):
+    """The device check stops a step at its time limit: the ops JSON must already hold the finished groups."""
+    real = throughput.bench_assoc_read
+    calls = []
+
+    def bench_then_stop(shape, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # what the device check's SIGINT raises
+        calls.append(shape)
+        return real(shape, *args, **kwargs)
+
+    monkeypatch.setattr(throughput, "bench_assoc_read", bench_then_stop)
+    out = tmp_path / "ops.json"
+    with pytest.raises(KeyboardInterrupt):
+        throughput.main(["--device", "cpu", "--suite", "ops", "--shape", "1,5,8,4", "--shape", "2,3,8,4",
+                         "--backends", "torch", "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all((r["B"], r["T"], r["seconds"] > 0) == (1, 5, True) for r in rows)
