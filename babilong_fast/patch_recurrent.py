@@ -3,8 +3,9 @@
 After ``patch_recurrent(wrapper)`` the instance's ``forward`` and ``generate`` are replaced (instance attributes;
 the class is untouched) by functions that run :class:`babilong_fast.models.ARMT` / :class:`~babilong_fast.models.RMT`
 built with ``from_reference`` on the wrapper's own parameters (shared, so training, ``.to()`` and
-``state_dict`` still act on one set of weights; the state dict keys do not change). They return what the
-originals return:
+``state_dict`` still act on one set of weights; the state dict keys do not change; a parameter or module of the
+wrapper replaced after patching, by ``load_state_dict(..., assign=True)`` or ``to_empty()`` say, is picked up at
+the next call). They return what the originals return:
 
 * ``forward(input_ids, labels=None, labels_mask=None, attention_mask=None, ...)``: a
   ``CausalLMOutputWithCrossAttentions`` with ``loss`` (labels shifted by one, ``labels_mask[:, :-1]`` selects the
@@ -26,7 +27,7 @@ Calls our path cannot honour run the original method instead, with a one-time wa
   ``bad_words_ids``, ...; also when set in the backbone's ``generation_config``), ``output_scores`` /
   ``return_dict_in_generate``, an ``attention_mask`` with padding (zeros), and any other keyword.
 * both: ``rmt_config``'s segmentation changed after patching; ARMT weights in float64 (its fused ops take
-  float32, bfloat16, float16).
+  float32, bfloat16, float16); modules or parameters replaced after patching by ones ``from_reference`` refuses.
 
 Where the references fail, ours is more lenient: ARMT's ``forward`` and ``generate`` accept
 ``attention_mask=None`` (read as all ones).
@@ -56,6 +57,7 @@ from babilong_fast.models._common import check_input_ids, segment_bounds
 from babilong_fast.models.reference import (
     LEFT_ALIGNMENTS,
     RMT_WRAPPER_LIGHT,
+    ReferenceModelError,
     class_names,
     container_pairs,
     is_wrapper,
@@ -129,6 +131,8 @@ class _Patch:
     segment_size: int
     light: bool
     per_segment_loss: bool
+    shared: tuple[Any, ...]  # the wrapper's objects ``fast`` was built on (see _shared_objects)
+    stale: tuple[tuple[Any, ...], str] | None = None  # replaced objects from_reference refused, and why
     warned: set[str] = field(default_factory=set)
 
 
@@ -181,7 +185,7 @@ def patch_recurrent(model: nn.Module, backend: Backend = "auto") -> nn.Module:
             rec.fast.backend = backend
         return model
     kind = "armt" if is_wrapper(model, "armt") else "rmt"
-    fast = ARMT.from_reference(model, backend=backend) if kind == "armt" else RMT.from_reference(model)
+    fast = _build(model, kind, backend)
     originals = {name: getattr(model, name) for name in _PATCHED}
     signatures = {name: inspect.signature(fn) for name, fn in originals.items()}
     rec = _Patch(
@@ -194,6 +198,7 @@ def patch_recurrent(model: nn.Module, backend: Backend = "auto") -> nn.Module:
         light=RMT_WRAPPER_LIGHT in class_names(model),
         # The ARMT repository's wrappers segment the labels too: each cell reports its own ce_loss.
         per_segment_loss="input_segmented" in signatures["forward"].parameters,
+        shared=_shared_objects(model),
     )
     object.__setattr__(model, _ATTR, rec)
     model.__dict__["forward"] = bind(_patched_forward, model)
@@ -212,6 +217,43 @@ def unpatch_recurrent(model: nn.Module) -> nn.Module:
         else:
             model.__dict__[name] = prev
     return model
+
+
+def _build(model: nn.Module, kind: str, backend: Backend) -> ARMT | RMT:
+    return ARMT.from_reference(model, backend=backend) if kind == "armt" else RMT.from_reference(model)
+
+
+def _shared_objects(model: nn.Module) -> tuple[Any, ...]:
+    """The wrapper's parameters and modules that ``from_reference`` takes over (memory, backbone parts, blocks
+    and ARMT's projections), to notice one being replaced after patching."""
+    cell = model.memory_cell
+    lm = getattr(cell, "model", None)
+    tr = getattr(lm, "transformer", None)
+    objs: list[Any] = [getattr(cell, "memory", None), lm, tr, getattr(lm, "lm_head", None)]
+    if tr is not None:
+        objs += [getattr(tr, name, None) for name in ("wte", "wpe", "ln_f", "h")]
+        for block in getattr(tr, "h", ()):
+            objs += [block, *(getattr(block, name, None) for name in ("layer", "W_mq", "W_mk", "W_mv", "W_mb"))]
+    return tuple(objs)
+
+
+def _refresh(rec: _Patch, model: nn.Module) -> str | None:
+    """Rebuild ``rec.fast`` when the wrapper's parameters or modules were replaced since it was built; returns
+    why the original must run instead when ``from_reference`` refuses the new ones."""
+    shared = _shared_objects(model)
+    if len(shared) == len(rec.shared) and all(a is b for a, b in zip(shared, rec.shared, strict=True)):
+        return None
+    if rec.stale is not None and len(shared) == len(rec.stale[0]) and all(
+        a is b for a, b in zip(shared, rec.stale[0], strict=True)
+    ):
+        return rec.stale[1]
+    try:
+        fast = _build(model, rec.kind, getattr(rec.fast, "backend", "auto"))
+    except ReferenceModelError as e:
+        rec.stale = (shared, f"parameters or modules replaced after patching: {e}")
+        return rec.stale[1]
+    rec.fast, rec.shared, rec.stale, rec.segment_size = fast, shared, None, fast.segment_size
+    return None
 
 
 def _warn_once(rec: _Patch, method: str, reason: str) -> None:
@@ -278,7 +320,7 @@ def _patched_forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
         return rec.originals["forward"](*args, **kwargs)  # the original raises its own error
     bound.apply_defaults()
     a = bound.arguments
-    reason = _forward_reason(rec, model, a)
+    reason = _refresh(rec, model) or _forward_reason(rec, model, a)
     if reason is not None:
         _warn_once(rec, "forward", reason)
         return rec.originals["forward"](*args, **kwargs)
@@ -328,7 +370,7 @@ def _run_forward(
 def _generate_reason(rec: _Patch, model: nn.Module, a: dict[str, Any], gen: dict[str, Any]) -> str | None:
     if not isinstance(a.get("input_ids"), torch.Tensor):
         return "input_ids is not a tensor"
-    if "max_new_tokens" not in gen or "max_length" in gen:
+    if gen.get("max_new_tokens") is None or "max_length" in gen:
         return "max_new_tokens missing (or max_length given)"
     for name, value in gen.items():
         if name in ("max_new_tokens", "eos_token_id", "pad_token_id"):
@@ -374,7 +416,7 @@ def _patched_generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     for p in sig.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             gen = dict(a.pop(p.name, {}))
-    reason = _generate_reason(rec, model, a, gen)
+    reason = _refresh(rec, model) or _generate_reason(rec, model, a, gen)
     if reason is not None:
         _warn_once(rec, "generate", reason)
         return rec.originals["generate"](*args, **kwargs)

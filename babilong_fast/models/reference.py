@@ -31,6 +31,18 @@ if TYPE_CHECKING:
 ARMT_WRAPPER, ARMT_CELL, ARMT_LAYER = "AssociativeRecurrentWrapper", "AssociativeMemoryCell", "AssociativeLayerWrapper"
 RMT_WRAPPER, RMT_WRAPPER_LIGHT, RMT_CELL = "RecurrentWrapper", "RecurrentWrapperLight", "MemoryCell"
 LEFT_ALIGNMENTS = (None, "left")
+# The public classes whose math babilong_fast implements (RMT-BL's MemoryCellGenerate and RecurrentWrapperLight
+# compute what MemoryCell / RecurrentWrapper do), and the methods that define it: a subclass that overrides one of
+# them (RMT-BL's RecurrentWrapperAllMemories, for one) computes something else.
+KNOWN_CLASSES = {
+    ("armt", "wrapper"): (ARMT_WRAPPER,), ("armt", "cell"): (ARMT_CELL,),
+    ("rmt", "wrapper"): (RMT_WRAPPER, RMT_WRAPPER_LIGHT), ("rmt", "cell"): (RMT_CELL, "MemoryCellGenerate"),
+}
+MATH_METHODS = {
+    "wrapper": ("forward", "generate", "segment", "split_tensor", "process_outputs", "manage_gradients"),
+    "cell": ("forward", "generate", "process_input", "process_output", "pad_attention_mask", "set_memory",
+             "create_memory"),
+}
 
 ArmtT = TypeVar("ArmtT", bound="ARMT")
 RmtT = TypeVar("RmtT", bound="RMT")
@@ -89,9 +101,25 @@ def segment_config(wrapper: nn.Module) -> int:
     return size
 
 
+def check_not_overridden(obj: object, kind: str, role: str) -> None:
+    """ReferenceModelError if a subclass of the public ``role`` class (``"wrapper"``/``"cell"``) of ``kind``
+    redefines a method that makes its math (see ``MATH_METHODS``): babilong_fast would compute the public one."""
+    known = KNOWN_CLASSES[(kind, role)]
+    for c in type(obj).__mro__:
+        if c.__name__ in known:
+            return
+        if changed := [m for m in MATH_METHODS[role] if m in vars(c)]:
+            raise ReferenceModelError(
+                f"{type(obj).__name__} subclasses the public {role} and redefines {', '.join(changed)} (in "
+                f"{c.__name__}): babilong_fast implements only {' / '.join(known)}'s math"
+            )
+
+
 def _split(reference: object, kind: str, segment_size: int | None) -> tuple[nn.Module, int]:
     """``(cell, segment_size)`` from a wrapper or a cell; a cell needs ``segment_size``."""
     if is_wrapper(reference, kind):
+        check_not_overridden(reference, kind, "wrapper")
+        check_not_overridden(reference.memory_cell, kind, "cell")
         size = segment_config(reference)
         if segment_size is not None and segment_size != size:
             raise ReferenceModelError(
@@ -100,6 +128,7 @@ def _split(reference: object, kind: str, segment_size: int | None) -> tuple[nn.M
             )
         return reference.memory_cell, size
     if is_cell(reference, kind):
+        check_not_overridden(reference, kind, "cell")
         if segment_size is None:
             raise ReferenceModelError(
                 f"a bare {type(reference).__name__} has no segment size: pass segment_size= (or pass its wrapper)"
@@ -128,6 +157,15 @@ def _check_gpt2(lm: object, where: str) -> nn.Module:
             f"(model_type {model_type!r}); only GPT-2 backbones are supported"
         )
     return lm
+
+
+def _check_block(block: object, where: str) -> None:
+    """ReferenceModelError unless ``block`` is a GPT-2 block (a wrapper around it may change its math)."""
+    if "GPT2Block" not in class_names(block):
+        raise ReferenceModelError(
+            f"{where} is a {type(block).__name__}, not a transformers GPT2Block: babilong_fast runs the plain "
+            "GPT-2 blocks of the public RMT / ARMT (other memory layouts, such as per-layer memory, are not supported)"
+        )
 
 
 def _check_memory(cell: nn.Module, d_model: int) -> tuple[nn.Parameter, int]:
@@ -181,6 +219,7 @@ def _assoc_layers(cell: nn.Module, lm: nn.Module, M: int, d_model: int) -> tuple
                 f"{where} has {', '.join(extra)}: the 'experimental' branch ARMT (multi-head, L2-normalised "
                 "features, gating) is not supported; babilong_fast implements the released ARMT (HEAD)"
             )
+        _check_block(w.layer, f"{where}.layer")
         nu = getattr(getattr(w, "phi", None), "nu", None)
         if not isinstance(nu, int) or nu < 1:
             raise ReferenceModelError(f"{where}.phi must be the DPFP feature map with an integer .nu, got {w.phi!r}")
@@ -284,6 +323,7 @@ def rmt_from_reference(
             raise ReferenceModelError(
                 f"transformer.h[{i}] is an {ARMT_LAYER}: this is an ARMT, use ARMT.from_reference"
             )
+        _check_block(block, f"transformer.h[{i}]")
     with _fork_rng(memory.device):
         model = cls(lm, num_mem_tokens=M, segment_size=size)
     model.memory = memory

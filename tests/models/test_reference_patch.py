@@ -313,6 +313,51 @@ def test_from_reference_errors_kinds_and_backbones():
         RMT.from_reference(stand_in_rmt(segment_size=92))
 
 
+def test_subclasses_with_other_math_and_other_blocks_are_refused():
+    """Recognition is by class name: a subclass that redefines the math (RMT-BL's RecurrentWrapperAllMemories
+    prepends every past memory) or a cell whose blocks are wrapped (the ARMT repository's per-layer-memory RMT,
+    also named MemoryCell) must be refused, not run as plain RMT."""
+
+    class RecurrentWrapperAllMemories(RecurrentWrapper):
+        def forward(self, input_ids, **kwargs):
+            return "all memories"
+
+    class MemoryCellGenerate(MemoryCell):  # RMT-BL: the same math as MemoryCell
+        def process_input(self, *args, **kwargs):
+            return None
+
+    class QuietWrapper(RecurrentWrapper):  # adds nothing to the math: accepted
+        def describe(self):
+            return "quiet"
+
+    cell = MemoryCell(tiny_gpt2(), M)
+    with pytest.raises(ReferenceModelError, match="redefines forward"):
+        patch_recurrent(RecurrentWrapperAllMemories(cell, segment_size=SEG))
+
+    class MemoryCellAllMemories(MemoryCellGenerate):
+        def process_input(self, *args, **kwargs):
+            return None
+
+    with pytest.raises(ReferenceModelError, match="redefines process_input"):
+        RMT.from_reference(MemoryCellAllMemories(tiny_gpt2(), M), segment_size=SEG)
+    assert RMT.from_reference(MemoryCellGenerate(tiny_gpt2(), M), segment_size=SEG).num_mem_tokens == M
+    assert is_recurrent_patched(patch_recurrent(QuietWrapper(cell, segment_size=SEG)))
+
+    class ParallelLayerWrapper(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+    lm = tiny_gpt2()
+    lm.transformer.h = nn.ModuleList(ParallelLayerWrapper(b) for b in lm.transformer.h)
+    with pytest.raises(ReferenceModelError, match="not a transformers GPT2Block"):
+        patch_recurrent(RecurrentWrapper(MemoryCell(lm, M), segment_size=SEG))
+    armt = stand_in_armt()
+    armt.memory_cell.layers[1].layer = ParallelLayerWrapper(armt.memory_cell.layers[1].layer)
+    with pytest.raises(ReferenceModelError, match=r"h\[1\]\.layer is a ParallelLayerWrapper"):
+        ARMT.from_reference(armt)
+
+
 # ---- patch / unpatch ---------------------------------------------------------------------------------------------
 
 
@@ -460,6 +505,29 @@ def test_patched_forward_gradients_reach_the_reference_parameters():
         assert_close(f"d{n}", p.grad, got[n], 1e-4)
 
 
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_patched_wrapper_follows_replaced_parameters(kind):
+    """load_state_dict(assign=True) / to_empty() replace the wrapper's Parameters (the cell's memory included):
+    the patched forward and generate must use the new ones, as the unpatched wrapper does."""
+    make = stand_in_armt if kind == "armt" else stand_in_rmt
+    wrapper, trained = make(), make()
+    patch_recurrent(wrapper, backend="torch")
+    wrapper.load_state_dict(trained.state_dict(), assign=True)
+    assert wrapper.memory_cell.memory is not trained.memory_cell.memory  # state_dict() detaches: new objects
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        want = torch.cat(naive_logits(trained, ids, mask), 1)
+        assert_close("logits", want, wrapper(ids, attention_mask=mask)["logits"], 1e-5)
+        fast = ARMT.from_reference(trained, backend="torch") if kind == "armt" else RMT.from_reference(trained)
+        ones = torch.ones_like(ids)
+        assert torch.equal(wrapper.generate(ids, ones, max_new_tokens=4, eos_token_id=None),
+                           fast.generate(ids, max_new_tokens=4, eos_token_id=-1))
+    # a replacement from_reference refuses: the original runs, with a warning
+    wrapper.memory_cell.memory = nn.Parameter(torch.randn(M + 1, 64))
+    with pytest.warns(RuntimeWarning, match="replaced after patching"):
+        assert wrapper(ids) == "original forward"
+
+
 def test_forward_fallbacks_warn_once():
     wrapper = stand_in_rmt(k2=2, max_n_segments=16)
     patch_recurrent(wrapper)
@@ -533,6 +601,9 @@ def test_generate_fallbacks():
     for kwargs, match in cases:
         with pytest.warns(RuntimeWarning, match=match):
             assert wrapper.generate(ids, ones, **kwargs) == "original generate"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reason above, already warned
+        assert wrapper.generate(ids, ones, max_new_tokens=None) == "original generate"  # HF: None is not given
     with pytest.warns(RuntimeWarning, match="padding"):
         assert wrapper.generate(ids, padded, max_new_tokens=3) == "original generate"
     wrapper.memory_cell.model.generation_config.no_repeat_ngram_size = 2
