@@ -58,14 +58,14 @@ def _kwargs(model: torch.nn.Module, kind: str) -> dict[str, Any]:
     if kind == "armt":
         return {
             "num_mem_tokens": model.num_mem_tokens, "d_mem": model.d_mem, "nu": model.nu,
-            "correction": model.correction, "segment_size": model.segment_size, "backend": model.backend,
-        }
+            "correction": model.correction, "segment_size": model.segment_size,
+        }  # not the backend: where the model runs is chosen where it is loaded
     return {"num_mem_tokens": model.num_mem_tokens, "segment_size": model.segment_size}
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` (ARMT, RMT or Hugging Face ``MambaForCausalLM``) to ``path`` (parent folders created);
-    returns the path."""
+    returns the path. The ops' ``backend`` is not saved: a loaded ARMT uses ``"auto"``."""
     kind = model_kind(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,8 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu", kind: str | N
         config = GPT2Config.from_dict(dict(payload["backbone_config"]))
         backbone = GPT2LMHeadModel(config)
         cls = ARMT if payload["kind"] == "armt" else RMT
-        model = cls(backbone, **payload["kwargs"])
+        kwargs = {k: v for k, v in payload["kwargs"].items() if k != "backend"}  # saved by earlier versions
+        model = cls(backbone, **kwargs)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     _match_saved_dtypes(model, payload["state_dict"])

@@ -639,6 +639,17 @@ def test_save_and_from_pretrained_round_trip(kind, tmp_path):
         cls.from_pretrained(tmp_path / "missing")
 
 
+def test_a_checkpoint_does_not_pin_the_backend(tmp_path):
+    """A model saved where it ran on backend='cuda' must run where it is loaded (backend 'auto' there)."""
+    model = ARMT.from_reference(stand_in_armt(), backend="cuda")  # built on a GPU machine, say
+    loaded = ARMT.from_pretrained(model.save_pretrained(tmp_path / "ckpt"), map_location="cpu")
+    assert loaded.backend == "auto"
+    model.backend = "torch"
+    ids = torch.randint(0, VOCAB, (1, 2 * SEG + 1))
+    with torch.no_grad():
+        assert_close("logits", model(ids)["logits"], loaded(ids)["logits"], 1e-6)
+
+
 # ---- the public code itself (gated) ------------------------------------------------------------------------------
 
 _RUNS: dict[str, dict] = {}
