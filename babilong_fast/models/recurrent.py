@@ -147,6 +147,11 @@ class RecurrentLM(nn.Module):
         """
         last = check_input_ids(last_ids, "last_ids")
         check_token_range(last, self.vocab_size, "last_ids")
+        if last.shape[1] > self.segment_size:
+            raise ValueError(
+                f"last_ids has {last.shape[1]} tokens, more than one segment ({self.segment_size}): pass the final "
+                "segment only, the earlier ones go into state"
+            )
         self.check_decode_fits(last.shape[1], max_new_tokens)
         state = self._check_state(state, last.shape[0])
 

@@ -232,6 +232,8 @@ def test_armt_bad_input():
         model.generate(negative)
     with pytest.raises(ValueError, match="last_ids must lie in"):
         model.generate_from_state(bad[:, :SEG], state)
+    with pytest.raises(ValueError, match="more than one segment"):
+        model.generate_from_state(ids[:, : SEG + 1], state)
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=torch.ones(2, 19))
     with pytest.raises(ValueError, match="labels_mask"):
