@@ -155,6 +155,20 @@ def test_bfloat16_model():
     assert_close("bf16 logits", want, logits, 1.25 * err_own)
 
 
+def test_autocast_state_continues(hf):
+    """Under bf16 autocast an fp32 model's state stays in the weights' dtype, so forward / generate continue from
+    it (it came back in bf16 and was refused), close to the one-shot autocast run."""
+    ids = prompt(1, 40)
+    lm = MambaLM(hf, chunk_size=8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole, _ = lm(ids, logits="all")
+        _, st = lm(ids[:, :21], logits="none")
+        tail, st2 = lm(ids[:, 21:], st, logits="all")
+        lm.generate(ids[:, 21:], max_new_tokens=2, state=st)
+    assert st.conv[0].dtype == st2.conv[0].dtype == torch.float32 and st.ssm[0].dtype == torch.float32
+    assert_close("continued under autocast", whole[:, 21:].float(), tail.float(), 3e-2)
+
+
 def test_mamba_130m_configuration():
     """Mamba-130m's shape (d_model 768, 24 layers, d_state 16, d_conv 4, expand 2, vocab 50280), random weights:
     within twice transformers' own float32 error against float64, same greedy tokens."""

@@ -41,7 +41,8 @@ def mixer_forward(
             conv's output are zeroed at padded positions.
 
     Returns:
-        ``(out [B, T, d_model], conv_state, ssm_state)``: the new states are new tensors (inputs are not modified).
+        ``(out [B, T, d_model], conv_state, ssm_state)``: the new states are new tensors (inputs are not modified),
+        ``conv_state`` in the projections' dtype (also under autocast), ``ssm_state`` float32.
     """
     d_inner, d_state = mixer.A_log.shape
     dt_rank = mixer.dt_proj.weight.shape[1]
@@ -82,7 +83,8 @@ def mixer_forward(
         backend=backend,
     )
     out = F.linear(y.transpose(1, 2).to(h.dtype), mixer.out_proj.weight, mixer.out_proj.bias)
-    return out, conv_state, ssm_state
+    # back to the weights' dtype, which the state checks and the caches expect (bf16 -> fp32 under autocast: exact)
+    return out, conv_state.to(mixer.in_proj.weight.dtype), ssm_state
 
 
 def forward_chunk(
