@@ -330,6 +330,88 @@ def test_gradient_checkpointing_returns_no_cache(hf):
     assert_close("loss", want.loss, got.loss, 1e-5)
 
 
+def test_gradient_checkpointing_with_a_passed_cache_runs_as_transformers(hf):
+    """Checkpointed blocks of recent transformers neither read nor write a passed cache: the patched model must
+    not either (it read and wrote it: other logits, and the caller's cache changed)."""
+    import copy
+
+    from babilong_fast.models.mamba.hf_cache import checkpointing_drops_cache
+
+    if not checkpointing_drops_cache(type(hf.backbone.layers[0])):
+        pytest.skip("this transformers' checkpointed blocks keep the cache (the patched forward carries it)")
+    ids = prompt(2, 12)
+    with torch.no_grad():
+        cache = output_cache(hf(ids[:, :8], use_cache=True))
+    (getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable)()
+    hf.train()
+    runs = []
+    for patched in (False, True):
+        if patched:
+            patch(hf, chunk_size=3, backend="torch")
+        c = copy.deepcopy(cache)
+        out = hf(ids[:, 8:], **{cache_keyword(type(hf)): c}, labels=ids[:, 8:])
+        runs.append((out.logits.detach(), recurrent_state(c, 0).clone()))
+    assert_close("logits", runs[0][0], runs[1][0], 1e-5)
+    assert torch.equal(runs[0][1], runs[1][1]), "the cache must change exactly as transformers changes it"
+
+
+def test_subclasses_with_their_own_forward_are_not_skipped(hf):
+    """An LM subclass's forward runs (its backbone still chunked); a mixer or block subclass with its own forward
+    makes the patch run transformers' forward, with a warning; MambaLM refuses them."""
+    from transformers import MambaForCausalLM
+    from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer
+
+    from babilong_fast.models import MambaLM
+
+    class HalfLogits(MambaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 2
+            return out
+
+    class DoubleMixer(MambaMixer):
+        def forward(self, hidden_states, *args, **kwargs):
+            return 2 * super().forward(hidden_states, *args, **kwargs)
+
+    class QuietBlock(MambaBlock):
+        def forward(self, hidden_states, *args, **kwargs):
+            return super().forward(hidden_states, *args, **kwargs)
+
+    ids = prompt(2, 20)
+    lm = HalfLogits(hf.config).eval()
+    lm.load_state_dict(hf.state_dict())
+    with torch.no_grad():
+        want = lm(ids).logits
+        patch(lm, chunk_size=6)
+        assert_close("LM subclass", want, lm(ids).logits, 1e-5)
+    with pytest.raises(ValueError, match="HalfLogits, whose own forward"):
+        MambaLM(lm)
+    for cls, where in ((DoubleMixer, "mixer"), (QuietBlock, None)):
+        model = small_mamba(seed=11).eval()
+        for layer in model.backbone.layers:
+            (layer.mixer if where else layer).__class__ = cls
+        with torch.no_grad():
+            want = model(ids).logits
+            patch(model, chunk_size=6)
+            with pytest.warns(RuntimeWarning, match=f"{cls.__name__}, whose own forward would be skipped"):
+                got = model(ids).logits
+        assert torch.equal(want, got)
+        with pytest.raises(ValueError, match=f"{cls.__name__}, whose own forward"):
+            MambaLM(model)
+
+
+def test_empty_batch_and_negative_logits_to_keep(hf):
+    """As transformers: B = 0 gives empty logits; an int logits_to_keep of -k keeps positions k.. (its [-k:])."""
+    ids = prompt(1, 11)
+    with torch.no_grad():
+        want = hf(ids, logits_to_keep=-2).logits
+        patch(hf, chunk_size=4)
+        got = hf(ids, logits_to_keep=-2).logits
+        assert got.shape == want.shape == (1, 9, hf.config.vocab_size)
+        assert_close("logits", want, got, 1e-5)
+        assert hf(ids[:0]).logits.shape == (0, 11, hf.config.vocab_size)
+
+
 @pytest.mark.parametrize("reentrant, every_n", [(False, 1), (True, 1), (False, 2)],
                          ids=["non-reentrant", "reentrant", "every-2nd-layer"])
 def test_gradient_checkpointing_checkpoints_as_transformers(hf, monkeypatch, reentrant, every_n):

@@ -206,7 +206,7 @@ def selective_scan_chunked(
 
 
 def _check_last_stride(name: str, x: torch.Tensor) -> None:
-    if x.shape[-1] > 1 and x.stride(-1) != 1:
+    if x.shape[-1] > 1 and x.stride(-1) != 1 and x.numel() > 0:  # an empty tensor launches nothing
         raise ValueError(
             f"{name} must be contiguous along its last (sequence) dimension, got strides {x.stride()}; "
             f"pass {name}.contiguous()"

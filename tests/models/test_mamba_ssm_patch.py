@@ -447,3 +447,37 @@ def test_unsupported_models_are_refused(ssm, config):
     with pytest.raises(TypeError, match="has an MLP|mixer is a (Mamba2|MHA); only Mamba-1"):
         patch(model)
     assert not is_patched(model) and "forward" not in model.__dict__
+
+
+def test_backbone_hooks_and_subclass_forwards_run_mamba_ssm_forward(ssm):
+    """The patched LM never calls its MixerModel: hooks on it, or a subclass's own forward, make it run mamba_ssm's
+    forward (with a warning) so they are not skipped; a mixer keyword (Mamba-1 takes none) goes to mamba_ssm too."""
+    ids = prompt(2, 20)
+
+    def halve(module, args, out):
+        return out * 0.5
+
+    model = small_lm(ssm)
+    model.backbone.register_forward_hook(halve)
+    with torch.no_grad():
+        want = model(ids).logits
+        patch(model, chunk_size=CHUNK)
+        with pytest.warns(RuntimeWarning, match="the backbone has hooks"):
+            got = model(ids).logits
+    assert torch.equal(want, got)
+
+    class Doubled(ssm.Mamba):
+        def forward(self, hidden_states, *args, **kwargs):
+            return 2 * super().forward(hidden_states, *args, **kwargs)
+
+    model = small_lm(ssm)
+    for layer in model.backbone.layers:
+        layer.mixer.__class__ = Doubled
+    with torch.no_grad():
+        want = model(ids).logits
+        patch(model, chunk_size=CHUNK)
+        with pytest.warns(RuntimeWarning, match="Doubled, whose own forward would be skipped"):
+            got = model(ids).logits
+        assert torch.equal(want, got)
+        with pytest.raises(TypeError):
+            model(ids, not_a_mixer_keyword=1)  # mamba_ssm's own error, not silently dropped

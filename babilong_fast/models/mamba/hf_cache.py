@@ -27,6 +27,33 @@ def linear_cache_supported() -> bool:
     return hasattr(cache_utils, "LinearAttentionCacheLayerMixin") and hasattr(cache_utils.Cache, "update_conv_state")
 
 
+@functools.cache
+def checkpointing_drops_cache(block_cls: type) -> bool:
+    """Whether ``block_cls`` (a transformers ``GradientCheckpointingLayer``), when it checkpoints, drops the cache it
+    is passed (5.24 does: it neither reads nor writes it; 5.5 and 5.17 keep it). Found by running a probe layer
+    through transformers' own checkpointing wrapper, with the keyword the block's forward takes."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return False
+    name = "cache" if "cache" in inspect.signature(block_cls.forward).parameters else "cache_params"
+
+    class _Probe(GradientCheckpointingLayer):
+        def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+            return kwargs.get(name)
+
+    probe = _Probe()
+    probe.gradient_checkpointing, probe._gradient_checkpointing_func = True, lambda fn, *args: fn(*args)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its "caching is incompatible" notice is about the probe
+    try:
+        with torch.enable_grad():
+            return probe(torch.zeros(1), **{name: "cache"}) is None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def is_linear_cache(cache: Any) -> bool:
     """Whether ``cache`` is such a cache (not, say, 4.x's ``MambaCache``)."""
     return hasattr(cache, "update_conv_state") and hasattr(cache, "layers")
@@ -61,9 +88,12 @@ def recording_past(cache: Any, layer: int) -> bool:
 
 @functools.cache
 def cache_keyword(model_cls: type) -> str:
-    """The keyword that ``model_cls.forward`` takes the cache by: ``cache`` or (older) ``cache_params``. Cached per
-    class: the stock Mamba loop asks once per token."""
-    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "cache_params"
+    """The keyword that ``model_cls.forward`` takes the cache by: ``cache`` or (older) ``cache_params``, read from
+    transformers' class (a subclass's forward may take ``**kwargs``). Cached per class: the stock Mamba loop asks
+    once per token."""
+    stock = next((c for c in model_cls.__mro__ if c.__module__ == "transformers.models.mamba.modeling_mamba"),
+                 model_cls)
+    return "cache" if "cache" in inspect.signature(stock.forward).parameters else "cache_params"
 
 
 def output_cache_field(output_cls: type) -> str:

@@ -5,7 +5,9 @@ read the starting state from and write the final state to transformers' cache (s
 once, in chunks, then decodes one token per step from the state), and compute logits only at the kept
 positions. A padding mask zeroes the padded positions' mixer inputs and conv outputs, as transformers does.
 Gradient checkpointing set on transformers' blocks checkpoints each chunk's layers with the block's own function.
-A call they do not cover (``output_hidden_states``, a cache recording past states, float64 weights, mixers
+A call they do not cover (``output_hidden_states``, a cache recording past states, a cache passed to blocks that
+checkpoint and so drop it (transformers 5.24; 5.5 and 5.17 keep it), float64 weights, subclasses with
+their own forward (an LM subclass's runs, with the backbone still chunked inside), mixers
 with wrapped projections such as LoRA adapters, hooks or a replaced forward (accelerate's offload) on the
 mixers, blocks or norms) runs the model's own forward instead, as does the LM when its backbone has hooks (the
 patched backbone then runs in chunks); hooks on the embedding see the whole input. Note that
@@ -30,6 +32,7 @@ from babilong_fast.models.mamba.parts import (
     HF_LM,
     MambaParts,
     class_path,
+    custom_forward,
     mamba_parts,
     wrapped_mixers,
 )
@@ -62,7 +65,7 @@ _WARNED = contextvars.ContextVar("babilong_fast_mamba_fallback_warned", default=
 def _unsupported(backbone: nn.Module, parts: MambaParts, output_hidden_states, cache) -> bool:
     dtype = backbone.embeddings.weight.dtype
     why = (f"{dtype} weights; the fused ops take float32, bfloat16 or float16" if dtype not in HALF_AND_FLOAT
-           else wrapped_mixers(parts))
+           else custom_forward(backbone, "the backbone") or wrapped_mixers(parts))
     if why:
         if not _WARNED.get():
             warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning, stacklevel=3)
@@ -70,6 +73,9 @@ def _unsupported(backbone: nn.Module, parts: MambaParts, output_hidden_states, c
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True
     if cache is not None:
+        funcs = _checkpoint_funcs(backbone)
+        if funcs is not None and hf_cache.checkpointing_drops_cache(type(backbone.layers[0])):
+            return True  # the checkpointed blocks neither read nor write it (transformers 5.24)
         if not hf_cache.is_linear_cache(cache):
             return True
         return any(hf_cache.recording_past(cache, i) for i in range(len(backbone.layers)))
@@ -145,13 +151,15 @@ def run_backbone(
     B = x.shape[0]
     mask = _padding_mask(attention_mask, x)
     state = _state_from_cache(cache, parts, B, x.device)
-    keep_last = logits_to_keep if isinstance(logits_to_keep, int) else 0
+    keep_last = logits_to_keep if isinstance(logits_to_keep, int) and logits_to_keep > 0 else 0
     hidden, state = forward_chunked(
         parts, state, input_ids, inputs_embeds, chunk_size=opts.chunk_size, keep_last=keep_last, backend=opts.backend,
         mask=mask, checkpoint=_checkpoint_funcs(backbone),
     )
     if isinstance(logits_to_keep, torch.Tensor):
         hidden = hf_cache.slice_kept(hidden, logits_to_keep)
+    elif logits_to_keep < 0:  # transformers slices [-k:], so a negative k drops the first |k| positions
+        hidden = hidden[:, -logits_to_keep:]
     if cache is None and use_cache:
         from transformers.cache_utils import DynamicCache
 
@@ -180,10 +188,12 @@ def _use_cache(model: nn.Module, use_cache: bool | None) -> bool:
 
 
 def _backbone_called(lm: nn.Module) -> bool:
-    """Whether the LM's forward must call its backbone as a module: hooks on it, or a forward other than ours."""
+    """Whether the LM's forward must run as its class defines it, calling its backbone as a module: hooks on the
+    backbone, a backbone forward other than ours, or an LM subclass with its own forward (the patched backbone
+    still runs in chunks inside)."""
     fn = lm.backbone.__dict__.get("forward")
     ours = isinstance(fn, functools.partial) and fn.func is backbone_forward
-    return has_hooks(lm.backbone) or not ours
+    return has_hooks(lm.backbone) or not ours or custom_forward(lm, "the model") is not None
 
 
 def _to_tuple(*values) -> tuple:

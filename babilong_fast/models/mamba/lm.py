@@ -10,7 +10,7 @@ from torch import nn
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models._common import check_input_ids, check_positive, check_token_range, greedy_loop
 from babilong_fast.models.mamba.layers import forward_chunk, forward_chunked
-from babilong_fast.models.mamba.parts import MambaParts, mamba_parts, wrapped_mixers
+from babilong_fast.models.mamba.parts import MambaParts, custom_forward, mamba_parts, wrapped_mixers
 from babilong_fast.models.mamba.state import MambaState
 
 DEFAULT_CHUNK_SIZE = 2048
@@ -48,7 +48,8 @@ class MambaLM(nn.Module):
         parts = mamba_parts(model)
         if parts.lm_head is None:
             raise TypeError(f"MambaLM needs a model with an LM head (MambaForCausalLM), got {type(model).__name__}")
-        why = wrapped_mixers(parts)
+        why = (custom_forward(model, "the model") or custom_forward(getattr(model, "backbone", model), "the backbone")
+               or wrapped_mixers(parts))
         if why:
             raise ValueError(
                 f"MambaLM reads the mixers' weights directly, so it would skip this: {why}; merge adapters into the "

@@ -150,7 +150,7 @@ def mamba_parts(model: nn.Module) -> MambaParts:
     )
 
 
-def _replaced_forward(module: nn.Module, name: str) -> str | None:
+def replaced_forward(module: nn.Module, name: str) -> str | None:
     """Why an instance ``forward`` (accelerate's offload / device-map hooks set one) would be skipped, or None.
     babilong_fast's own patch is not counted."""
     from babilong_fast.patch import OPTIONS_ATTR
@@ -160,30 +160,50 @@ def _replaced_forward(module: nn.Module, name: str) -> str | None:
     return None
 
 
+LIBRARY_MODULES = ("transformers.models.mamba.", "mamba_ssm.")
+
+
+def custom_forward(module: nn.Module, name: str) -> str | None:
+    """Why ``module``'s class ``forward`` is not its library's (a subclass redefining it, which babilong_fast would
+    skip where it stands in for the module), or None."""
+    for cls in type(module).__mro__:
+        if "forward" in vars(cls):
+            if cls.__module__.startswith(LIBRARY_MODULES):
+                return None
+            return f"{name} is a {cls.__qualname__}, whose own forward would be skipped"
+    return None
+
+
 def wrapped_mixer_part(mixer: nn.Module, name: str = "mixer", hooks_on_mixer: bool = True) -> str | None:
     """Why :func:`~babilong_fast.models.mamba.mixer_forward` cannot stand in for ``mixer`` (None: it can): it reads
     the projections' and the conv's weights directly, so a wrapped one (a LoRA adapter), one with forward hooks or
-    a replaced forward would be skipped; so would such a mixer itself (``hooks_on_mixer``) where it is not called."""
+    a replaced forward would be skipped; so would such a mixer itself (``hooks_on_mixer``) where it is not called,
+    and a mixer subclass's own forward."""
     parts = {f"{name}.{p}": (getattr(mixer, p), (nn.Linear,)) for p in ("in_proj", "x_proj", "dt_proj", "out_proj")}
     parts[f"{name}.conv1d"] = (mixer.conv1d, (nn.Conv1d,))
     if hooks_on_mixer:
-        parts[name] = (mixer, (type(mixer),))
-    why = first_not_plain(parts)
+        parts[name] = (mixer, (type(mixer),))  # its class is checked below: only its hooks here
+    why = custom_forward(mixer, name) or first_not_plain(parts)
     for part, (module, _) in parts.items():
-        why = why or _replaced_forward(module, part)
+        why = why or replaced_forward(module, part)
     return why
 
 
 def wrapped_mixers(parts: MambaParts) -> str | None:
     """Why the chunked forward cannot stand in for the layers (None: it can): the first layer's
     :func:`wrapped_mixer_part` reason, or hooks (or a replaced forward) on a block, which is never called, or on a
-    norm, which is called per chunk (``norm_f`` only at the kept positions) instead of once on the whole input."""
+    norm, which is called per chunk (``norm_f`` only at the kept positions) instead of once on the whole input; or a
+    block subclass's own forward."""
+    for i, block in enumerate(parts.blocks):
+        why = custom_forward(block, f"layers.{i}")
+        if why:
+            return why
     named = [(f"layers.{i}", b) for i, b in enumerate(parts.blocks)]
     named += [(f"layers.{i}.norm", n) for i, n in enumerate(parts.norms)] + [("norm_f", parts.norm_f)]
     for name, module in named:
         if has_hooks(module):
             return f"{name} has hooks"
-        why = _replaced_forward(module, name)
+        why = replaced_forward(module, name)
         if why:
             return why
     for i, mixer in enumerate(parts.mixers):

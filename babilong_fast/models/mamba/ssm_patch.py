@@ -21,12 +21,15 @@ from babilong_fast.models.mamba.layers import forward_chunked, mixer_forward
 from babilong_fast.models.mamba.parts import (
     SSM_LM,
     class_path,
+    custom_forward,
     mamba_parts,
     mixer_dims,
+    replaced_forward,
     wrapped_mixer_part,
     wrapped_mixers,
 )
 from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.models.plain_modules import has_hooks
 from babilong_fast.patch import OPTIONS_ATTR
 
 CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
@@ -62,7 +65,15 @@ def _write(params, mixer: nn.Module, conv: torch.Tensor, ssm: torch.Tensor) -> N
 def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_last_tokens=0, **mixer_kwargs):
     """``MambaLMHeadModel.forward`` in chunks with the state carried (``inference_params`` read and written)."""
     opts, parts = self.__dict__[OPTIONS_ATTR], mamba_parts(self)
-    why = wrapped_mixers(parts)
+    if mixer_kwargs:  # Mamba-1 mixers take none: mamba_ssm's own forward says so
+        return type(self).forward(self, input_ids, position_ids, inference_params, num_last_tokens, **mixer_kwargs)
+    why = (
+        custom_forward(self, "the model")
+        or ("the backbone has hooks" if has_hooks(self.backbone) else None)
+        or replaced_forward(self.backbone, "the backbone")
+        or custom_forward(self.backbone, "the backbone")
+        or wrapped_mixers(parts)
+    )
     if why:
         warnings.warn(f"babilong_fast patch: runs mamba_ssm's own forward ({why})", RuntimeWarning, stacklevel=2)
         return type(self).forward(self, input_ids, position_ids, inference_params, num_last_tokens, **mixer_kwargs)
@@ -84,7 +95,7 @@ def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_la
 
 def mixer_forward_patched(self, hidden_states, inference_params=None, **kwargs):
     """``Mamba.forward`` in chunks with our ops; with ``inference_params`` it runs mamba_ssm's own forward."""
-    if inference_params is not None or wrapped_mixer_part(self, hooks_on_mixer=False):
+    if inference_params is not None or wrapped_mixer_part(self, hooks_on_mixer=False) or kwargs:
         return type(self).forward(self, hidden_states, inference_params=inference_params, **kwargs)
     opts = self.__dict__[OPTIONS_ATTR]
     conv = ssm = None
