@@ -53,7 +53,7 @@ class MambaLM(nn.Module):
         if why:
             raise ValueError(
                 f"MambaLM reads the mixers' weights directly, so it would skip this: {why}; merge adapters into the "
-                "weights first (peft: merge_and_unload()) and remove the hooks"
+                "weights first (peft: merge_and_unload()), remove the hooks, or load the weights into the stock classes"
             )
         self.model = model
         self.chunk_size = check_positive("chunk_size", chunk_size)
