@@ -355,7 +355,7 @@ def test_gradient_checkpointing_with_a_passed_cache_runs_as_transformers(hf):
     assert torch.equal(runs[0][1], runs[1][1]), "the cache must change exactly as transformers changes it"
 
 
-def test_subclasses_with_their_own_forward_are_not_skipped(hf):
+def test_subclasses_with_their_own_forward_are_not_skipped(hf, monkeypatch):
     """An LM subclass's forward runs (its backbone still chunked); a mixer or block subclass with its own forward
     makes the patch run transformers' forward, with a warning; MambaLM refuses them."""
     from transformers import MambaForCausalLM
@@ -363,9 +363,9 @@ def test_subclasses_with_their_own_forward_are_not_skipped(hf):
 
     from babilong_fast.models import MambaLM
 
-    class HalfLogits(MambaForCausalLM):
-        def forward(self, *args, **kwargs):
-            out = super().forward(*args, **kwargs)
+    class HalfLogits(MambaForCausalLM):  # its own signature: labels second, positional
+        def forward(self, input_ids, labels=None, **kwargs):
+            out = super().forward(input_ids, labels=labels, **kwargs)
             out.logits = out.logits / 2
             return out
 
@@ -381,11 +381,28 @@ def test_subclasses_with_their_own_forward_are_not_skipped(hf):
     lm = HalfLogits(hf.config).eval()
     lm.load_state_dict(hf.state_dict())
     with torch.no_grad():
-        want = lm(ids).logits
+        want = lm(ids, ids)
         patch(lm, chunk_size=6)
-        assert_close("LM subclass", want, lm(ids).logits, 1e-5)
+        widths = spy_chunks(monkeypatch)
+        got = lm(ids, ids)
+        assert widths == [6, 6, 6, 2], "the subclass's forward calls the patched backbone, which runs in chunks"
+        assert_close("LM subclass", want.logits, got.logits, 1e-5)
+        assert_close("LM subclass loss", want.loss, got.loss, 1e-5)
     with pytest.raises(ValueError, match="HalfLogits, whose own forward"):
         MambaLM(lm)
+
+    class TaggedBlock(MambaBlock):  # no forward of its own (transformers 5.24 still puts a wrapper in its dict)
+        tag = "mine"
+
+    model = small_mamba(seed=11).eval()
+    for layer in model.backbone.layers:
+        layer.__class__ = TaggedBlock
+    MambaLM(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        want = model(ids).logits
+        patch(model, chunk_size=6)
+        assert_close("block subclass without a forward", want, model(ids).logits, 1e-5)
     for cls, where in ((DoubleMixer, "mixer"), (QuietBlock, None)):
         model = small_mamba(seed=11).eval()
         for layer in model.backbone.layers:

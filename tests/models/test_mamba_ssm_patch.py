@@ -481,3 +481,16 @@ def test_backbone_hooks_and_subclass_forwards_run_mamba_ssm_forward(ssm):
         assert torch.equal(want, got)
         with pytest.raises(TypeError):
             model(ids, not_a_mixer_keyword=1)  # mamba_ssm's own error, not silently dropped
+
+    class Narrow(ssm.MambaLMHeadModel):  # its own, narrower signature gets the call as made
+        def forward(self, input_ids, inference_params=None, **kwargs):
+            return super().forward(input_ids, inference_params=inference_params, **kwargs)
+
+    model = small_lm(ssm)
+    model.__class__ = Narrow
+    with torch.no_grad():
+        want = model(ids, None).logits
+        patch(model, chunk_size=CHUNK)
+        with pytest.warns(RuntimeWarning, match="Narrow, whose own forward would be skipped"):
+            got = model(ids, None).logits
+    assert torch.equal(want, got)

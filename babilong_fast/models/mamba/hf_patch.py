@@ -34,6 +34,7 @@ from babilong_fast.models.mamba.parts import (
     class_path,
     custom_forward,
     mamba_parts,
+    own_forward_first,
     wrapped_mixers,
 )
 from babilong_fast.models.mamba.state import MambaState
@@ -65,10 +66,11 @@ _WARNED = contextvars.ContextVar("babilong_fast_mamba_fallback_warned", default=
 def _unsupported(backbone: nn.Module, parts: MambaParts, output_hidden_states, cache) -> bool:
     dtype = backbone.embeddings.weight.dtype
     why = (f"{dtype} weights; the fused ops take float32, bfloat16 or float16" if dtype not in HALF_AND_FLOAT
-           else custom_forward(backbone, "the backbone") or wrapped_mixers(parts))
+           else wrapped_mixers(parts))
     if why:
         if not _WARNED.get():
-            warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"babilong_fast patch: runs transformers' own forward ({why})", RuntimeWarning,
+                          stacklevel=4)  # the caller of the forward (past own_forward_first's frame)
         return True
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True
@@ -188,12 +190,11 @@ def _use_cache(model: nn.Module, use_cache: bool | None) -> bool:
 
 
 def _backbone_called(lm: nn.Module) -> bool:
-    """Whether the LM's forward must run as its class defines it, calling its backbone as a module: hooks on the
-    backbone, a backbone forward other than ours, or an LM subclass with its own forward (the patched backbone
-    still runs in chunks inside)."""
+    """Whether the LM's forward must call its backbone as a module: hooks on it, a forward other than ours, or a
+    backbone subclass's own forward (which ours hands the call to)."""
     fn = lm.backbone.__dict__.get("forward")
     ours = isinstance(fn, functools.partial) and fn.func is backbone_forward
-    return has_hooks(lm.backbone) or not ours or custom_forward(lm, "the model") is not None
+    return has_hooks(lm.backbone) or not ours or custom_forward(lm.backbone, "the backbone") is not None
 
 
 def _to_tuple(*values) -> tuple:
@@ -201,6 +202,7 @@ def _to_tuple(*values) -> tuple:
     return tuple(v for v in values if v is not None)
 
 
+@own_forward_first("the backbone", "transformers")
 def backbone_forward(
     self,
     input_ids: torch.LongTensor | None = None,
@@ -234,6 +236,7 @@ def backbone_forward(
     return MambaOutput(last_hidden_state=hidden, hidden_states=None, **{field: cache if use_cache else None})
 
 
+@own_forward_first("the model", None)  # an LM subclass's forward runs; the patched backbone in it, in chunks
 def causal_lm_forward(
     self,
     input_ids: torch.LongTensor | None = None,

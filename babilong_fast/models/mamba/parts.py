@@ -8,7 +8,11 @@ same weights (``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -168,10 +172,34 @@ def custom_forward(module: nn.Module, name: str) -> str | None:
     skip where it stands in for the module), or None."""
     for cls in type(module).__mro__:
         if "forward" in vars(cls):
-            if cls.__module__.startswith(LIBRARY_MODULES):
+            # the class's module, or the function's: transformers 5.24 puts a checkpointing wrapper (functools.wraps
+            # of the inherited forward) into every subclass of its blocks, overriding or not
+            fn_module = getattr(vars(cls)["forward"], "__module__", None) or ""
+            if cls.__module__.startswith(LIBRARY_MODULES) or fn_module.startswith(LIBRARY_MODULES):
                 return None
             return f"{name} is a {cls.__qualname__}, whose own forward would be skipped"
     return None
+
+
+def own_forward_first(name: str, library: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a patched ``forward``: a subclass with its own forward (:func:`custom_forward`) gets the call as the
+    caller made it (its own signature), before anything binds the arguments to the library's; with ``library``
+    a warning says that the library's code then runs unchunked."""
+
+    def decorate(impl: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(impl)  # keeps impl's signature for inspect (transformers' generate reads it)
+        def entry(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            why = custom_forward(self, name)
+            if why is None:
+                return impl(self, *args, **kwargs)
+            if library is not None:
+                warnings.warn(f"babilong_fast patch: runs {library}'s own forward ({why})", RuntimeWarning,
+                              stacklevel=2)
+            return type(self).forward(self, *args, **kwargs)
+
+        return entry
+
+    return decorate
 
 
 def wrapped_mixer_part(mixer: nn.Module, name: str = "mixer", hooks_on_mixer: bool = True) -> str | None:

@@ -24,6 +24,7 @@ from babilong_fast.models.mamba.parts import (
     custom_forward,
     mamba_parts,
     mixer_dims,
+    own_forward_first,
     replaced_forward,
     wrapped_mixer_part,
     wrapped_mixers,
@@ -62,20 +63,20 @@ def _write(params, mixer: nn.Module, conv: torch.Tensor, ssm: torch.Tensor) -> N
         params.key_value_memory_dict[mixer.layer_idx] = (full, ssm.to(mixer.dt_proj.weight.dtype))
 
 
+@own_forward_first("the model", "mamba_ssm")
 def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_last_tokens=0, **mixer_kwargs):
     """``MambaLMHeadModel.forward`` in chunks with the state carried (``inference_params`` read and written)."""
     opts, parts = self.__dict__[OPTIONS_ATTR], mamba_parts(self)
     if mixer_kwargs:  # Mamba-1 mixers take none: mamba_ssm's own forward says so
         return type(self).forward(self, input_ids, position_ids, inference_params, num_last_tokens, **mixer_kwargs)
     why = (
-        custom_forward(self, "the model")
-        or ("the backbone has hooks" if has_hooks(self.backbone) else None)
+        ("the backbone has hooks" if has_hooks(self.backbone) else None)
         or replaced_forward(self.backbone, "the backbone")
         or custom_forward(self.backbone, "the backbone")
         or wrapped_mixers(parts)
     )
     if why:
-        warnings.warn(f"babilong_fast patch: runs mamba_ssm's own forward ({why})", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"babilong_fast patch: runs mamba_ssm's own forward ({why})", RuntimeWarning, stacklevel=3)
         return type(self).forward(self, input_ids, position_ids, inference_params, num_last_tokens, **mixer_kwargs)
     B = input_ids.shape[0]
     conv, ssm = zip(*(_read(inference_params, m) for m in parts.mixers), strict=True)
@@ -93,6 +94,7 @@ def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_la
     return CausalLMOutput(logits=self.lm_head(hidden))
 
 
+@own_forward_first("the mixer", "mamba_ssm")
 def mixer_forward_patched(self, hidden_states, inference_params=None, **kwargs):
     """``Mamba.forward`` in chunks with our ops; with ``inference_params`` it runs mamba_ssm's own forward."""
     if inference_params is not None or wrapped_mixer_part(self, hooks_on_mixer=False) or kwargs:
