@@ -41,7 +41,9 @@ STOCK_EMULATION = (
     "'torch' backend (the reference einsum math). Not emulated: HF's per-segment KV cache (use_cache defaults to "
     "True in the reference; our backbone call passes use_cache=False), per-segment loss on empty label masks, "
     "the reference's eager attention (both modes use the backbone's attention implementation, recorded in "
-    "configs). So stock here is a lower bound on the reference's cost."
+    "configs). So stock here is a lower bound on the cost of the wrappers' forward, which RMT-BL's validation "
+    "runs; ARMT-HEAD validates by generate alone, which keeps no segment's outputs, so for ARMT stock memory is "
+    "that of its forward, above that of its validation."
 )
 
 FAST_DESCRIPTION = (

@@ -159,12 +159,24 @@ def _check_gpt2(lm: object, where: str) -> nn.Module:
     return lm
 
 
+# Wrappers that run the module they hold unchanged: torch.compile's OptimizedModule, torch's checkpoint_wrapper.
+TRANSPARENT_WRAPPERS = ("_orig_mod", "_checkpoint_wrapped_module")
+
+
 def _check_block(block: object, where: str) -> None:
-    """ReferenceModelError unless ``block`` is a GPT-2 block (a wrapper around it may change its math)."""
-    if "GPT2Block" not in class_names(block):
+    """ReferenceModelError unless ``block`` is a GPT-2 block, or one inside transparent wrappers (another wrapper,
+    such as the ARMT repository's per-layer-memory ``ParallelLayerWrapper``, may change its math)."""
+    inner = block
+    while True:
+        held = next((m for m in (getattr(inner, a, None) for a in TRANSPARENT_WRAPPERS) if isinstance(m, nn.Module)),
+                    None)
+        if held is None:
+            break
+        inner = held
+    if "GPT2Block" not in class_names(inner):
         raise ReferenceModelError(
-            f"{where} is a {type(block).__name__}, not a transformers GPT2Block: babilong_fast runs the plain "
-            "GPT-2 blocks of the public RMT / ARMT (other memory layouts, such as per-layer memory, are not supported)"
+            f"{where} is a {type(inner).__name__}, not a transformers GPT2Block: babilong_fast runs the plain GPT-2 "
+            "blocks of the public RMT / ARMT (torch.compile'd or checkpoint_wrapper'd ones too), not other layers"
         )
 
 

@@ -352,6 +352,26 @@ def test_subclasses_with_other_math_and_other_blocks_are_refused():
     lm.transformer.h = nn.ModuleList(ParallelLayerWrapper(b) for b in lm.transformer.h)
     with pytest.raises(ReferenceModelError, match="not a transformers GPT2Block"):
         patch_recurrent(RecurrentWrapper(MemoryCell(lm, M), segment_size=SEG))
+    # wrappers that run the block unchanged are accepted, and compute the same
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for make in (stand_in_rmt, stand_in_armt):
+        wrapper = make()
+        ids, mask, _ = batch()
+        with torch.no_grad():
+            want = torch.cat(naive_logits(wrapper, ids, mask), 1)
+        h = wrapper.memory_cell.model.transformer.h
+        for i in range(len(h)):
+            if make is stand_in_rmt:
+                h[i] = checkpoint_wrapper(torch.compile(h[i])) if i == 0 else checkpoint_wrapper(h[i])
+            else:
+                h[i].layer = checkpoint_wrapper(h[i].layer)
+        if make is stand_in_rmt:
+            RMT.from_reference(wrapper)  # a compiled block inside: accepted (not run here: compiling is slow)
+            h[0] = h[0]._checkpoint_wrapped_module._orig_mod
+        fast = RMT.from_reference(wrapper) if make is stand_in_rmt else ARMT.from_reference(wrapper, backend="torch")
+        with torch.no_grad():
+            assert_close("wrapped blocks", want, fast(ids, attention_mask=mask)["logits"], 1e-5)
     armt = stand_in_armt()
     armt.memory_cell.layers[1].layer = ParallelLayerWrapper(armt.memory_cell.layers[1].layer)
     with pytest.raises(ReferenceModelError, match=r"h\[1\]\.layer is a ParallelLayerWrapper"):
