@@ -73,6 +73,8 @@ def _check_embed(input_ids, wte, wpe, out, front, back) -> tuple[int, int]:
     check_same_device(input_ids=input_ids, wte=wte, wpe=wpe, out=out, **mems)
     B, L = input_ids.shape
     d = out.shape[2]
+    if wte.shape[0] == 0:
+        raise ValueError("wte must have at least one row (a vocabulary of size 0 has no token to embed)")
     if wte.dtype != out.dtype or wpe.dtype != out.dtype:
         raise TypeError(f"wte, wpe and out must share one dtype; got {wte.dtype}, {wpe.dtype} and {out.dtype}")
     if wte.shape[1] != d or wpe.shape[1] != d:

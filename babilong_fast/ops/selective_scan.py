@@ -365,7 +365,8 @@ def selective_scan(
     Args:
         u: ``[batch, dim, L]`` float32, bfloat16 or float16; stride 1 along L (other strides free).
         delta: ``[batch, dim, L]``, like ``u``.
-        A: ``[dim, N]`` real float32, N <= 256.
+        A: ``[dim, N]`` real float32, N <= 256; <= 0 as in Mamba (``-exp(A_log)``). With A > 0 a decay
+            ``exp(delta A)`` can overflow; the chunked paths then give NaN where :func:`selective_scan_ref` gives inf.
         B: ``[dim, N]`` (time-invariant), ``[batch, N, L]`` (time-varying) or ``[batch, G, N, L]`` (grouped:
             channel d uses group ``d // (dim // G)``); dim must be divisible by G.
         C: as ``B`` (its layout may differ from B's).

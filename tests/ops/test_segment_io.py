@@ -174,6 +174,8 @@ def test_segment_embed_bad_input():
         segment_embed(ids, wte, wpe, out, front=front, back=back, backend="nope")
     with pytest.raises(ValueError, match="one device"):
         segment_embed(ids, wte, wpe, out, front=front.to("meta"), back=back)
+    with pytest.raises(ValueError, match="wte must have at least one row"):  # every backend alike
+        segment_embed(ids, wte[:0], wpe, out, front=front, back=back)
 
 
 # (B, T, start, count, d): RMT's write rows at the end, a band in the middle, one row, odd and large d.
