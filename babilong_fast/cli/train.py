@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 from babilong_fast.data.babi import ALL_TASKS
+from babilong_fast.models.recurrent import PRETRAINED_FILE
 from babilong_fast.train.config import PRESETS, check_stages
+from babilong_fast.train.loop import run_files
 
 
 def _int_list(text: str) -> list[int]:
@@ -51,6 +53,8 @@ def add_parser(sub, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--task", default="qa1", help=f"bAbI task, one of {','.join(ALL_TASKS)} (default qa1)")
     p.add_argument("--out", type=Path, required=True, help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUT that holds a run, deleting its run files (refused otherwise)")
     p.add_argument("--init-from", type=Path, default=None, help="start from this model file (same model kind)")
     p.add_argument("--backbone-path", default=None, help="local Hugging Face folder with pretrained backbone weights")
     p.add_argument("--stages", type=_int_list, default=None,
@@ -148,21 +152,33 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         args.config = preset(args.preset, **over)
     except ValueError as e:
         parser.error(str(e))
-    if args.init_from is not None and not args.init_from.is_file():
-        parser.error(f"--init-from: checkpoint not found: {str(args.init_from)!r}")
+    if args.resume and args.overwrite:
+        parser.error("give --resume or --overwrite, not both")
+    held = run_files(args.out)
+    if held and not (args.resume or args.overwrite):
+        parser.error(f"--out {str(args.out)!r} holds a run ({', '.join(p.name for p in held[:4])}): add --resume to "
+                     "continue it or --overwrite to start afresh")
+    if args.init_from is not None:
+        if args.init_from.is_dir() and (args.init_from / PRETRAINED_FILE).is_file():
+            args.init_from = args.init_from / PRETRAINED_FILE  # an ARMT / RMT save_pretrained folder
+        if not args.init_from.is_file():
+            parser.error(f"--init-from: checkpoint not found: {str(args.init_from)!r} (a model file, or an "
+                         "ARMT / RMT save_pretrained folder)")
+    if args.backbone_path is not None and not Path(args.backbone_path).is_dir():
+        parser.error(f"--backbone-path: no such folder: {args.backbone_path!r} (a local Hugging Face model folder; "
+                     "nothing is downloaded)")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from babilong_fast.train.loop import train
 
     summary = train(
-        args.config, args.out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress,
-        time_limit=args.time_limit,
+        args.config, args.out, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from,
+        progress=not args.no_progress, time_limit=args.time_limit,
     )
     pos = summary["position"]
     last = summary["valid"][-1] if summary["valid"] else None
     msg = {"out": str(args.out), "global_step": pos.global_step, "seconds": round(summary["seconds"], 1),
            "finished": pos.stage_index >= len(args.config.stages), "last_validation": last}
-    if not args.no_progress:
-        print(json.dumps(msg), file=sys.stderr)
+    print(json.dumps(msg), file=sys.stderr)  # also with --no-progress: it says whether the run finished
     return 0

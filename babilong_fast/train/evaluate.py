@@ -20,6 +20,15 @@ from babilong_fast.train.distributed import Dist, all_sum
 from babilong_fast.train.kinds import make_runner
 
 
+def check_validation(task: str, length: int | str, *, split: str = "test", seed: int = 0) -> None:
+    """ValueError unless :func:`evaluate` finds a first sample of ``task`` at ``length`` (a length too short for the
+    task's stories fails before training, not at the first validation)."""
+    try:
+        next(iter(BabilongGenerator(task, length, split=split, seed=seed, margin=FINETUNE_MARGIN)))
+    except ValueError as e:
+        raise ValueError(f"validation of {task} at {length} tokens ({split} split, seed {seed}): {e}") from None
+
+
 def evaluate(
     model: nn.Module,
     kind: str,

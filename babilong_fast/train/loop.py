@@ -26,7 +26,7 @@ import torch
 from babilong_fast.train import distributed as dd
 from babilong_fast.train.config import TrainConfig
 from babilong_fast.train.data import GeneratedData, OfficialData
-from babilong_fast.train.evaluate import evaluate
+from babilong_fast.train.evaluate import check_validation, evaluate
 from babilong_fast.train.format import collate
 from babilong_fast.train.kinds import LossModule, build_model, load_trained, save_trained
 from babilong_fast.train.logbook import Logbook
@@ -59,6 +59,14 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def run_files(out: Path) -> list[Path]:
+    """The files (and TensorBoard folder) of a run that ``out`` holds; empty for a new folder."""
+    if not out.is_dir():
+        return []
+    names = ("last.pt", "log.csv", "best.pt", "config.json", "tensorboard")
+    return sorted([out / n for n in names if (out / n).exists()] + list(out.glob("stage*.pt")))
+
+
 def check_batch(cfg: TrainConfig, world: int) -> None:
     """ValueError unless the global batch splits evenly into processes and micro-batches."""
     if cfg.batch_size % world or (cfg.batch_size // world) % cfg.micro_batch_size:
@@ -73,6 +81,7 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     init_from: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
@@ -85,6 +94,8 @@ def train(
         cfg: the run's configuration (checked here).
         out: run folder (created).
         resume: continue from ``out/last.pt`` if it exists (same config, same number of processes).
+        overwrite: start afresh in an ``out`` that holds a run (its run files are deleted first); without it, or
+            ``resume``, such an ``out`` is refused.
         init_from: a model file of the same kind to start from (e.g. an earlier stage's ``stage<n>.pt``).
         progress: tqdm bar on the main process.
         stop_after: stop after this many optimizer steps of the whole run, as an interruption would (tests).
@@ -101,15 +112,28 @@ def train(
         (losses of this invocation only).
 
     Raises:
-        ValueError: a bad config or time_limit, a task with no samples, a checkpoint of another kind or size, a
-            config that differs from the one being resumed.
+        ValueError: a bad config or time_limit, a task with no samples (training or validation), a checkpoint of
+            another kind or size, a config that differs from the one being resumed.
+        FileExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
     """
     cfg.check()
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and 0 <= time_limit < float("inf")):
         raise ValueError(f"time_limit must be a finite number of seconds >= 0 or None, got {time_limit!r}")
     out = Path(out)
+    held = run_files(out)
+    if held and not resume and not overwrite:
+        raise FileExistsError(
+            f"{str(out)!r} holds a run ({', '.join(p.name for p in held[:4])}): resume it, or overwrite it"
+        )
     d = dd.setup(cfg.device)
     try:
+        if overwrite and not resume and d.main:
+            for path in held:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        dd.barrier(d)
         return _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, validate_at_stop)
     finally:
         dd.teardown(d)
@@ -146,8 +170,11 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
         data = OfficialData(cfg.train_data, cfg.task, cfg.segment_size, cfg.seed)
     else:
         data = GeneratedData(cfg.task, cfg.segment_size, cfg.seed, cfg.pool_size, max_facts=cfg.max_facts)
-    # Every segment count the curriculum can draw has a sample: a failure now, not hours into a run.
+    # Every segment count the curriculum can draw, and every stage's validation, has a sample: a failure now, not
+    # hours into a run.
     data.check(([0] if cfg.stages[0] == 0 else []) + list(range(1, cfg.stages[-1] + 1)))
+    for n in cfg.stages:
+        check_validation(cfg.task, n * cfg.segment_size, split=cfg.eval_split, seed=cfg.eval_seed)
     if state is not None and pos.step == 0:
         state = None  # saved at a stage end: the next stage starts afresh from the best weights
     ddp = dd.wrap(LossModule(model, cfg), d)

@@ -86,3 +86,43 @@ def test_task_with_no_samples(tmp_path, capsys):
     rc = main(["train", "--preset", "tiny", "--task", "qa3", "--segment-size", "24", "--out", str(tmp_path / "x"),
                *FAST])
     assert rc == 1 and "task qa3 has no sample that fits 1 segment(s) of 24 tokens" in capsys.readouterr().err
+
+
+def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    """Re-running into a finished run's folder silently replaced its log and last.pt and kept its best.pt."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--task", "qa1", "--out", str(out), *FAST]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert '"finished": true' in summary
+    (out / "stage99.pt").write_bytes(b"stale")  # a file of the old run the new one would never rewrite
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "tiny", "--task", "qa1", "--out", str(out), *FAST])
+    assert e.value.code == 2 and "holds a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "tiny", "--task", "qa1", "--out", str(out), "--resume", "--overwrite", *FAST])
+    assert main(["train", "--preset", "tiny", "--task", "qa1", "--out", str(out), "--overwrite", "--no-progress",
+                 "--time-limit", "0", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert '"finished": false' in err, "the summary says an unfinished run, --no-progress or not"
+    assert not (out / "stage99.pt").exists() and len(list(csv.DictReader(open(out / "log.csv")))) == 1
+
+
+def test_init_from_takes_a_save_pretrained_folder_and_backbone_path_must_exist(tmp_path, capsys):
+    from babilong_fast.train.kinds import build_model
+
+    cfg = preset("tiny", task="qa1")
+    build_model(cfg).save_pretrained(tmp_path / "sp")
+    assert main(["train", "--preset", "tiny", "--init-from", str(tmp_path / "sp"), "--out", str(tmp_path / "a"),
+                 "--time-limit", "0", "--no-progress", *FAST]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "tiny", "--backbone-path", str(tmp_path / "none"), "--out", str(tmp_path / "b")])
+    assert e.value.code == 2 and "--backbone-path: no such folder" in capsys.readouterr().err
+
+
+def test_validation_without_samples_fails_before_training(tmp_path, capsys):
+    """qa3 at one 64-token segment: training finds a rare short story, validation (test split) none; this failed
+    at the first validation, after training steps were spent."""
+    rc = main(["train", "--preset", "tiny", "--task", "qa3", "--stages", "1", "--steps", "3", "--out",
+               str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "validation of qa3 at 64 tokens" in err and not (tmp_path / "x" / "log.csv").exists()
