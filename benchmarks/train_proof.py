@@ -114,7 +114,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
         spent = time.perf_counter() - t0
         limit = max(0.0, budget - spent if i == len(cfg.stages) - 1 else budget * sum(shares[: i + 1]) - spent)
         stage_dir = work / kind / f"stage{i}_{n}"
-        summary = train(stage_cfg, stage_dir, init_from=init, progress=not args.no_progress,
+        summary = train(stage_cfg, stage_dir, init_from=init, progress=not args.no_progress, overwrite=True,
                         time_limit=limit, validate_at_stop=True)  # best.pt then covers the stage's last steps
         losses += summary["losses"]
         stage_ends.append(len(losses))
