@@ -19,6 +19,7 @@ import json
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,27 +309,41 @@ def scan_folder(root: str | Path) -> dict[tuple[str, str], list[Path]]:
     """Files of a folder in either official layout, keyed by ``(task, length name)``.
 
     Recognised: ``[data/]qaN/<len>.json`` (or ``.jsonl``) and ``<len>/qaN-*.parquet`` (shards in name order).
-    Other files are ignored.
+    Other files are ignored. The released dataset holds both layouts: a ``(task, length)`` present in several is
+    read from one only, the first of ``data/qaN/<len>.json``, ``.jsonl``, ``qaN/<len>.json``, ``.jsonl``, the
+    Parquet shards (a warning names what is skipped), so no record is read twice.
     """
     root = Path(root)
-    found: dict[tuple[str, str], list[Path]] = {}
+    sources: dict[tuple[str, str], list[list[Path]]] = {}  # per key, each layout's files, in preference order
     for base in (root / "data", root):
         if not base.is_dir():
             continue
         for tdir in sorted(base.iterdir()):
             if not (tdir.is_dir() and tdir.name in OFFICIAL_TASKS):
                 continue
-            for f in sorted(tdir.iterdir()):
+            for f in sorted(tdir.iterdir(), key=lambda f: (f.stem, f.suffix != ".json")):
                 task, length = _labels_from_path(f)
                 if f.is_file() and f.suffix in (".json", ".jsonl") and length:
-                    found.setdefault((task, length), []).append(f)
+                    sources.setdefault((task, length), []).append([f])
     for ldir in sorted(root.iterdir()):
         if not ldir.is_dir() or not _length_of(ldir.name):
             continue
+        shards: dict[tuple[str, str], list[Path]] = {}
         for f in sorted(ldir.glob("qa*.parquet")):
             task, length = _labels_from_path(f)
             if task and length:
-                found.setdefault((task, length), []).append(f)
+                shards.setdefault((task, length), []).append(f)
+        for key, files in shards.items():
+            sources.setdefault(key, []).append(files)
+    found = {}
+    for key, layouts in sources.items():
+        found[key] = layouts[0]
+        if skipped := [str(f.relative_to(root)) for files in layouts[1:] for f in files]:
+            warnings.warn(
+                f"{key[0]} at {key[1]} is in several files of {str(root)!r}: reading "
+                f"{', '.join(str(f.relative_to(root)) for f in layouts[0])}, skipping {', '.join(skipped)}",
+                RuntimeWarning, stacklevel=2,
+            )
     return dict(sorted(found.items(), key=lambda kv: _sort_key(kv[0])))
 
 

@@ -204,6 +204,20 @@ def test_parquet_layout(tmp_path: Path) -> None:
         write_official(long, tmp_path, "4k", "qa1", layout="1k-samples", materialise_limit=1000)
 
 
+def test_a_cell_in_both_layouts_is_read_once(tmp_path: Path) -> None:
+    """The released dataset holds data/qaN/<len>.json and <len>/qaN-*.parquet: each record must be read once."""
+    samples = BabilongGenerator("qa4", "1k", seed=2).take(3)
+    json_path = write_official(samples, tmp_path, "1k", "qa4")
+    write_official(samples, tmp_path, "1k", "qa4", layout="1k-samples")
+    (tmp_path / "qa4").mkdir()
+    (tmp_path / "qa4" / "1k.jsonl").write_text("")  # a third copy, also skipped
+    with pytest.warns(RuntimeWarning, match=r"qa4 at 1k is in several files.*reading data/qa4/1k\.json, skipping "
+                                            r"qa4/1k\.jsonl, 1k/qa4-00000-of-00001\.parquet"):
+        back = load_official(tmp_path)
+        assert scan_folder(tmp_path) == {("qa4", "1k"): [json_path]}
+    assert [s.record() for s in back] == _records(samples)
+
+
 @pytest.mark.parametrize("task", ["qa0", "qa21", "qa01", "QA1", "foo", ""])
 def test_unknown_task(tmp_path: Path, task: str) -> None:
     write_official([RECORDS[0]], tmp_path, "0k", "qa1")
