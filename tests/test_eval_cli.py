@@ -286,7 +286,10 @@ def test_eval_compile_gives_the_same_outputs(ckpts, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(CompiledStep, "__init__", spy)
     eager = run([])
     assert steps == []
+    err = capsys.readouterr().err
+    assert "qa1 1k: " in err and "wrote " in err, "--no-progress hides the bar, not the per-cell lines"
     compiled = run(["--compile"])
+    assert "compiled the streaming step" in capsys.readouterr().err  # before the cells, outside their timing
     assert len(steps) == 1 and steps[0].compiled_calls >= 2  # 1k tokens: segments 2..7 of 128 run compiled
     assert [r["outputs"] for r in compiled["results"]] == [r["outputs"] for r in eager["results"]]
     assert compiled["environment"]["compile"] is True and eager["environment"]["compile"] is False

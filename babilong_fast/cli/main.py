@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of *.txt / *.txt.gz books to use as background (default: the bundled novels of --split)",
     )
     data.add_argument("--layout", choices=LAYOUTS, default="babilong", help="output layout (default babilong)")
-    data.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    data.add_argument("--no-progress", action="store_true", help="no progress bar")
     data.set_defaults(func=_cmd_data, check=_check_data_args, subparser=data)
     from babilong_fast.cli.eval import add_parser as _add_eval_parser
 
@@ -150,7 +150,7 @@ def _update_manifest(out: Path, entries: dict[str, dict]) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    progress = StderrBar(len(args.tasks) * len(args.lengths) * args.n, enabled=not args.no_progress, unit="sample")
+    progress = StderrBar(len(args.tasks) * len(args.lengths) * args.n, show_bar=not args.no_progress, unit="sample")
     entries: dict[str, dict] = {}
     try:
         for length in args.lengths:
