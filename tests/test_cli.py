@@ -107,6 +107,10 @@ def test_data_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert f"wrote 2 samples to {tmp_path / 'data' / 'qa1' / '0k.json'}" in err
     assert f"wrote 2 samples to {tmp_path / 'data' / 'qa1' / '1k.json'}" in err
     assert ("4/4" in err) == tqdm_available
+    assert main(["data", "--tasks", "qa1", "--lengths", "0k", "--n", "1", "--out", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote 1 samples" in err and "1/1" not in err  # the lines, not the bar
 
 
 @pytest.mark.parametrize(
@@ -122,6 +126,7 @@ def test_data_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
         (["--margin", "-5"], "argument --margin: expected a non-negative integer, got -5"),
         (["--split", "dev"], "argument --split: invalid choice: 'dev'"),
         (["--layout", "csv"], "argument --layout: invalid choice: 'csv'"),
+        (["--lengths", "0k,10M", "--layout", "1k-samples"], "--lengths 10M need --layout babilong"),
         (["--background", "/nonexistent/books"], "--background: background folder '/nonexistent/books' does not exist"),
     ],
 )

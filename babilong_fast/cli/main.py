@@ -122,6 +122,13 @@ def _check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, args.margin, f"--margin {args.margin}")
     args.tasks = list(dict.fromkeys(args.tasks))
+    if args.layout == "1k-samples":
+        from babilong_fast.data.builder import MATERIALISE_LIMIT
+        from babilong_fast.data.lengths import parse_length
+
+        if too_long := [n for n in args.lengths if parse_length(n) - args.margin > MATERIALISE_LIMIT]:
+            parser.error(f"--layout 1k-samples holds whole texts in memory (up to {MATERIALISE_LIMIT} tokens a "
+                         f"sample): --lengths {','.join(too_long)} need --layout babilong")
     if args.background is not None:
         try:
             args.background_source = TextFolder(args.background)
