@@ -354,3 +354,13 @@ def test_eval_wrong_file_exits_1(tmp_path, capsys):
     torch.save({"a": 1}, tmp_path / "other.pt")
     assert _eval(tmp_path / "other.pt", tmp_path / "out") == 1
     assert "not a babilong_fast checkpoint" in capsys.readouterr().err
+
+
+def test_eval_of_a_training_state_says_which_file_to_use(tmp_path, capsys):
+    from babilong_fast.train import train
+    from tests.train.common import tiny_config
+
+    train(tiny_config(steps=[1, 1]), tmp_path / "run", progress=False)
+    assert _eval(tmp_path / "run" / "last.pt", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "is a training state" in err and "use the run's best.pt" in err

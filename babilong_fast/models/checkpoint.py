@@ -30,6 +30,7 @@ from babilong_fast.models.rmt import RMT
 
 FORMAT = "babilong_fast.checkpoint"
 FORMAT_VERSION = 1
+TRAIN_STATE_FORMAT = "babilong_fast.train_state"  # babilong_fast.train.state's resumable last.pt
 KINDS = ("armt", "rmt", "mamba")
 
 
@@ -92,6 +93,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{str(path)!r} is not a babilong_fast checkpoint: {e}") from e
+    if isinstance(payload, dict) and payload.get("format") == TRAIN_STATE_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is a training state (babilong-fast train's last.pt, for --resume), not a model file: "
+            "use the run's best.pt or stage<n>.pt"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a babilong_fast checkpoint (no {FORMAT!r} marker)")
     version = payload.get("version")

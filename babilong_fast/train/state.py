@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-STATE_FORMAT = "babilong_fast.train_state"
+from babilong_fast.models.checkpoint import TRAIN_STATE_FORMAT
+
+STATE_FORMAT = TRAIN_STATE_FORMAT
 STATE_VERSION = 1
 
 
