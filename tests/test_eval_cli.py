@@ -364,3 +364,47 @@ def test_eval_of_a_training_state_says_which_file_to_use(tmp_path, capsys):
     assert _eval(tmp_path / "run" / "last.pt", tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert "is a training state" in err and "use the run's best.pt" in err
+
+
+def _direct_answer(ckpt, context: str, question: str) -> str:
+    """The model's greedy answer to ``context ‖ question ‖ GEN`` (each text encoded alone), decoded as eval does."""
+    from babilong_fast.data.tokenizer import EOS_ID, get_tokenizer
+    from babilong_fast.engine.stream import GEN_ID
+
+    tok = get_tokenizer()
+    ids = torch.tensor([tok.encode(context) + tok.encode(question) + [GEN_ID]])
+    out = load_model(ckpt).generate(ids, max_new_tokens=10, eos_token_id=EOS_ID)[0].tolist()
+    return tok.decode(out[: out.index(EOS_ID) + 1] if EOS_ID in out else out)
+
+
+def test_eval_on_official_files(ckpts, tmp_path, capsys):
+    """--data scores official-layout files: the first n records of each task x length, each answered as the model
+    answers its text directly (context and question encoded alone, then GEN); missing cells are usage errors."""
+    from babilong_fast.data.official import load_official
+
+    assert main(["data", "--tasks", "qa1,qa2", "--lengths", "0k,1k", "--n", "3", "--margin", "20",
+                 "--out", str(tmp_path / "official"), "--no-progress"]) == 0
+    out = tmp_path / "o"
+    assert main(["eval", "--checkpoint", str(ckpts["armt"]), "--data", str(tmp_path / "official"), "--tasks",
+                 "qa1,qa2", "--lengths", "0k,1k", "--n", "5", "--batch", "2", "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0
+    got = json.loads((out / "results.json").read_text())
+    assert got["environment"]["data"] == str(tmp_path / "official") and got["complete"]
+    assert [(r["task"], r["length"], r["n"]) for r in got["results"]] == [
+        ("qa1", "0k", 3), ("qa1", "1k", 3), ("qa2", "0k", 3), ("qa2", "1k", 3)]  # n=5 asked, 3 in each file
+    records = load_official(tmp_path / "official", task="qa2", length="1k")
+    assert got["results"][3]["outputs"] == [_direct_answer(ckpts["armt"], r.input, r.question) for r in records]
+    # a hand-made file in the released format
+    record = {"input": "Mary went to the kitchen. John moved to the garden.", "question": "Where is Mary? ",
+              "target": "kitchen"}
+    path = tmp_path / "hand" / "qa1" / "0k.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps([record]))
+    assert main(["eval", "--checkpoint", str(ckpts["rmt"]), "--data", str(path), "--tasks", "qa1", "--lengths",
+                 "0k", "--n", "1", "--out", str(tmp_path / "h"), "--no-progress", "--device", "cpu"]) == 0
+    row = json.loads((tmp_path / "h" / "results.json").read_text())["results"][0]
+    assert row["outputs"] == [_direct_answer(ckpts["rmt"], record["input"], record["question"])]
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--checkpoint", str(ckpts["rmt"]), "--data", str(tmp_path / "official"), "--tasks", "qa3",
+              "--lengths", "0k", "--n", "1", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "--data: " in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""``babilong-fast eval``: score a saved ARMT / RMT / Mamba model on generated BABILong samples.
+"""``babilong-fast eval``: score a saved ARMT / RMT / Mamba model on BABILong samples, generated or official.
 
 The model is a :func:`~babilong_fast.models.save_model` file, an ``ARMT``/``RMT.save_pretrained`` folder or a
 Hugging Face ``MambaForCausalLM`` folder (see :func:`~babilong_fast.models.checkpoint.load_model_path`). A model
@@ -18,9 +18,15 @@ question lengths (samples of one cell have the same context length; questions ma
 samples are grouped by question length and a group runs once it holds ``B`` samples (the rest at the end);
 the scores equal ``--batch 1``'s. ``results.json`` also keeps every sample's decoded prediction.
 
+``--data PATH`` scores official BABILong files instead (a folder in the ``RMT-team/babilong`` layout,
+``data/qaN/<len>.json``, or the ``babilong-1k-samples`` Parquet layout, or one file): the first ``n`` records of
+each task × length, the context encoded as one text and the question alone, in the same format
+(``context ‖ question ‖ GEN``); ``--split`` and ``--seed`` then do not apply.
+
 Example::
 
     babilong-fast eval --checkpoint armt_qa1.pt --tasks qa1,qa2 --lengths 0k,1k,4k --n 20 --out results/
+    babilong-fast eval --checkpoint armt_qa1.pt --data ./babilong --tasks qa1 --lengths 0k,128k --n 100 --out r/
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.data.metric import exact_match_finetuned
-from babilong_fast.data.official import OFFICIAL_LENGTHS
+from babilong_fast.data.official import OFFICIAL_LENGTHS, OfficialSample, iter_official
 from babilong_fast.data.tokenizer import EOS_ID, get_tokenizer
 from babilong_fast.engine.stream import StreamRunner
 from babilong_fast.progress_bar import StderrBar
@@ -79,6 +85,11 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
         help=f"comma-separated length names, e.g. {','.join(OFFICIAL_LENGTHS)} (k = 1000)",
     )
     p.add_argument("--n", type=positive_int, required=True, help="samples per task and length")
+    p.add_argument(
+        "--data", type=Path, default=None,
+        help="score official BABILong files (a folder: data/qaN/<len>.json or <len>/qaN-*.parquet; or one file) "
+             "instead of generated samples: the first --n records of each task and length",
+    )
     p.add_argument("--split", choices=("train", "test"), default="test", help="bAbI pool and books (default test)")
     p.add_argument("--seed", type=int, default=0, help="stream seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
@@ -106,13 +117,52 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, FINETUNE_MARGIN, f"the margin of {FINETUNE_MARGIN}")
     args.tasks = list(dict.fromkeys(args.tasks))
-    check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
+    if args.data is None:
+        check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
+    else:
+        check_official_cells(parser, args.data, args.tasks, args.lengths)
     if not args.checkpoint.exists():
         parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+
+
+class RecordSample:
+    """An official record as eval streams it: the context encoded as one text, the question encoded alone."""
+
+    def __init__(self, record: OfficialSample, tok) -> None:
+        self.ids, self.question, self.target, self._tok = tok.encode(record.input), record.question, record.target, tok
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+    def iter_chunks(self, chunk_tokens: int = 4096) -> Iterator[list[int]]:
+        for i in range(0, len(self.ids), chunk_tokens):
+            yield self.ids[i : i + chunk_tokens]
+
+    def question_ids(self) -> list[int]:
+        return self._tok.encode(self.question)
+
+
+def official_samples(path: Path, task: str, length: str) -> Iterator[RecordSample]:
+    """The records of ``task`` at ``length`` in the official files at ``path``, encoded lazily."""
+    tok = get_tokenizer()
+    return (RecordSample(r, tok) for r in iter_official(path, length=length, task=task))
+
+
+def check_official_cells(parser: argparse.ArgumentParser, path: Path, tasks: list[str], lengths: list[str]) -> None:
+    """Every task × length has a first record in the files at ``path``, else a parser error (nothing loaded)."""
+    for task in tasks:
+        for length in lengths:
+            try:
+                next(iter_official(path, length=length, task=task))
+            except StopIteration:
+                parser.error(f"--data {str(path)!r} has no {task} record at length {length}")
+            except (FileNotFoundError, ValueError) as e:
+                parser.error(f"--data: {e}")
 
 
 def batches_by_shape(
@@ -148,11 +198,13 @@ def answer_batch(runner: StreamRunner, samples: list[BabilongSample], chunk_toke
 
 
 def evaluate_cell(
-    runner: StreamRunner, task: str, length: str, n: int, split: str, seed: int, on_sample=None, batch: int = 1
+    runner: StreamRunner, task: str, length: str, n: int, split: str, seed: int, on_sample=None, batch: int = 1,
+    samples: Iterable | None = None,
 ) -> dict:
-    """Accuracy (%) of ``runner`` on the first ``n`` samples of ``(task, length)``; also seconds, tokens/s and the
-    decoded predictions (in the generator's order)."""
-    gen = BabilongGenerator(task, length, split=split, seed=seed, margin=FINETUNE_MARGIN)
+    """Accuracy (%) of ``runner`` on the first ``n`` samples of ``(task, length)`` (generated, or ``samples``:
+    e.g. :func:`official_samples`); also seconds, tokens/s and the decoded predictions (in the samples' order)."""
+    gen = samples if samples is not None else BabilongGenerator(task, length, split=split, seed=seed,
+                                                                margin=FINETUNE_MARGIN)
     tok = get_tokenizer()
     correct = tokens = done = 0
     seconds = 0.0
@@ -258,7 +310,7 @@ def run_eval(args: argparse.Namespace) -> int:
     env = {
         "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
         "device": str(runner.device), "torch_version": torch.__version__, "batch": args.batch,
-        "compile": args.compile,
+        "compile": args.compile, "data": None if args.data is None else str(args.data),
     }
     if runner.device.type == "cuda":
         env_gpu = torch.cuda.get_device_name(runner.device)
@@ -281,8 +333,10 @@ def run_eval(args: argparse.Namespace) -> int:
         for task in args.tasks:
             for length in args.lengths:
                 bar.postfix(f"{task} {length}")
+                samples = None if args.data is None else official_samples(args.data, task, length)
                 row = evaluate_cell(
-                    runner, task, length, args.n, args.split, args.seed, on_sample=bar.step, batch=args.batch
+                    runner, task, length, args.n, args.split, args.seed, on_sample=bar.step, batch=args.batch,
+                    samples=samples,
                 )
                 row.update(env)
                 rows.append(row)
@@ -291,8 +345,8 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     _write_results(args.out, rows, {**doc, "complete": True})
-    title = (f"{kind.upper()} {args.checkpoint.name}\n"
-             f"exact-match accuracy % ({args.split}, n={args.n}, seed={args.seed})")
+    source = f"{args.split}, seed={args.seed}" if args.data is None else f"official files {args.data.name}"
+    title = f"{kind.upper()} {args.checkpoint.name}\nexact-match accuracy % ({source}, n={args.n})"
     try:
         write_heatmap(rows, args.tasks, args.lengths, args.out / "heatmap.png", title)
         wrote = "results.json, heatmap.png"
