@@ -454,17 +454,18 @@ def test_backbone_hooks_and_subclass_forwards_run_mamba_ssm_forward(ssm):
     forward (with a warning) so they are not skipped; a mixer keyword (Mamba-1 takes none) goes to mamba_ssm too."""
     ids = prompt(2, 20)
 
-    def halve(module, args, out):
-        return out * 0.5
+    def same_once_patched(model, *args, warns: str):
+        with torch.no_grad():
+            want = model(*args).logits
+            patch(model, chunk_size=CHUNK)
+            with pytest.warns(RuntimeWarning, match=warns):
+                got = model(*args).logits
+        assert torch.equal(want, got)
+        return model
 
     model = small_lm(ssm)
-    model.backbone.register_forward_hook(halve)
-    with torch.no_grad():
-        want = model(ids).logits
-        patch(model, chunk_size=CHUNK)
-        with pytest.warns(RuntimeWarning, match="the backbone has hooks"):
-            got = model(ids).logits
-    assert torch.equal(want, got)
+    model.backbone.register_forward_hook(lambda module, args, out: out * 0.5)
+    same_once_patched(model, ids, warns="the backbone has hooks")
 
     class Doubled(ssm.Mamba):
         def forward(self, hidden_states, *args, **kwargs):
@@ -473,14 +474,9 @@ def test_backbone_hooks_and_subclass_forwards_run_mamba_ssm_forward(ssm):
     model = small_lm(ssm)
     for layer in model.backbone.layers:
         layer.mixer.__class__ = Doubled
-    with torch.no_grad():
-        want = model(ids).logits
-        patch(model, chunk_size=CHUNK)
-        with pytest.warns(RuntimeWarning, match="Doubled, whose own forward would be skipped"):
-            got = model(ids).logits
-        assert torch.equal(want, got)
-        with pytest.raises(TypeError):
-            model(ids, not_a_mixer_keyword=1)  # mamba_ssm's own error, not silently dropped
+    same_once_patched(model, ids, warns="Doubled, whose own forward would be skipped")
+    with torch.no_grad(), pytest.raises(TypeError):
+        model(ids, not_a_mixer_keyword=1)  # mamba_ssm's own error, not silently dropped
 
     class Narrow(ssm.MambaLMHeadModel):  # its own, narrower signature gets the call as made
         def forward(self, input_ids, inference_params=None, **kwargs):
@@ -488,9 +484,4 @@ def test_backbone_hooks_and_subclass_forwards_run_mamba_ssm_forward(ssm):
 
     model = small_lm(ssm)
     model.__class__ = Narrow
-    with torch.no_grad():
-        want = model(ids, None).logits
-        patch(model, chunk_size=CHUNK)
-        with pytest.warns(RuntimeWarning, match="Narrow, whose own forward would be skipped"):
-            got = model(ids, None).logits
-    assert torch.equal(want, got)
+    same_once_patched(model, ids, None, warns="Narrow, whose own forward would be skipped")
