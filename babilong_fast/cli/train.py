@@ -164,6 +164,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if not args.init_from.is_file():
             parser.error(f"--init-from: checkpoint not found: {str(args.init_from)!r} (a model file, or an "
                          "ARMT / RMT save_pretrained folder)")
+        if args.overwrite and args.init_from.resolve() in {p.resolve() for p in held}:
+            parser.error(f"--init-from {str(args.init_from)!r} is a file of the run --overwrite deletes; copy it "
+                         "out of --out first")
     if args.backbone_path is not None and not Path(args.backbone_path).is_dir():
         parser.error(f"--backbone-path: no such folder: {args.backbone_path!r} (a local Hugging Face model folder; "
                      "nothing is downloaded)")

@@ -59,12 +59,18 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+RUN_MARKS = ("last.pt", "log.csv", "best.pt")  # with stage<n>.pt: a folder holding these holds a run
+
+
 def run_files(out: Path) -> list[Path]:
-    """The files (and TensorBoard folder) of a run that ``out`` holds; empty for a new folder."""
+    """The files (and TensorBoard folder) of the run that ``out`` holds; empty when it holds none (a new folder,
+    or one where only ``config.json`` was written before a check failed)."""
     if not out.is_dir():
         return []
-    names = ("last.pt", "log.csv", "best.pt", "config.json", "tensorboard")
-    return sorted([out / n for n in names if (out / n).exists()] + list(out.glob("stage*.pt")))
+    marks = [out / n for n in RUN_MARKS if (out / n).exists()] + sorted(out.glob("stage*.pt"))
+    if not marks:
+        return []
+    return sorted(marks + [out / n for n in ("config.json", "tensorboard") if (out / n).exists()])
 
 
 def check_batch(cfg: TrainConfig, world: int) -> None:
@@ -125,6 +131,10 @@ def train(
         raise FileExistsError(
             f"{str(out)!r} holds a run ({', '.join(p.name for p in held[:4])}): resume it, or overwrite it"
         )
+    if overwrite and not resume and init_from is not None and Path(init_from).resolve() in {
+        p.resolve() for p in held
+    }:
+        raise ValueError(f"init_from {str(init_from)!r} is a file of the run that overwrite deletes; copy it first")
     d = dd.setup(cfg.device)
     try:
         if overwrite and not resume and d.main:
@@ -163,9 +173,6 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
             )
         model.load_state_dict(state["model"])
     pos: Position = state["position"] if state else Position()
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
     if cfg.train_data:
         data = OfficialData(cfg.train_data, cfg.task, cfg.segment_size, cfg.seed)
     else:
@@ -175,6 +182,9 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
     data.check(([0] if cfg.stages[0] == 0 else []) + list(range(1, cfg.stages[-1] + 1)))
     for n in cfg.stages:
         check_validation(cfg.task, n * cfg.segment_size, split=cfg.eval_split, seed=cfg.eval_seed)
+    if d.main:  # after the checks: a run they stop leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
     if state is not None and pos.step == 0:
         state = None  # saved at a stage end: the next stage starts afresh from the best weights
     ddp = dd.wrap(LossModule(model, cfg), d)

@@ -105,6 +105,11 @@ def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert '"finished": false' in err, "the summary says an unfinished run, --no-progress or not"
     assert not (out / "stage99.pt").exists() and len(list(csv.DictReader(open(out / "log.csv")))) == 1
+    with pytest.raises(SystemExit) as e:  # its own best.pt would be deleted before it is read
+        main(["train", "--preset", "tiny", "--task", "qa1", "--out", str(out), "--overwrite", "--init-from",
+              str(out / "best.pt"), *FAST])
+    assert e.value.code == 2 and "a file of the run --overwrite deletes" in capsys.readouterr().err
+    assert (out / "best.pt").is_file()
 
 
 def test_init_from_takes_a_save_pretrained_folder_and_backbone_path_must_exist(tmp_path, capsys):
@@ -126,3 +131,6 @@ def test_validation_without_samples_fails_before_training(tmp_path, capsys):
                str(tmp_path / "x"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "validation of qa3 at 64 tokens" in err and not (tmp_path / "x" / "log.csv").exists()
+    assert not (tmp_path / "x" / "config.json").exists()  # nothing left that would count as a run
+    assert main(["train", "--preset", "tiny", "--task", "qa3", "--stages", "4", "--out", str(tmp_path / "x"),
+                 "--time-limit", "0", *FAST]) == 0
