@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from babilong_fast.cli import eval as eval_mod
 from babilong_fast.cli.main import main
+from babilong_fast.data.dataset import BabilongGenerator
+from babilong_fast.data.official import write_official
 from babilong_fast.data.tokenizer import get_tokenizer
 from babilong_fast.models import ARMT, RMT, CheckpointError, load_model, save_model
 from babilong_fast.models.compiled_step import CompiledStep
@@ -408,3 +412,51 @@ def test_eval_on_official_files(ckpts, tmp_path, capsys):
         main(["eval", "--checkpoint", str(ckpts["rmt"]), "--data", str(tmp_path / "official"), "--tasks", "qa3",
               "--lengths", "0k", "--n", "1", "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and "--data: " in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_eval_data_errors_and_batches(ckpts, tmp_path, capsys):
+    """--data: only local paths (a Hub name is not downloaded), an unlabelled file is one cell, an empty input names
+    its record; official records are held one batch at a time; a cell in two layouts is warned of once."""
+    from babilong_fast.cli.eval import batches_by_shape
+
+    def run(data, tasks="qa1", lengths="0k", n="1"):
+        return main(["eval", "--checkpoint", str(ckpts["rmt"]), "--data", str(data), "--tasks", tasks, "--lengths",
+                     lengths, "--n", n, "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
+
+    for bad, says in ((Path("RMT-team/babilong"), "does not exist (a local folder or file; nothing is downloaded)"),):
+        with pytest.raises(SystemExit) as e:
+            run(bad)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps([{"input": "Mary went home.", "question": "Where is Mary? ", "target": "home"},
+                                {"input": " ", "question": "Where is Mary? ", "target": "home"}]))
+    with pytest.raises(SystemExit) as e:
+        run(mine, tasks="qa1,qa2")
+    assert e.value.code == 2 and "does not say its task" in capsys.readouterr().err
+    assert run(mine) == 0
+    assert run(mine, n="2") == 1 and "record 1 has an empty input" in capsys.readouterr().err
+
+    class Sample:
+        def __init__(self, num_tokens):
+            self.num_tokens = num_tokens
+
+        def question_ids(self):
+            return [1, 2]
+
+    taken = []
+
+    def records():
+        for i in range(10):
+            taken.append(i)
+            yield Sample(100 + i)  # every context a different length: every group of one
+
+    for group in batches_by_shape(records(), 10, 4, max_held=4):
+        assert len(taken) - group[0][0] <= 4, "at most one batch of records held"
+    assert taken == list(range(10))
+    samples = BabilongGenerator("qa1", "1k", seed=3).take(2)
+    write_official(samples, tmp_path / "two", "1k", "qa1")
+    write_official(samples, tmp_path / "two", "1k", "qa1", layout="1k-samples")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(tmp_path / "two", lengths="1k") == 0
+    assert len([w for w in caught if "is in several files" in str(w.message)]) == 1

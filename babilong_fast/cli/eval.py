@@ -21,7 +21,8 @@ the scores equal ``--batch 1``'s. ``results.json`` also keeps every sample's dec
 ``--data PATH`` scores official BABILong files instead (a folder in the ``RMT-team/babilong`` layout,
 ``data/qaN/<len>.json``, or the ``babilong-1k-samples`` Parquet layout, or one file): the first ``n`` records of
 each task × length, the context encoded as one text and the question alone, in the same format
-(``context ‖ question ‖ GEN``); ``--split`` and ``--seed`` then do not apply.
+(``context ‖ question ‖ GEN``); ``--split`` and ``--seed`` then do not apply. Their contexts differ in length, so
+``--batch`` groups only records of equal lengths, holding at most one batch of records at a time.
 
 Example::
 
@@ -41,6 +42,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from babilong_fast import __version__
@@ -50,7 +52,7 @@ from babilong_fast.data.builder import BabilongSample
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import FINETUNE_MARGIN
 from babilong_fast.data.metric import exact_match_finetuned
-from babilong_fast.data.official import OFFICIAL_LENGTHS, OfficialSample, iter_official
+from babilong_fast.data.official import OFFICIAL_LENGTHS, OfficialSample, iter_official, labels_from_path
 from babilong_fast.data.tokenizer import EOS_ID, get_tokenizer
 from babilong_fast.engine.stream import StreamRunner
 from babilong_fast.progress_bar import StderrBar
@@ -95,7 +97,7 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument(
         "--batch", type=positive_int, default=1,
-        help="samples streamed together (rows of one batch; grouped by question length; default 1)",
+        help="samples streamed together (rows of one batch; grouped by context and question length; default 1)",
     )
     p.add_argument(
         "--device", default=None, choices=("cpu", "cuda"),
@@ -130,10 +132,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 class RecordSample:
-    """An official record as eval streams it: the context encoded as one text, the question encoded alone."""
+    """An official record as eval streams it: the context encoded as one text (kept as int32: 4 bytes a token),
+    the question encoded alone."""
 
-    def __init__(self, record: OfficialSample, tok) -> None:
-        self.ids, self.question, self.target, self._tok = tok.encode(record.input), record.question, record.target, tok
+    def __init__(self, record: OfficialSample, tok, where: str) -> None:
+        if not record.input.strip():
+            raise ValueError(f"{where} has an empty input: nothing to stream before the question")
+        self.ids = np.asarray(tok.encode(record.input), dtype=np.int32)
+        self.question, self.target, self._tok = record.question, record.target, tok
 
     @property
     def num_tokens(self) -> int:
@@ -141,20 +147,31 @@ class RecordSample:
 
     def iter_chunks(self, chunk_tokens: int = 4096) -> Iterator[list[int]]:
         for i in range(0, len(self.ids), chunk_tokens):
-            yield self.ids[i : i + chunk_tokens]
+            yield self.ids[i : i + chunk_tokens].tolist()
 
     def question_ids(self) -> list[int]:
         return self._tok.encode(self.question)
 
 
 def official_samples(path: Path, task: str, length: str) -> Iterator[RecordSample]:
-    """The records of ``task`` at ``length`` in the official files at ``path``, encoded lazily."""
+    """The records of ``task`` at ``length`` in the official files at ``path``, encoded one at a time."""
     tok = get_tokenizer()
-    return (RecordSample(r, tok) for r in iter_official(path, length=length, task=task))
+    for i, r in enumerate(iter_official(path, length=length, task=task)):
+        yield RecordSample(r, tok, f"--data {str(path)!r}: {task} {length} record {i}")
 
 
 def check_official_cells(parser: argparse.ArgumentParser, path: Path, tasks: list[str], lengths: list[str]) -> None:
-    """Every task × length has a first record in the files at ``path``, else a parser error (nothing loaded)."""
+    """Every task × length has a first record in the local files at ``path``, else a parser error (nothing
+    loaded, nothing downloaded). A single file must name its task and length in its path (``qaN/<len>.json``)
+    unless one of each is asked for: it is read as that cell."""
+    if not path.exists():
+        parser.error(f"--data: {str(path)!r} does not exist (a local folder or file; nothing is downloaded)")
+    if path.is_file():
+        task, length = labels_from_path(path)
+        for name, label, asked in (("task", task, tasks), ("length", length, lengths)):
+            if not label and len(asked) > 1:
+                parser.error(f"--data {str(path)!r} does not say its {name} (qaN/<len>.json does): give one "
+                             f"--{name}s value, not {','.join(asked)}")
     for task in tasks:
         for length in lengths:
             try:
@@ -166,16 +183,22 @@ def check_official_cells(parser: argparse.ArgumentParser, path: Path, tasks: lis
 
 
 def batches_by_shape(
-    samples: Iterable[BabilongSample], n: int, batch: int
+    samples: Iterable[BabilongSample], n: int, batch: int, max_held: int | None = None
 ) -> Iterator[list[tuple[int, BabilongSample]]]:
     """The first ``n`` of ``samples`` as ``(position, sample)`` batches of at most ``batch`` rows that share context
-    and question lengths."""
+    and question lengths. With ``max_held``, no more samples are held than that: the largest group goes first
+    (official records, whose contexts differ in length, each their own group, are held one batch at a time)."""
     groups: dict[tuple[int, int], list[tuple[int, BabilongSample]]] = {}
+    held = 0
     for pos, sample in enumerate(itertools.islice(samples, n)):
         key = (sample.num_tokens, len(sample.question_ids()))
         group = groups.setdefault(key, [])
         group.append((pos, sample))
-        if len(group) == batch:
+        held += 1
+        if len(group) == batch or (max_held is not None and held >= max_held):
+            if len(group) < batch:
+                key = max(groups, key=lambda k: len(groups[k]))
+            held -= len(groups[key])
             yield groups.pop(key)
     yield from groups.values()
 
@@ -205,11 +228,12 @@ def evaluate_cell(
     e.g. :func:`official_samples`); also seconds, tokens/s and the decoded predictions (in the samples' order)."""
     gen = samples if samples is not None else BabilongGenerator(task, length, split=split, seed=seed,
                                                                 margin=FINETUNE_MARGIN)
+    max_held = None if samples is None else batch  # official records hold their ids: at most one batch at a time
     tok = get_tokenizer()
     correct = tokens = done = 0
     seconds = 0.0
     outputs: dict[int, str] = {}
-    for group in batches_by_shape(gen, n, batch):
+    for group in batches_by_shape(gen, n, batch, max_held):
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)
         t0 = time.perf_counter()
@@ -300,13 +324,15 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     model = _check_model(model, kind, args.checkpoint)
     runner = StreamRunner(model, device=args.device, progress=False, compile=args.compile)
-    if args.compile:  # compile outside the cells' timing: a dummy batch of the first groups' shape
+    if args.compile:  # compile outside the cells' timing: dummy batches of the batch sizes the cells will run
         t0 = time.perf_counter()
-        rows = min(args.batch, args.n)
-        state = runner.prefill(torch.zeros(rows, 2 * model.segment_size, dtype=torch.long))
-        runner.answer(torch.zeros(rows, 1, dtype=torch.long), state=state, max_new_tokens=2, eos_token_id=EOS_ID)
-        print(f"babilong-fast eval: compiled the streaming step in {time.perf_counter() - t0:.1f} s (not counted "
-              "in the cells' timing)", file=sys.stderr)
+        full = min(args.batch, args.n)
+        sizes = {full, args.n % args.batch or full} | ({1} if args.data is not None else set())
+        for rows in sorted(sizes):
+            state = runner.prefill(torch.zeros(rows, 2 * model.segment_size, dtype=torch.long))
+            runner.answer(torch.zeros(rows, 1, dtype=torch.long), state=state, max_new_tokens=2, eos_token_id=EOS_ID)
+        print(f"babilong-fast eval: compiled the streaming step for batch size(s) {sorted(sizes)} in "
+              f"{time.perf_counter() - t0:.1f} s (not counted in the cells' timing)", file=sys.stderr)
     env = {
         "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
         "device": str(runner.device), "torch_version": torch.__version__, "batch": args.batch,
@@ -345,8 +371,10 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     _write_results(args.out, rows, {**doc, "complete": True})
-    source = f"{args.split}, seed={args.seed}" if args.data is None else f"official files {args.data.name}"
-    title = f"{kind.upper()} {args.checkpoint.name}\nexact-match accuracy % ({source}, n={args.n})"
+    source = f"{args.split}, seed={args.seed}" if args.data is None else f"official {args.data.resolve().name}"
+    counts = {r["n"] for r in rows}
+    n_text = f"n={args.n}" if counts == {args.n} else f"n={min(counts)}..{max(counts)} of {args.n} asked"
+    title = f"{kind.upper()} {args.checkpoint.name}\nexact-match accuracy % ({source}, {n_text})"
     try:
         write_heatmap(rows, args.tasks, args.lengths, args.out / "heatmap.png", title)
         wrote = "results.json, heatmap.png"

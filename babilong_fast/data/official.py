@@ -265,7 +265,7 @@ def read_file(path: str | Path, task: str = "", length: str = "") -> Iterator[Of
             the message names the file and the record index.
     """
     p = Path(path)
-    guess_task, guess_length = _labels_from_path(p)
+    guess_task, guess_length = labels_from_path(p)
     task, length = task or guess_task, length or guess_length
     if p.suffix == ".parquet":
         records = _iter_parquet_records(p)
@@ -297,7 +297,7 @@ def _length_of(name: str) -> str:
         return ""
 
 
-def _labels_from_path(p: Path) -> tuple[str, str]:
+def labels_from_path(p: Path) -> tuple[str, str]:
     """(task, length) from a path's place in either layout; "" where it says nothing."""
     if p.suffix == ".parquet":
         task = p.name.split("-")[0]
@@ -311,9 +311,16 @@ def scan_folder(root: str | Path) -> dict[tuple[str, str], list[Path]]:
     Recognised: ``[data/]qaN/<len>.json`` (or ``.jsonl``) and ``<len>/qaN-*.parquet`` (shards in name order).
     Other files are ignored. The released dataset holds both layouts: a ``(task, length)`` present in several is
     read from one only, the first of ``data/qaN/<len>.json``, ``.jsonl``, ``qaN/<len>.json``, ``.jsonl``, the
-    Parquet shards (a warning names what is skipped), so no record is read twice.
+    Parquet shards (:func:`iter_official` warns once of what it skips), so no record is read twice.
     """
-    root = Path(root)
+    return _scan(Path(root))[0]
+
+
+_WARNED_SKIPS: set[tuple[str, tuple[str, str]]] = set()
+
+
+def _scan(root: Path) -> tuple[dict[tuple[str, str], list[Path]], dict[tuple[str, str], str]]:
+    """:func:`scan_folder`'s files, and per ``(task, length)`` read from one of several layouts, what says so."""
     sources: dict[tuple[str, str], list[list[Path]]] = {}  # per key, each layout's files, in preference order
     for base in (root / "data", root):
         if not base.is_dir():
@@ -322,7 +329,7 @@ def scan_folder(root: str | Path) -> dict[tuple[str, str], list[Path]]:
             if not (tdir.is_dir() and tdir.name in OFFICIAL_TASKS):
                 continue
             for f in sorted(tdir.iterdir(), key=lambda f: (f.stem, f.suffix != ".json")):
-                task, length = _labels_from_path(f)
+                task, length = labels_from_path(f)
                 if f.is_file() and f.suffix in (".json", ".jsonl") and length:
                     sources.setdefault((task, length), []).append([f])
     for ldir in sorted(root.iterdir()):
@@ -330,21 +337,18 @@ def scan_folder(root: str | Path) -> dict[tuple[str, str], list[Path]]:
             continue
         shards: dict[tuple[str, str], list[Path]] = {}
         for f in sorted(ldir.glob("qa*.parquet")):
-            task, length = _labels_from_path(f)
+            task, length = labels_from_path(f)
             if task and length:
                 shards.setdefault((task, length), []).append(f)
         for key, files in shards.items():
             sources.setdefault(key, []).append(files)
-    found = {}
+    found, notes = {}, {}
     for key, layouts in sources.items():
         found[key] = layouts[0]
         if skipped := [str(f.relative_to(root)) for files in layouts[1:] for f in files]:
-            warnings.warn(
-                f"{key[0]} at {key[1]} is in several files of {str(root)!r}: reading "
-                f"{', '.join(str(f.relative_to(root)) for f in layouts[0])}, skipping {', '.join(skipped)}",
-                RuntimeWarning, stacklevel=2,
-            )
-    return dict(sorted(found.items(), key=lambda kv: _sort_key(kv[0])))
+            notes[key] = (f"{key[0]} at {key[1]} is in several files of {str(root)!r}: reading "
+                          f"{', '.join(str(f.relative_to(root)) for f in layouts[0])}, skipping {', '.join(skipped)}")
+    return dict(sorted(found.items(), key=lambda kv: _sort_key(kv[0]))), notes
 
 
 def _select(length: Any, task: Any, split: Any) -> tuple[list[str] | None, list[str] | None]:
@@ -383,7 +387,7 @@ def iter_official(
             f"babilong-1k-samples (<len>/qaN-*.parquet), a .json/.jsonl/.parquet file, or one of {HUB_NAMES}"
         )
     if root.is_file():
-        guess_task, guess_length = _labels_from_path(root)
+        guess_task, guess_length = labels_from_path(root)
         for name, wanted, guess in (("task", tasks, guess_task), ("length", lengths, guess_length)):
             if wanted and guess and guess not in wanted:  # a filter, never a relabelling of another task's file
                 raise FileNotFoundError(f"{str(root)!r} holds {name} {guess} (by its path), not {', '.join(wanted)}")
@@ -391,7 +395,7 @@ def iter_official(
         label_length = guess_length or (lengths[0] if lengths and len(lengths) == 1 else "")
         yield from read_file(root, label_task, label_length)
         return
-    found = scan_folder(root)
+    found, notes = _scan(root)
     if not found:
         raise FileNotFoundError(
             f"no BABILong files under {str(root)!r}: expected data/qaN/<len>.json (RMT-team/babilong) or "
@@ -409,6 +413,9 @@ def iter_official(
             f"{str(root)!r} has no file for task(s) {tasks or have_tasks} at length(s) {lengths or have_lengths}"
         )
     for key in keys:
+        if key in notes and (str(root), key) not in _WARNED_SKIPS:  # once per folder and cell
+            _WARNED_SKIPS.add((str(root), key))
+            warnings.warn(notes[key], RuntimeWarning, stacklevel=2)
         for f in found[key]:
             yield from read_file(f, *key)
 
@@ -669,5 +676,5 @@ def write_official(
 __all__ = [
     "FIELDS", "HUB_NAMES", "LAYOUTS", "OFFICIAL_LENGTHS", "OFFICIAL_TASKS", "OfficialFormatError",
     "OfficialSample", "check_length", "check_task", "from_hub", "iter_official", "load_official", "official_path",
-    "read_file", "scan_folder", "stream_text", "write_official",
+    "labels_from_path", "read_file", "scan_folder", "stream_text", "write_official",
 ]
