@@ -68,11 +68,11 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on ``sub`` (the subparsers of ``babilong-fast``)."""
     p = sub.add_parser(
         "eval",
-        help="score an ARMT/RMT/Mamba checkpoint on generated BABILong samples (accuracy heatmap)",
+        help="score an ARMT/RMT/Mamba checkpoint on BABILong samples, generated or official (accuracy heatmap)",
         description=(
-            "Generate n fine-tuning-format samples (margin 20) per task and length, answer them greedily with the "
-            "checkpoint's model, score by exact match (answer then end-of-text) and write OUT/results.csv, "
-            "OUT/results.json and OUT/heatmap.png."
+            "Generate n fine-tuning-format samples (margin 20) per task and length, or read the first n records of "
+            "official files (--data), answer them greedily with the checkpoint's model, score by exact match "
+            "(answer then end-of-text) and write OUT/results.csv, OUT/results.json and OUT/heatmap.png."
         ),
     )
     p.add_argument(
@@ -92,8 +92,9 @@ def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
         help="score official BABILong files (a folder: data/qaN/<len>.json or <len>/qaN-*.parquet; or one file) "
              "instead of generated samples: the first --n records of each task and length",
     )
-    p.add_argument("--split", choices=("train", "test"), default="test", help="bAbI pool and books (default test)")
-    p.add_argument("--seed", type=int, default=0, help="stream seed (default 0)")
+    p.add_argument("--split", choices=("train", "test"), default="test",
+                   help="bAbI pool and books of generated samples (default test; not with --data)")
+    p.add_argument("--seed", type=int, default=0, help="stream seed of generated samples (default 0; not with --data)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument(
         "--batch", type=positive_int, default=1,
