@@ -53,7 +53,7 @@ from torch import nn
 from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models import ARMT, RMT
-from babilong_fast.models._common import check_input_ids, segment_bounds
+from babilong_fast.models._common import check_input_ids, check_token_range, segment_bounds
 from babilong_fast.models.reference import (
     LEFT_ALIGNMENTS,
     RMT_WRAPPER_LIGHT,
@@ -340,6 +340,7 @@ def _run_forward(
     _sync_modes(rec, model)
     fast = rec.fast
     ids = check_input_ids(input_ids)
+    check_token_range(ids, fast.vocab_size)  # a clear error, not an embedding IndexError or a device assert
     bounds = segment_bounds(ids.shape[1], rec.segment_size)
     state = fast.init_state(ids.shape[0], ids.device)
     seg_logits = []
@@ -436,6 +437,7 @@ def _run_generate(
     _sync_modes(rec, model)
     fast = rec.fast
     ids = check_input_ids(input_ids)
+    check_token_range(ids, fast.vocab_size)  # a clear error, not an embedding IndexError or a device assert
     bounds = segment_bounds(ids.shape[1], rec.segment_size)
     state = fast.init_state(ids.shape[0], ids.device)
     for a, b in bounds[:-1]:

@@ -548,6 +548,16 @@ def test_patched_wrapper_follows_replaced_parameters(kind):
         assert wrapper(ids) == "original forward"
 
 
+def test_patched_calls_refuse_ids_outside_the_vocabulary():
+    wrapper = patch_recurrent(stand_in_rmt())
+    ids = torch.randint(0, VOCAB - 1, (1, 2 * SEG + 1))
+    ids[0, SEG + 2] = VOCAB  # one past the end: the reference fails in its embedding (or a device assert)
+    with pytest.raises(ValueError, match=rf"input_ids must lie in \[0, {VOCAB}\)"):
+        wrapper(ids)
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        wrapper.generate(ids, torch.ones_like(ids), max_new_tokens=2)
+
+
 def test_forward_fallbacks_warn_once():
     wrapper = stand_in_rmt(k2=2, max_n_segments=16)
     patch_recurrent(wrapper)
