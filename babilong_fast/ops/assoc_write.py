@@ -102,8 +102,10 @@ def _check(mem, w_k, w_v, w_b, b_b, A, z, nu, eps) -> tuple[int, float]:
     check_same_device(mem=mem, w_k=w_k, w_v=w_v, w_b=w_b, b_b=b_b, A=A, z=z)
     B, _, d = mem.shape
     n = w_k.shape[0]
-    if w_k.shape[1] != d:
-        raise ValueError(f"w_k must have shape (d_mem, d) with d = mem.shape[-1] = {d}; got {tuple(w_k.shape)}")
+    if w_k.shape[1] != d or n < 1:  # as assoc_read: d_mem = 0 has no features to write with
+        raise ValueError(
+            f"w_k must have shape (d_mem, d), d_mem >= 1, d = mem.shape[-1] = {d}; got {tuple(w_k.shape)}"
+        )
     if w_v.shape != (d, d):
         raise ValueError(f"w_v must have shape (d, d) = ({d}, {d}); got {tuple(w_v.shape)}")
     if w_b.shape != (1, d):

@@ -392,6 +392,7 @@ def test_assoc_write_bad_input():
         (TypeError, "A", dict(A=A.half())),
         (TypeError, "z", dict(z=z.double())),
         (ValueError, "w_k", dict(w_k=w_k[:, :-1].contiguous())),
+        (ValueError, "d_mem >= 1", dict(w_k=w_k[:0], A=A[:, :0], z=z[:, :0])),  # as assoc_read refuses it
         (ValueError, "w_v", dict(w_v=w_v[:-1].contiguous())),
         (ValueError, "w_b", dict(w_b=w_b.t().contiguous())),
         (ValueError, "b_b", dict(b_b=torch.zeros(2))),
