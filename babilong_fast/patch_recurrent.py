@@ -237,15 +237,17 @@ def _shared_objects(model: nn.Module) -> tuple[Any, ...]:
     return tuple(objs)
 
 
+def _same_objects(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 def _refresh(rec: _Patch, model: nn.Module) -> str | None:
     """Rebuild ``rec.fast`` when the wrapper's parameters or modules were replaced since it was built; returns
     why the original must run instead when ``from_reference`` refuses the new ones."""
     shared = _shared_objects(model)
-    if len(shared) == len(rec.shared) and all(a is b for a, b in zip(shared, rec.shared, strict=True)):
+    if _same_objects(shared, rec.shared):
         return None
-    if rec.stale is not None and len(shared) == len(rec.stale[0]) and all(
-        a is b for a, b in zip(shared, rec.stale[0], strict=True)
-    ):
+    if rec.stale is not None and _same_objects(shared, rec.stale[0]):
         return rec.stale[1]
     try:
         fast = _build(model, rec.kind, getattr(rec.fast, "backend", "auto"))

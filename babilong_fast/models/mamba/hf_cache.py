@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from babilong_fast.models.mamba.parts import HF_MODULE
+
 
 @functools.lru_cache(maxsize=1)
 def linear_cache_supported() -> bool:
@@ -91,8 +93,7 @@ def cache_keyword(model_cls: type) -> str:
     """The keyword that ``model_cls.forward`` takes the cache by: ``cache`` or (older) ``cache_params``, read from
     transformers' class (a subclass's forward may take ``**kwargs``). Cached per class: the stock Mamba loop asks
     once per token."""
-    stock = next((c for c in model_cls.__mro__ if c.__module__ == "transformers.models.mamba.modeling_mamba"),
-                 model_cls)
+    stock = next((c for c in model_cls.__mro__ if c.__module__ == HF_MODULE), model_cls)
     return "cache" if "cache" in inspect.signature(stock.forward).parameters else "cache_params"
 
 

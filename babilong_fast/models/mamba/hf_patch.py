@@ -75,8 +75,7 @@ def _unsupported(backbone: nn.Module, parts: MambaParts, output_hidden_states, c
     if output_hidden_states if output_hidden_states is not None else backbone.config.output_hidden_states:
         return True
     if cache is not None:
-        funcs = _checkpoint_funcs(backbone)
-        if funcs is not None and hf_cache.checkpointing_drops_cache(type(backbone.layers[0])):
+        if _checkpoint_funcs(backbone) is not None and hf_cache.checkpointing_drops_cache(type(backbone.layers[0])):
             return True  # the checkpointed blocks neither read nor write it (transformers 5.24)
         if not hf_cache.is_linear_cache(cache):
             return True
