@@ -15,6 +15,16 @@ def fused_needs_autograd(chosen: str, *tensors: torch.Tensor | None) -> bool:
     return chosen != "torch" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def mark_constant_outputs(
+    ctx, outputs: Sequence[torch.Tensor | None], depends_on: Sequence[Sequence[int]]
+) -> None:
+    """Mark as non-differentiable each output whose inputs (``depends_on``: indices into the forward's
+    arguments) need no gradient, so that it does not require grad where the reference's would not."""
+    for out, deps in zip(outputs, depends_on, strict=True):
+        if out is not None and not any(ctx.needs_input_grad[i] for i in deps):
+            ctx.mark_non_differentiable(out)
+
+
 def leaves(saved: Sequence[torch.Tensor | None], needs: Sequence[bool]) -> list[torch.Tensor | None]:
     """Detached copies of the saved inputs that require grad where the forward's inputs needed one."""
     return [None if t is None else t.detach().requires_grad_(need) for t, need in zip(saved, needs, strict=True)]

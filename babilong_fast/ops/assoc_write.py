@@ -27,7 +27,12 @@ from babilong_fast.ops._checks import (
     check_same_device,
     check_tensor,
 )
-from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
+from babilong_fast.ops._reference_backward import (
+    fused_needs_autograd,
+    leaves,
+    mark_constant_outputs,
+    reference_grads,
+)
 from babilong_fast.ops.dpfp import dpfp
 
 IMPLEMENTED = ("cuda", "triton", "torch")
@@ -158,7 +163,10 @@ class AssocWriteFunction(torch.autograd.Function):
                 backend: str):
         ctx.save_for_backward(mem, w_k, w_v, w_b, b_b, A, z)
         ctx.nu, ctx.eps, ctx.correction, ctx.first_segment = nu, eps, correction, first_segment
-        return _fwd(backend, mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
+        A_new, z_new = _fwd(backend, mem, w_k, w_v, w_b, b_b, A, z, nu, eps, correction, first_segment)
+        A_deps = (0, 1, 2, 3, 4, 5) if first_segment else (0, 1, 2, 3, 4, 5, 6)  # z: via the recall, not on the first
+        mark_constant_outputs(ctx, (A_new, z_new), (A_deps, (0, 1, 6)))  # z_new: from mem, w_k and z alone
+        return A_new, z_new
 
     @staticmethod
     def backward(ctx, grad_A, grad_z):

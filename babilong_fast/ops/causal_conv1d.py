@@ -14,7 +14,12 @@ import torch.nn.functional as F
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
-from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
+from babilong_fast.ops._reference_backward import (
+    fused_needs_autograd,
+    leaves,
+    mark_constant_outputs,
+    reference_grads,
+)
 
 IMPLEMENTED = ("cuda", "triton", "torch")
 ACTIVATIONS = (None, "silu", "swish")
@@ -126,7 +131,9 @@ class CausalConv1dFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, initial_state)
         ctx.activation = activation
         ctx.set_materialize_grads(False)
-        return _fwd(backend, x, weight, bias, initial_state, True, activation)
+        out, final = _fwd(backend, x, weight, bias, initial_state, True, activation)
+        mark_constant_outputs(ctx, (final,), ((0, 3),))  # final_state: inputs only, not weight or bias
+        return out, final
 
     @staticmethod
     def backward(ctx, grad_out, grad_final):

@@ -15,7 +15,12 @@ import torch.nn.functional as F
 
 from babilong_fast.backends import Backend, extension_function, resolve_backend
 from babilong_fast.ops._checks import HALF_AND_FLOAT, check_same_device, check_tensor
-from babilong_fast.ops._reference_backward import fused_needs_autograd, leaves, reference_grads
+from babilong_fast.ops._reference_backward import (
+    fused_needs_autograd,
+    leaves,
+    mark_constant_outputs,
+    reference_grads,
+)
 
 IMPLEMENTED = ("cuda", "triton", "torch")
 MAX_DSTATE = 256
@@ -326,7 +331,9 @@ class SelectiveScanFunction(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
         ctx.delta_softplus = delta_softplus
         ctx.set_materialize_grads(False)
-        return _fwd(backend, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True)
+        out, last = _fwd(backend, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True)
+        mark_constant_outputs(ctx, (last,), ((0, 1, 2, 3, 7, 8),))  # last_state: not from C, D or z
+        return out, last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):

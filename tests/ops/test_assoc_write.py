@@ -360,6 +360,22 @@ def test_assoc_write_grad_of_one_input(backend, device, name):
     assert_close(f"d{name}", ref_args[i].grad, leaf.grad, 1e-5)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("first", [False, True], ids=["later", "first"])
+@pytest.mark.parametrize("name", NAMES)
+def test_assoc_write_outputs_require_grad_as_the_reference(backend, device, first, name):
+    """One input trained: A_new and z_new require grad exactly where the reference's do (z_new only from mem,
+    w_k and z; A_new not from z on the first segment)."""
+    args = make_inputs(2, 3, 16, 3, 2, z_scale=0.05, device=device)
+    i = NAMES.index(name)
+    args = [*args[:i], args[i].clone().requires_grad_(True), *args[i + 1:]]
+    got = assoc_write(*args, nu=2, first_segment=first, backend=backend)
+    want = assoc_write_ref(*args, nu=2, first_segment=first)
+    assert [t.requires_grad for t in got] == [t.requires_grad for t in want]
+    assert want[0].requires_grad == (name != "z" or not first)
+    assert want[1].requires_grad == (name in ("mem", "w_k", "z"))
+
+
 @requires_triton
 @pytest.mark.triton
 def test_assoc_write_triton_small_tiles():

@@ -145,6 +145,17 @@ def test_causal_conv1d_grad_through_the_state_alone(backend, device, name):
     assert args[name].grad is not None and not args[name].grad.any()
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("name", ["x", "weight", "bias", "initial_state"])
+def test_causal_conv1d_outputs_require_grad_as_the_reference(backend, device, name):
+    """One input trained: final_state requires grad only from x or initial_state, as the reference's."""
+    args = make_inputs(2, 6, 11, 4, device=device)
+    args[name] = args[name].clone().requires_grad_()
+    got = causal_conv1d(**args, return_final_state=True, backend=backend)
+    want = causal_conv1d_ref(**args, return_final_state=True)
+    assert [t.requires_grad for t in got] == [t.requires_grad for t in want] == [True, name in ("x", "initial_state")]
+
+
 def test_causal_conv1d_matches_conv1d():
     """Same as a left-padded depthwise nn.Conv1d (Mamba's fallback) when there is no state."""
     x, w, b = torch.randn(2, 8, 13), torch.randn(8, 4), torch.randn(8)

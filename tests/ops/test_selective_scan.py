@@ -220,6 +220,18 @@ def test_selective_scan_grad_through_the_state_alone(backend, device, name):
     assert args[name].grad is not None and not args[name].grad.any()
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("name", GRAD_ARGS)
+def test_selective_scan_outputs_require_grad_as_the_reference(backend, device, name):
+    """One input trained: out and last_state require grad exactly where the reference's do (last_state not
+    from C, D or z)."""
+    args = make_inputs(2, 6, 7, 5, "grouped", device=device)
+    args[name] = args[name].clone().requires_grad_()
+    got = selective_scan(**args, return_last_state=True, backend=backend)
+    want = selective_scan_ref(**args, return_last_state=True)
+    assert [t.requires_grad for t in got] == [t.requires_grad for t in want] == [True, name not in "CDz"]
+
+
 def test_selective_scan_returns():
     args = make_inputs(2, 4, 6, 3, "varying", options=())
     out = selective_scan(**args)
