@@ -136,6 +136,7 @@ def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT
         ValueError: a bad ``backend`` or ``chunk_size``; a model inside a patched model, or holding one.
 
     Examples::
+        >>> import babilong_fast, torch
         >>> from transformers import MambaConfig, MambaForCausalLM
         >>> model = MambaForCausalLM(MambaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2)).eval()
         >>> model = babilong_fast.patch(model, chunk_size=512)

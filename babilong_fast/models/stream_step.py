@@ -218,10 +218,16 @@ def stream_step(
         the new state (``segments_seen + 1``); float32 tensors that own their memory.
 
     Examples::
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> backbone = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2))
+        >>> model, ids = ARMT(backbone, d_mem=8, segment_size=16).eval(), torch.randint(0, 100, (2, 40))
+        >>> ws = SegmentWorkspace()  # buffers reused from one segment to the next
         >>> with torch.inference_mode():
         ...     state = model.init_state(2)
-        ...     for seg in ids.split(model.segment_size, 1):
+        ...     for seg in ids.split(model.segment_size, 1):  # the last segment is short, as a stream's may be
         ...         state = stream_step(model, seg, state, ws)
+        >>> state.segments_seen
+        3
     """
     if fast_step_unsupported(model) is not None:
         return model.segment_forward(ids, None, state, write=True, return_logits=False)[2]
