@@ -1,6 +1,8 @@
 """Argument checks shared by the ops: fail early, in Python, naming the argument."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 HALF_AND_FLOAT = (torch.float32, torch.bfloat16, torch.float16)
@@ -44,6 +46,7 @@ def check_positive_int(name: str, v: object) -> int:
 
 
 def check_positive_float(name: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ValueError(f"{name} must be a number > 0, got {v!r}")
+    """``v`` as a float; ValueError unless it is a finite number > 0."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return float(v)

@@ -203,7 +203,9 @@ def _bad(**overrides):
         pytest.param({"z": torch.randn(2, 24, device="meta")}, ValueError, "one device", id="z-device"),
         pytest.param({"nu": 0}, ValueError, "nu must be an integer >= 1", id="nu-zero"),
         pytest.param({"nu": 2.5}, ValueError, "nu must be an integer >= 1", id="nu-float"),
-        pytest.param({"eps": 0.0}, ValueError, "eps must be a number > 0", id="eps-zero"),
+        pytest.param({"eps": 0.0}, ValueError, "eps must be a finite number > 0", id="eps-zero"),
+        pytest.param({"eps": float("inf")}, ValueError, "eps must be a finite number > 0", id="eps-inf"),
+        pytest.param({"eps": float("nan")}, ValueError, "eps must be a finite number > 0", id="eps-nan"),
         pytest.param({"h": [[1.0]]}, TypeError, "h must be a torch.Tensor", id="h-list"),
     ],
 )

@@ -421,8 +421,9 @@ def test_assoc_write_bad_input():
     for exc, name, over in cases:
         with pytest.raises(exc, match=name):
             call(**over)
-    with pytest.raises(ValueError, match="eps"):
-        assoc_write(mem, w_k, w_v, w_b, b_b, A, z, eps=0.0)
+    for eps in (0.0, float("inf"), float("nan")):  # inf: z_new all NaN (inf / inf) before
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            assoc_write(mem, w_k, w_v, w_b, b_b, A, z, eps=eps)
     # The cuda backend exists but needs the built extension and CUDA tensors: CPU tensors get the reason.
     why = r"assoc_write: backend 'cuda' is unavailable: .*(_C is not built|needs CUDA tensors)"
     with pytest.raises(BackendUnavailableError, match=why):

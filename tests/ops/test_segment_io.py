@@ -233,8 +233,9 @@ def test_rows_layer_norm_bad_input():
         rows_layer_norm(x, 0, 3, w, b, out=torch.empty(2, 4, 16))
     with pytest.raises(TypeError, match="out must have dtype float32"):
         rows_layer_norm(x, 0, 3, w, b, out=torch.empty(2, 3, 16, dtype=torch.bfloat16))
-    with pytest.raises(ValueError, match="eps must be a number > 0"):
-        rows_layer_norm(x, 0, 3, w, b, 0.0)
+    for eps in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            rows_layer_norm(x, 0, 3, w, b, eps)
     with pytest.raises(ValueError, match="contiguous"):
         rows_layer_norm(x.transpose(1, 2).contiguous().transpose(1, 2), 0, 3, w, b)
     with pytest.raises(ValueError, match="must be 3-D"):
