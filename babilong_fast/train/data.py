@@ -13,14 +13,15 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from babilong_fast.data.babi import iter_samples
+from babilong_fast.data.babi import BabiSample, draw_sample
 from babilong_fast.data.builder import FactsTooLongError, build_sample
 from babilong_fast.data.corpora import BundledNovels, TextSource
 from babilong_fast.data.lengths import FINETUNE_MARGIN, length_name, parse_length
 from babilong_fast.data.tokenizer import get_tokenizer
 from babilong_fast.train.format import Example, format_example
 
-MAX_TRIES = 1000
+MAX_TRIES = 1000  # bAbI samples a check draws, in a row, before it calls a segment count unservable
+DRAW_TRIES = 20_000  # attempts of one training draw: never reached where checks passed (see GeneratedData.check)
 
 
 class NoSamplesError(ValueError):
@@ -38,14 +39,20 @@ def draw_segments(seed: int, stage: int, index: int) -> int:
 class GeneratedData:
     """Training examples from the seeded bAbI generator (train split) and background books.
 
+    Draw ``index`` of stage ``stage`` builds its example from a bAbI sample addressed by ``(seed, stage, index)``
+    (:func:`~babilong_fast.data.babi.draw_sample`), so no two draws of a run share a story by construction and a
+    stage does not replay an earlier stage's stories. A sample too long for the drawn segment count (or with more
+    than ``max_facts`` facts) is replaced by the draw's next attempt, never by another draw's sample.
+
     Args:
         task: bAbI task.
         segment_size: tokens per segment.
         seed: data seed.
-        pool_size: if set, sample ``k`` reuses bAbI story ``k % pool_size`` and its built example is cached
-            (per segment count), so a long run cycles over a fixed pool; None draws a new story every time.
+        pool_size: if set, draw ``k`` of any stage takes pool entry ``k % pool_size`` (the same bAbI sample at
+            every segment count where it fits) and its built example is cached per segment count, so a long run
+            cycles over a fixed pool; None draws a new sample every time.
         background: background books (default: the bundled novels of the train split).
-        max_facts: only stories with at most this many facts (None: all).
+        max_facts: only bAbI samples with at most this many facts (None: all).
     """
 
     def __init__(
@@ -55,36 +62,30 @@ class GeneratedData:
         self.task, self.segment_size, self.seed, self.pool_size = task, segment_size, seed, pool_size
         self.max_facts = max_facts
         self.background = background or BundledNovels("train")
-        self._stories = iter_samples(task, "train", seed)
-        self._story_list: list = []
-        self._cache: dict[tuple[int, int], Example] = {}
+        self._cache: dict[tuple[str, int], Example] = {}
         self._tok = get_tokenizer()
 
-    def _story(self, j: int):
-        skipped = 0
-        while len(self._story_list) <= j:
-            story = next(self._stories)
-            if self.max_facts is None or len(story["facts"]) <= self.max_facts:
-                self._story_list.append(story)
-                skipped = 0
-            elif (skipped := skipped + 1) >= MAX_TRIES:  # in a row
-                raise NoSamplesError(f"task {self.task} has no story with at most {self.max_facts} facts "
-                                     f"in {MAX_TRIES} draws; raise max_facts")
-        return self._story_list[j]
+    def story(self, key: str, attempt: int = 0) -> BabiSample | None:
+        """The bAbI sample of draw ``key`` at ``attempt``; None when it has more than ``max_facts`` facts."""
+        b = draw_sample(self.task, "train", f"{self.seed}/{key}/{attempt}")
+        return None if self.max_facts is not None and len(b["facts"]) > self.max_facts else b
 
-    def example(self, story: int, segments: int) -> Example:
-        """The example built from bAbI story ``story`` (or the next ones that fit) at ``segments`` segments
-        (0: the facts alone, no background)."""
-        key = (story, segments)
-        if key in self._cache:
-            return self._cache[key]
-        length = segments * self.segment_size
-        for j in range(story, story + MAX_TRIES):
-            b = self._story(j)
+    def example(self, key: str, segments: int, tries: int = DRAW_TRIES) -> Example:
+        """The example of draw ``key`` at ``segments`` segments (0: the facts alone, no background): the first of
+        the draw's attempts (at most ``tries``) whose sample fits."""
+        cache_key = (key, segments)
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        length, short_enough = segments * self.segment_size, 0
+        for attempt in range(tries):
+            if (b := self.story(key, attempt)) is None:
+                continue
+            short_enough += 1
             try:
                 s = build_sample(
-                    b["facts"], b["question"], b["answer"], length, seed=f"train/{self.seed}/{j}/{segments}",
-                    margin=FINETUNE_MARGIN, background=self.background, task=self.task, tokenizer=self._tok,
+                    b["facts"], b["question"], b["answer"], length, margin=FINETUNE_MARGIN,
+                    seed=f"train/{self.seed}/{key}/{attempt}/{segments}", background=self.background, task=self.task,
+                    tokenizer=self._tok,
                 )
             except FactsTooLongError:
                 continue
@@ -92,23 +93,33 @@ class GeneratedData:
             if len(ex.input_ids) > max(length, self.segment_size):
                 continue
             if self.pool_size is not None:
-                self._cache[key] = ex
+                self._cache[cache_key] = ex
             return ex
+        if not short_enough:
+            raise NoSamplesError(f"task {self.task} has no sample with at most {self.max_facts} facts in {tries} "
+                                 "draws; raise max_facts")
         raise NoSamplesError(
             f"task {self.task} has no sample that fits {segments} segment(s) of {self.segment_size} tokens "
-            f"(length {length_name(length)} with the margin of {FINETUNE_MARGIN}) in {MAX_TRIES} stories; "
+            f"(length {length_name(length)} with the margin of {FINETUNE_MARGIN}) in {tries} draws; "
             "use a larger segment_size or another task"
         )
 
+    @staticmethod
+    def draw_key(stage: int, index: int, pool_size: int | None) -> str:
+        """The key of draw ``index`` of stage ``stage``: the pool entry, or the (stage, index) pair."""
+        return f"pool/{index % pool_size}" if pool_size is not None else f"{stage}/{index}"
+
     def get(self, stage: int, index: int) -> Example:
         """Sample ``index`` of the stage whose maximum is ``stage`` segments."""
-        story = index % self.pool_size if self.pool_size is not None else index
-        return self.example(story, draw_segments(self.seed, stage, index))
+        return self.example(self.draw_key(stage, index, self.pool_size), draw_segments(self.seed, stage, index))
 
     def check(self, segment_counts: Iterable[int]) -> None:
-        """NoSamplesError now for a segment count that no sample fits (not at its first draw, hours into a run)."""
+        """NoSamplesError now, not hours into a run, for a segment count that fewer than about one bAbI sample in
+        ``MAX_TRIES`` fits: four draws must each find theirs within ``MAX_TRIES`` attempts (a rate that passes
+        leaves a training draw, with ``DRAW_TRIES``, no real chance of failing)."""
         for n in segment_counts:
-            self.example(0, n)
+            for k in range(4):
+                self.example(f"check/{k}", n, MAX_TRIES)
 
     def batch(self, stage: int, indices: Sequence[int]) -> list[Example]:
         return [self.get(stage, k) for k in indices]
@@ -122,7 +133,8 @@ class OfficialData:
     lengths), else the longest length below it: with 512-token segments, 2 segments read ``1k``, 32 read
     ``16k`` and 1 reads ``0k`` (the facts alone). Stage 0 reads ``0k``. Records whose
     ``context ‖ question ‖ GEN ‖ answer ‖ EOS`` does not fit ``max(n, 1)`` segments are passed over for the
-    next one (contexts are never cut: a cut could drop a fact).
+    next one (contexts are never cut: a cut could drop a fact). Each pass over a file's records goes in its own
+    order, shuffled per (seed, stage, pass), so a stage does not replay an earlier stage's order.
     """
 
     def __init__(self, path: str, task: str, segment_size: int, seed: int = 0) -> None:
@@ -136,6 +148,7 @@ class OfficialData:
         self._records: dict[str, list] = {}
         self._tok = get_tokenizer()
         self._cache: dict[tuple[int, int], Example] = {}
+        self._orders: dict[tuple[int, int, int], list[int]] = {}
 
     def length_for(self, segments: int) -> str | None:
         """The length name a draw of ``segments`` reads (None for a single file)."""
@@ -186,9 +199,22 @@ class OfficialData:
             self._cache[key] = self._fitting(segments, start)
         return self._cache[key]
 
+    def _record_index(self, stage: int, index: int, count: int) -> int:
+        """The record draw ``index`` of ``stage`` reads among ``count``: pass ``index // count`` over them, in an
+        order shuffled per (seed, stage, pass)."""
+        key = (stage, count, index // count)
+        if key not in self._orders:
+            order = list(range(count))
+            random.Random(f"babilong_fast/train/official/{self.seed}/{stage}/{key[2]}").shuffle(order)
+            if len(self._orders) >= 64:  # a few files' current passes
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[key] = order
+        return self._orders[key][index % count]
+
     def get(self, stage: int, index: int) -> Example:
+        """Sample ``index`` of the stage whose maximum is ``stage`` segments."""
         segments = draw_segments(self.seed, stage, index)
-        return self._example(segments, index % len(self._records_for(segments)))
+        return self._example(segments, self._record_index(stage, index, len(self._records_for(segments))))
 
     def check(self, segment_counts: Iterable[int]) -> None:
         """NoSamplesError now for a segment count that no record serves (not at its first draw, hours into a run);

@@ -16,7 +16,7 @@ import torch
 from babilong_fast.models.checkpoint import TRAIN_STATE_FORMAT
 
 STATE_FORMAT = TRAIN_STATE_FORMAT
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: draws address their bAbI samples by (seed, stage, index): a 1 resumes on other data
 
 
 @dataclass
@@ -96,7 +96,9 @@ def load_state(path: Path, kind: str, world: int) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is not a babilong_fast training state (no {STATE_FORMAT!r} marker)")
     if payload.get("version") != STATE_VERSION:
         version = payload.get("version")
-        raise ValueError(f"{str(path)!r} has training-state version {version!r}, expected {STATE_VERSION}")
+        raise ValueError(f"{str(path)!r} has training-state version {version!r}, expected {STATE_VERSION}: it was "
+                         "written by another babilong_fast, whose training data differ; resume it with that version, "
+                         "or start again")
     if payload["kind"] != kind:
         raise ValueError(
             f"{str(path)!r} is the training state of an {payload['kind'].upper()} model, not {kind.upper()}; "

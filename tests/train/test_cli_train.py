@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from babilong_fast.cli.main import build_parser, main
 from babilong_fast.train import PRESETS, preset
@@ -125,12 +126,36 @@ def test_init_from_takes_a_save_pretrained_folder_and_backbone_path_must_exist(t
 
 
 def test_validation_without_samples_fails_before_training(tmp_path, capsys):
-    """qa3 at one 64-token segment: training finds a rare short story, validation (test split) none; this failed
-    at the first validation, after training steps were spent."""
+    """qa3 at one 64-token segment: training has samples (one official file, of qa1 stories here), validation
+    (generated, test split) none; this failed at the first validation, after training steps were spent."""
+    from babilong_fast.data.dataset import BabilongGenerator
+    from babilong_fast.data.official import write_official
+
+    data = write_official(BabilongGenerator("qa1", 64, split="train", margin=20).take(4), tmp_path / "d", 64, "qa1")
+    data = data.rename(tmp_path / "train.json")  # a path that names no task: read as the task asked for
     rc = main(["train", "--preset", "tiny", "--task", "qa3", "--stages", "1", "--steps", "3", "--out",
-               str(tmp_path / "x"), "--no-progress"])
+               str(tmp_path / "x"), "--no-progress", "--train-data", str(data)])
     err = capsys.readouterr().err
     assert rc == 1 and "validation of qa3 at 64 tokens" in err and not (tmp_path / "x" / "log.csv").exists()
     assert not (tmp_path / "x" / "config.json").exists()  # nothing left that would count as a run
     assert main(["train", "--preset", "tiny", "--task", "qa3", "--stages", "4", "--out", str(tmp_path / "x"),
-                 "--time-limit", "0", *FAST]) == 0
+                 "--train-data", str(data), "--time-limit", "0", *FAST]) == 0  # validated at 4 segments: has room
+
+
+def test_backbone_path_of_another_model_type_is_refused(tmp_path):
+    """A GPT-2 folder for Mamba (or the reverse) loaded none of its weights: transformers warned, a random model
+    trained. Refused now; a folder of the right type loads its weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+
+    from babilong_fast.train.kinds import build_model
+    from tests.train.common import tiny_config
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=96)).save_pretrained(tmp_path / "gpt2")
+    MambaForCausalLM(MambaConfig(hidden_size=32, num_hidden_layers=1, state_size=4)).save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"holds a 'gpt2' model; this kind needs a 'mamba' one"):
+        build_model(tiny_config(kind="mamba", backbone_path=str(tmp_path / "gpt2")))
+    with pytest.raises(ValueError, match=r"holds a 'mamba' model; this kind needs a 'gpt2' one"):
+        build_model(tiny_config(backbone_path=str(tmp_path / "m")))
+    model = build_model(tiny_config(backbone_path=str(tmp_path / "gpt2")))
+    want = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").transformer.wte.weight
+    assert torch.equal(model.backbone.transformer.wte.weight, want)

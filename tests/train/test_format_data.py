@@ -140,6 +140,23 @@ def test_official_files_as_training_data(tmp_path):
         OfficialData(str(tmp_path), "qa1", 32, seed=0).get(1, 0)  # nothing at 32 tokens or below
 
 
+def test_official_records_each_pass_in_its_own_order(tmp_path):
+    """Each pass over a file's records reads every record once, in an order of its own per stage and pass (stage 2
+    no longer re-reads stage 1's records in stage 1's order)."""
+    from babilong_fast.data.dataset import BabilongGenerator
+    from babilong_fast.data.official import write_official
+    from babilong_fast.train import OfficialData
+
+    write_official(BabilongGenerator("qa1", 64, split="train", margin=20).take(8), tmp_path, 64, "qa1")
+    data, tok = OfficialData(str(tmp_path), "qa1", 64, seed=0), get_tokenizer()
+    records = {tok.decode(ex.input_ids) for ex in (data._example(1, j) for j in range(8))}
+    assert len(records) == 8
+    passes = {(stage, p): [tok.decode(data.get(stage, k).input_ids) for k in range(8 * p, 8 * p + 8)]
+              for stage in (1, 2) for p in (0, 1)}  # stage 2 draws 1 or 2 segments: both read the 64 file
+    assert all(sorted(order) == sorted(records) for order in passes.values())
+    assert len({tuple(order) for order in passes.values()}) == 4
+
+
 def test_a_stage_no_file_serves_fails_before_training(tmp_path):
     """The 192-token file (no margin) cannot serve 3 segments of 64 with question and answer (stage 3 of the
     curriculum): refused before any step, not at the first draw of 3 segments."""
@@ -182,12 +199,12 @@ def test_stage_zero_is_the_facts_alone():
         check_stages([1, 0])
     data = GeneratedData("qa1", 64, seed=0)
     tok = get_tokenizer()
-    for k in range(3):  # stories short enough for one segment (longer ones are skipped)
+    for k in range(3):  # stories short enough for one segment (a longer one is redrawn: the draw's next attempt)
         ex = data.get(0, k)
         assert ex.segments == 0
         text = tok.decode(ex.input_ids)
-        story = data._story(k)
-        assert text.startswith(" " + story["facts"][0]) and story["question"] in text
+        attempts = [data.story(GeneratedData.draw_key(0, k, None), a) for a in range(20)]
+        story = next(s for s in attempts if s and text.startswith(" " + " ".join(s["facts"]) + s["question"]))
         n_facts = sum(len(tok.encode(" " + f)) for f in story["facts"])
         question = tok.encode(story["question"] + " ")  # the question keeps the released data's trailing space
         assert len(ex.input_ids) == n_facts + len(question) + 1 + ex.num_scored
@@ -195,15 +212,38 @@ def test_stage_zero_is_the_facts_alone():
 
 def test_max_facts_keeps_only_short_stories():
     short, full = GeneratedData("qa1", 64, seed=0, max_facts=2), GeneratedData("qa1", 64, seed=0)
-    assert all(len(short._story(k)["facts"]) <= 2 for k in range(20))
-    assert max(len(full._story(k)["facts"]) for k in range(20)) > 2
-    assert short._story(0) == full._story(0)  # a filter on the same story stream, not another stream
+    tok = get_tokenizer()
+    n_facts = [tok.decode(short.get(0, k).input_ids).count(".") for k in range(20)]  # stage 0: facts alone
+    assert n_facts == [2] * 20
+    assert max(tok.decode(full.get(0, k).input_ids).count(".") for k in range(20)) > 2
+    kept = [(k, a) for k in range(10) for a in range(5) if short.story(f"0/{k}", a) is not None]
+    assert kept and all(short.story(f"0/{k}", a) == full.story(f"0/{k}", a) for k, a in kept)  # a filter
     with pytest.raises(NoSamplesError, match="at most 1 facts"):
-        GeneratedData("qa1", 64, seed=0, max_facts=1)._story(0)
+        GeneratedData("qa1", 64, seed=0, max_facts=1).get(0, 0)
     with pytest.raises(ValueError, match="max_facts"):
         TrainConfig(max_facts=0).check()
 
 
-def test_max_facts_reaches_far_stories():
-    data = GeneratedData("qa1", 64, seed=0, max_facts=4)  # 2 in 5 qa1 stories have <= 4 facts
-    assert len(data._story(3000)["facts"]) <= 4
+@pytest.mark.parametrize("pool_size", [None, 2000], ids=["fresh", "pool"])
+def test_draws_do_not_repeat_a_sample(pool_size):
+    """Each draw its own bAbI sample: a sample too long for its segment count is replaced by the draw's next
+    attempt, not by the next draw's sample (which made 239 of 400 tiny-preset draws copies of the one before)."""
+    data = GeneratedData("qa1", 64, seed=0, pool_size=pool_size)
+    inputs = [data.get(1, k).input_ids for k in range(120)]
+    assert len(set(inputs)) == 120
+
+
+def test_stages_draw_other_stories():
+    """Stage n's k-th draw is not stage 1's k-th story again with more background (stage 2 then opened on
+    examples it had just trained on); a pool, by design, does reuse its entries."""
+    tok = get_tokenizer()
+
+    def question_and_answer(data, stage, k):
+        text = tok.decode(data.get(stage, k).input_ids)
+        return text[text.rindex("Where is"):]  # the question, GEN, the answer and EOS
+
+    fresh, pool = GeneratedData("qa2", 64, seed=0), GeneratedData("qa2", 64, seed=0, pool_size=3)
+    same = sum(question_and_answer(fresh, 1, k) == question_and_answer(fresh, 2, k) for k in range(30))
+    assert same < 10  # qa2 has 6 places and few people: some questions and answers coincide by chance
+    one_segment = [k for k in range(10) if draw_segments(0, 2, k) == 1]  # stage 1 draws 1 segment only
+    assert one_segment and all(pool.get(1, k) == pool.get(2, k) for k in one_segment)

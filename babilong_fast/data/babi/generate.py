@@ -119,17 +119,42 @@ def iter_samples(task: str, split: Split = "train", seed: int = 0) -> Iterator[B
         split: ``"train"`` or ``"test"``; the pools never share a sample.
         seed: stream seed; any seed gives samples from the same split pool.
     """
+    _check_task_split(task, split)
+    rng = random.Random(f"babilong_fast/{task}/{split}/{seed}")
+    while True:
+        yield from _story_samples(task, split, rng)
+
+
+def draw_sample(task: str, split: Split, key: str) -> BabiSample:
+    """One ``task`` sample from ``split``, a pure function of ``key`` (random access, unlike :func:`iter_samples`):
+    a story from a generator seeded by ``key``, then one of its questions (its samples) uniformly.
+
+    Examples::
+
+        >>> draw_sample("qa1", "train", "run0/17") == draw_sample("qa1", "train", "run0/17")
+        True
+    """
+    _check_task_split(task, split)
+    rng = random.Random(f"babilong_fast/{task}/{split}/draw/{key}")
+    while not (samples := _story_samples(task, split, rng)):
+        pass
+    return rng.choice(samples)
+
+
+def _check_task_split(task: str, split: str) -> None:
     if task not in ALL_STORY_GENERATORS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(ALL_STORY_GENERATORS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"babilong_fast/{task}/{split}/{seed}")
-    make_story, (lo, hi) = ALL_STORY_GENERATORS[task], FACT_RANGE[task]
-    while True:
-        story = make_story(rng)
-        if split_of(story[0]["facts"]) != split:
-            continue
-        yield from (s for s in story if lo <= len(s["facts"]) <= hi)
+
+
+def _story_samples(task: str, split: str, rng: random.Random) -> list[BabiSample]:
+    """The samples of the next story ``rng`` makes, in the task's fact range; none when it is of the other split."""
+    story = ALL_STORY_GENERATORS[task](rng)
+    if split_of(story[0]["facts"]) != split:
+        return []
+    lo, hi = FACT_RANGE[task]
+    return [s for s in story if lo <= len(s["facts"]) <= hi]
 
 
 def generate(task: str, n: int, split: Split = "train", seed: int = 0) -> list[BabiSample]:
