@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,21 @@ from babilong_fast.models.checkpoint import load_model, model_kind, save_model
 from babilong_fast.train.config import TrainConfig, check_positions
 
 
+def _pretrained(cls: Any, path: str, model_type: str) -> nn.Module:
+    """``cls.from_pretrained(path)`` from local files; ValueError when the folder's config names another model type
+    (transformers would load none of its weights, warn, and train a random model)."""
+    config = Path(path) / "config.json"
+    found = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else model_type
+    if found != model_type:
+        raise ValueError(f"backbone_path {path!r} holds a {found!r} model; this kind needs a {model_type!r} one")
+    return cls.from_pretrained(path, local_files_only=True)
+
+
 def _build_gpt2(cfg: TrainConfig) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if cfg.backbone_path:
-        return GPT2LMHeadModel.from_pretrained(cfg.backbone_path, local_files_only=True)
+        return _pretrained(GPT2LMHeadModel, cfg.backbone_path, "gpt2")
     return GPT2LMHeadModel(GPT2Config(**cfg.backbone))
 
 
@@ -37,7 +48,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         from transformers import MambaConfig, MambaForCausalLM
 
         if cfg.backbone_path:
-            return MambaForCausalLM.from_pretrained(cfg.backbone_path, local_files_only=True)
+            return _pretrained(MambaForCausalLM, cfg.backbone_path, "mamba")
         return MambaForCausalLM(MambaConfig(**cfg.backbone))
     from babilong_fast.models import ARMT, RMT
 
