@@ -149,6 +149,23 @@ def train(
         dd.teardown(d)
 
 
+def _check_no_other_run(out: Path, cfg: TrainConfig) -> None:
+    """With ``resume`` and no ``last.pt``: ValueError if ``out``'s config.json is another config's (the run would
+    start again under new settings and replace its log)."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable training config ({e}); nothing to resume") from None
+    if diff := sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v):
+        raise ValueError(
+            f"{str(out)!r} holds a run of another config (differs in {diff}) with no last.pt to resume; use the same "
+            "settings, or overwrite it"
+        )
+
+
 def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, validate_at_stop) -> dict[str, Any]:
     check_batch(cfg, d.world)
     start = load_trained(init_from, cfg.kind) if init_from is not None else None  # checks the kind first
@@ -172,6 +189,8 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
                 f"{str(last)!r} was written with another config (differs in {diff}); use the same settings"
             )
         model.load_state_dict(state["model"])
+    elif resume:
+        _check_no_other_run(out, cfg)
     pos: Position = state["position"] if state else Position()
     if cfg.train_data:
         data = OfficialData(cfg.train_data, cfg.task, cfg.segment_size, cfg.seed)
@@ -190,6 +209,8 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
     ddp = dd.wrap(LossModule(model, cfg), d)
     total = sum(cfg.stage_steps(i) for i in range(len(cfg.stages)))
     book = Logbook(out, d.main, pos.global_step, total, progress, cfg.log_every)
+    if resume and state is None and pos.global_step == 0:
+        book.line(f"nothing to resume in {str(out)!r} (no last.pt): starting from step 0")
     losses: list[float] = []
     t_call = time.perf_counter()
     t_start = t_call - pos.seconds

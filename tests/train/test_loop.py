@@ -40,6 +40,29 @@ def test_resume_mid_stage_continues_the_same_trajectory(tmp_path):
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
 
 
+def test_resume_with_no_last_pt(tmp_path, capsys):
+    """resume with nothing to resume starts a run and says so; a folder whose config.json is another config's (a
+    run killed before its first save) is refused, not restarted under the new settings with its log replaced."""
+    cfg, out = tiny_config(steps=[1, 1]), tmp_path / "run"
+    train(cfg, out, progress=False, resume=True)
+    assert f"nothing to resume in {str(out)!r} (no last.pt): starting from step 0" in capsys.readouterr().err
+    (out / "last.pt").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"another config \(differs in \['lr'\]\) with no last.pt to resume"):
+        train(dataclasses.replace(cfg, lr=1e-2), out, progress=False, resume=True)
+    assert len(_log(out)) == 2 and json.loads((out / "config.json").read_text())["lr"] == cfg.lr
+    assert len(train(cfg, out, progress=False, resume=True)["losses"]) == 2  # same settings: from step 0
+
+
+def test_a_last_pt_of_another_state_version_is_refused(tmp_path):
+    """Version 1 states come from runs whose draws read other bAbI samples: resuming one would change its data."""
+    cfg, out = tiny_config(steps=[3, 1]), tmp_path / "run"
+    train(cfg, out, progress=False, stop_after=2)
+    payload = torch.load(out / "last.pt", weights_only=False)
+    torch.save({**payload, "version": 1}, out / "last.pt")
+    with pytest.raises(ValueError, match="training-state version 1, expected 2: it was written by another"):
+        train(cfg, out, progress=False, resume=True)
+
+
 def test_time_limit_stops_mid_stage_and_resume_finishes_it(tmp_path):
     """A run stopped by its time limit resumes the rest of its stage; the limit counts the current call only."""
     cfg, out = tiny_config(), tmp_path / "run"  # stages 1 and 2: 3 + 5 steps
