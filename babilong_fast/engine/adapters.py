@@ -34,6 +34,9 @@ class SegmentAdapter(Protocol):
     def check_state(self, state: object) -> Any:
         """``state`` if it is this model's state type, else TypeError."""
 
+    def refresh(self) -> None:
+        """Before each stream: take in changes made to the model since the last (or refuse them)."""
+
     def step(self, ids: torch.Tensor, state: Any) -> Any:
         """Consume one segment ``ids [B, segment_size]`` with memory writes on; return the new state."""
 
@@ -69,6 +72,9 @@ class _RecurrentAdapter:
                 f"got {type(state).__name__}"
             )
         return state
+
+    def refresh(self) -> None:
+        """Nothing: ARMT and RMT check their modules at every segment."""
 
     def step(self, ids: torch.Tensor, state: Any) -> Any:
         if self.compiled is not None:
@@ -120,6 +126,9 @@ class MambaAdapter:
 
     def check_state(self, state: object) -> MambaState:
         return self.lm.check_state(state)
+
+    def refresh(self) -> None:
+        self.lm.refresh()
 
     def step(self, ids: torch.Tensor, state: MambaState) -> MambaState:
         return self.lm.step(ids, state, logits="none")[1]

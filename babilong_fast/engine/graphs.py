@@ -66,6 +66,21 @@ def clone_state(state: Any) -> Any:
     return rebuild_state(state, [t.clone() for t in state_tensors(state)], state_counters(state))
 
 
+def model_signature(model: torch.nn.Module) -> tuple:
+    """What a recorded step reads besides its inputs: every module (identity, hooks, an instance-level ``forward``)
+    and every parameter and buffer (storage, dtype, shape), and the global module hooks. A CUDA graph runs no Python
+    and reads the storages it was recorded with: once any of these changed, its replay would run the old model."""
+    from torch.nn.modules import module as nn_module
+
+    modules = tuple(
+        (id(m), tuple(m._forward_pre_hooks), tuple(m._forward_hooks), id(vars(m).get("forward")))
+        for m in model.modules()
+    )
+    tensors = tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in (*model.parameters(), *model.buffers()))
+    hooks = (tuple(nn_module._global_forward_pre_hooks), tuple(nn_module._global_forward_hooks))
+    return modules, tensors, hooks
+
+
 class CudaGraphBackend:
     """The real recorder: ``torch.cuda.CUDAGraph`` with a warm-up on a side stream (as the PyTorch docs show)."""
 
@@ -134,6 +149,15 @@ class StepRunner:
         self.backend = backend
         self.graphs: dict[tuple, GraphedStep] = {}
         self.graphed_steps = 0
+        self.model: torch.nn.Module | None = None
+        self.signature: tuple | None = None  # the model's when the graphs were recorded
+
+    def follow(self, model: torch.nn.Module) -> None:
+        """Before each stream of ``model``: drop the recorded graphs if it changed (:func:`model_signature`) since
+        they were recorded, so the next segments record new ones (no cost while none is recorded)."""
+        self.model = model
+        if self.graphs and model_signature(model) != self.signature:
+            self.graphs.clear()
 
     def __call__(self, buf: torch.Tensor, state: Any, index: int) -> Any:
         """The state after segment number ``index`` (0-based, counted over the stream) of ``buf``."""
@@ -142,6 +166,8 @@ class StepRunner:
         key = (buf.data_ptr(), tuple(buf.shape))  # the state's shapes follow from the model and the batch size
         graph = self.graphs.get(key)
         if graph is None:
+            if not self.graphs and self.model is not None:
+                self.signature = model_signature(self.model)
             try:
                 graph = self.graphs[key] = GraphedStep(self.step, buf, state, self.backend)
             except Exception as e:  # noqa: BLE001 - any capture failure: keep streaming eagerly

@@ -167,16 +167,15 @@ class StreamRunner:
                 )
         if compile and not hasattr(self.adapter, "enable_compile"):
             raise ValueError(f"compile=True runs ARMT and RMT steps; {type(model).__name__} has no compiled step")
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
-        self.model = model.eval()
-        param = next(model.parameters())
-        self.device = param.device
-        if param.dtype == torch.float64 and not isinstance(self.adapter, RMTAdapter):
-            raise ValueError(
+        if (dtype or next(model.parameters()).dtype) == torch.float64 and not isinstance(self.adapter, RMTAdapter):
+            raise ValueError(  # before the model is moved: a refused runner leaves it as it was
                 f"{type(model).__name__} streams float32, bfloat16 or float16 weights (its kernels have no float64); "
                 "got float64: pass dtype=torch.float32"
             )
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         elif cuda_graphs and self.device.type != "cuda":
@@ -252,6 +251,7 @@ class StreamRunner:
         rows: int | None = None,
     ) -> StreamState:
         """:meth:`prefill`; ``rows``: the batch size the stream must have (checked at its first chunk)."""
+        self._check_model()
         if is_array(chunks):
             chunks = (chunks,)
         elif not isinstance(chunks, Iterable) or isinstance(chunks, (str, bytes)):
@@ -364,6 +364,7 @@ class StreamRunner:
         Returns ``[B, <= max_new_tokens]`` int64, an ordinary tensor (not an inference tensor)."""
         state = self._current(state)
         check_token_id("eos_token_id", eos_token_id)
+        self._check_model()
         if state.pending.shape[1] == 0:
             raise ValueError("nothing to answer: the stream is empty and no question was given")
         with torch.inference_mode():
@@ -462,6 +463,18 @@ class StreamRunner:
             eos_token_id=eos_token_id,
             gen_token_id=gen_token_id,
         )
+
+    def _check_model(self) -> None:
+        """Before each stream and each decoding: the model still in eval mode, its modules re-read where the adapter
+        holds them (Mamba: hooks or adapters added since are refused), and graphs recorded before the model changed
+        dropped."""
+        if self.model.training:
+            raise ValueError(
+                f"the {type(self.model).__name__} is in training mode (dropout on), put there after this runner set "
+                "eval mode; call model.eval() before streaming"
+            )
+        self.adapter.refresh()
+        self._steps.follow(self.model)
 
     def _current(self, state: StreamState | None) -> StreamState:
         if state is None:

@@ -104,6 +104,26 @@ def test_alternating_batch_sizes_reuse_their_graphs():
     assert recorder.captures == 2 and len(runner._steps.graphs) == 2
 
 
+@pytest.mark.parametrize("change", ["hook", "weights", "none"])
+def test_graphs_recorded_before_the_model_changed_are_dropped(change):
+    """A CUDA graph replays kernels on the storages it recorded: a hook added later would never run, weights loaded
+    with assign=True would not be read. The runner records again when the model changed since, and only then."""
+    recorder = ReplayOnCPU()
+    model = make_rmt()
+    runner = StreamRunner(model, progress=False)
+    runner._steps = StepRunner(runner.adapter.step, enabled=True, backend=recorder)
+    ids = torch.randint(0, VOCAB - 2, (1, 16 * 5 + 1), generator=torch.Generator().manual_seed(5))
+    runner.prefill(ids)
+    runner.prefill(ids)
+    assert recorder.captures == 1
+    if change == "hook":
+        model.backbone.transformer.h[0].register_forward_hook(lambda m, i, o: None)
+    elif change == "weights":
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    runner.prefill(ids)
+    assert recorder.captures == (1 if change == "none" else 2)
+
+
 @pytest.mark.parametrize("kind", ["armt", "rmt", "mamba"])
 def test_state_flatten_rebuild(kind):
     model = make(kind)

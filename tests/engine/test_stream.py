@@ -320,6 +320,28 @@ def test_float64_weights_are_refused_where_the_kernels_have_none():
         StreamRunner(make_model("armt").double(), progress=False)
     StreamRunner(make_model("armt").double(), dtype=torch.float32, progress=False)
     StreamRunner(make_model("rmt").double(), progress=False)  # RMT runs no custom kernel: float64 streams
+    model = make_model("armt")
+    with pytest.raises(ValueError, match="got float64"):
+        StreamRunner(model, dtype=torch.float64, progress=False)
+    assert next(model.parameters()).dtype == torch.float32  # refused before the model was converted
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_a_model_put_back_in_training_mode_is_refused(kind):
+    """Dropout on after the runner set eval mode gave answers that changed from run to run; refused now."""
+    model = make_model(kind)
+    runner = StreamRunner(model, progress=False)
+    ctx, q = torch.randint(0, VOCAB - 2, (1, 2 * SEG + 3)), [5, 6]
+    kw = {"gen_token_id": None, "eos_token_id": EOS, "max_new_tokens": 3}
+    want = runner.run(ctx, q, **kw)
+    state = runner.prefill(ctx)
+    model.train()
+    for call in (lambda: runner.run(ctx, q, **kw), lambda: runner.prefill(ctx),
+                 lambda: runner.decode(state, eos_token_id=EOS)):
+        with pytest.raises(ValueError, match="is in training mode .* call model.eval"):
+            call()
+    model.eval()
+    assert torch.equal(runner.run(ctx, q, **kw), want)
 
 
 def test_dtype_and_device_arguments():
@@ -443,7 +465,7 @@ def test_run_checks_everything_before_the_stream():
     ctx = torch.randint(0, VOCAB - 2, (2, 5 * SEG + 3))
     runner = StreamRunner(model, progress=False)
     steps = []
-    runner._steps = lambda *a: steps.append(1)  # no segment may run
+    runner._steps.step = lambda *a: steps.append(1)  # no segment may run
     for bad, err, match in (
         ({"eos_token_id": [EOS]}, TypeError, "eos_token_id"),
         ({"eos_token_id": "x"}, TypeError, "eos_token_id"),

@@ -8,7 +8,7 @@ from babilong_fast.engine import MambaAdapter, StreamRunner, make_adapter
 from babilong_fast.models import MambaLM, MambaState
 from babilong_fast.models.mamba import layers as mamba_layers
 from tests.engine.test_stream import SEG, live_tensors, random_chunks, rss_bytes, stream_of
-from tests.models.mamba_util import EOS, hf_greedy, prompt, small_mamba
+from tests.models.mamba_util import EOS, VOCAB, hf_greedy, prompt, small_mamba
 
 GEN = 7  # the separator appended after the question (any id in the small vocabulary)
 
@@ -138,3 +138,25 @@ def test_state_moves_to_a_runner_of_shorter_segments(hf):
     assert state.num_tokens == 100 and 1 <= state.pending.shape[1] <= 8
     got = short.answer(question[0].tolist(), max_new_tokens=10, eos_token_id=EOS, gen_token_id=GEN)
     assert torch.equal(got, expected(hf, context, question))
+
+
+def test_hooks_added_after_the_runner_are_refused():
+    """A hook (or an adapter) added once the runner exists was silently skipped: the runner re-reads the model's
+    modules before each stream and refuses it, as it refuses one present at construction; so does MambaLM."""
+    hf = small_mamba()
+    runner = StreamRunner(hf, segment_size=SEG, progress=False)
+    ids = torch.randint(0, VOCAB, (1, 3 * SEG + 1))
+    kw = {"gen_token_id": None, "eos_token_id": EOS, "max_new_tokens": 3}
+    want = runner.run(ids, [1], **kw)
+    state = runner.prefill(ids)
+    handle = hf.backbone.layers[1].mixer.register_forward_hook(lambda m, i, o: o * 3)
+    for call in (lambda: runner.run(ids, [1], **kw), lambda: runner.decode(state, eos_token_id=EOS)):
+        with pytest.raises(ValueError, match="would skip this"):
+            call()
+    handle.remove()
+    assert torch.equal(runner.run(ids, [1], **kw), want)
+    lm = MambaLM(hf, chunk_size=SEG)
+    handle = hf.backbone.norm_f.register_forward_pre_hook(lambda m, i: None)
+    with pytest.raises(ValueError, match="norm_f has hooks"):
+        lm(ids)
+    handle.remove()

@@ -45,20 +45,16 @@ class MambaLM(nn.Module):
 
     def __init__(self, model: nn.Module, *, chunk_size: int = DEFAULT_CHUNK_SIZE, backend: Backend = "auto") -> None:
         super().__init__()
-        parts = mamba_parts(model)
-        if parts.lm_head is None:
-            raise TypeError(f"MambaLM needs a model with an LM head (MambaForCausalLM), got {type(model).__name__}")
-        why = (custom_forward(model, "the model") or custom_forward(getattr(model, "backbone", model), "the backbone")
-               or wrapped_mixers(parts))
-        if why:
-            raise ValueError(
-                f"MambaLM reads the mixers' weights directly, so it would skip this: {why}; merge adapters into the "
-                "weights first (peft: merge_and_unload()), remove the hooks, or load the weights into the stock classes"
-            )
         self.model = model
+        self.parts: MambaParts = _checked_parts(model)  # self.model's modules (a plain value: registered under model)
         self.chunk_size = check_positive("chunk_size", chunk_size)
         self.backend = check_backend(backend)
-        self.parts: MambaParts = parts  # the modules of self.model (a plain value: registered once, under model)
+
+    def refresh(self) -> None:
+        """Re-read the model's modules (some may have been replaced) and refuse what the chunked forward would skip
+        (hooks, adapters, subclass forwards) added since; :meth:`forward` and :meth:`generate` call it once per call,
+        the streaming engine once per stream (:meth:`step`, run per chunk, does not)."""
+        self.parts = _checked_parts(self.model)
 
     @property
     def vocab_size(self) -> int:
@@ -128,6 +124,7 @@ class MambaLM(nn.Module):
         """
         input_ids = check_input_ids(input_ids)
         _logits_arg(logits)
+        self.refresh()
         B = input_ids.shape[0]
         self._check_ids(input_ids)
         state = self.init_state(B, input_ids.device) if state is None else self.check_state(state, B)
@@ -181,6 +178,22 @@ class MambaLM(nn.Module):
             f"{self.parts.library}, layers={self.parts.num_layers}, d_model={d.d_model}, d_inner={d.d_inner}, "
             f"d_state={d.d_state}, d_conv={d.d_conv}, chunk_size={self.chunk_size}, backend={self.backend!r}"
         )
+
+
+def _checked_parts(model: nn.Module) -> MambaParts:
+    """:func:`mamba_parts` of ``model``; TypeError without an LM head, ValueError where the chunked forward would
+    skip a hook, an adapter or a subclass's own forward."""
+    parts = mamba_parts(model)
+    if parts.lm_head is None:
+        raise TypeError(f"MambaLM needs a model with an LM head (MambaForCausalLM), got {type(model).__name__}")
+    why = (custom_forward(model, "the model") or custom_forward(getattr(model, "backbone", model), "the backbone")
+           or wrapped_mixers(parts))
+    if why:
+        raise ValueError(
+            f"MambaLM reads the mixers' weights directly, so it would skip this: {why}; merge adapters into the "
+            "weights first (peft: merge_and_unload()), remove the hooks, or load the weights into the stock classes"
+        )
+    return parts
 
 
 def _logits_arg(logits: object) -> slice | None:
