@@ -8,7 +8,7 @@ from babilong_fast.data.babi.generate import (
     REASONING_STORY_GENERATORS,
     REST_STORY_GENERATORS,
     STORY_GENERATORS,
-    draw_sample,
+    draw_story,
     generate,
     iter_samples,
     split_of,
@@ -23,4 +23,4 @@ ALL_TASKS = tuple(ALL_STORY_GENERATORS)  # qa1-qa20, in order
 
 __all__ = ["ALL_STORY_GENERATORS", "ALL_TASKS", "FACT_RANGE", "MORE_STORY_GENERATORS", "MORE_TASKS",
            "REASONING_STORY_GENERATORS", "REASONING_TASKS", "REST_STORY_GENERATORS", "REST_TASKS", "STORY_GENERATORS",
-           "TASKS", "BabiSample", "draw_sample", "generate", "iter_samples", "split_of"]
+           "TASKS", "BabiSample", "draw_story", "generate", "iter_samples", "split_of"]

@@ -125,20 +125,21 @@ def iter_samples(task: str, split: Split = "train", seed: int = 0) -> Iterator[B
         yield from _story_samples(task, split, rng)
 
 
-def draw_sample(task: str, split: Split, key: str) -> BabiSample:
-    """One ``task`` sample from ``split``, a pure function of ``key`` (random access, unlike :func:`iter_samples`):
-    a story from a generator seeded by ``key``, then one of its questions (its samples) uniformly.
+def draw_story(task: str, split: Split, key: str) -> list[BabiSample]:
+    """The samples (one per question, as :func:`iter_samples` yields them) of one ``task`` story from ``split``, a
+    pure function of ``key``: random access, unlike :func:`iter_samples`.
 
     Examples::
 
-        >>> draw_sample("qa1", "train", "run0/17") == draw_sample("qa1", "train", "run0/17")
-        True
+        >>> story = draw_story("qa1", "train", "run0/17")
+        >>> story == draw_story("qa1", "train", "run0/17"), len(story[0]["facts"]) < len(story[-1]["facts"])
+        (True, True)
     """
     _check_task_split(task, split)
     rng = random.Random(f"babilong_fast/{task}/{split}/draw/{key}")
     while not (samples := _story_samples(task, split, rng)):
         pass
-    return rng.choice(samples)
+    return samples
 
 
 def _check_task_split(task: str, split: str) -> None:
