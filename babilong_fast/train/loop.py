@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -159,7 +160,8 @@ def _check_no_other_run(out: Path, cfg: TrainConfig) -> None:
         saved = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{str(path)!r} is not a readable training config ({e}); nothing to resume") from None
-    if diff := sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v):
+    want = json.loads(json.dumps(cfg.to_dict()))  # as written: tuples become lists
+    if diff := sorted(k for k, v in want.items() if saved.get(k) != v):
         raise ValueError(
             f"{str(out)!r} holds a run of another config (differs in {diff}) with no last.pt to resume; use the same "
             "settings, or overwrite it"
@@ -203,7 +205,9 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
         check_validation(cfg.task, n * cfg.segment_size, split=cfg.eval_split, seed=cfg.eval_seed)
     if d.main:  # after the checks: a run they stop leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
+        tmp = out / "config.json.tmp"  # replaced whole: other processes may be reading the old one
+        tmp.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, out / "config.json")
     if state is not None and pos.step == 0:
         state = None  # saved at a stage end: the next stage starts afresh from the best weights
     ddp = dd.wrap(LossModule(model, cfg), d)

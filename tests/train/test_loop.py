@@ -43,7 +43,7 @@ def test_resume_mid_stage_continues_the_same_trajectory(tmp_path):
 def test_resume_with_no_last_pt(tmp_path, capsys):
     """resume with nothing to resume starts a run and says so; a folder whose config.json is another config's (a
     run killed before its first save) is refused, not restarted under the new settings with its log replaced."""
-    cfg, out = tiny_config(steps=[1, 1]), tmp_path / "run"
+    cfg, out = tiny_config(steps=[1, 1], stages=(1, 2)), tmp_path / "run"  # a tuple: a list once in config.json
     train(cfg, out, progress=False, resume=True)
     assert f"nothing to resume in {str(out)!r} (no last.pt): starting from step 0" in capsys.readouterr().err
     (out / "last.pt").unlink(missing_ok=True)
