@@ -134,7 +134,7 @@ class MambaAdapter:
         return self.lm.step(ids, state, logits="none")[1]
 
     def decode(self, last_ids: torch.Tensor, state: MambaState, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
-        return self.lm.generate(last_ids, max_new_tokens, eos_token_id, state=state)
+        return self.lm._generate(last_ids, max_new_tokens, eos_token_id, state)  # the runner refreshed the model
 
     def check_decode(self, last_len: int, max_new_tokens: int) -> None:
         check_positive("max_new_tokens", max_new_tokens)  # no positions to run out of

@@ -238,6 +238,8 @@ class StreamRunner:
             TypeError: a chunk that is not integer token ids.
         """
         self.state = None
+        if state is None:  # a new stream (a continued one was checked at its start)
+            self._check_model()
         st = self._prefill(chunks, state, self.progress, total_tokens)
         self.state = st
         return st
@@ -251,7 +253,6 @@ class StreamRunner:
         rows: int | None = None,
     ) -> StreamState:
         """:meth:`prefill`; ``rows``: the batch size the stream must have (checked at its first chunk)."""
-        self._check_model()
         if is_array(chunks):
             chunks = (chunks,)
         elif not isinstance(chunks, Iterable) or isinstance(chunks, (str, bytes)):
@@ -354,6 +355,10 @@ class StreamRunner:
         Returns:
             the :class:`StreamState` whose ``pending`` is the final segment of ``context ‖ question ‖ GEN``.
         """
+        self._check_model()
+        return self._finish(question_ids, state, gen_token_id)
+
+    def _finish(self, question_ids: object, state: StreamState | None, gen_token_id: int | None) -> StreamState:
         state = self._current(state)
         suffix = self._suffix(question_ids, state.batch_size, gen_token_id)
         return self._prefill((suffix,), state, progress=False)
@@ -362,9 +367,12 @@ class StreamRunner:
         """Greedy decoding from ``state.pending`` as the final segment, with the model's ``generate`` rule.
 
         Returns ``[B, <= max_new_tokens]`` int64, an ordinary tensor (not an inference tensor)."""
+        self._check_model()
+        return self._decode(state, max_new_tokens, eos_token_id)
+
+    def _decode(self, state: StreamState | None, max_new_tokens: int, eos_token_id: int) -> torch.Tensor:
         state = self._current(state)
         check_token_id("eos_token_id", eos_token_id)
-        self._check_model()
         if state.pending.shape[1] == 0:
             raise ValueError("nothing to answer: the stream is empty and no question was given")
         with torch.inference_mode():
@@ -395,11 +403,12 @@ class StreamRunner:
             ``[B, <= max_new_tokens]`` int64, the new tokens only.
         """
         check_token_id("eos_token_id", eos_token_id)  # before the question's segments run
-        return self.decode(
-            self.finish(question_ids, state, gen_token_id=gen_token_id),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-        )
+        self._check_model()
+        return self._answer(question_ids, state, max_new_tokens, eos_token_id, gen_token_id)
+
+    def _answer(self, question_ids: object, state: StreamState | None, max_new_tokens: int, eos_token_id: int,
+                gen_token_id: int | None) -> torch.Tensor:
+        return self._decode(self._finish(question_ids, state, gen_token_id), max_new_tokens, eos_token_id)
 
     def run(
         self,
@@ -449,6 +458,7 @@ class StreamRunner:
             n = total + q.shape[1]
             self.adapter.check_decode(n - self.segment_size * ((n - 1) // self.segment_size), max_new_tokens)
         self.state = None
+        self._check_model()
         state = self.state = self._prefill(chunks, None, self.progress, total, rows=q.shape[0] if q.shape[0] > 1
                                            else None)
         if isinstance(sample_or_chunks, BabilongSample) and state.num_tokens != total:
@@ -456,24 +466,20 @@ class StreamRunner:
         if total is not None and state.num_tokens != total:
             raise ValueError(f"total_tokens={total}, but the chunks held {state.num_tokens} tokens (the answer's fit "
                              "was checked for the length given)")
-        return self.answer(
-            question_ids,
-            state=state,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            gen_token_id=gen_token_id,
-        )
+        return self._answer(question_ids, state, max_new_tokens, eos_token_id, gen_token_id)
 
     def _check_model(self) -> None:
-        """Before each stream and each decoding: the model still in eval mode, its modules re-read where the adapter
-        holds them (Mamba: hooks or adapters added since are refused), and graphs recorded before the model changed
-        dropped."""
-        if self.model.training:
+        """Once per public call that starts a stream or answers (not per segment, nor per continued chunk): the
+        model still in eval mode, its modules re-read where the adapter holds them (Mamba: hooks or adapters added
+        since are refused), and graphs recorded before the model changed dropped."""
+        if any(m.training for m in self.model.modules()):
             raise ValueError(
-                f"the {type(self.model).__name__} is in training mode (dropout on), put there after this runner set "
-                "eval mode; call model.eval() before streaming"
+                f"the {type(self.model).__name__} (or a module in it) is in training mode (dropout on), put there "
+                "after this runner set eval mode; call model.eval() before streaming"
             )
-        self.adapter.refresh()
+        refresh = getattr(self.adapter, "refresh", None)  # adapters registered by users may have none
+        if refresh is not None:
+            refresh()
         self._steps.follow(self.model)
 
     def _current(self, state: StreamState | None) -> StreamState:

@@ -342,6 +342,9 @@ def test_a_model_put_back_in_training_mode_is_refused(kind):
             call()
     model.eval()
     assert torch.equal(runner.run(ctx, q, **kw), want)
+    model.backbone.transformer.h[0].train()  # one module is enough for dropout
+    with pytest.raises(ValueError, match="or a module in it"):
+        runner.run(ctx, q, **kw)
 
 
 def test_dtype_and_device_arguments():

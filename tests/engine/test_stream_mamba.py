@@ -160,3 +160,41 @@ def test_hooks_added_after_the_runner_are_refused():
     with pytest.raises(ValueError, match="norm_f has hooks"):
         lm(ids)
     handle.remove()
+
+
+def test_the_model_is_reread_once_per_call_and_not_per_continued_chunk(monkeypatch):
+    """The re-read walks every module: once per run / answer / decode / new stream, not per segment, not for each
+    chunk of a continued stream (prefill(chunk, state)), not again inside the decoding."""
+    calls = []
+    monkeypatch.setattr(MambaLM, "refresh", lambda self: calls.append(1))
+    runner = StreamRunner(small_mamba(), segment_size=SEG, progress=False)
+    ids = torch.randint(0, VOCAB, (1, 5 * SEG + 1))
+    kw = {"gen_token_id": None, "eos_token_id": EOS, "max_new_tokens": 3}
+    runner.run(ids, [1], **kw)
+    assert len(calls) == 1
+    state = runner.prefill(ids[:, :SEG])
+    for k in range(1, 5):
+        state = runner.prefill(ids[:, k * SEG:(k + 1) * SEG], state)
+    assert len(calls) == 2
+    runner.answer([1], state=state, **kw)
+    assert len(calls) == 3
+
+
+def test_an_adapter_without_refresh_still_streams():
+    """Adapters registered by users predate refresh(): the runner does without it."""
+    runner = StreamRunner(small_mamba(), segment_size=SEG, progress=False)
+    ids = torch.randint(0, VOCAB, (1, 2 * SEG + 1))
+    kw = {"gen_token_id": None, "eos_token_id": EOS, "max_new_tokens": 3}
+    want = runner.run(ids, [1], **kw)
+
+    class Plain:  # the adapter's methods, without refresh
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            if name == "refresh":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    runner.adapter = Plain(runner.adapter)
+    assert torch.equal(runner.run(ids, [1], **kw), want)

@@ -122,9 +122,15 @@ class MambaLM(nn.Module):
         Returns:
             ``(logits float32 or None, state after the last token)``.
         """
+        self.refresh()
+        return self._forward(input_ids, state, logits)
+
+    def _forward(
+        self, input_ids: torch.Tensor, state: MambaState | None, logits: Logits
+    ) -> tuple[torch.Tensor | None, MambaState]:
+        """:meth:`forward` without :meth:`refresh`."""
         input_ids = check_input_ids(input_ids)
         _logits_arg(logits)
-        self.refresh()
         B = input_ids.shape[0]
         self._check_ids(input_ids)
         state = self.init_state(B, input_ids.device) if state is None else self.check_state(state, B)
@@ -156,8 +162,15 @@ class MambaLM(nn.Module):
         Returns:
             ``[B, <= max_new_tokens]`` int64, the new tokens only.
         """
+        self.refresh()
+        return self._generate(input_ids, max_new_tokens, eos_token_id, state)
+
+    def _generate(
+        self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None, state: MambaState | None
+    ) -> torch.Tensor:
+        """:meth:`generate` without :meth:`refresh` (the streaming engine refreshes once per call of its own)."""
         check_positive("max_new_tokens", max_new_tokens)
-        logits, st = self.forward(input_ids, state, logits="last")
+        logits, st = self._forward(input_ids, state, "last")
         box = {"logits": logits[:, -1], "state": st}
 
         def next_logits(generated: torch.Tensor) -> torch.Tensor:
