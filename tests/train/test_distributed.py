@@ -78,4 +78,7 @@ def test_two_processes_match_one(tmp_path):
             d = a[k].shape[0] // 3
             assert (a[k][d:2 * d] - b[k][d:2 * d]).abs().max() <= cfg.lr * len(one["losses"])
             a[k], b[k] = torch.cat([a[k][:d], a[k][2 * d:]]), torch.cat([b[k][:d], b[k][2 * d:]])
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        # AdamW divides each gradient by its own running RMS: an element whose gradient is a near-cancelling sum keeps
+        # the two runs' different summation rounding at its full relative size (0.5 % of a step was seen, in wpe);
+        # a real error (a lost or doubled contribution) moves weights by a whole step, lr.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=cfg.lr * len(one["losses"]) / 100)
