@@ -166,6 +166,20 @@ def _match_saved_dtypes(model: torch.nn.Module, state_dict: dict[str, Any]) -> N
                 t.data = t.data.to(saved.dtype)
 
 
+def hf_model_type(folder: str | os.PathLike) -> str | None:
+    """The ``model_type`` in a Hugging Face folder's ``config.json``, None without one; CheckpointError if it is
+    unreadable."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    import json
+
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{str(config)!r} is not a Hugging Face config: {e}") from e
+
+
 def load_model_path(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
     """A model from a :func:`save_model` file or a folder, in eval mode; nothing is downloaded.
 
@@ -186,15 +200,7 @@ def load_model_path(path: str | os.PathLike, map_location: Any = "cpu") -> torch
         return load_model(path, map_location)
     if (path / PRETRAINED_FILE).is_file():
         return load_model(path / PRETRAINED_FILE, map_location)
-    config = path / "config.json"
-    model_type = None
-    if config.is_file():
-        import json
-
-        try:
-            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except (ValueError, AttributeError) as e:
-            raise CheckpointError(f"{str(config)!r} is not a Hugging Face config: {e}") from e
+    model_type = hf_model_type(path)
     if model_type != "mamba":
         raise CheckpointError(
             f"{str(path)!r} is neither an ARMT/RMT save_pretrained folder (no {PRETRAINED_FILE}) nor a Hugging Face "

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,15 @@ import torch
 from torch import nn
 
 from babilong_fast.models._common import scored_lm_loss
-from babilong_fast.models.checkpoint import load_model, model_kind, save_model
+from babilong_fast.models.checkpoint import hf_model_type, load_model, model_kind, save_model
 from babilong_fast.train.config import TrainConfig, check_positions
 
 
 def _pretrained(cls: Any, path: str, model_type: str) -> nn.Module:
     """``cls.from_pretrained(path)`` from local files; ValueError when the folder's config names another model type
     (transformers would load none of its weights, warn, and train a random model)."""
-    config = Path(path) / "config.json"
-    found = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else model_type
-    if found != model_type:
+    found = hf_model_type(path)
+    if found is not None and found != model_type:  # no config.json: from_pretrained says so
         raise ValueError(f"backbone_path {path!r} holds a {found!r} model; this kind needs a {model_type!r} one")
     return cls.from_pretrained(path, local_files_only=True)
 

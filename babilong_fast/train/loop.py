@@ -150,6 +150,11 @@ def train(
         dd.teardown(d)
 
 
+def _config_diff(saved: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """The config fields whose saved value is not the wanted one."""
+    return sorted(k for k, v in want.items() if saved.get(k) != v)
+
+
 def _check_no_other_run(out: Path, cfg: TrainConfig) -> None:
     """With ``resume`` and no ``last.pt``: ValueError if ``out``'s config.json is another config's (the run would
     start again under new settings and replace its log)."""
@@ -160,8 +165,7 @@ def _check_no_other_run(out: Path, cfg: TrainConfig) -> None:
         saved = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{str(path)!r} is not a readable training config ({e}); nothing to resume") from None
-    want = json.loads(json.dumps(cfg.to_dict()))  # as written: tuples become lists
-    if diff := sorted(k for k, v in want.items() if saved.get(k) != v):
+    if diff := _config_diff(saved, json.loads(json.dumps(cfg.to_dict()))):  # as written: tuples become lists
         raise ValueError(
             f"{str(out)!r} holds a run of another config (differs in {diff}) with no last.pt to resume; use the same "
             "settings, or overwrite it"
@@ -184,9 +188,7 @@ def _train(cfg, out, d, resume, init_from, progress, stop_after, time_limit, val
     last = out / "last.pt"
     if resume and last.is_file():
         state = load_state(last, cfg.kind, d.world)
-        saved = TrainConfig.from_dict(state["config"])
-        if saved.to_dict() != cfg.to_dict():
-            diff = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v)
+        if diff := _config_diff(TrainConfig.from_dict(state["config"]).to_dict(), cfg.to_dict()):
             raise ValueError(
                 f"{str(last)!r} was written with another config (differs in {diff}); use the same settings"
             )
