@@ -162,6 +162,33 @@ def test_hooks_added_after_the_runner_are_refused():
     handle.remove()
 
 
+@pytest.mark.parametrize("where", ["model", "backbone"])
+@pytest.mark.parametrize("how", ["forward_hook", "pre_hook", "backward_hook", "instance_forward"])
+def test_hooks_on_the_model_or_its_backbone_are_refused(where, how):
+    """MambaLM runs the LM's and the backbone's parts, never the modules themselves: a hook or a replaced forward
+    there (accelerate's device-map hooks set one) was skipped silently; it is refused, and runs again once removed."""
+    hf = small_mamba()
+    ids = torch.randint(0, VOCAB, (1, 2 * SEG + 1))
+    module = hf if where == "model" else hf.backbone
+    want = MambaLM(hf, chunk_size=SEG)(ids, logits="last")[0]
+    handle = {
+        "forward_hook": lambda: module.register_forward_hook(lambda m, i, o: o),
+        "pre_hook": lambda: module.register_forward_pre_hook(lambda m, i: None),
+        "backward_hook": lambda: module.register_full_backward_hook(lambda m, gi, go: None),
+        "instance_forward": lambda: setattr(module, "forward", module.forward),
+    }[how]()
+    why = f"the {where} has {'its forward replaced' if how == 'instance_forward' else 'hooks'}"
+    with pytest.raises(ValueError, match=why):
+        MambaLM(hf, chunk_size=SEG)
+    with pytest.raises(ValueError, match=why):
+        StreamRunner(hf, segment_size=SEG, progress=False)
+    if how == "instance_forward":
+        del module.forward
+    else:
+        handle.remove()
+    assert torch.equal(MambaLM(hf, chunk_size=SEG)(ids, logits="last")[0], want)
+
+
 def test_the_model_is_reread_once_per_call_and_not_per_continued_chunk(monkeypatch):
     """The re-read walks every module: once per run / answer / decode / new stream, not per segment, not for each
     chunk of a continued stream (prefill(chunk, state)), not again inside the decoding."""

@@ -10,8 +10,15 @@ from torch import nn
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models._common import check_input_ids, check_positive, check_token_range, greedy_loop
 from babilong_fast.models.mamba.layers import forward_chunk, forward_chunked
-from babilong_fast.models.mamba.parts import MambaParts, custom_forward, mamba_parts, wrapped_mixers
+from babilong_fast.models.mamba.parts import (
+    MambaParts,
+    custom_forward,
+    mamba_parts,
+    replaced_forward,
+    wrapped_mixers,
+)
 from babilong_fast.models.mamba.state import MambaState
+from babilong_fast.models.plain_modules import has_hooks
 
 DEFAULT_CHUNK_SIZE = 2048
 Logits = Literal["none", "last", "all"]
@@ -199,7 +206,7 @@ def _checked_parts(model: nn.Module) -> MambaParts:
     parts = mamba_parts(model)
     if parts.lm_head is None:
         raise TypeError(f"MambaLM needs a model with an LM head (MambaForCausalLM), got {type(model).__name__}")
-    why = (custom_forward(model, "the model") or custom_forward(getattr(model, "backbone", model), "the backbone")
+    why = (_skipped_wrapper(model, "the model") or _skipped_wrapper(model.backbone, "the backbone")
            or wrapped_mixers(parts))
     if why:
         raise ValueError(
@@ -207,6 +214,13 @@ def _checked_parts(model: nn.Module) -> MambaParts:
             "weights first (peft: merge_and_unload()), remove the hooks, or load the weights into the stock classes"
         )
     return parts
+
+
+def _skipped_wrapper(module: nn.Module, name: str) -> str | None:
+    """Why ``module`` (the LM or its backbone, never called: MambaLM runs their parts) would lose something: a
+    subclass's own forward, hooks, or a replaced instance forward; None if nothing."""
+    return (custom_forward(module, name) or (f"{name} has hooks" if has_hooks(module) else None)
+            or replaced_forward(module, name))
 
 
 def _logits_arg(logits: object) -> slice | None:
