@@ -339,7 +339,7 @@ void assoc_read_qproj_launch(const AssocReadParams &params, cudaStream_t stream)
     const int64_t grid_x = (params.num_tokens + kQM - 1) / kQM;
     const int64_t grid_y = (static_cast<int64_t>(params.n) + kQN - 1) / kQN;
     TORCH_CHECK(grid_x <= INT_MAX, "assoc_read_fwd: too many tokens (", params.num_tokens, ")");
-    TORCH_CHECK(grid_y <= 65535, "assoc_read_fwd: n = ", params.n, " is too large");
+    TORCH_CHECK_VALUE(grid_y <= 65535, "assoc_read_fwd: n = ", params.n, " is too large");
     TORCH_CHECK(params.q_splits >= 1 && params.q_splits <= 65535, "assoc_read_fwd: bad q split count");
     BFAST_LAUNCH(qproj_kernel<input_t>,
                  dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y),
@@ -356,7 +356,7 @@ void assoc_read_main_launch(const AssocReadParams &params, cudaStream_t stream) 
     const int64_t grid_x = tiles_per_group * params.num_groups;
     const int64_t grid_y = (static_cast<int64_t>(params.d) + kBD - 1) / kBD;
     TORCH_CHECK(grid_x <= INT_MAX, "assoc_read_fwd: too many tokens (", params.num_tokens, ")");
-    TORCH_CHECK(grid_y <= 65535, "assoc_read_fwd: d = ", params.d, " is too large");
+    TORCH_CHECK_VALUE(grid_y <= 65535, "assoc_read_fwd: d = ", params.d, " is too large");
     TORCH_CHECK(params.f_splits >= 1 && params.f_splits <= 65535, "assoc_read_fwd: bad feature split count");
 
     const bool split = params.f_splits > 1;

@@ -132,7 +132,7 @@ void assoc_write_proj_launch(const AssocWriteParams &params, cudaStream_t stream
     const int64_t grid_x = (params.R + kPR - 1) / kPR;
     const int64_t grid_y = (static_cast<int64_t>(params.n) + params.d + 1 + kPC - 1) / kPC;
     TORCH_CHECK(grid_x <= INT_MAX, "assoc_write_fwd: too many memory rows (", params.R, ")");
-    TORCH_CHECK(grid_y <= 65535, "assoc_write_fwd: d_mem + d = ", params.n + params.d, " is too large");
+    TORCH_CHECK_VALUE(grid_y <= 65535, "assoc_write_fwd: d_mem + d = ", params.n + params.d, " is too large");
     BFAST_LAUNCH(proj_kernel<input_t>, dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)), kThreads,
                  0, stream, static_cast<const input_t *>(params.mem_ptr), params.wk_ptr, params.wv_ptr, params.wb_ptr,
                  params.bb_ptr, params.k_ptr, params.u_ptr, params.beta_ptr, params.R, params.d, params.n);

@@ -1,6 +1,7 @@
 // The float32 kernels that read and update the state (A, z): recall and update. They do not depend on mem's dtype,
 // so they are compiled once, here.
 #include "assoc_write/assoc_write_kernel.cuh"
+#include "common/grid_limit.h"
 
 namespace assoc_write {
 
@@ -194,8 +195,8 @@ update_kernel(const float *__restrict__ k, const float *__restrict__ u, const fl
 namespace {
 
 void check_batch_grid(const AssocWriteParams &params, const int64_t grid_y, const char *what) {
-    TORCH_CHECK(grid_y <= 65535, "assoc_write_fwd: ", what, " is too large for one launch");
-    TORCH_CHECK(params.B <= 65535, "assoc_write_fwd: batch size ", params.B, " exceeds 65535");
+    TORCH_CHECK_VALUE(grid_y <= 65535, "assoc_write_fwd: ", what, " is too large for one launch");
+    TORCH_CHECK_VALUE(params.B <= 65535, "assoc_write_fwd: batch ", params.B, " is above 65535, ", bfast::kGridLimitHint);
 }
 
 }  // namespace

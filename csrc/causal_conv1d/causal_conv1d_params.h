@@ -9,6 +9,7 @@
 
 #include "causal_conv1d/causal_conv1d.h"
 #include "common/dtype_code.h"
+#include "common/grid_limit.h"
 #include "common/new_buffer.h"
 
 namespace bfast {
@@ -25,9 +26,9 @@ inline CausalConvParams make_conv_params(const torch::Tensor &x, const torch::Te
     const int64_t W = weight.size(1);
     TORCH_CHECK(W >= 1 && W <= kConvMaxWidth, fn, ": width = weight.size(1) must be in [1, ", kConvMaxWidth,
                 "], got ", W);
-    TORCH_CHECK(x.size(0) <= 65535 && x.size(1) <= 65535, fn,
-                ": batch and dim must be at most 65535 (the grid's z and y sizes), got ", x.size(0), " and ",
-                x.size(1));
+    TORCH_CHECK_VALUE(x.size(0) <= 65535, fn, ": batch ", x.size(0), " is above 65535, ", bfast::kGridLimitHint);
+    TORCH_CHECK_VALUE(x.size(1) <= 65535, fn, ": dim ", x.size(1), " is above 65535, CUDA's grid limit (use "
+                      "backend='torch')");
     CausalConvParams p{};
     p.batch = x.size(0);
     p.dim = x.size(1);

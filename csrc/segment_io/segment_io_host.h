@@ -11,6 +11,7 @@
 
 #include "common/dispatch.h"
 #include "common/dtype_code.h"
+#include "common/grid_limit.h"
 #include "segment_io/segment_io.h"
 
 #define SIO_CHECK_CONTIGUOUS(fn, x) TORCH_CHECK((x).is_contiguous(), fn, ": " #x " must be contiguous")
@@ -70,7 +71,8 @@ inline void segment_embed_run(const torch::Tensor &input_ids, const torch::Tenso
     const int64_t T = Mf + L + Mb;
     TORCH_CHECK(out.size(1) == T, fn, ": out.size(1) must be Mf + L + Mb = ", T, ", got ", out.size(1));
     TORCH_CHECK(T <= wpe.size(0), fn, ": the segment has ", T, " rows but wpe only ", wpe.size(0), " positions");
-    TORCH_CHECK(B <= 65535 && T <= INT32_MAX, fn, ": B must be <= 65535 and T < 2^31");
+    TORCH_CHECK_VALUE(B <= 65535, fn, ": batch ", B, " is above 65535, ", bfast::kGridLimitHint);
+    TORCH_CHECK_VALUE(T <= INT32_MAX, fn, ": the segment has ", T, " rows; at most 2^31 - 1");
     if (B == 0 || T == 0 || d == 0) return;
 
     SegmentEmbedParams p;
@@ -119,7 +121,8 @@ inline void rows_layer_norm_run(const torch::Tensor &x, int64_t start, int64_t c
     TORCH_CHECK(out.dim() == 3 && out.size(0) == B && out.size(1) == count && out.size(2) == d, fn,
                 ": out must be (B, count, d) = (", B, ", ", count, ", ", d, "), got ", out.sizes());
     TORCH_CHECK(eps > 0, fn, ": eps must be > 0, got ", eps);
-    TORCH_CHECK(B <= 65535 && count <= INT32_MAX, fn, ": B must be <= 65535 and count < 2^31");
+    TORCH_CHECK_VALUE(B <= 65535, fn, ": batch ", B, " is above 65535, ", bfast::kGridLimitHint);
+    TORCH_CHECK_VALUE(count <= INT32_MAX, fn, ": count ", count, " is above 2^31 - 1");
     if (B == 0 || count == 0 || d == 0) return;
 
     RowsLayerNormParams p;

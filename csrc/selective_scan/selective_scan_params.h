@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include "common/dtype_code.h"
+#include "common/grid_limit.h"
 #include "common/new_buffer.h"
 #include "selective_scan/selective_scan.h"
 
@@ -62,8 +63,8 @@ inline SelectiveScanParams make_scan_params(const torch::Tensor &u, const torch:
                 kScanMaxN, "]");
     TORCH_CHECK(u.size(2) <= 1 || (u.stride(2) == 1 && delta.stride(2) == 1),
                 "selective_scan_fwd: u and delta need stride 1 along L");
-    TORCH_CHECK(u.size(0) <= 65535, "selective_scan_fwd: batch must be at most 65535 (the grid's y size), got ",
-                u.size(0));
+    TORCH_CHECK_VALUE(u.size(0) <= 65535, "selective_scan_fwd: batch ", u.size(0), " is above 65535, ",
+                      bfast::kGridLimitHint);
     SelectiveScanParams p{};
     p.batch = u.size(0);
     p.dim = u.size(1);
