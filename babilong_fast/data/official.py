@@ -194,6 +194,10 @@ def _iter_json_records(path: Path) -> Iterator[Any]:
             raise OfficialFormatError(f"{path}: the file is empty")
         if c == "[":
             yield from _iter_json_array(r)
+            r.take("]")
+            if not r.at_end():  # one array per file (the official files are one json.dump each)
+                raise OfficialFormatError(f"{path}: more data after the JSON array's closing ']' (starting "
+                                          f"{r.buf[r.pos:r.pos + 20]!r}); a file holds one array of records")
             return
         if c != "{":
             raise OfficialFormatError(

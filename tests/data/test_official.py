@@ -267,6 +267,8 @@ def test_missing_paths_and_selection_errors(tmp_path: Path) -> None:
         (json.dumps(RECORDS).replace("}, {", "} {", 1), r"expected ',' or ']' after record 0"),
         (json.dumps(RECORDS[0]) + "\n" + json.dumps(RECORDS[1])[:-2] + "\n", r"record 1 is not valid JSON"),
         (json.dumps({"input": ["a", "b"], "question": ["q"], "target": ["t", "u"]}), r"different lengths"),
+        (json.dumps(RECORDS[:2]) + json.dumps(RECORDS[2:]), r"more data after the JSON array's closing"),
+        (json.dumps(RECORDS) + "\n]", r"more data after the JSON array's closing \S+ \(starting '\]'\)"),
         ("", r"the file is empty"),
         ('"just a string"', r"starts with '\"'"),
     ],
