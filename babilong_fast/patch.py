@@ -30,6 +30,7 @@ from torch import nn
 from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models.mamba.lm import DEFAULT_CHUNK_SIZE
+from babilong_fast.models.plain_modules import is_class_method
 
 Binding = tuple[nn.Module, str, Callable[..., Any]]
 Patcher = Callable[[nn.Module], list[Binding]]
@@ -38,6 +39,7 @@ as a method of its module; it reads its :class:`PatchOptions` from ``module.__di
 
 OPTIONS_ATTR = "_babilong_fast_options"
 RECORD_ATTR = "_babilong_fast_patched"
+BOUND_ATTR = "_babilong_fast_bound"  # on the patched model: [(module, attribute, the method bound there)]
 
 PATCHERS: dict[str, Patcher] = {}
 _builtins_loaded = False
@@ -112,6 +114,25 @@ def _check_not_nested(model: nn.Module) -> None:
             )
 
 
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    if module is model:
+        return "the model"
+    return next((f"the model's {name}" for name, m in model.named_modules() if m is module), type(module).__name__)
+
+
+def _check_not_replaced(model: nn.Module, bindings: list[Binding]) -> None:
+    """An instance attribute the patch would bind over (accelerate's device-map and offload hooks replace
+    ``forward``) would be hidden while patched, its hook skipped: refuse."""
+    for module, name, _ in bindings:
+        if name in module.__dict__ and not is_class_method(module, name, module.__dict__[name]):
+            raise ValueError(
+                f"{_module_name(model, module)} has its {name} replaced on the instance (accelerate's device-map or "
+                "offload hooks?), which the patch would hide: patch before adding such hooks (the patched forward "
+                "then runs the library's own where they are), or remove them first "
+                "(accelerate.hooks.remove_hook_from_module(model, recurse=True))"
+            )
+
+
 def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> nn.Module:
     """Make ``model``'s own ``forward`` run on babilong_fast's kernels; returns ``model`` (patched in place).
 
@@ -133,7 +154,8 @@ def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT
 
     Raises:
         TypeError: a model of another type (the message lists the supported ones).
-        ValueError: a bad ``backend`` or ``chunk_size``; a model inside a patched model, or holding one.
+        ValueError: a bad ``backend`` or ``chunk_size``; a model inside a patched model, or holding one; a model
+            whose ``forward`` (or its backbone's) is already replaced on the instance (accelerate's hooks).
 
     Examples::
         >>> import babilong_fast, torch
@@ -158,18 +180,27 @@ def patch(model: nn.Module, backend: Backend = "auto", chunk_size: int = DEFAULT
         return model
     _check_not_nested(model)
     bindings = _patcher_for(model)(model)
+    _check_not_replaced(model, bindings)
     modules: dict[nn.Module, dict[str, Any]] = {}
+    bound = []
     for module, name, fn in bindings:
         saved = modules.setdefault(module, {})
         saved.setdefault(name, module.__dict__.get(name, MISSING))
-        module.__dict__[name] = bind(fn, module)
+        module.__dict__[name] = method = bind(fn, module)
         module.__dict__[OPTIONS_ATTR] = options
+        bound.append((module, name, method))
     model.__dict__[RECORD_ATTR] = modules
+    model.__dict__[BOUND_ATTR] = bound
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Undo :func:`patch` on ``model`` (and the submodules it patched); a model not patched is returned as is."""
+    """Undo :func:`patch` on ``model`` (and the submodules it patched); a model not patched is returned as is.
+
+    Raises:
+        ValueError: ``model`` is patched only as part of the model that holds it (the LM's backbone), or a method
+            the patch bound was replaced since (accelerate's hooks added after patching: remove them first).
+    """
     from babilong_fast import patch_recurrent as rec
 
     if not isinstance(model, nn.Module):
@@ -178,10 +209,22 @@ def unpatch(model: nn.Module) -> nn.Module:
         return rec.unpatch_recurrent(model)
     if rec.is_reference_recurrent(model):
         return model
-    modules = model.__dict__.pop(RECORD_ATTR, None)
+    modules = model.__dict__.get(RECORD_ATTR)
     if modules is None:
         _patcher_for(model)  # TypeError for a model that could never have been patched
+        if OPTIONS_ATTR in model.__dict__:
+            raise ValueError(f"this {type(model).__name__} is patched as part of the model that holds it; unpatch "
+                             "that model instead")
         return model
+    for module, name, method in model.__dict__.get(BOUND_ATTR, ()):
+        if module.__dict__.get(name) is not method:
+            raise ValueError(
+                f"{_module_name(model, module)} has its {name} replaced since it was patched (accelerate's "
+                "hooks?), and unpatching would drop that: remove it first "
+                "(accelerate.hooks.remove_hook_from_module(model, recurse=True)), then unpatch"
+            )
+    del model.__dict__[RECORD_ATTR]
+    model.__dict__.pop(BOUND_ATTR, None)  # absent in a model patched (and pickled) before it was kept
     for module, saved in modules.items():
         for name, previous in saved.items():
             if previous is MISSING:
@@ -193,7 +236,8 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 def is_patched(model: nn.Module) -> bool:
-    """Whether :func:`patch` has been applied to ``model`` (and not undone)."""
+    """Whether :func:`patch` has been applied to ``model`` (and not undone). False for a module patched as part of
+    the model that holds it (the LM's backbone); :func:`patch_options` gives its options."""
     from babilong_fast.patch_recurrent import is_recurrent_patched
 
     return RECORD_ATTR in model.__dict__ or is_recurrent_patched(model)

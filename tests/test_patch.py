@@ -521,6 +521,60 @@ def test_nested_patch_is_refused(hf):
     assert "forward" not in hf.__dict__ and "forward" not in hf.backbone.__dict__
 
 
+def _wrap_forward(module, scale):
+    """An instance forward around the current one that scales its output, as accelerate's hooks wrap it."""
+    inner = module.forward
+
+    def forward(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        return type(out)({k: v * scale if k in ("logits", "last_hidden_state") else v for k, v in out.items()})
+
+    module.forward = forward
+    return inner
+
+
+@pytest.mark.parametrize("where", ["model", "backbone"])
+def test_a_forward_replaced_on_the_instance_is_not_hidden(hf, where):
+    """A forward already replaced on the instance (accelerate's device-map or offload hooks) was bound over and
+    skipped: patch refuses it. One replaced after patching was dropped by unpatch: unpatch refuses it until it is
+    removed; then it unpatches."""
+    module = hf if where == "model" else hf.backbone
+    name = "the model" if where == "model" else "the model's backbone"
+    ids = prompt(2, 30)
+    with torch.no_grad():
+        want = hf(ids).logits
+    inner = _wrap_forward(module, 0.5)
+    with pytest.raises(ValueError, match=f"{name} has its forward replaced on the instance"):
+        patch(hf)
+    assert not is_patched(hf) and "forward" not in (hf.backbone if where == "model" else hf).__dict__
+    module.forward = inner
+    del module.forward  # the class's again
+    patch(hf, chunk_size=8)
+    ours = module.__dict__["forward"]
+    _wrap_forward(module, 0.5)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the LM calls a wrapped backbone as a module
+        assert_close("hooked", want * 0.5, hf(ids).logits, 1e-4)
+    with pytest.raises(ValueError, match=f"{name} has its forward replaced since it was patched"):
+        unpatch(hf)
+    assert is_patched(hf) and patch_options(hf.backbone) is not None
+    module.forward = ours  # the hook removed
+    unpatch(hf)
+    assert "forward" not in hf.__dict__ and "forward" not in hf.backbone.__dict__
+    with torch.no_grad():
+        assert_close("unpatched", want, hf(ids).logits, 1e-6)
+
+
+def test_unpatch_of_a_module_patched_as_part_of_its_model_is_refused(hf):
+    """unpatch(lm.backbone) did nothing and said nothing while the backbone stayed patched."""
+    patch(hf)
+    with pytest.raises(ValueError, match="patched as part of the model that holds it; unpatch that model instead"):
+        unpatch(hf.backbone)
+    assert not is_patched(hf.backbone) and patch_options(hf.backbone) is not None
+    unpatch(hf)
+    assert unpatch(hf.backbone) is hf.backbone  # not patched: a no-op
+
+
 def test_bad_input(hf):
     with pytest.raises(TypeError, match="babilong_fast.patch supports MambaForCausalLM, MambaModel"):
         patch(torch.nn.Linear(2, 2))

@@ -7,6 +7,8 @@ visible) or a module with forward hooks, would then be skipped silently; these c
 
 from __future__ import annotations
 
+import types
+
 from torch import nn
 
 
@@ -17,7 +19,26 @@ def not_plain(module: nn.Module, expected: tuple[type, ...], name: str) -> str |
         return f"{name} is a {_qualified(type(module))}, not a plain {want} (an adapter such as LoRA?)"
     if has_forward_hooks(module):
         return f"{name} has forward hooks"
-    return None
+    return replaced_forward(module, name)
+
+
+def is_class_method(module: nn.Module, name: str, value: object) -> bool:
+    """Whether ``value`` is ``module``'s class attribute ``name`` bound to ``module`` (what accelerate's
+    ``remove_hook_from_module`` leaves on the instance), so calling it is calling the class's own."""
+    return (isinstance(value, types.MethodType) and value.__self__ is module
+            and value.__func__ is getattr(type(module), name, None))
+
+
+def replaced_forward(module: nn.Module, name: str) -> str | None:
+    """Why ``module``'s forward, replaced on the instance (accelerate's offload / device-map hooks set one), would be
+    skipped where its weights are read directly; None if it is not: babilong_fast's own patch is not counted, nor
+    the class's forward bound to the instance."""
+    from babilong_fast.patch import OPTIONS_ATTR
+
+    fn = module.__dict__.get("forward", module)  # module: no instance forward
+    if fn is module or OPTIONS_ATTR in module.__dict__ or is_class_method(module, "forward", fn):
+        return None
+    return f"{name} has its forward replaced (accelerate offload or device-map hooks?)"
 
 
 def has_forward_hooks(module: nn.Module) -> bool:

@@ -14,11 +14,10 @@ from babilong_fast.models.mamba.parts import (
     MambaParts,
     custom_forward,
     mamba_parts,
-    replaced_forward,
     wrapped_mixers,
 )
 from babilong_fast.models.mamba.state import MambaState
-from babilong_fast.models.plain_modules import has_hooks
+from babilong_fast.models.plain_modules import has_hooks, replaced_forward
 
 DEFAULT_CHUNK_SIZE = 2048
 Logits = Literal["none", "last", "all"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from babilong_fast.models.plain_modules import first_not_plain, has_hooks
+from babilong_fast.models.plain_modules import first_not_plain, has_hooks, replaced_forward
 
 HF_MODULE = "transformers.models.mamba.modeling_mamba"
 SSM_MODELS_MODULE = "mamba_ssm.models.mixer_seq_simple"
@@ -154,16 +154,6 @@ def mamba_parts(model: nn.Module) -> MambaParts:
     )
 
 
-def replaced_forward(module: nn.Module, name: str) -> str | None:
-    """Why an instance ``forward`` (accelerate's offload / device-map hooks set one) would be skipped, or None.
-    babilong_fast's own patch is not counted."""
-    from babilong_fast.patch import OPTIONS_ATTR
-
-    if "forward" in module.__dict__ and OPTIONS_ATTR not in module.__dict__:
-        return f"{name} has its forward replaced (accelerate offload or device-map hooks?)"
-    return None
-
-
 LIBRARY_MODULES = ("transformers.models.mamba.", "mamba_ssm.")
 
 
@@ -210,11 +200,8 @@ def wrapped_mixer_part(mixer: nn.Module, name: str = "mixer", hooks_on_mixer: bo
     parts = {f"{name}.{p}": (getattr(mixer, p), (nn.Linear,)) for p in ("in_proj", "x_proj", "dt_proj", "out_proj")}
     parts[f"{name}.conv1d"] = (mixer.conv1d, (nn.Conv1d,))
     if hooks_on_mixer:
-        parts[name] = (mixer, (type(mixer),))  # its class is checked below: only its hooks here
-    why = custom_forward(mixer, name) or first_not_plain(parts)
-    for part, (module, _) in parts.items():
-        why = why or replaced_forward(module, part)
-    return why
+        parts[name] = (mixer, (type(mixer),))  # its class is checked below: its hooks and forward here
+    return custom_forward(mixer, name) or first_not_plain(parts)
 
 
 def wrapped_mixers(parts: MambaParts) -> str | None:

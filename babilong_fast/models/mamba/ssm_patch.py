@@ -25,12 +25,11 @@ from babilong_fast.models.mamba.parts import (
     mamba_parts,
     mixer_dims,
     own_forward_first,
-    replaced_forward,
     wrapped_mixer_part,
     wrapped_mixers,
 )
 from babilong_fast.models.mamba.state import MambaState
-from babilong_fast.models.plain_modules import has_hooks
+from babilong_fast.models.plain_modules import has_hooks, replaced_forward
 from babilong_fast.patch import OPTIONS_ATTR
 
 CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
