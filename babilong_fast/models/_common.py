@@ -52,6 +52,12 @@ def check_token_range(ids: torch.Tensor, vocab_size: int, name: str = "input_ids
                 f"{name} must lie in [0, {vocab_size}) (the backbone's vocabulary), got ids in [{lo}, {hi}]")
 
 
+def check_state_device(have: torch.device, want: torch.device) -> None:
+    """ValueError unless the memory state is on the input's device."""
+    if have != want:
+        raise ValueError(f"the state is on {have} but the input ids on {want}: move it (state.to(device))")
+
+
 def check_mask(mask: object, input_ids: torch.Tensor, name: str) -> torch.Tensor | None:
     """``None`` or a ``[B, N]`` tensor matching ``input_ids``, on its device."""
     if mask is None:

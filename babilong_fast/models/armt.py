@@ -21,6 +21,8 @@ from babilong_fast.models._common import (
     check_input_ids,
     check_mask,
     check_positive,
+    check_state_device,
+    check_token_range,
 )
 from babilong_fast.models.checkpointing import hooks_outside_checkpoints
 from babilong_fast.models.recurrent import RecurrentLM
@@ -140,9 +142,10 @@ class ARMT(RecurrentLM):
         device = self.memory.device if device is None else device
         return ARMTState.zeros(len(self.layers), batch_size, self.num_features, self.d_model, device)
 
-    def _check_state(self, state: object, batch_size: int) -> ARMTState:
+    def _check_state(self, state: object, batch_size: int, device: torch.device) -> ARMTState:
         if not isinstance(state, ARMTState):
             raise TypeError(f"state must be an ARMTState (see init_state), got {type(state).__name__}")
+        check_state_device(state.A[0].device, device)
         if state.num_layers != len(self.layers):
             raise ValueError(f"state has {state.num_layers} layers, the model {len(self.layers)}")
         want = (self.num_features, self.d_model)
@@ -190,11 +193,17 @@ class ARMT(RecurrentLM):
 
         Returns:
             ``(logits [B, L, V] or None, hidden [B, L, d] (after ln_f), new_state)``.
+
+        Raises:
+            ValueError: ids outside the vocabulary (checked here for CPU tensors; on a GPU :meth:`forward` and
+                :meth:`generate` check once per call), a state of another shape or batch, or on another device.
         """
         input_ids = check_input_ids(input_ids)
+        if input_ids.device.type == "cpu":  # on a GPU forward / generate check once per call (a sync)
+            check_token_range(input_ids, self.vocab_size)
         attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
         B, L = input_ids.shape
-        state = self._check_state(state, B)
+        state = self._check_state(state, B, input_ids.device)
         M = self.num_mem_tokens
         tr = self.backbone.transformer
         emb = tr.wte(input_ids)

@@ -195,7 +195,7 @@ class CompiledStep:
             or compiled_step_unsupported(model) is not None
         ):
             return stream_step(model, ids, state, self.workspace)
-        state = model._check_state(state, ids.shape[0])
+        state = model._check_state(state, ids.shape[0], ids.device)
         if self._fn is None:
             self._fn = self._make()
         ids = ids.contiguous()

@@ -29,7 +29,7 @@ class RecurrentLM(nn.Module):
 
     Subclasses provide ``backbone``, ``segment_size``, ``n_positions``, ``init_state(batch, device)``,
     ``segment_forward(ids, mask, state, *, write, return_logits) -> (logits, hidden, state)``,
-    ``_check_state(state, batch)`` and ``_decode_prefix`` (rows placed before the final segment while
+    ``_check_state(state, batch, device)`` and ``_decode_prefix`` (rows placed before the final segment while
     decoding: RMT's read memory; 0 for ARMT).
     """
 
@@ -153,7 +153,7 @@ class RecurrentLM(nn.Module):
                 "segment only, the earlier ones go into state"
             )
         self.check_decode_fits(last.shape[1], max_new_tokens)
-        state = self._check_state(state, last.shape[0])
+        state = self._check_state(state, last.shape[0], last.device)
 
         def step(generated: torch.Tensor) -> torch.Tensor:
             ids = torch.cat([last, generated], 1)

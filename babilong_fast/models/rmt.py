@@ -17,6 +17,8 @@ from babilong_fast.models._common import (
     check_input_ids,
     check_mask,
     check_positive,
+    check_state_device,
+    check_token_range,
 )
 from babilong_fast.models.recurrent import RecurrentLM
 from babilong_fast.models.state import RMTState
@@ -87,9 +89,10 @@ class RMT(RecurrentLM):
         mem = self.memory.float().unsqueeze(0).expand(batch_size, -1, -1)
         return RMTState(mem if device is None else mem.to(device), 0)
 
-    def _check_state(self, state: object, batch_size: int) -> RMTState:
+    def _check_state(self, state: object, batch_size: int, device: torch.device) -> RMTState:
         if not isinstance(state, RMTState):
             raise TypeError(f"state must be an RMTState (see init_state), got {type(state).__name__}")
+        check_state_device(state.memory.device, device)
         M, d = self.num_mem_tokens, self.d_model
         if state.memory.shape[1:] != (M, d) or state.batch_size not in (1, batch_size):
             raise ValueError(f"state memory must be [{batch_size} or 1, {M}, {d}], got {tuple(state.memory.shape)}")
@@ -115,11 +118,17 @@ class RMT(RecurrentLM):
 
         Returns:
             ``(logits [B, L, V] or None, hidden [B, L, d] (after ln_f), new_state)``.
+
+        Raises:
+            ValueError: ids outside the vocabulary (checked here for CPU tensors; on a GPU :meth:`forward` and
+                :meth:`generate` check once per call), a state of another shape or batch, or on another device.
         """
         input_ids = check_input_ids(input_ids)
+        if input_ids.device.type == "cpu":  # on a GPU forward / generate check once per call (a sync)
+            check_token_range(input_ids, self.vocab_size)
         attention_mask = check_mask(attention_mask, input_ids, "attention_mask")
         B, L = input_ids.shape
-        state = self._check_state(state, B)
+        state = self._check_state(state, B, input_ids.device)
         M = self.num_mem_tokens
         tr = self.backbone.transformer
         tok = tr.wte(input_ids)

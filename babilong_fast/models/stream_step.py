@@ -145,7 +145,7 @@ def rmt_stream_step(
     """RMT: ``[mem; wte(ids); mem] + wpe`` in ``ws``'s buffer, the blocks (the last for the ``M`` write rows
     only), then ``ln_f`` on those rows."""
     ids, B, L, T = _segment_rows(model, ids, 2 * model.num_mem_tokens)
-    state = model._check_state(state, B)
+    state = model._check_state(state, B, ids.device)
     M, tr = model.num_mem_tokens, model.backbone.transformer
     wte = tr.wte.weight
     h = ws.buffer(B, T, wte.shape[1], wte.dtype, wte.device)
@@ -170,7 +170,7 @@ def armt_stream_step(
     ``segment_forward``.
     """
     ids, B, L, T = _segment_rows(model, ids, model.num_mem_tokens)
-    state = model._check_state(state, B)
+    state = model._check_state(state, B, ids.device)
     M, tr = model.num_mem_tokens, model.backbone.transformer
     wte = tr.wte.weight
     h = ws.buffer(B, T, wte.shape[1], wte.dtype, wte.device)

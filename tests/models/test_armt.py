@@ -242,6 +242,10 @@ def test_armt_bad_input():
         model.segment_forward(ids, None, None)
     with pytest.raises(ValueError, match="state"):
         model.segment_forward(ids, None, model.init_state(3))
+    with pytest.raises(ValueError, match=rf"input_ids must lie in \[0, {VOCAB}\)"):  # not the embedding's IndexError
+        model.segment_forward(bad[:, :SEG], None, state)
+    with pytest.raises(ValueError, match="the state is on meta but the input ids on cpu"):
+        model.segment_forward(ids[:, :SEG], None, model.init_state(2, "meta"))
     with pytest.raises(ValueError, match="positions"):
         model.segment_forward(torch.randint(0, VOCAB, (2, 95)), None, state)
     with pytest.raises(ValueError, match="positions"):

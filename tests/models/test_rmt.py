@@ -140,6 +140,10 @@ def test_rmt_state_helpers_and_bad_input():
         model.segment_forward(ids, None, model.init_state(2).memory)
     with pytest.raises(ValueError, match="state"):
         model.segment_forward(ids, None, state)
+    with pytest.raises(ValueError, match=rf"input_ids must lie in \[0, {VOCAB}\)"):  # not the embedding's IndexError
+        model.segment_forward(ids - VOCAB, None, model.init_state(2))
+    with pytest.raises(ValueError, match="the state is on meta but the input ids on cpu"):  # not torch.cat's error
+        model.segment_forward(ids, None, model.init_state(2, "meta"))
     with pytest.raises(ValueError, match="positions"):
         model.generate(torch.randint(0, VOCAB, (1, SEG)), max_new_tokens=80)
     with pytest.raises(ValueError, match="positions"):
