@@ -59,7 +59,7 @@ def check_state_device(have: torch.device, want: torch.device) -> None:
 
 
 def check_mask(mask: object, input_ids: torch.Tensor, name: str) -> torch.Tensor | None:
-    """``None`` or a ``[B, N]`` tensor matching ``input_ids``, on its device."""
+    """``None`` or a ``[B, N]`` tensor matching ``input_ids``, on its device, of 0 and 1 (checked on the CPU)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -68,6 +68,10 @@ def check_mask(mask: object, input_ids: torch.Tensor, name: str) -> torch.Tensor
         raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
     if mask.device != input_ids.device:
         raise ValueError(f"{name} is on {mask.device} but input_ids is on {input_ids.device}")
+    if mask.device.type == "cpu" and mask.dtype != torch.bool and ((mask != 0) & (mask != 1)).any():
+        # e.g. labels passed where the mask goes (forward(input_ids, attention_mask, labels_mask): no labels)
+        raise ValueError(f"{name} must hold 0 and 1 only (or bools), got values such as "
+                         f"{mask[(mask != 0) & (mask != 1)][:3].tolist()}")
     return mask
 
 

@@ -238,6 +238,10 @@ def test_armt_bad_input():
         model(ids, attention_mask=torch.ones(2, 19))
     with pytest.raises(ValueError, match="labels_mask"):
         model(ids, labels_mask=torch.ones(1, 20, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"attention_mask must hold 0 and 1 only .*got values such as \["):
+        model(ids, ids)  # the reference's forward(input_ids, labels, ...): ours takes no labels
+    with pytest.raises(ValueError, match="labels_mask must hold 0 and 1 only"):
+        model(ids, labels_mask=torch.full((2, 20), 0.5))
     with pytest.raises(TypeError, match="state"):
         model.segment_forward(ids, None, None)
     with pytest.raises(ValueError, match="state"):
