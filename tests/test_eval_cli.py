@@ -161,6 +161,22 @@ def test_eval_keeps_the_cells_done_when_a_later_one_fails(ckpts, tmp_path, monke
         assert [r["length"] for r in csv.DictReader(f)] == ["0k"]
 
 
+def test_eval_replaces_an_earlier_runs_files_and_says_so(ckpts, tmp_path, monkeypatch, capsys):
+    """A second run into the same --out removes the first run's files before its first cell: one that fails early
+    no longer leaves the earlier heatmap beside its own results."""
+    out = tmp_path / "out"
+    assert _eval(ckpts["rmt"], out) == 0 and (out / "heatmap.png").exists()
+    capsys.readouterr()
+
+    def fails(*args, **kw):
+        raise ValueError("stopped in the first cell")
+
+    monkeypatch.setattr(eval_mod, "evaluate_cell", fails)
+    assert _eval(ckpts["rmt"], out) == 1
+    assert f"replacing an earlier run's results.csv, results.json, heatmap.png in {out}" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
 def test_eval_checks_decoding_fits_before_the_first_sample(tmp_path, capsys):
     """An RMT whose positions hold a full segment and its memory, but not the answer after a full last segment."""
     torch.manual_seed(0)
@@ -394,6 +410,8 @@ def test_eval_on_official_files(ckpts, tmp_path, capsys):
                  "--no-progress", "--device", "cpu"]) == 0
     got = json.loads((out / "results.json").read_text())
     assert got["environment"]["data"] == str(tmp_path / "official") and got["complete"]
+    with open(out / "results.csv", newline="") as f:  # --split and --seed do not apply: blank, the files named
+        assert {(r["split"], r["seed"], r["data"]) for r in csv.DictReader(f)} == {("", "", str(tmp_path / "official"))}
     assert [(r["task"], r["length"], r["n"]) for r in got["results"]] == [
         ("qa1", "0k", 3), ("qa1", "1k", 3), ("qa2", "0k", 3), ("qa2", "1k", 3)]  # n=5 asked, 3 in each file
     records = load_official(tmp_path / "official", task="qa2", length="1k")

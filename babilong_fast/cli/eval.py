@@ -11,7 +11,7 @@ margin=20)`` (the fine-tuning format: context ‖ question ‖ GEN), streamed th
 :func:`~babilong_fast.data.metric.exact_match_finetuned` (answer then end-of-text, exact string). Written to
 ``--out``: ``results.csv`` and ``results.json`` (rewritten after every task × length cell, so a run that stops
 keeps the cells done; ``"complete": true`` once all are) and ``heatmap.png`` (accuracy %, tasks × lengths;
-needs matplotlib).
+needs matplotlib). An earlier run's files there are removed first, with a line saying so.
 
 ``--batch B`` streams up to ``B`` samples together as the rows of one batch. Rows must share the context and
 question lengths (samples of one cell have the same context length; questions may differ), so the first ``n``
@@ -60,8 +60,9 @@ from babilong_fast.progress_bar import StderrBar
 MAX_NEW_TOKENS = 10
 CSV_FIELDS = (
     "task", "length", "n", "correct", "accuracy", "seconds", "tokens", "tokens_per_s",
-    "kind", "checkpoint", "split", "seed", "device", "torch_version",
+    "kind", "checkpoint", "split", "seed", "data", "device", "torch_version",
 )
+OUTPUTS = ("results.csv", "results.json", "heatmap.png")
 
 
 def add_parser(sub, comma_list, positive_int) -> argparse.ArgumentParser:
@@ -334,8 +335,10 @@ def run_eval(args: argparse.Namespace) -> int:
             runner.answer(torch.zeros(rows, 1, dtype=torch.long), state=state, max_new_tokens=2, eos_token_id=EOS_ID)
         print(f"babilong-fast eval: compiled the streaming step for batch size(s) {sorted(sizes)} in "
               f"{time.perf_counter() - t0:.1f} s (not counted in the cells' timing)", file=sys.stderr)
+    official = args.data is not None  # then --split and --seed do not apply: recorded as null (blank in the CSV)
     env = {
-        "kind": kind, "checkpoint": args.checkpoint.name, "split": args.split, "seed": args.seed,
+        "kind": kind, "checkpoint": args.checkpoint.name, "split": None if official else args.split,
+        "seed": None if official else args.seed,
         "device": str(runner.device), "torch_version": torch.__version__, "batch": args.batch,
         "compile": args.compile, "data": None if args.data is None else str(args.data),
     }
@@ -353,6 +356,11 @@ def run_eval(args: argparse.Namespace) -> int:
         "tasks": args.tasks, "lengths": args.lengths, "n": args.n, "complete": False,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    earlier = [name for name in OUTPUTS if (args.out / name).exists()]
+    if earlier:  # removed now: a run that fails early must not leave an earlier run's heatmap beside its results
+        print(f"babilong-fast eval: replacing an earlier run's {', '.join(earlier)} in {args.out}", file=sys.stderr)
+        for name in earlier:
+            (args.out / name).unlink()
     bar = StderrBar(len(args.tasks) * len(args.lengths) * args.n, show_bar=not args.no_progress, unit="sample",
                     desc="eval")  # the per-cell lines print either way
     rows: list[dict] = []
