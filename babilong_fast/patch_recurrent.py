@@ -27,7 +27,9 @@ Calls our path cannot honour run the original method instead, with a one-time wa
   ``bad_words_ids``, ...; also when set in the backbone's ``generation_config``), ``output_scores`` /
   ``return_dict_in_generate``, an ``attention_mask`` with padding (zeros), and any other keyword.
 * both: ``rmt_config``'s segmentation changed after patching; ARMT weights in float64 (its fused ops take
-  float32, bfloat16, float16); modules or parameters replaced after patching by ones ``from_reference`` refuses.
+  float32, bfloat16, float16); modules or parameters replaced after patching by ones ``from_reference`` refuses;
+  hooks (or a replaced ``forward``) on a module ours does not call: the memory cell, the GPT-2 LM, its
+  ``transformer``, ARMT's layer wrappers (``transformer.h[i]``; their inner blocks are called, hooks and all).
 
 Where the references fail, ours is more lenient: ARMT's ``forward`` and ``generate`` accept
 ``attention_mask=None`` (read as all ones).
@@ -54,6 +56,7 @@ from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models import ARMT, RMT
 from babilong_fast.models._common import check_input_ids, check_token_range, segment_bounds
+from babilong_fast.models.plain_modules import has_hooks, replaced_forward
 from babilong_fast.models.reference import (
     LEFT_ALIGNMENTS,
     RMT_WRAPPER_LIGHT,
@@ -278,9 +281,27 @@ def _sync_modes(rec: _Patch, model: nn.Module) -> None:
                 dst.__dict__[attr] = src.__dict__[attr]
 
 
+def _skipped_module_reason(rec: _Patch, model: nn.Module) -> str | None:
+    """Hooks or a replaced forward on a module of the wrapper that ours never calls (the memory cell, the GPT-2
+    LM and its transformer, ARMT's layer wrappers: ours calls their parts), which would be skipped silently."""
+    lm = model.memory_cell.model
+    named = [("memory_cell", model.memory_cell), ("memory_cell.model", lm), ("memory_cell.model.transformer",
+                                                                             lm.transformer)]
+    if rec.kind == "armt":
+        named += [(f"memory_cell.model.transformer.h.{i}", w) for i, w in enumerate(lm.transformer.h)]
+    for name, module in named:
+        why = (f"{name} has hooks" if has_hooks(module) else None) or replaced_forward(module, name)
+        if why:
+            return why
+    return None
+
+
 def _config_reason(rec: _Patch, model: nn.Module) -> str | None:
     if rec.kind == "armt" and rec.fast.memory.dtype not in HALF_AND_FLOAT:
         return f"{rec.fast.memory.dtype} weights: ARMT's fused ops take float32, bfloat16 or float16"
+    why = _skipped_module_reason(rec, model)
+    if why:
+        return why
     cfg = model.rmt_config
     if cfg.get("segment_alignment") not in LEFT_ALIGNMENTS or cfg.get("segment_size") != rec.segment_size:
         return "rmt_config segmentation changed after patching; patch again"

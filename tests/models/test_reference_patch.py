@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -578,6 +579,39 @@ def test_forward_fallbacks_warn_once():
         wrapper.rmt_config["segment_size"] = SEG + 1
         with pytest.warns(RuntimeWarning, match="patch again"):
             assert wrapper(ids) == "original forward"
+
+
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_hooks_on_modules_ours_does_not_call_fall_back(kind):
+    """Ours runs the cell's parts (blocks, embeddings, head), never the cell, the LM, its transformer or ARMT's
+    layer wrappers: a hook there was skipped silently; now the original runs, with a warning. A hook on a block
+    (which ours calls) keeps the fast path and fires."""
+    wrapper = stand_in_armt() if kind == "armt" else stand_in_rmt()
+    patch_recurrent(wrapper, backend="torch")
+    ids, mask, _ = batch()
+    lm = wrapper.memory_cell.model
+    names = ["memory_cell", "memory_cell.model", "memory_cell.model.transformer"]
+    names += ["memory_cell.model.transformer.h.1"] if kind == "armt" else []
+    for name in names:
+        module = wrapper.get_submodule(name)
+        handle = module.register_forward_pre_hook(lambda m, a: None)
+        with pytest.warns(RuntimeWarning, match=f"forward falls back .*{re.escape(name)} has hooks"):
+            assert wrapper(ids, attention_mask=mask) == "original forward"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reason was warned once, by forward
+            assert wrapper.generate(ids, torch.ones_like(ids), max_new_tokens=2) == "original generate"
+        handle.remove()
+    module.forward = lambda *a, **k: None
+    with pytest.warns(RuntimeWarning, match=f"{re.escape(name)} has its forward replaced"):
+        assert wrapper(ids, attention_mask=mask) == "original forward"
+    del module.forward
+    seen = []
+    block = lm.transformer.h[0].layer if kind == "armt" else lm.transformer.h[0]
+    block.register_forward_hook(lambda *a: seen.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wrapper(ids, attention_mask=mask) != "original forward"
+    assert len(seen) == N // SEG + (N % SEG > 0)
 
 
 # ---- generate ----------------------------------------------------------------------------------------------------
