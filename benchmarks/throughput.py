@@ -313,8 +313,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--device takes cpu, cuda or cuda:N, got {args.device!r}")
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         p.error(f"--device {args.device}: torch sees {torch.cuda.device_count()} CUDA device(s); use --device cpu")
+    _check_output_paths(p, args)
     args.parser = p
     return args
+
+
+def _check_output_paths(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--json a writable file path, --out a folder (created): usage errors now, not a traceback after the first
+    row."""
+    folder = os.path.dirname(os.path.abspath(args.json)) if args.json else args.out
+    if args.json and os.path.isdir(args.json):
+        p.error(f"--json {args.json!r} is a folder; give a file path (or --out for a folder)")
+    if args.out and not args.json and os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out!r} is a file; give a folder")
+    if folder:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            p.error(f"cannot create the output folder {folder!r}: {e.strerror}")
+        if not os.access(folder, os.W_OK):
+            p.error(f"the output folder {folder!r} is not writable")
 
 
 def comma_choices(p: argparse.ArgumentParser, what: str, text: str, allowed: tuple[str, ...]) -> list[str]:
@@ -394,9 +412,8 @@ def run_ops(args, on_rows: Callable[[list[dict], dict], None] | None = None) -> 
     for s in shapes:
         if len(s) != 4 or min(s) < 1:
             p.error(f"--shape takes four positive integers B,T,d,d_mem; got {s}")
-    dtype_names = (args.dtype or ("float32,bfloat16" if gpu else "float32")).split(",")
-    if unknown := [name for name in dtype_names if name not in DTYPES]:
-        p.error(f"--dtype takes a comma list of {', '.join(DTYPES)}; got {', '.join(unknown)}")
+    dtype_names = comma_choices(p, "--dtype", args.dtype or ("float32,bfloat16" if gpu else "float32"),
+                                tuple(DTYPES))
     dtypes = [DTYPES[name] for name in dtype_names]
     backends = comma_choices(p, "backend", args.backends or "cuda,triton,torch", ("cuda", "triton", "torch"))
     repeats = args.repeats or (50 if gpu else 5)

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from tests.ops.triton_aot import has_nvidia_backend
 
@@ -53,6 +54,7 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
         assert r["seconds_per_sample"] == pytest.approx(r["seconds"])
         if r["mode"] == "fast":
             assert r["answer_matches_stock"] is True  # float32: the fast engine gives the stock tokens
+            assert isinstance(r["answer_needs_context"], bool)  # whether that comparison says anything
             assert r["cuda_graphs"] is False and r["graphed_steps"] == 0  # recorded: on a CPU, no graphs
     assert "fast/stock speed" in text and "mamba B=1 300 (auto)" in text
     png = out.with_suffix(".png")
@@ -391,6 +393,33 @@ def test_bad_list_flags_are_refused(throughput, tmp_path, capsys, flag, says):
         throughput.main(tiny_argv(tmp_path, flag))
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_no_context_answer_is_the_question_alone(throughput, tmp_path):
+    """The control for the answer check: the stock models' greedy answer to question ‖ GEN with a fresh memory."""
+    import models_bench as mb
+
+    inputs = mb.make_inputs(1, 300, 50257, "random")
+    model, _ = mb.build_model("armt", mb.backbone_config(False), mb.wrapper_config("armt", False),
+                              torch.device("cpu"), torch.float32)
+    got = mb.no_context_answer(model, inputs, torch.device("cpu"), 3)
+    ids = torch.cat([inputs.question(), torch.full((1, 1), mb.GEN_ID)], 1)
+    assert torch.equal(got, model.generate(ids, max_new_tokens=3, eos_token_id=-1))
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("json_folder", "is a folder; give a file path"),
+    ("out_file", "is a file; give a folder"),
+    ("json_under_a_file", "cannot create the output folder"),
+])
+def test_bad_output_paths_are_usage_errors(throughput, tmp_path, capsys, bad, says):
+    """Before any row is measured (they gave a traceback after the first row, or at the end)."""
+    (tmp_path / "f").write_text("x")
+    argv = {"json_folder": ["--json", str(tmp_path)], "out_file": ["--out", str(tmp_path / "f")],
+            "json_under_a_file": ["--json", str(tmp_path / "f" / "b.json")]}[bad]
+    with pytest.raises(SystemExit) as e:
+        throughput.main([*tiny_argv(tmp_path)[:-2], *argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_an_unavailable_backend_is_a_usage_error(throughput, tmp_path, capsys):
