@@ -7,6 +7,7 @@ visible) or a module with forward hooks, would then be skipped silently; these c
 
 from __future__ import annotations
 
+import sys
 import types
 
 from torch import nn
@@ -42,13 +43,27 @@ def replaced_forward(module: nn.Module, name: str) -> str | None:
 
 
 def has_forward_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` has forward (or forward-pre) hooks."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether ``module`` has forward (or forward-pre) hooks, other than transformers' idle output-capturing ones
+    (:func:`idle_output_capture`)."""
+    return bool(module._forward_pre_hooks) or any(not idle_output_capture(h) for h in module._forward_hooks.values())
 
 
 def has_hooks(module: nn.Module) -> bool:
     """Whether ``module`` has forward or backward hooks (they run only where the module itself is called)."""
     return has_forward_hooks(module) or bool(module._backward_hooks or module._backward_pre_hooks)
+
+
+def idle_output_capture(hook: object) -> bool:
+    """Whether ``hook`` is transformers' output-capturing hook (5.x installs it for good on GPT-2's blocks and
+    attention the first time a model runs with ``output_hidden_states`` or ``output_attentions``, as the public RMT
+    cell's forward does) while no transformers forward is collecting: it then returns at once, so skipping it
+    changes nothing."""
+    where = getattr(hook, "__module__", None) or ""
+    if getattr(hook, "__name__", None) != "output_capturing_hook" or not where.startswith("transformers."):
+        return False
+    capturing = sys.modules.get(where)
+    collector = getattr(capturing, "_active_collector", None)
+    return collector is not None and collector.get() is None
 
 
 def _qualified(cls: type) -> str:
