@@ -58,6 +58,18 @@ def check_state_device(have: torch.device, want: torch.device) -> None:
         raise ValueError(f"the state is on {have} but the input ids on {want}: move it (state.to(device))")
 
 
+def check_backbone_unhooked(model: str, backbone: nn.Module) -> None:
+    """ValueError for hooks, or a replaced ``forward``, on the GPT-2 LM or its ``transformer``: ARMT and RMT call
+    their parts (embeddings, blocks, ``ln_f``, ``lm_head``), never these modules, so those would be skipped."""
+    from babilong_fast.models.plain_modules import has_hooks, replaced_forward
+
+    for name, module in (("backbone", backbone), ("backbone.transformer", backbone.transformer)):
+        why = (f"{name} has hooks" if has_hooks(module) else None) or replaced_forward(module, name)
+        if why:
+            raise ValueError(f"{model} calls the backbone's embeddings, blocks, ln_f and lm_head, never {name} "
+                             f"itself, so this would be skipped: {why}; put the hooks on those parts instead")
+
+
 def check_mask(mask: object, input_ids: torch.Tensor, name: str) -> torch.Tensor | None:
     """``None`` or a ``[B, N]`` tensor matching ``input_ids``, on its device, of 0 and 1 (checked on the CPU)."""
     if mask is None:

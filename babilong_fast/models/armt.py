@@ -18,6 +18,7 @@ from torch import nn
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models._common import (
     check_backbone,
+    check_backbone_unhooked,
     check_input_ids,
     check_mask,
     check_positive,
@@ -146,6 +147,7 @@ class ARMT(RecurrentLM):
         if not isinstance(state, ARMTState):
             raise TypeError(f"state must be an ARMTState (see init_state), got {type(state).__name__}")
         check_state_device(state.A[0].device, device)
+        check_backbone_unhooked("ARMT", self.backbone)
         if state.num_layers != len(self.layers):
             raise ValueError(f"state has {state.num_layers} layers, the model {len(self.layers)}")
         want = (self.num_features, self.d_model)

@@ -14,6 +14,7 @@ from torch import nn
 
 from babilong_fast.models._common import (
     check_backbone,
+    check_backbone_unhooked,
     check_input_ids,
     check_mask,
     check_positive,
@@ -93,6 +94,7 @@ class RMT(RecurrentLM):
         if not isinstance(state, RMTState):
             raise TypeError(f"state must be an RMTState (see init_state), got {type(state).__name__}")
         check_state_device(state.memory.device, device)
+        check_backbone_unhooked("RMT", self.backbone)
         M, d = self.num_mem_tokens, self.d_model
         if state.memory.shape[1:] != (M, d) or state.batch_size not in (1, batch_size):
             raise ValueError(f"state memory must be [{batch_size} or 1, {M}, {d}], got {tuple(state.memory.shape)}")

@@ -115,3 +115,30 @@ def test_transformers_idle_output_capturing_hooks_keep_the_fast_paths():
     pairs = run_both(model, torch.randint(0, VOCAB, (1, 2 * 16)))
     for ref, fast in pairs:
         assert_close("memory", ref.memory, fast.memory, 1e-5)
+
+
+@pytest.mark.parametrize("where", ["backbone", "backbone.transformer"])
+@pytest.mark.parametrize("kind", ["armt", "rmt"])
+def test_hooks_on_the_backbone_itself_are_refused(kind, where):
+    """ARMT and RMT call the backbone's parts, never the GPT-2 LM or its transformer: a hook (or a replaced
+    forward) there was skipped silently by forward, generate and the stream; it is refused by each."""
+    from babilong_fast.engine import StreamRunner
+
+    model = make_model(kind, "sdpa")
+    module = model.get_submodule(where)
+    ids = torch.randint(0, VOCAB, (1, 2 * 16 + 3))
+    why = f"never {where} itself, so this would be skipped: {where} has"
+    for add in (lambda: module.register_forward_hook(lambda *a: None),
+                lambda: setattr(module, "forward", lambda *a, **k: None)):
+        handle = add()
+        calls = (lambda: model(ids), lambda: model.generate(ids[:, :16], max_new_tokens=2),
+                 lambda: StreamRunner(model, progress=False).run(ids, [1], max_new_tokens=2, eos_token_id=-1,
+                                                                gen_token_id=None))
+        for call in calls:
+            with pytest.raises(ValueError, match=why):
+                call()
+        if handle is None:
+            del module.forward
+        else:
+            handle.remove()
+    assert model(ids)["logits"].shape[:2] == ids.shape
