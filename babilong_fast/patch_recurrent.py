@@ -56,7 +56,7 @@ from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models import ARMT, RMT
 from babilong_fast.models._common import check_input_ids, check_token_range, segment_bounds
-from babilong_fast.models.plain_modules import has_hooks, replaced_forward
+from babilong_fast.models.plain_modules import hooked_or_replaced
 from babilong_fast.models.reference import (
     LEFT_ALIGNMENTS,
     RMT_WRAPPER_LIGHT,
@@ -290,7 +290,7 @@ def _skipped_module_reason(rec: _Patch, model: nn.Module) -> str | None:
     if rec.kind == "armt":
         named += [(f"memory_cell.model.transformer.h.{i}", w) for i, w in enumerate(lm.transformer.h)]
     for name, module in named:
-        why = (f"{name} has hooks" if has_hooks(module) else None) or replaced_forward(module, name)
+        why = hooked_or_replaced(module, name)
         if why:
             return why
     return None

@@ -340,7 +340,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "kind": kind, "checkpoint": args.checkpoint.name, "split": None if official else args.split,
         "seed": None if official else args.seed,
         "device": str(runner.device), "torch_version": torch.__version__, "batch": args.batch,
-        "compile": args.compile, "data": None if args.data is None else str(args.data),
+        "compile": args.compile, "data": str(args.data) if official else None,
     }
     if runner.device.type == "cuda":
         env_gpu = torch.cuda.get_device_name(runner.device)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from babilong_fast.models.plain_modules import hooked_or_replaced
+
 
 def check_backbone(backbone: object) -> nn.Module:
     """A GPT-2 LM (``GPT2LMHeadModel``): ``.transformer`` (``.h``, ``.wte``, ``.wpe``, ``.ln_f``) and ``.lm_head``."""
@@ -61,10 +63,8 @@ def check_state_device(have: torch.device, want: torch.device) -> None:
 def check_backbone_unhooked(model: str, backbone: nn.Module) -> None:
     """ValueError for hooks, or a replaced ``forward``, on the GPT-2 LM or its ``transformer``: ARMT and RMT call
     their parts (embeddings, blocks, ``ln_f``, ``lm_head``), never these modules, so those would be skipped."""
-    from babilong_fast.models.plain_modules import has_hooks, replaced_forward
-
     for name, module in (("backbone", backbone), ("backbone.transformer", backbone.transformer)):
-        why = (f"{name} has hooks" if has_hooks(module) else None) or replaced_forward(module, name)
+        why = hooked_or_replaced(module, name)
         if why:
             raise ValueError(f"{model} calls the backbone's embeddings, blocks, ln_f and lm_head, never {name} "
                              f"itself, so this would be skipped: {why}; put the hooks on those parts instead")

@@ -42,6 +42,12 @@ def replaced_forward(module: nn.Module, name: str) -> str | None:
     return f"{name} has its forward replaced (accelerate offload or device-map hooks?)"
 
 
+def hooked_or_replaced(module: nn.Module, name: str) -> str | None:
+    """Why calling ``module``'s parts instead of ``module`` would skip something: its hooks (forward or backward)
+    or a replaced forward (:func:`replaced_forward`); None if neither."""
+    return f"{name} has hooks" if has_hooks(module) else replaced_forward(module, name)
+
+
 def has_forward_hooks(module: nn.Module) -> bool:
     """Whether ``module`` has forward (or forward-pre) hooks, other than transformers' idle output-capturing ones
     (:func:`idle_output_capture`)."""

@@ -10,14 +10,9 @@ from torch import nn
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models._common import check_input_ids, check_positive, check_token_range, greedy_loop
 from babilong_fast.models.mamba.layers import forward_chunk, forward_chunked
-from babilong_fast.models.mamba.parts import (
-    MambaParts,
-    custom_forward,
-    mamba_parts,
-    wrapped_mixers,
-)
+from babilong_fast.models.mamba.parts import MambaParts, custom_forward, mamba_parts, wrapped_mixers
 from babilong_fast.models.mamba.state import MambaState
-from babilong_fast.models.plain_modules import has_hooks, replaced_forward
+from babilong_fast.models.plain_modules import hooked_or_replaced
 
 DEFAULT_CHUNK_SIZE = 2048
 Logits = Literal["none", "last", "all"]
@@ -218,8 +213,7 @@ def _checked_parts(model: nn.Module) -> MambaParts:
 def _skipped_wrapper(module: nn.Module, name: str) -> str | None:
     """Why ``module`` (the LM or its backbone, never called: MambaLM runs their parts) would lose something: a
     subclass's own forward, hooks, or a replaced instance forward; None if nothing."""
-    return (custom_forward(module, name) or (f"{name} has hooks" if has_hooks(module) else None)
-            or replaced_forward(module, name))
+    return custom_forward(module, name) or hooked_or_replaced(module, name)
 
 
 def _logits_arg(logits: object) -> slice | None:

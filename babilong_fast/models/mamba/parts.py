@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from babilong_fast.models.plain_modules import first_not_plain, has_hooks, replaced_forward
+from babilong_fast.models.plain_modules import first_not_plain, hooked_or_replaced
 
 HF_MODULE = "transformers.models.mamba.modeling_mamba"
 SSM_MODELS_MODULE = "mamba_ssm.models.mixer_seq_simple"
@@ -216,9 +216,7 @@ def wrapped_mixers(parts: MambaParts) -> str | None:
     named = [(f"layers.{i}", b) for i, b in enumerate(parts.blocks)]
     named += [(f"layers.{i}.norm", n) for i, n in enumerate(parts.norms)] + [("norm_f", parts.norm_f)]
     for name, module in named:
-        if has_hooks(module):
-            return f"{name} has hooks"
-        why = replaced_forward(module, name)
+        why = hooked_or_replaced(module, name)
         if why:
             return why
     for i, mixer in enumerate(parts.mixers):

@@ -29,7 +29,7 @@ from babilong_fast.models.mamba.parts import (
     wrapped_mixers,
 )
 from babilong_fast.models.mamba.state import MambaState
-from babilong_fast.models.plain_modules import has_hooks, replaced_forward
+from babilong_fast.models.plain_modules import hooked_or_replaced
 from babilong_fast.patch import OPTIONS_ATTR
 
 CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
@@ -69,8 +69,7 @@ def lm_forward(self, input_ids, position_ids=None, inference_params=None, num_la
     if mixer_kwargs:  # Mamba-1 mixers take none: mamba_ssm's own forward says so
         return type(self).forward(self, input_ids, position_ids, inference_params, num_last_tokens, **mixer_kwargs)
     why = (
-        ("the backbone has hooks" if has_hooks(self.backbone) else None)
-        or replaced_forward(self.backbone, "the backbone")
+        hooked_or_replaced(self.backbone, "the backbone")
         or custom_forward(self.backbone, "the backbone")
         or wrapped_mixers(parts)
     )
