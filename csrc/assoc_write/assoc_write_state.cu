@@ -196,7 +196,8 @@ namespace {
 
 void check_batch_grid(const AssocWriteParams &params, const int64_t grid_y, const char *what) {
     TORCH_CHECK_VALUE(grid_y <= 65535, "assoc_write_fwd: ", what, " is too large for one launch");
-    TORCH_CHECK_VALUE(params.B <= 65535, "assoc_write_fwd: batch ", params.B, " is above 65535, ", bfast::kGridLimitHint);
+    TORCH_CHECK_VALUE(params.B <= 65535, "assoc_write_fwd: batch ", params.B, " is above 65535, ",
+                      bfast::kGridLimitHint);
 }
 
 }  // namespace

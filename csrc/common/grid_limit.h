@@ -4,6 +4,7 @@
 
 namespace bfast {
 
-inline constexpr const char *kGridLimitHint = "CUDA's grid limit for the kernel; split the batch or use backend='torch'";
+inline constexpr const char *kGridLimitHint =
+    "CUDA's grid limit for the kernel; split the batch or use backend='torch'";
 
 }  // namespace bfast
