@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -433,8 +434,9 @@ def test_eval_on_official_files(ckpts, tmp_path, capsys):
 
 
 def test_eval_data_errors_and_batches(ckpts, tmp_path, capsys):
-    """--data: only local paths (a Hub name is not downloaded), an unlabelled file is one cell, an empty input names
-    its record; official records are held one batch at a time; a cell in two layouts is warned of once."""
+    """--data: only local paths (a Hub name is not downloaded), an unlabelled file is one cell, an empty input is
+    named before any cell runs; official records are held one batch at a time; a cell in two layouts is warned of
+    once."""
     from babilong_fast.cli.eval import batches_by_shape
 
     def run(data, tasks="qa1", lengths="0k", n="1"):
@@ -452,7 +454,11 @@ def test_eval_data_errors_and_batches(ckpts, tmp_path, capsys):
         run(mine, tasks="qa1,qa2")
     assert e.value.code == 2 and "does not say its task" in capsys.readouterr().err
     assert run(mine) == 0
-    assert run(mine, n="2") == 1 and "record 1 has an empty input" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "o")
+    with pytest.raises(SystemExit) as e:  # found before any cell runs: no output folder
+        run(mine, n="2")
+    assert e.value.code == 2 and "record 1 has an empty input" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
     class Sample:
         def __init__(self, num_tokens):

@@ -124,7 +124,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.data is None:
         check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
     else:
-        check_official_cells(parser, args.data, args.tasks, args.lengths)
+        check_official_cells(parser, args.data, args.tasks, args.lengths, args.n)
     if not args.checkpoint.exists():
         parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
     if args.device is None:
@@ -162,10 +162,13 @@ def official_samples(path: Path, task: str, length: str) -> Iterator[RecordSampl
         yield RecordSample(r, tok, f"--data {str(path)!r}: {task} {length} record {i}")
 
 
-def check_official_cells(parser: argparse.ArgumentParser, path: Path, tasks: list[str], lengths: list[str]) -> None:
-    """Every task × length has a first record in the local files at ``path``, else a parser error (nothing
-    loaded, nothing downloaded). A single file must name its task and length in its path (``qaN/<len>.json``)
-    unless one of each is asked for: it is read as that cell."""
+def check_official_cells(
+    parser: argparse.ArgumentParser, path: Path, tasks: list[str], lengths: list[str], n: int
+) -> None:
+    """Every task × length has a first record in the local files at ``path``, and none of its first ``n`` has an
+    empty input, else a parser error before any cell runs (records read one at a time, nothing downloaded). A
+    single file must name its task and length in its path (``qaN/<len>.json``) unless one of each is asked for:
+    it is read as that cell."""
     if not path.exists():
         parser.error(f"--data: {str(path)!r} does not exist (a local folder or file; nothing is downloaded)")
     if path.is_file():
@@ -176,12 +179,16 @@ def check_official_cells(parser: argparse.ArgumentParser, path: Path, tasks: lis
                              f"--{name}s value, not {','.join(asked)}")
     for task in tasks:
         for length in lengths:
+            count = 0
             try:
-                next(iter_official(path, length=length, task=task))
-            except StopIteration:
-                parser.error(f"--data {str(path)!r} has no {task} record at length {length}")
+                for count, record in enumerate(itertools.islice(iter_official(path, length=length, task=task), n), 1):
+                    if not record.input.strip():
+                        parser.error(f"--data {str(path)!r}: {task} {length} record {count - 1} has an empty input: "
+                                     "nothing to stream before the question")
             except (FileNotFoundError, ValueError) as e:
                 parser.error(f"--data: {e}")
+            if count == 0:
+                parser.error(f"--data {str(path)!r} has no {task} record at length {length}")
 
 
 def batches_by_shape(
