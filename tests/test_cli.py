@@ -111,6 +111,10 @@ def test_data_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
                  "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "wrote 1 samples" in err and ("1/1" not in err or not tqdm_available)  # the lines, not the bar
+    assert "replaced" not in err
+    assert main(["data", "--tasks", "qa1", "--lengths", "0k", "--n", "1", "--out", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    assert "0k.json (replaced the earlier file and its manifest entry)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from babilong_fast.data.babi import ALL_TASKS as TASKS
 from babilong_fast.data.corpora import BundledNovels, TextFolder
 from babilong_fast.data.dataset import BabilongGenerator
 from babilong_fast.data.lengths import PROMPT_MARGIN
-from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, write_official
+from babilong_fast.data.official import LAYOUTS, OFFICIAL_LENGTHS, official_path, write_official
 from babilong_fast.progress_bar import StderrBar
 
 MANIFEST = "babilong_fast_manifest.json"
@@ -166,12 +166,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
                     task, length, split=args.split, seed=args.seed, margin=args.margin,
                     background=args.background_source,
                 )
+                replaced = official_path(args.out, length, task, args.layout).exists()
                 path = write_official(
                     itertools.islice(gen, args.n), args.out, length, task, args.layout,
                     on_sample=lambda _sample: progress.step(),
                 )
                 skipped = f" ({gen.skipped} long stories skipped)" if gen.skipped else ""
-                progress.line(f"wrote {args.n} samples to {path}{skipped}")
+                replaced_note = " (replaced the earlier file and its manifest entry)" if replaced else ""
+                progress.line(f"wrote {args.n} samples to {path}{skipped}{replaced_note}")
                 entries[path.relative_to(args.out).as_posix()] = {
                     "task": task, "length": length, "n": args.n, "split": args.split, "seed": args.seed,
                     "margin": args.margin, "background": args.background_source.name,
