@@ -36,6 +36,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def package_in_checkout(package_file: str) -> bool:
+    """Whether the imported package (its ``__init__.py``) is this checkout's ``babilong_fast/`` (an editable
+    install or the source tree), not another installed copy."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.realpath(os.path.dirname(package_file)) == os.path.realpath(os.path.join(repo, "babilong_fast"))
+
+
 def environment(device: torch.device | str | None = None) -> dict:
     """Device (``device``'s, default the GPU when there is one), versions and commit, for every results file."""
     import babilong_fast
@@ -51,6 +58,9 @@ def environment(device: torch.device | str | None = None) -> dict:
         "device": torch.cuda.get_device_name(device if gpu and device is not None else None) if gpu
         else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "backends": {k: {"available": v.available, "reason": v.reason} for k, v in babilong_fast.backends().items()},
+        "babilong_fast": babilong_fast.__version__,
+        # the commit is this checkout's: it describes the code timed only when the imported package is from it
+        "package_in_checkout": package_in_checkout(babilong_fast.__file__),
     }
     info["triton"], info["transformers"] = installed_version("triton"), installed_version("transformers")
     # HF's Mamba (the stock Mamba rows) runs these packages' CUDA kernels when installed, else a PyTorch fallback

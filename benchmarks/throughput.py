@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args.device)
     print(f"babilong_fast throughput ({args.suite}) | {env['device']} | torch {env['torch']} | "
           f"triton {env['triton']} | transformers {env['transformers']} | commit {short_commit(env['commit'])}")
+    if not env["package_in_checkout"]:
+        print(f"warning: the babilong_fast imported ({env['babilong_fast']}) is not this checkout's, so the commit "
+              "above may not be the code timed (install it with pip install -e .)", file=sys.stderr)
     if args.suite == "ops":
         def save(rows: list[dict], ceilings: dict) -> None:  # after every group: a run cut short keeps its rows
             write_json(args.json, {"environment": env, "ceilings": ceilings, "rows": rows})

@@ -33,13 +33,17 @@ def test_models_suite_smallest(throughput, tmp_path, capsys):
         "--device", "cpu", "--config", "tiny", "--lengths", "300", "--batch", "1", "--repeats", "1",
         "--no-warmup", "--max-new-tokens", "2", "--mamba-prefix", "4096", "--mamba-chunk", "64", "--json", str(out),
     ])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert code == 0, text
     res = json.loads(out.read_text())
     assert res["suite"] == "models"
     env = res["environment"]
-    for key in ("device", "commit", "torch", "torch_cuda", "triton", "transformers", "date"):
+    for key in ("device", "commit", "torch", "torch_cuda", "triton", "transformers", "date", "babilong_fast"):
         assert key in env
+    assert env["package_in_checkout"] is True  # the tests import this checkout's package: its commit is the code's
+    assert not sys.modules["bench_utils"].package_in_checkout(str(tmp_path / "babilong_fast" / "__init__.py"))
+    assert "is not this checkout's" not in captured.err
     assert res["configs"]["backbone"]["vocab_size"] == 50257
     assert res["configs"]["mamba"]["config"]["vocab_size"] == 50280 and res["configs"]["mamba"]["prefix"] == 4096
     assert set(res["modes"]) == {"stock", "fast", "stock_mamba", "fast_mamba"}
