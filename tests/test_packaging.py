@@ -1,0 +1,58 @@
+"""A normal (non-editable) install ships everything: the sdist holds the package, the Triton kernels and csrc/
+(headers included, so it can build the extension), and the wheel built from that sdist holds the package with
+the kernels as ``babilong_fast.kernels`` and its data assets, and no top-level ``kernels`` module."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tracked_files() -> list[str]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout (the tracked files are what a release ships)")
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "BABILONG_FAST_SKIP_CUDA_BUILD": "1"}
+    env.pop("BABILONG_FAST_FORCE_CUDA_BUILD", None)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_sdist_and_wheel_contents(tmp_path: Path) -> None:
+    tracked = _tracked_files()
+    src = tmp_path / "src"
+    for rel in tracked:  # the working tree's tracked files, as a release would take them
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, src / rel)
+    _run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], src)
+    (sdist,) = (tmp_path / "sdist").glob("babilong_fast-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+        tar.extractall(tmp_path / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    shipped = [p for p in tracked if p.startswith(("babilong_fast/", "kernels/", "csrc/"))]
+    shipped += ["setup.py", "pyproject.toml", "README.md"]
+    assert any(p.endswith(".cuh") for p in shipped) and any(p.endswith(".h") for p in shipped)
+    assert sorted(set(shipped) - names) == [], "tracked files missing from the sdist"
+
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
+          str(tmp_path / "wheel"), str(tmp_path / "unpacked" / top)], tmp_path)
+    (wheel,) = (tmp_path / "wheel").glob("babilong_fast-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n.split("/")[0] for n in names} == {"babilong_fast", wheel.name.split("-py")[0] + ".dist-info"}
+    want = [p for p in tracked if p.startswith("babilong_fast/") and not p.endswith(".so")]
+    want += ["babilong_fast/" + p for p in tracked if p.startswith("kernels/") and p.endswith(".py")]
+    assert any(p.startswith("babilong_fast/data/assets/") for p in want)
+    assert sorted(set(want) - names) == [], "files missing from the wheel"
