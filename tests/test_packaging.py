@@ -1,6 +1,7 @@
 """A normal (non-editable) install ships everything: the sdist holds the package, the Triton kernels and csrc/
 (headers included, so it can build the extension), and the wheel built from that sdist holds the package with
-the kernels as ``babilong_fast.kernels`` and its data assets, and no top-level ``kernels`` module."""
+the kernels as ``babilong_fast.kernels`` and its data assets, and no top-level ``kernels`` module; installed from
+that wheel alone, the package generates the samples this checkout does."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from babilong_fast.data.dataset import BabilongGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,3 +59,22 @@ def test_sdist_and_wheel_contents(tmp_path: Path) -> None:
     want += ["babilong_fast/" + p for p in tracked if p.startswith("kernels/") and p.endswith(".py")]
     assert any(p.startswith("babilong_fast/data/assets/") for p in want)
     assert sorted(set(want) - names) == [], "files missing from the wheel"
+
+    # installed from the wheel alone (run from elsewhere), the kernels and the bundled data load from it
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(tmp_path / "site"),
+          str(wheel)], tmp_path)
+    probe = (
+        "import babilong_fast, babilong_fast.kernels.assoc_read as k, sys\n"
+        "from babilong_fast.data.dataset import BabilongGenerator\n"
+        "s = BabilongGenerator('qa1', '1k', seed=0).take(1)[0]\n"
+        "print(babilong_fast.__file__, k.__file__, s.num_tokens, s.target, sep='\\n')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    package, kernel, num_tokens, target = done.stdout.split()
+    site = str(tmp_path / "site" / "babilong_fast")
+    assert package.startswith(site) and kernel.startswith(site)
+    want = BabilongGenerator("qa1", "1k", seed=0).take(1)[0]  # this checkout's
+    assert (int(num_tokens), target) == (want.num_tokens, want.target)
