@@ -32,7 +32,11 @@ def _loss_and_grads(checkpointing: dict | None):
             m.p = 0.0
     calls = []
     if checkpointing is not None:
-        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        bb = model.backbone
+        if hasattr(bb, "activation_checkpointing_enable"):  # transformers 5.x's name (the old one warns)
+            bb.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+        else:
+            bb.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         for owner in (model.backbone.transformer, *model.backbone.transformer.h):
             fn = owner.__dict__.get("_gradient_checkpointing_func")
             if fn is not None:
