@@ -7,7 +7,7 @@
 #   bash scripts/gpu_image_tests.sh [pytest arguments]     # environment in .venv-gpu-image (about 5 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export VENV=${VENV:-.venv-gpu-image} TORCH_SPEC=torch==2.11.0
+export VENV=${VENV:-.venv-gpu-image} TORCH_SPEC=torch==2.11.0 BABILONG_FAST_CONSTRAINTS=  # the image's pins, below
 if [ -z "${PYTHON:-}" ]; then  # the image's Python where one runs here (a pyenv shim may exist but not run)
     PYTHON=python3
     for p in python3.12 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment $VENV (default .venv), install torch and the test and
-# benchmark tools, then build and install babilong_fast in editable mode. The CUDA extension is
+# benchmark tools (at the versions of scripts/constraints.txt), then build and install babilong_fast in
+# editable mode. The CUDA extension is
 # built, and must build, when nvcc and a CUDA build of torch are found; otherwise the package
 # installs without it.
 # Source this file (it activates the environment).
@@ -9,11 +10,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
+CONSTRAINTS=${BABILONG_FAST_CONSTRAINTS-scripts/constraints.txt}  # set and empty: the newest releases
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-pip_q() { python -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-pip_q "setuptools>=64" wheel ninja numpy pytest pytest-benchmark tiktoken regex pyarrow transformers peft matplotlib tqdm "$TORCH_SPEC" triton
+pip_q() {
+    local rc=0
+    python -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; } || rc=$?
+    [ "$rc" = 0 ] || echo "setup: pip install failed (a pin in ${CONSTRAINTS:-no constraints file} may not suit" \
+        "this Python or TORCH_SPEC: BABILONG_FAST_CONSTRAINTS= takes the newest releases)" >&2
+    return "$rc"
+}
+pip_q ${CONSTRAINTS:+-c "$CONSTRAINTS"} "setuptools>=64" wheel ninja numpy pytest pytest-benchmark tiktoken regex \
+    pyarrow transformers peft matplotlib tqdm "$TORCH_SPEC" triton
 python -c "import torch, triton" || { echo "setup: torch/triton did not install" >&2; exit 1; }
 skip=$(printf '%s' "${BABILONG_FAST_SKIP_CUDA_BUILD:-}" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')
 case "$skip" in 1|true|yes|on) skip=1 ;; *) skip= ;; esac  # as setup.py reads it ("0" is not a skip)
