@@ -37,10 +37,13 @@ def git_commit() -> str:
 
 
 def package_in_checkout(package_file: str) -> bool:
-    """Whether the imported package (its ``__init__.py``) is this checkout's ``babilong_fast/`` (an editable
-    install or the source tree), not another installed copy."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.realpath(os.path.dirname(package_file)) == os.path.realpath(os.path.join(repo, "babilong_fast"))
+    """Whether the imported package's ``__init__.py`` is this checkout's (the source tree, an editable install,
+    a strict editable install's links), not another installed copy's."""
+    mine = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "babilong_fast", "__init__.py")
+    try:
+        return os.path.samefile(package_file, mine)
+    except OSError:
+        return False
 
 
 def environment(device: torch.device | str | None = None) -> dict:

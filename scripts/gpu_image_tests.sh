@@ -16,8 +16,10 @@ if [ -z "${PYTHON:-}" ]; then  # the image's Python where one runs here (a pyenv
 fi
 export PYTHON
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+rc=0
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q torch==2.11.0 triton==3.6.0 transformers==5.17.0 \
-    "numpy<2.4" 2>&1 | grep -v "^WARNING: Location" || true
+    "numpy<2.4" 2>&1 | { grep -v "^WARNING: Location" || true; } || rc=$?
+[ "$rc" = 0 ] || { echo "gpu-image mirror: installing the image's versions failed" >&2; exit 1; }
 # shellcheck disable=SC1091
 source scripts/setup_env.sh
 python -c "import sys, torch, triton, transformers; print('gpu-image mirror: Python', sys.version.split()[0], \

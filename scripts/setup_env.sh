@@ -10,15 +10,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
-CONSTRAINTS=${BABILONG_FAST_CONSTRAINTS-scripts/constraints.txt}  # set and empty: the newest releases
+CONSTRAINTS=${BABILONG_FAST_CONSTRAINTS-scripts/constraints.txt}  # relative to the repository root; empty: none
+[ -z "$CONSTRAINTS" ] || [ -f "$CONSTRAINTS" ] || { echo "setup: no constraints file $CONSTRAINTS" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 pip_q() {
     local rc=0
     python -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; } || rc=$?
-    [ "$rc" = 0 ] || echo "setup: pip install failed (a pin in ${CONSTRAINTS:-no constraints file} may not suit" \
-        "this Python or TORCH_SPEC: BABILONG_FAST_CONSTRAINTS= takes the newest releases)" >&2
+    if [ "$rc" != 0 ] && [ -n "$CONSTRAINTS" ]; then
+        echo "setup: pip install failed; if a pin in $CONSTRAINTS does not suit this Python or TORCH_SPEC," \
+            "BABILONG_FAST_CONSTRAINTS= installs unconstrained" >&2
+    fi
     return "$rc"
 }
 pip_q ${CONSTRAINTS:+-c "$CONSTRAINTS"} "setuptools>=64" wheel ninja numpy pytest pytest-benchmark tiktoken regex \

@@ -2,7 +2,7 @@
 # The tests that use transformers, under other transformers releases than .venv's (its torch and everything else
 # kept). Each release is installed once, with its own dependencies, into .transformers-compat/VERSION and put
 # first on the path; installing needs the network, the tests do not. The Mamba patch follows two cache layouts
-# (up to 5.13, from 5.14), and the GPU image runs 5.17; .venv runs the newest.
+# (up to 5.13, from 5.14), and the GPU image runs 5.17; .venv runs scripts/constraints.txt's.
 #   bash scripts/transformers_compat.sh [VERSION ...]     # default: 5.5.4 5.13.1 5.14.1 5.17.0
 set -euo pipefail
 cd "$(dirname "$0")/.."

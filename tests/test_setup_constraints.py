@@ -9,10 +9,16 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
 
 
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503, as pip compares names
+
+
 def _installed_names() -> set[str]:
+    """Packages named by every ``pip_q`` call of setup_env.sh (words with ``$`` are variables or flags)."""
     text = (ROOT / "scripts" / "setup_env.sh").read_text().replace("\\\n", " ")
-    (line,) = [ln for ln in text.splitlines() if ln.startswith("pip_q ") and "$TORCH_SPEC" in ln]
-    return {re.split(r"[<>=!~]", w.strip('"'))[0].lower() for w in line.split()[1:] if "$" not in w}
+    calls = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("pip_q ")]
+    assert calls, "no pip_q call found in setup_env.sh"
+    return {_norm(re.split(r"[<>=!~ ]", w.strip('"'))[0]) for words in calls for w in words if "$" not in w}
 
 
 def _pins(python: str) -> dict[str, str]:
@@ -29,15 +35,15 @@ def _pins(python: str) -> dict[str, str]:
         req, _, marker = raw.split("#")[0].partition(";")
         if not req.strip() or not holds(marker):
             continue
-        name, version = req.strip().split("==")
-        assert name.lower() not in pins, f"{name} pinned twice for Python {python}"
-        pins[name.lower()] = version
+        assert req.count("==") == 1, f"not an exact pin: {raw!r}"
+        name, version = (part.strip() for part in req.split("=="))
+        assert _norm(name) not in pins, f"{name} pinned twice for Python {python}"
+        pins[_norm(name)] = version
     return pins
 
 
 def test_constraints_pin_what_setup_env_installs() -> None:
     names = _installed_names()
-    assert {"transformers", "triton", "numpy", "pytest"} <= names
+    assert {"transformers", "triton", "numpy", "pytest", "pytest-benchmark"} <= names
     for python in VERSIONS:
-        pins = _pins(python)
-        assert sorted(n.replace("_", "-") for n in names - set(pins)) == [], f"unpinned on Python {python}"
+        assert sorted(names - set(_pins(python))) == [], f"unpinned on Python {python}"

@@ -121,16 +121,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"unknown task {task!r} in --tasks; accepted: {', '.join(TASKS)}")
     args.lengths = check_lengths(parser, args.lengths, FINETUNE_MARGIN, f"the margin of {FINETUNE_MARGIN}")
     args.tasks = list(dict.fromkeys(args.tasks))
-    if args.data is None:
-        check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
-    else:
-        check_official_cells(parser, args.data, args.tasks, args.lengths, args.n)
     if not args.checkpoint.exists():
         parser.error(f"checkpoint not found: {str(args.checkpoint)!r} (--checkpoint)")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.data is None:
+        check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
+    else:  # last: it reads each cell's first --n records
+        check_official_cells(parser, args.data, args.tasks, args.lengths, args.n)
 
 
 class RecordSample:

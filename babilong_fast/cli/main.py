@@ -172,7 +172,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
                     on_sample=lambda _sample: progress.step(),
                 )
                 skipped = f" ({gen.skipped} long stories skipped)" if gen.skipped else ""
-                replaced_note = " (replaced the earlier file and its manifest entry)" if replaced else ""
+                replaced_note = " (replaced the earlier file)" if replaced else ""
                 progress.line(f"wrote {args.n} samples to {path}{skipped}{replaced_note}")
                 entries[path.relative_to(args.out).as_posix()] = {
                     "task": task, "length": length, "n": args.n, "split": args.split, "seed": args.seed,

@@ -33,7 +33,7 @@ def _loss_and_grads(checkpointing: dict | None):
     calls = []
     if checkpointing is not None:
         bb = model.backbone
-        if hasattr(bb, "activation_checkpointing_enable"):  # transformers 5.x's name (the old one warns)
+        if hasattr(bb, "activation_checkpointing_enable"):  # newer 5.x's name (not in 5.17), where the old one warns
             bb.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
         else:
             bb.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
