@@ -24,7 +24,9 @@ import torch  # noqa: E402
 
 from babilong_fast import __version__  # noqa: E402
 from babilong_fast.data import BabilongGenerator  # noqa: E402
+from babilong_fast.data.babi import ALL_TASKS  # noqa: E402
 from babilong_fast.data.lengths import length_name  # noqa: E402
+from bench_utils import environment  # noqa: E402
 from models_bench import PeakMemory, parse_lengths  # noqa: E402
 
 
@@ -42,13 +44,20 @@ def stream(sample, chunk: int) -> tuple[int, float, int, int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="1M,10M", help="comma list (k = 1000, M = 1e6); default 1M,10M")
-    p.add_argument("--task", default="qa1")
+    p.add_argument("--task", default="qa1", help="qa1 .. qa20 (default qa1)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--chunk", type=int, default=4096, help="tokens per chunk (default 4096)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
-    lengths = parse_lengths(args.lengths)
+    if args.chunk < 1:
+        p.error(f"--chunk must be a positive number of tokens, got {args.chunk}")
+    if args.task not in ALL_TASKS:
+        p.error(f"unknown --task {args.task!r}; accepted: {', '.join(ALL_TASKS)}")
+    try:
+        lengths = parse_lengths(args.lengths)
+    except ValueError as e:
+        p.error(f"--lengths: {e}")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     torch.set_num_threads(1)
@@ -74,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = warm[-1]["peak_rss_bytes"] / warm[0]["peak_rss_bytes"]
         print(f"peak RSS {warm[-1]['length_name']} / {warm[0]['length_name']} (warm): {ratio:.3f}")
     if args.json:
-        doc = {"tool": f"babilong_fast {__version__}", "argv": sys.argv[1:], "python": platform.python_version(),
-               "machine": platform.machine(), "task": args.task, "split": args.split, "chunk": args.chunk,
-               "cores": 1, "rows": rows}
+        doc = {"tool": f"babilong_fast {__version__}", "argv": sys.argv[1:] if argv is None else list(argv),
+               "python": platform.python_version(), "machine": platform.machine(), "environment": environment("cpu"),
+               "task": args.task, "split": args.split, "chunk": args.chunk, "cores": 1, "rows": rows}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
     return 0

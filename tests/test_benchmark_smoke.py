@@ -568,3 +568,39 @@ def test_ops_json_keeps_the_rows_of_a_run_cut_short(throughput, tmp_path, capsys
                          "--backends", "torch", "--repeats", "1", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert rows and all((r["B"], r["T"], r["seconds"] > 0) == (1, 5, True) for r in rows)
+
+
+def test_data_throughput_streams_whole_samples(tmp_path):
+    """benchmarks/data_throughput.py (a subprocess: it pins itself to one core) streams each sample whole, twice,
+    records its environment, and refuses bad flags as usage errors."""
+    import subprocess
+
+    from babilong_fast.data import BabilongGenerator
+
+    script = os.path.join(BENCH, "data_throughput.py")
+    out = tmp_path / "data.json"
+    done = subprocess.run([sys.executable, script, "--lengths", "1k,4k", "--task", "qa2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert doc["argv"] == ["--lengths", "1k,4k", "--task", "qa2", "--json", str(out)] and doc["task"] == "qa2"
+    assert doc["environment"]["commit"] and "package_in_checkout" in doc["environment"]
+    want = {n: BabilongGenerator("qa2", n, seed=0).take(1)[0].num_tokens for n in (1000, 4000)}
+    assert [(r["length"], r["pass"], r["tokens"]) for r in doc["rows"]] == [
+        (n, phase, want[n]) for n in (1000, 4000) for phase in ("cold", "warm")]
+    assert all(r["peak_rss_bytes"] > 0 and r["tokens_per_s"] > 0 for r in doc["rows"])
+    for bad, says in ((["--chunk", "0"], "--chunk must be a positive"), (["--task", "qa0"], "unknown --task 'qa0'"),
+                      (["--lengths", "4kb"], "--lengths: unknown length '4kb'")):
+        done = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_ops_micro_benchmarks_run(tmp_path):
+    """benchmarks/ops (pytest-benchmark, outside the test suite) still runs: its torch rows here, timing off."""
+    import subprocess
+
+    pytest.importorskip("pytest_benchmark")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                           os.path.join(BENCH, "ops")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
