@@ -459,6 +459,11 @@ def test_eval_data_errors_and_batches(ckpts, tmp_path, capsys):
         run(mine, n="2")
     assert e.value.code == 2 and "record 1 has an empty input" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps([{"input": "Mary went home.", "question": "Where is Mary? ", "target": "home"}]))
+    assert run(short, n="3") == 0
+    assert "--data has 1 qa1 0k record(s), fewer than --n 3: that cell scores 1" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["results"][0]["n"] == 1
 
     class Sample:
         def __init__(self, num_tokens):

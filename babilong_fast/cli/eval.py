@@ -129,8 +129,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--device cuda: no CUDA device is available")
     if args.data is None:
         check_cells(parser, args.tasks, args.lengths, args.split, args.seed, FINETUNE_MARGIN)
+        args.cell_counts = {(t, ln): args.n for t in args.tasks for ln in args.lengths}
     else:  # last: it reads each cell's first --n records
-        check_official_cells(parser, args.data, args.tasks, args.lengths, args.n)
+        args.cell_counts = check_official_cells(parser, args.data, args.tasks, args.lengths, args.n)
+        for (task, length), count in args.cell_counts.items():
+            if count < args.n:
+                print(f"babilong-fast eval: note: --data has {count} {task} {length} record(s), fewer than --n "
+                      f"{args.n}: that cell scores {count}", file=sys.stderr)
 
 
 class RecordSample:
@@ -164,11 +169,12 @@ def official_samples(path: Path, task: str, length: str) -> Iterator[RecordSampl
 
 def check_official_cells(
     parser: argparse.ArgumentParser, path: Path, tasks: list[str], lengths: list[str], n: int
-) -> None:
+) -> dict[tuple[str, str], int]:
     """Every task × length has a first record in the local files at ``path``, and none of its first ``n`` has an
     empty input, else a parser error before any cell runs (records read one at a time, nothing downloaded). A
     single file must name its task and length in its path (``qaN/<len>.json``) unless one of each is asked for:
-    it is read as that cell."""
+    it is read as that cell. Returns the records each cell will score (``n``, or fewer where the files hold
+    fewer)."""
     if not path.exists():
         parser.error(f"--data: {str(path)!r} does not exist (a local folder or file; nothing is downloaded)")
     if path.is_file():
@@ -177,6 +183,7 @@ def check_official_cells(
             if not label and len(asked) > 1:
                 parser.error(f"--data {str(path)!r} does not say its {name} (qaN/<len>.json does): give one "
                              f"--{name}s value, not {','.join(asked)}")
+    counts: dict[tuple[str, str], int] = {}
     for task in tasks:
         for length in lengths:
             count = 0
@@ -189,6 +196,8 @@ def check_official_cells(
                 parser.error(f"--data: {e}")
             if count == 0:
                 parser.error(f"--data {str(path)!r} has no {task} record at length {length}")
+            counts[task, length] = count
+    return counts
 
 
 def batches_by_shape(
@@ -368,7 +377,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"babilong-fast eval: replacing an earlier run's {', '.join(earlier)} in {args.out}", file=sys.stderr)
         for name in earlier:
             (args.out / name).unlink()
-    bar = StderrBar(len(args.tasks) * len(args.lengths) * args.n, show_bar=not args.no_progress, unit="sample",
+    bar = StderrBar(sum(args.cell_counts.values()), show_bar=not args.no_progress, unit="sample",
                     desc="eval")  # the per-cell lines print either way
     rows: list[dict] = []
     try:
