@@ -12,9 +12,13 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from babilong_fast.data.bpe import load_ranks
 from babilong_fast.data.tokenizer import EOS_ID, EOS_TOKEN, ranks_path
+
+if TYPE_CHECKING:  # transformers is optional: imported when called
+    from transformers import GPT2TokenizerFast
 
 
 @lru_cache(maxsize=1)
@@ -87,7 +91,7 @@ def write_hf_files(out_dir: str | os.PathLike, ranks_file: str | os.PathLike | N
     return vocab_path, merges_path
 
 
-def hf_gpt2_tokenizer():
+def hf_gpt2_tokenizer() -> GPT2TokenizerFast:
     """``transformers.GPT2TokenizerFast`` for GPT-2 built from the bundled ranks (no network).
 
     Works with transformers 4.x (vocab/merges files) and 5.x (vocab/merges given directly).

@@ -20,7 +20,7 @@ import numbers
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -609,7 +609,7 @@ def write_official(
     *,
     materialise_limit: int = MATERIALISE_LIMIT,
     chunk_tokens: int = _STREAM_CHUNK_TOKENS,
-    on_sample=None,
+    on_sample: Callable[[Any], object] | None = None,
 ) -> Path:
     """Write samples of one task and length in an official layout; :func:`load_official` reads them back.
 
