@@ -29,7 +29,8 @@ class SegmentAdapter(Protocol):
     segment_size: int
     vocab_size: int
 
-    def init_state(self, batch_size: int, device: torch.device) -> Any: ...
+    def init_state(self, batch_size: int, device: torch.device) -> Any:
+        """The model's empty state for ``batch_size`` rows on ``device``."""
 
     def check_state(self, state: object) -> Any:
         """``state`` if it is this model's state type, else TypeError."""

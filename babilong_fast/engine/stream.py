@@ -56,6 +56,7 @@ class StreamState:
 
     @property
     def batch_size(self) -> int:
+        """``B``, the rows of the stream."""
         return self.pending.shape[0]
 
 
@@ -192,6 +193,7 @@ class StreamRunner:
 
     @property
     def segment_size(self) -> int:
+        """Tokens a step consumes (the model's segment, or Mamba's chunk)."""
         return self.adapter.segment_size
 
     def _workspace(self, batch_size: int) -> torch.Tensor:

@@ -43,7 +43,9 @@ class ARMTLayerMemory(nn.Module):
     ``W_q``, ``W_k`` and ``W_b`` keep ``nn.Linear``'s default initialisation; ``W_v`` starts at zero (ARMT-HEAD).
     """
 
-    def __init__(self, d_model: int, d_mem: int, *, device=None, dtype=None):
+    def __init__(
+        self, d_model: int, d_mem: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.W_q = nn.Linear(d_model, d_mem, bias=False, **kw)
@@ -135,6 +137,7 @@ class ARMT(RecurrentLM):
 
     @property
     def num_features(self) -> int:
+        """``F = 2 * nu * d_mem``, the DPFP features: the rows of each layer's ``A`` and ``z``."""
         return 2 * self.nu * self.d_mem
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ARMTState:

@@ -44,10 +44,12 @@ class ARMTState:
 
     @property
     def batch_size(self) -> int:
+        """``B``, the rows of the batch."""
         return self.A[0].shape[0]
 
     @property
     def num_layers(self) -> int:
+        """One ``A`` and ``z`` per GPT-2 block."""
         return len(self.A)
 
     def detach(self) -> ARMTState:
@@ -55,6 +57,7 @@ class ARMTState:
         return ARMTState(tuple(a.detach() for a in self.A), tuple(z.detach() for z in self.z), self.segments_seen)
 
     def clone(self) -> ARMTState:
+        """A copy whose tensors share no storage with these."""
         return ARMTState(tuple(a.clone() for a in self.A), tuple(z.clone() for z in self.z), self.segments_seen)
 
     def to(self, device: torch.device | str) -> ARMTState:
@@ -82,13 +85,17 @@ class RMTState:
 
     @property
     def batch_size(self) -> int:
+        """``B``, the rows of the batch."""
         return self.memory.shape[0]
 
     def detach(self) -> RMTState:
+        """The same values cut from the autograd graph (truncated BPTT, or inference)."""
         return RMTState(self.memory.detach(), self.segments_seen)
 
     def clone(self) -> RMTState:
+        """A copy whose memory shares no storage with this one's."""
         return RMTState(self.memory.clone(), self.segments_seen)
 
     def to(self, device: torch.device | str) -> RMTState:
+        """Move to ``device``; the dtype stays float32."""
         return RMTState(self.memory.to(device), self.segments_seen)

@@ -59,6 +59,7 @@ class MambaLM(nn.Module):
 
     @property
     def vocab_size(self) -> int:
+        """Rows of the embedding (the ids ``forward`` accepts)."""
         return self.parts.vocab_size
 
     @property

@@ -62,10 +62,12 @@ class MambaState:
 
     @property
     def batch_size(self) -> int:
+        """``B``, the rows of the batch."""
         return self.ssm[0].shape[0]
 
     @property
     def num_layers(self) -> int:
+        """One conv and one SSM state per Mamba block."""
         return len(self.ssm)
 
     def detach(self) -> MambaState:
@@ -73,6 +75,7 @@ class MambaState:
         return MambaState(tuple(c.detach() for c in self.conv), tuple(s.detach() for s in self.ssm), self.num_tokens)
 
     def clone(self) -> MambaState:
+        """A copy whose tensors share no storage with these."""
         return MambaState(tuple(c.clone() for c in self.conv), tuple(s.clone() for s in self.ssm), self.num_tokens)
 
     def to(self, device: torch.device | str) -> MambaState:
