@@ -56,7 +56,7 @@ from babilong_fast._binding import MISSING, bind
 from babilong_fast.backends import Backend, check_backend
 from babilong_fast.models import ARMT, RMT
 from babilong_fast.models._common import check_input_ids, check_token_range, segment_bounds
-from babilong_fast.models.plain_modules import hooked_or_replaced
+from babilong_fast.models.plain_modules import first_hooked_or_replaced
 from babilong_fast.models.reference import (
     LEFT_ALIGNMENTS,
     RMT_WRAPPER_LIGHT,
@@ -289,11 +289,7 @@ def _skipped_module_reason(rec: _Patch, model: nn.Module) -> str | None:
                                                                              lm.transformer)]
     if rec.kind == "armt":
         named += [(f"memory_cell.model.transformer.h.{i}", w) for i, w in enumerate(lm.transformer.h)]
-    for name, module in named:
-        why = hooked_or_replaced(module, name)
-        if why:
-            return why
-    return None
+    return first_hooked_or_replaced(named)
 
 
 def _config_reason(rec: _Patch, model: nn.Module) -> str | None:

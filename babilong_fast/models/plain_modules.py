@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -46,6 +47,11 @@ def hooked_or_replaced(module: nn.Module, name: str) -> str | None:
     """Why calling ``module``'s parts instead of ``module`` would skip something: its hooks (forward or backward)
     or a replaced forward (:func:`replaced_forward`); None if neither."""
     return f"{name} has hooks" if has_hooks(module) else replaced_forward(module, name)
+
+
+def first_hooked_or_replaced(named: Iterable[tuple[str, nn.Module]]) -> str | None:
+    """The first :func:`hooked_or_replaced` reason among ``(name, module)`` pairs, or None."""
+    return next((why for name, module in named if (why := hooked_or_replaced(module, name))), None)
 
 
 def has_forward_hooks(module: nn.Module) -> bool:

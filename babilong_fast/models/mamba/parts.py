@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from babilong_fast.models.plain_modules import first_not_plain, hooked_or_replaced
+from babilong_fast.models.plain_modules import first_hooked_or_replaced, first_not_plain
 
 HF_MODULE = "transformers.models.mamba.modeling_mamba"
 SSM_MODELS_MODULE = "mamba_ssm.models.mixer_seq_simple"
@@ -215,10 +215,9 @@ def wrapped_mixers(parts: MambaParts) -> str | None:
             return why
     named = [(f"layers.{i}", b) for i, b in enumerate(parts.blocks)]
     named += [(f"layers.{i}.norm", n) for i, n in enumerate(parts.norms)] + [("norm_f", parts.norm_f)]
-    for name, module in named:
-        why = hooked_or_replaced(module, name)
-        if why:
-            return why
+    why = first_hooked_or_replaced(named)
+    if why:
+        return why
     for i, mixer in enumerate(parts.mixers):
         why = wrapped_mixer_part(mixer, f"layers.{i}.mixer")
         if why:
