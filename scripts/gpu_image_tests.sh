@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # The test suite on this machine, under the versions of the GPU machine's image that benchmarks/device_check.py
 # runs on: Python 3.12, torch 2.11.0 (CUDA 13.0 build), Triton 3.6.0, transformers 5.17.0. A mismatch found here
-# costs no device time (the first such run found three). numpy stays below 2.4 here only because Triton 3.6's
-# interpreter needs that on a CPU; the image has numpy 2.5 and compiles the kernels instead. When the image's
-# versions change (a device check's JSON records them under environment), change the pins below.
+# costs no device time (the first such run found three). The pins are scripts/gpu_image_constraints.txt's, given
+# to setup_env.sh as its constraints file.
 #   bash scripts/gpu_image_tests.sh [pytest arguments]     # environment in .venv-gpu-image (about 5 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export VENV=${VENV:-.venv-gpu-image} TORCH_SPEC=torch==2.11.0 BABILONG_FAST_CONSTRAINTS=  # the image's pins, below
+export VENV=${VENV:-.venv-gpu-image} TORCH_SPEC=torch BABILONG_FAST_CONSTRAINTS=scripts/gpu_image_constraints.txt
 if [ -z "${PYTHON:-}" ]; then  # the image's Python where one runs here (a pyenv shim may exist but not run)
     PYTHON=python3
     for p in python3.12 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12; do
@@ -15,11 +14,6 @@ if [ -z "${PYTHON:-}" ]; then  # the image's Python where one runs here (a pyenv
     done
 fi
 export PYTHON
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-rc=0
-"$VENV/bin/python" -m pip install --disable-pip-version-check -q torch==2.11.0 triton==3.6.0 transformers==5.17.0 \
-    "numpy<2.4" 2>&1 | { grep -v "^WARNING: Location" || true; } || rc=$?
-[ "$rc" = 0 ] || { echo "gpu-image mirror: installing the image's versions failed" >&2; exit 1; }
 # shellcheck disable=SC1091
 source scripts/setup_env.sh
 python -c "import sys, torch, triton, transformers; print('gpu-image mirror: Python', sys.version.split()[0], \

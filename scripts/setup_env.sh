@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment $VENV (default .venv), install torch and the test and
 # benchmark tools (at the versions of scripts/constraints.txt), then build and install babilong_fast in
-# editable mode. The CUDA extension is
-# built, and must build, when nvcc and a CUDA build of torch are found; otherwise the package
-# installs without it.
+# editable mode. The CUDA extension is built, and must build, when nvcc and a CUDA build of torch are
+# found; otherwise the package installs without it.
 # Source this file (it activates the environment).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
